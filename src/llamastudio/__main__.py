@@ -1,0 +1,3 @@
+from llamastudio.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""Management REST API (and, later, the WebSocket) for the UI and CLI."""

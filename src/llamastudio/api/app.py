@@ -1,0 +1,34 @@
+"""The FastAPI application: one factory wiring settings, database, routes and error handlers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+
+from llamastudio import __version__
+from llamastudio.api.deps import AppState, require_api_key
+from llamastudio.api.errors import install_error_handlers
+from llamastudio.api.routes import status
+from llamastudio.config import Settings
+from llamastudio.store import Database
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the app; the data directory is created and the database migrated at startup."""
+    settings.ensure_dirs()
+    db = Database(settings.db_path)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            db.close()
+
+    app = FastAPI(title="llama.cpp Studio", version=__version__, lifespan=lifespan)
+    app.state.studio = AppState(settings=settings, db=db)
+    install_error_handlers(app)
+    app.include_router(status.router, dependencies=[Depends(require_api_key)])
+    return app

@@ -1,0 +1,1 @@
+"""Command-line interface (Typer); output through rich, logic in the layers below."""

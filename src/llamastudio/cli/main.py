@@ -1,0 +1,71 @@
+"""Entry point: the Typer app, global options, and the one place errors become exit codes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from llamastudio import __version__
+from llamastudio.cli import inspect_cmd, serve_cmd
+from llamastudio.config import Settings
+from llamastudio.errors import InvalidInput, StudioError
+
+app = typer.Typer(
+    name="llamastudio",
+    help="llama.cpp Studio: models, engines and one OpenAI-compatible endpoint for local LLMs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+err_console = Console(stderr=True)
+
+
+def load_settings(ctx: typer.Context, **overrides: Any) -> Settings:
+    """Settings from env, overridden by global and command flags that were given."""
+    base: dict[str, Any] = dict(ctx.obj or {})
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings(**base)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise InvalidInput(f"invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"llamastudio {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="Data directory (env LLAMASTUDIO_DATA_DIR).")
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    ctx.obj = {"data_dir": data_dir} if data_dir else {}
+
+
+serve_cmd.register(app, load_settings)
+inspect_cmd.register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; a StudioError becomes one line on stderr and its exit code, never a traceback.
+
+    Usage errors (unknown command, bad option) are click's own: a usage line and exit code 2.
+    """
+    try:
+        app(args=argv)
+    except StudioError as exc:
+        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)

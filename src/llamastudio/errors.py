@@ -1,0 +1,88 @@
+"""The studio's one exception tree.
+
+Every error the studio raises on purpose derives from :class:`StudioError`. Each class carries
+the HTTP status the API renders it with, a stable machine-readable ``code`` and the CLI exit
+code. Third-party errors (httpx, OSError, SQLAlchemy, ...) are converted once, at the boundary
+where they happen, with ``raise ... from exc``.
+
+    StudioError (500, exit 1)
+    ├── InvalidInput (400, exit 2)            bad arguments, bad config values
+    │   └── GGUFError (422, exit 2)           a file or URL that is not a readable GGUF
+    │       └── GGUFUnsupported (422, exit 2) a valid-looking GGUF this reader cannot handle
+    ├── NotFound (404, exit 2)                a model, file, URL or route that does not exist
+    ├── RemoteError (502, exit 1)             a remote server failed or misbehaved
+    │   ├── RangeNotSupported (502, exit 2)   the server ignores HTTP range requests
+    │   └── AuthRequired (401, exit 2)        gated/private resource, token missing or refused
+    ├── Conflict (409, exit 1)                the request clashes with current state
+    └── StorageError (500, exit 1)            the database or the data directory failed
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class StudioError(Exception):
+    """Base of every error the studio raises deliberately."""
+
+    status_code: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        """The body of the project's one error shape (see ``api/errors.py``)."""
+        body: dict[str, Any] = {"code": self.code, "message": self.message, "source": "studio"}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+class InvalidInput(StudioError):
+    status_code = 400
+    code = "invalid_input"
+    exit_code = 2
+
+
+class GGUFError(InvalidInput):
+    status_code = 422
+    code = "invalid_gguf"
+
+
+class GGUFUnsupported(GGUFError):
+    code = "unsupported_gguf"
+
+
+class NotFound(StudioError):
+    status_code = 404
+    code = "not_found"
+    exit_code = 2
+
+
+class RemoteError(StudioError):
+    status_code = 502
+    code = "remote_error"
+
+
+class RangeNotSupported(RemoteError):
+    code = "range_not_supported"
+    exit_code = 2
+
+
+class AuthRequired(RemoteError):
+    status_code = 401
+    code = "auth_required"
+    exit_code = 2
+
+
+class Conflict(StudioError):
+    status_code = 409
+    code = "conflict"
+
+
+class StorageError(StudioError):
+    code = "storage_error"

@@ -1,0 +1,1 @@
+"""The test rig: the real llama-server build, tiny real GGUF models, and a server fixture."""
