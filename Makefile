@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # The venv is reinstalled when pyproject.toml changes.
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml 2>/dev/null | cut -c1-12)
+LINT_PATHS := src tests scripts $(wildcard bench)
 RIG = $$($(PY) scripts/rig_llama.py)
 
 .PHONY: run test install rig lint typecheck pytest bench clean
@@ -26,8 +27,8 @@ run: install rig
 		$(VENV)/bin/llamastudio serve $(ARGS)
 
 lint: install
-	$(VENV)/bin/ruff format --check src tests bench scripts
-	$(VENV)/bin/ruff check src tests bench scripts
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/ruff check $(LINT_PATHS)
 
 typecheck: install
 	$(VENV)/bin/mypy
