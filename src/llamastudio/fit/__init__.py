@@ -1,0 +1,1 @@
+"""Fit: the memory estimator and the Smart Auto planner."""

@@ -1,0 +1,80 @@
+"""Parse what llama-server logs about its buffers (``-lv 4``) into bytes per device and category.
+
+Only the lines of the *real* load count: llama-server may dry-run a load first (``--fit``), so the
+model lines are taken from the last ``load_tensors`` block and the rest from the last
+``llama_context`` construction. Values are logged in MiB with two decimals, so every parsed number
+carries ±0.005 MiB of rounding.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+MiB = 1024 * 1024
+_BUF = re.compile(r"(load_tensors|llama_kv_cache|llama_memory_recurrent|llama_context|sched_reserve):\s+"
+                  r"(\S+)\s+(model|KV|RS|output|compute) buffer size =\s+([\d.]+) MiB")  # fmt: skip
+_KV_SIZE = re.compile(
+    r"llama_kv_cache: size =\s+[\d.]+ MiB \(\s*(\d+) cells,\s+(\d+) layers,\s+(\d+)/(\d+) seqs\)"
+)
+_CTX = re.compile(r"llama_context: (n_ctx|n_ctx_seq|n_seq_max|n_batch|n_ubatch)\s+= (\d+)")
+_FA = re.compile(r"flash_attn\s+= (\w+)|Flash Attention was auto, set to (\w+)")
+_CATEGORY = {"model": "model", "KV": "kv", "RS": "rs", "output": "output", "compute": "compute"}
+
+
+def host_device(name: str) -> str:
+    """Buffers of host memory (mapped, repacked, pinned) are all "CPU"."""
+    return "CPU" if name.startswith("CPU") or name.endswith("_Host") else name
+
+
+@dataclass
+class LoggedBuffers:
+    mib: dict[str, dict[str, float]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(float)))
+    lines: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # lines summed per category
+    kv_caches: list[tuple[int, int, int, int]] = field(default_factory=list)  # cells, layers, seqs, streams
+    context: dict[str, int] = field(default_factory=dict)
+    flash_attn: str | None = None
+
+    def total(self, category: str) -> float:
+        return sum(dev.get(category, 0.0) for dev in self.mib.values())
+
+    def tolerance(self, category: str) -> float:
+        """The rounding a summed value carries: ±0.005 MiB per logged line."""
+        return 0.005 * max(1, self.lines[category]) + 1e-9
+
+
+def parse_log(text: str) -> LoggedBuffers:
+    lines = text.splitlines()
+    last_load = max(
+        (i for i, ln in enumerate(lines) if "load_tensors: loading model tensors" in ln), default=0
+    )
+    last_ctx = max(
+        (i for i, ln in enumerate(lines) if "llama_context: constructing llama_context" in ln), default=0
+    )
+    out = LoggedBuffers()
+    compute: dict[str, float] = {}  # per raw buffer name: a re-reserved graph replaces the value
+    for i, line in enumerate(lines):
+        m = _BUF.search(line)
+        if m:
+            source, dev, cat, value = m.groups()
+            if cat == "compute" and i >= last_ctx:
+                compute[dev] = float(value)
+            elif (source == "load_tensors" and i >= last_load) or (
+                source != "load_tensors" and i >= last_ctx
+            ):
+                out.mib[host_device(dev)][_CATEGORY[cat]] += float(value)
+                out.lines[_CATEGORY[cat]] += 1
+            continue
+        if i < last_ctx:
+            continue
+        if k := _KV_SIZE.search(line):
+            out.kv_caches.append(tuple(int(x) for x in k.groups()))  # type: ignore[arg-type]
+        elif c := _CTX.search(line):
+            out.context.setdefault(c.group(1), int(c.group(2)))
+        elif f := _FA.search(line):
+            out.flash_attn = f.group(2) or f.group(1)
+    for dev, value in compute.items():
+        out.mib[host_device(dev)]["compute"] += value
+        out.lines["compute"] += 1
+    return out

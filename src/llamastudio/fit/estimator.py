@@ -1,0 +1,306 @@
+"""Per-device memory of a llama-server process, following llama.cpp's own arithmetic.
+
+Exact (to the byte of llama.cpp's sizing rules) for weights, KV cache, recurrent state and the
+output buffer; compute buffers are a calibrated model (see ``compute.py``). Rules and their
+sources are in ../shared/reference/llama-memory.md; deviations found on the real binary are noted
+where they are handled.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import gguf
+
+from llamastudio.errors import InvalidInput
+from llamastudio.fit.arch import attention_layers, recurrent_layers, recurrent_state_floats, swa_layers
+from llamastudio.fit.compute import compute_bytes
+from llamastudio.fit.flags import GPU_LAYERS_ALL, GPU_LAYERS_AUTO, ServerFlags, cache_row_bytes, validate
+from llamastudio.gguf import GGUFModel, ModelFacts, TensorInfo, facts_from_model
+from llamastudio.hardware import Gpu
+from llamastudio.hardware.cpu import repack_types
+
+HOST = "CPU"
+CUDA_ALIGN = 128
+MATRIX_ROW_PADDING = 512  # ggml-cuda pads the last row of quantized matrices to this many values
+_LAYER = re.compile(r"^blk\.(\d+)\.")
+_EXPS = re.compile(r"^blk\.(\d+)\.ffn_(up|down|gate|gate_up)_(ch|)exps")
+
+
+def pad(x: int, n: int) -> int:
+    return -(-x // n) * n
+
+
+@dataclass
+class DeviceUsage:
+    name: str  # llama.cpp's device name: CPU, CUDA0, ...
+    label: str  # what a person calls it
+    model: int = 0
+    kv: int = 0
+    rs: int = 0
+    output: int = 0
+    compute: int = 0
+    layers: list[int] = field(default_factory=list)
+    kv_swa: int = 0  # part of kv held by sliding-window layers
+
+    @property
+    def total(self) -> int:
+        return self.model + self.kv + self.rs + self.output + self.compute
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "label": self.label, "model": self.model, "kv": self.kv,
+                "kv_swa": self.kv_swa, "rs": self.rs, "output": self.output, "compute": self.compute,
+                "total": self.total, "layers": self.layers}  # fmt: skip
+
+
+@dataclass
+class Context:
+    n_ctx: int
+    n_ctx_seq: int
+    n_seq: int
+    n_stream: int
+    unified: bool
+    n_batch: int
+    n_ubatch: int
+    kv_cells: int  # cells per stream of full-attention layers
+    kv_cells_swa: int  # cells per stream of sliding-window layers (0 if none)
+    flash_attn: bool
+
+
+@dataclass
+class Estimate:
+    devices: list[DeviceUsage]  # GPUs in order, then the host ("CPU")
+    context: Context
+    n_gpu_layers: int  # effective: layers (incl. the output layer) on GPUs
+    host_mapped: int  # bytes of the file mapped for host weights (mmap), for reference
+    notes: list[str] = field(default_factory=list)
+
+    def device(self, name: str) -> DeviceUsage:
+        return next(d for d in self.devices if d.name == name)
+
+    @property
+    def host(self) -> DeviceUsage:
+        return self.devices[-1]
+
+    def to_json(self) -> dict[str, Any]:
+        c = self.context
+        return {
+            "devices": [d.to_json() for d in self.devices],
+            "n_ctx": c.n_ctx, "n_ctx_seq": c.n_ctx_seq, "n_seq": c.n_seq, "n_stream": c.n_stream,
+            "kv_unified": c.unified, "kv_cells": c.kv_cells * c.n_stream,
+            "kv_cells_swa": c.kv_cells_swa * c.n_stream, "n_batch": c.n_batch, "n_ubatch": c.n_ubatch,
+            "flash_attn": c.flash_attn, "n_gpu_layers": self.n_gpu_layers, "host_mapped": self.host_mapped,
+            "notes": self.notes,
+        }  # fmt: skip
+
+
+def resolve_context(f: ModelFacts, flags: ServerFlags, gpus: tuple[Gpu, ...] = ()) -> Context:
+    """n_ctx/n_ctx_seq/streams/batches as llama_context computes them (llama-context.cpp)."""
+    n_ctx_train = f.context_length or 4096
+    n_ctx = pad(flags.ctx_size or n_ctx_train, 256)
+    n_seq = flags.n_seq
+    unified = flags.unified
+    if unified:
+        n_ctx_seq, n_stream = n_ctx, 1
+    else:
+        n_ctx_seq = pad(n_ctx // n_seq, 256)
+        n_ctx, n_stream = n_ctx_seq * n_seq, n_seq
+    n_batch = min(n_ctx, flags.batch_size)
+    n_ubatch = min(n_batch, flags.ubatch_size)
+    fa = flags.flash_attn == "on" or (flags.flash_attn == "auto" and all(g.flash_attn for g in gpus))
+    swa = any(swa_layers(f))
+    cells_swa = 0
+    if swa:
+        cells_swa = (
+            n_ctx_seq
+            if flags.swa_full
+            else pad(min(n_ctx_seq, (f.sliding_window or 0) * (n_seq if unified else 1) + n_ubatch), 256)
+        )
+    return Context(n_ctx, n_ctx_seq, n_seq, n_stream, unified, n_batch, n_ubatch, n_ctx_seq, cells_swa, fa)
+
+
+def layer_devices(n_layer: int, flags: ServerFlags, gpus: tuple[Gpu, ...]) -> list[str]:
+    """Device of each layer 0..n_layer (index n_layer is the output layer), as llama-model.cpp places them."""
+    if not gpus:
+        return [HOST] * (n_layer + 1)
+    ngl = flags.n_gpu_layers
+    if ngl in (GPU_LAYERS_AUTO, GPU_LAYERS_ALL) or ngl > n_layer + 1:
+        ngl = n_layer + 1
+    ngl = max(ngl, 0)
+    i_gpu_start = max(n_layer + 1 - ngl, 0)
+    act = min(ngl, n_layer + 1)
+    if flags.split_mode == "none":
+        fractions = [1.0 if i == flags.main_gpu else 0.0 for i in range(len(gpus))]
+    elif flags.tensor_split:
+        fractions = [flags.tensor_split[i] if i < len(flags.tensor_split) else 0.0 for i in range(len(gpus))]
+    else:
+        fractions = [float(g.free) for g in gpus]
+    total = sum(fractions) or 1.0
+    cum, acc = [], 0.0
+    for x in fractions:
+        acc += x
+        cum.append(acc / total)
+    out = []
+    for il in range(n_layer + 1):
+        if il < i_gpu_start:
+            out.append(HOST)
+            continue
+        idx = min(bisect.bisect_right(cum, (il - i_gpu_start) / act), len(gpus) - 1)
+        out.append(gpus[idx].device_name)
+    return out
+
+
+def _gpu_tensor_bytes(t: TensorInfo, backend: str) -> int:
+    size = t.n_bytes
+    if backend in ("CUDA", "ROCm") and t.ggml_type not in _UNQUANTIZED and t.shape[0] % MATRIX_ROW_PADDING:
+        block, type_size = gguf.GGML_QUANT_SIZES[t.ggml_type]
+        size += (MATRIX_ROW_PADDING - t.shape[0] % MATRIX_ROW_PADDING) // block * type_size
+    return pad(size, CUDA_ALIGN)
+
+
+_UNQUANTIZED = {gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.BF16}
+
+
+def _tensor_layer(name: str, n_layer: int) -> int | None:
+    """Layer index of a tensor; None for input tensors (kept on the CPU); n_layer for output tensors."""
+    m = _LAYER.match(name)
+    if m:
+        return min(int(m.group(1)), n_layer)
+    if name.startswith(("token_embd", "per_layer_token_embd", "token_types")):
+        return None
+    return n_layer
+
+
+def estimate(
+    model: GGUFModel,
+    flags: ServerFlags | None = None,
+    gpus: tuple[Gpu, ...] = (),
+    facts: ModelFacts | None = None,
+    repack: frozenset[str] | None = None,
+) -> Estimate:
+    """Bytes per device per category for ``llama-server -m model <flags>`` on ``gpus`` (+ host).
+
+    ``repack``: ggml type names the host CPU backend repacks (default: detected on this host).
+    """
+    repack = repack_types() if repack is None else repack
+    flags = flags or ServerFlags()
+    validate(flags)
+    f = facts or facts_from_model(model)
+    ctx = resolve_context(f, flags, gpus)
+    if flags.cache_type_v not in ("f16", "f32", "bf16") and not ctx.flash_attn:
+        raise InvalidInput("a quantized V cache requires flash attention, which is off for these devices")
+    _check_cache_blocks(f, flags)
+    n_layer = f.block_count
+    placement = layer_devices(n_layer, flags, gpus)
+    by_name = {g.device_name: g for g in gpus}
+    usage = {g.device_name: DeviceUsage(g.device_name, g.name) for g in gpus}
+    host = DeviceUsage(HOST, "host")
+    usage[HOST] = host
+    for il, dev in enumerate(placement[:n_layer]):
+        usage[dev].layers.append(il)
+    notes: list[str] = []
+
+    # weights
+    host_tensors: list[TensorInfo] = []
+    names = {t.name for t in model.tensors}
+    for t in model.tensors:
+        layer = _tensor_layer(t.name, n_layer)
+        dev = HOST if layer is None else placement[layer]
+        m = _EXPS.match(t.name)
+        if m and (flags.cpu_moe or int(m.group(1)) < flags.n_cpu_moe):
+            dev = HOST
+        if dev == HOST:
+            host_tensors.append(t)
+        else:
+            usage[dev].model += _gpu_tensor_bytes(t, by_name[dev].backend)
+    if "output.weight" not in names and placement[n_layer] != HOST:  # tied embeddings: copied to the GPU
+        emb = next((t for t in model.tensors if t.name == "token_embd.weight"), None)
+        if emb is not None:
+            out_dev = placement[n_layer]
+            usage[out_dev].model += _gpu_tensor_bytes(emb, by_name[out_dev].backend)
+    # host weights: the CPU backend copies repackable matmul weights into a CPU_REPACK buffer; the
+    # rest stay in the mapped file range (or a plain buffer with --no-mmap)
+    repacked = [t for t in host_tensors if _repacked(t, repack)]
+    plain = [t for t in host_tensors if not _repacked(t, repack)]
+    host_mapped = _mapped_range(model, plain)
+    host.model = sum(t.n_bytes for t in repacked)
+    host.model += host_mapped if not flags.no_mmap else sum(pad(t.n_bytes, 32) for t in plain)
+
+    # KV cache and recurrent state, each on its layer's device (or the host with -nkvo)
+    attn = attention_layers(f)
+    swa = swa_layers(f)
+    is_mla = f.key_length_mla is not None and f.kv_lora_rank is not None
+    v_dims = [f.value_length * f.n_head_kv(il) for il in range(n_layer) if attn[il]]
+    v_max = max(v_dims, default=0)
+    for il in range(n_layer):
+        if not attn[il]:
+            continue
+        cells = ctx.kv_cells_swa if swa[il] else ctx.kv_cells
+        k_dim = f.key_length * f.n_head_kv(il)
+        v_dim = 0 if is_mla else (f.value_length * f.n_head_kv(il) if ctx.flash_attn else v_max)
+        size = (_row(flags.cache_type_k, k_dim) + (_row(flags.cache_type_v, v_dim) if v_dim else 0)) * cells
+        size *= ctx.n_stream
+        dev = HOST if flags.no_kv_offload else placement[il]
+        usage[dev].kv += size
+        if swa[il]:
+            usage[dev].kv_swa += size
+    rec = recurrent_layers(f)
+    if any(rec):
+        r, s = recurrent_state_floats(f)
+        for il in range(n_layer):
+            if rec[il]:
+                usage[placement[il]].rs += (r + s) * 4 * max(1, ctx.n_seq)
+
+    # output logits: host memory (pinned when a GPU is used), n_vocab floats per output row
+    host.output = 4 * f.vocab_size * ctx.n_seq
+
+    for dev_usage, cb in compute_bytes(f, ctx, placement, usage, gpus).items():
+        usage[dev_usage].compute = cb
+
+    ngl_eff = sum(1 for d in placement if d != HOST)
+    if gpus and flags.n_gpu_layers == GPU_LAYERS_AUTO:
+        notes.append("-ngl auto: estimated with every layer on the GPUs (llama.cpp's --fit may lower it)")
+    devices = [usage[g.device_name] for g in gpus] + [host]
+    return Estimate(devices, ctx, ngl_eff, host_mapped, notes)
+
+
+def _check_cache_blocks(f: ModelFacts, flags: ServerFlags) -> None:
+    """llama_init_from_model refuses a cache type whose block size does not divide the head size."""
+    for which, cache_type, head in (
+        ("K", flags.cache_type_k, f.key_length),
+        ("V", flags.cache_type_v, f.value_length),
+    ):
+        block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[cache_type.upper()]][0]
+        if head and head % block:
+            raise InvalidInput(
+                f"{which} cache type {cache_type} with block size {block} does not divide the head size {head}"
+            )
+
+
+def _row(cache_type: str, n: int) -> int:
+    try:
+        return cache_row_bytes(cache_type, n)
+    except KeyError:
+        raise InvalidInput(f"unknown cache type {cache_type!r}") from None
+
+
+def _repacked(t: TensorInfo, repack: frozenset[str]) -> bool:
+    return (
+        t.type_name in repack
+        and len(t.shape) >= 2
+        and t.shape[1] % 8 == 0
+        and not t.name.startswith(("token_embd", "per_layer_token_embd"))
+    )
+
+
+def _mapped_range(model: GGUFModel, tensors: list[TensorInfo]) -> int:
+    """llama.cpp maps, per file, one range from the first to the last byte of its host tensors."""
+    total = 0
+    for part in range(len(model.parts)):
+        mine = [t for t in tensors if t.part == part]
+        if mine:
+            total += max(t.offset + t.n_bytes for t in mine) - min(t.offset for t in mine)
+    return total

@@ -1,0 +1,190 @@
+"""The llama-server flags that decide memory, parsed from and rendered to llama-server's argv.
+
+Names and short forms are llama-server's own (``-c/--ctx-size``, ``-ngl``, ``-ctk`` …) so a user
+can paste their command line. Defaults are llama-server's defaults in the pinned version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Literal
+
+import gguf
+
+from llamastudio.errors import InvalidInput
+
+FlashAttn = Literal["on", "off", "auto"]
+SplitMode = Literal["none", "layer", "row"]
+GPU_LAYERS_AUTO = -1
+GPU_LAYERS_ALL = -2
+CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerFlags:
+    ctx_size: int = 0  # 0 = the model's training context
+    parallel: int = -1  # -1 = auto: 4 slots with unified KV
+    kv_unified: bool | None = None  # None = llama-server's default (true only with auto parallel)
+    n_gpu_layers: int = GPU_LAYERS_AUTO
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
+    flash_attn: FlashAttn = "auto"
+    batch_size: int = 2048
+    ubatch_size: int = 512
+    tensor_split: tuple[float, ...] = ()
+    split_mode: SplitMode = "layer"
+    main_gpu: int = 0
+    n_cpu_moe: int = 0
+    cpu_moe: bool = False
+    no_kv_offload: bool = False
+    swa_full: bool = False
+    no_mmap: bool = False
+    extra: tuple[str, ...] = field(default=())  # flags we pass through untouched
+
+    @property
+    def n_seq(self) -> int:
+        return 4 if self.parallel < 0 else max(1, self.parallel)
+
+    @property
+    def unified(self) -> bool:
+        if self.kv_unified is not None:
+            return self.kv_unified
+        return self.parallel < 0
+
+    def with_(self, **changes: object) -> ServerFlags:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def to_args(self) -> list[str]:
+        """The argv fragment for llama-server: only flags that differ from its defaults."""
+        d = ServerFlags()
+        out: list[str] = []
+        if self.ctx_size != d.ctx_size:
+            out += ["-c", str(self.ctx_size)]
+        if self.parallel != d.parallel:
+            out += ["-np", str(self.parallel)]
+        if self.kv_unified is not None and self.kv_unified != (self.parallel < 0):
+            out.append("-kvu" if self.kv_unified else "-no-kvu")
+        if self.n_gpu_layers != d.n_gpu_layers:
+            ngl = self.n_gpu_layers
+            out += ["-ngl", "all" if ngl == GPU_LAYERS_ALL else str(ngl)]
+        if self.cache_type_k != d.cache_type_k:
+            out += ["-ctk", self.cache_type_k]
+        if self.cache_type_v != d.cache_type_v:
+            out += ["-ctv", self.cache_type_v]
+        if self.flash_attn != d.flash_attn:
+            out += ["-fa", self.flash_attn]
+        if self.batch_size != d.batch_size:
+            out += ["-b", str(self.batch_size)]
+        if self.ubatch_size != d.ubatch_size:
+            out += ["-ub", str(self.ubatch_size)]
+        if self.tensor_split:
+            out += ["-ts", ",".join(f"{x:g}" for x in self.tensor_split)]
+        if self.split_mode != d.split_mode:
+            out += ["-sm", self.split_mode]
+        if self.main_gpu != d.main_gpu:
+            out += ["-mg", str(self.main_gpu)]
+        if self.cpu_moe:
+            out.append("--cpu-moe")
+        elif self.n_cpu_moe:
+            out += ["--n-cpu-moe", str(self.n_cpu_moe)]
+        for flag, name in (("-nkvo", "no_kv_offload"), ("--swa-full", "swa_full"), ("--no-mmap", "no_mmap")):
+            if getattr(self, name):
+                out.append(flag)
+        return [*out, *self.extra]
+
+
+# flag spelling → (field, kind); kind: int | str | bool-true | bool-false | special parsers
+_VALUE_FLAGS: dict[str, str] = {
+    "-c": "ctx_size", "--ctx-size": "ctx_size",
+    "-np": "parallel", "--parallel": "parallel",
+    "-ngl": "n_gpu_layers", "--gpu-layers": "n_gpu_layers", "--n-gpu-layers": "n_gpu_layers",
+    "-ctk": "cache_type_k", "--cache-type-k": "cache_type_k",
+    "-ctv": "cache_type_v", "--cache-type-v": "cache_type_v",
+    "-fa": "flash_attn", "--flash-attn": "flash_attn",
+    "-b": "batch_size", "--batch-size": "batch_size",
+    "-ub": "ubatch_size", "--ubatch-size": "ubatch_size",
+    "-ts": "tensor_split", "--tensor-split": "tensor_split",
+    "-sm": "split_mode", "--split-mode": "split_mode",
+    "-mg": "main_gpu", "--main-gpu": "main_gpu",
+    "--n-cpu-moe": "n_cpu_moe", "-ncmoe": "n_cpu_moe",
+}  # fmt: skip
+_BOOL_FLAGS: dict[str, tuple[str, bool]] = {
+    "-kvu": ("kv_unified", True), "--kv-unified": ("kv_unified", True),
+    "-no-kvu": ("kv_unified", False), "--no-kv-unified": ("kv_unified", False),
+    "--cpu-moe": ("cpu_moe", True), "-cmoe": ("cpu_moe", True),
+    "-nkvo": ("no_kv_offload", True), "--no-kv-offload": ("no_kv_offload", True),
+    "--swa-full": ("swa_full", True),
+    "--no-mmap": ("no_mmap", True), "--mmap": ("no_mmap", False),
+}  # fmt: skip
+_INT_FIELDS = {f.name for f in fields(ServerFlags) if f.type == "int"}
+
+
+def _convert(name: str, flag: str, raw: str) -> object:
+    try:
+        if name == "n_gpu_layers":
+            return {"auto": GPU_LAYERS_AUTO, "all": GPU_LAYERS_ALL}.get(raw) or int(raw)
+        if name in _INT_FIELDS:
+            value = int(raw)
+            if name in ("batch_size", "ubatch_size") and value < 1:
+                raise ValueError
+            if name in ("ctx_size", "n_cpu_moe") and value < 0:
+                raise ValueError
+            return value
+        if name == "tensor_split":
+            parts = tuple(float(x) for x in raw.replace("/", ",").split(","))
+            if any(x < 0 for x in parts) or not any(parts):
+                raise ValueError
+            return parts
+    except ValueError:
+        raise InvalidInput(f"{flag}: invalid value {raw!r}") from None
+    if name == "flash_attn":
+        value_fa = {"1": "on", "0": "off", "true": "on", "false": "off"}.get(raw, raw)
+        if value_fa not in ("on", "off", "auto"):
+            raise InvalidInput(f"{flag}: expected on, off or auto, got {raw!r}")
+        return value_fa
+    if name == "split_mode":
+        if raw not in ("none", "layer", "row"):
+            raise InvalidInput(f"{flag}: expected none, layer or row, got {raw!r}")
+        return raw
+    if name in ("cache_type_k", "cache_type_v"):
+        if raw not in CACHE_TYPES:
+            raise InvalidInput(f"{flag}: unknown cache type {raw!r} (one of {', '.join(CACHE_TYPES)})")
+        return raw
+    return raw
+
+
+def parse_server_args(argv: list[str], *, keep_unknown: bool = True) -> ServerFlags:
+    """Parse a llama-server argv (``--flag value`` or ``--flag=value``) into ServerFlags."""
+    values: dict[str, object] = {}
+    extra: list[str] = []
+    it = iter(argv)
+    for token in it:
+        flag, eq, inline = token.partition("=") if token.startswith("--") else (token, "", "")
+        if flag in _BOOL_FLAGS:
+            name, value = _BOOL_FLAGS[flag]
+            values[name] = value
+        elif flag in _VALUE_FLAGS:
+            raw = inline if eq else next(it, None)
+            if raw is None:
+                raise InvalidInput(f"{flag}: missing value")
+            values[_VALUE_FLAGS[flag]] = _convert(_VALUE_FLAGS[flag], flag, raw)
+        elif keep_unknown:
+            extra.append(token)
+        else:
+            raise InvalidInput(f"unknown flag {token!r}")
+    flags = ServerFlags(**values, extra=tuple(extra))  # type: ignore[arg-type]
+    validate(flags)
+    return flags
+
+
+def validate(flags: ServerFlags) -> None:
+    """Combinations llama.cpp itself refuses."""
+    if flags.cache_type_v not in ("f16", "f32", "bf16") and flags.flash_attn == "off":
+        raise InvalidInput("a quantized V cache (-ctv) requires flash attention (-fa on or auto)")
+
+
+def cache_row_bytes(cache_type: str, n: int) -> int:
+    """Bytes of a row of ``n`` values in a KV cache of ``cache_type`` (block-quantized)."""
+    qtype = gguf.GGMLQuantizationType[cache_type.upper()]
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    return n // block * size
