@@ -167,6 +167,24 @@ def summarize(rows: list[dict[str, Any]]) -> str:
         rel = [abs(e) / v for e, v in errs if v > 0.05]
         lines.append(f"| {cat} | {exact}/{len(errs)} | {max(abs(e) for e, _ in errs):.3f} | "
                      f"{max(rel, default=0):.1%} | {sum(rel) / max(len(rel), 1):.1%} |")  # fmt: skip
+    lines += [
+        "",
+        "compute error by buffer size (llama.cpp logs 2 decimals; allocator reuse dominates tiny buffers):",
+        "| logged compute | runs | within 10% | max rel error | mean rel error |",
+        "|---|---|---|---|---|",
+    ]
+    for lo, hi in ((0, 1), (1, 4), (4, 16), (16, 1e9)):
+        sel = [
+            abs(r["compute_est"] - r["compute_logged"]) / r["compute_logged"]
+            for r in ok
+            if lo <= r["compute_logged"] < hi
+        ]
+        if sel:
+            label = f"{lo}–{hi:g} MiB" if hi < 1e9 else f"≥ {lo} MiB"
+            lines.append(
+                f"| {label} | {len(sel)} | {sum(e <= 0.10 for e in sel)} | {max(sel):.1%} | "
+                f"{sum(sel) / len(sel):.1%} |"
+            )
     worst = sorted(
         ok, key=lambda r: -abs(r["compute_est"] - r["compute_logged"]) / max(r["compute_logged"], 1e-9)
     )
@@ -178,15 +196,13 @@ def summarize(rows: list[dict[str, Any]]) -> str:
     ]
     for r in worst[:8]:
         err = (r["compute_est"] - r["compute_logged"]) / r["compute_logged"]
-        lines.append(
-            f"| {r['model']} | `{r['args']}` | {r['compute_logged']:.2f} | {r['compute_est']:.2f} | {err:+.1%} |"
-        )
+        logged, est = r["compute_logged"], r["compute_est"]
+        lines.append(f"| {r['model']} | `{r['args']}` | {logged:.2f} | {est:.2f} | {err:+.1%} |")
     for r in ok:
         for cat in ("model", "kv", "rs", "output"):
             if abs(r[f"{cat}_est"] - r[f"{cat}_logged"]) > r[f"{cat}_tol"]:
-                lines.append(
-                    f"MISMATCH {r['model']} `{r['args']}` {cat}: logged {r[f'{cat}_logged']:.2f} est {r[f'{cat}_est']:.3f}"
-                )
+                logged, est = r[f"{cat}_logged"], r[f"{cat}_est"]
+                lines.append(f"MISMATCH {r['model']} `{r['args']}` {cat}: logged {logged:.2f} est {est:.3f}")
     for r in refused:
         if not r["agree"]:
             lines.append(f"DISAGREE {r['model']} `{r['args']}`: server: {r['server']} / ours: {r['ours']}")

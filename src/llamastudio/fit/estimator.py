@@ -276,7 +276,8 @@ def _check_cache_blocks(f: ModelFacts, flags: ServerFlags) -> None:
         block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[cache_type.upper()]][0]
         if head and head % block:
             raise InvalidInput(
-                f"{which} cache type {cache_type} with block size {block} does not divide the head size {head}"
+                f"{which} cache type {cache_type} with block size {block} "
+                f"does not divide the head size {head}"
             )
 
 
