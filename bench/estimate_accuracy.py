@@ -165,8 +165,10 @@ def summarize(rows: list[dict[str, Any]]) -> str:
         errs = [(r[f"{cat}_est"] - r[f"{cat}_logged"], r[f"{cat}_logged"]) for r in ok]
         exact = sum(1 for r in ok if abs(r[f"{cat}_est"] - r[f"{cat}_logged"]) <= r[f"{cat}_tol"])
         rel = [abs(e) / v for e, v in errs if v > 0.05]
-        lines.append(f"| {cat} | {exact}/{len(errs)} | {max(abs(e) for e, _ in errs):.3f} | "
-                     f"{max(rel, default=0):.1%} | {sum(rel) / max(len(rel), 1):.1%} |")  # fmt: skip
+        lines.append(
+            f"| {cat} | {exact}/{len(errs)} | {max(abs(e) for e, _ in errs):.3f} | "
+            f"{max(rel, default=0):.1%} | {sum(rel) / max(len(rel), 1):.1%} |"
+        )
     lines += [
         "",
         "compute error by buffer size (llama.cpp logs 2 decimals; allocator reuse dominates tiny buffers):",

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from llamastudio import __version__
-from llamastudio.cli import inspect_cmd, serve_cmd
+from llamastudio.cli import fit_cmds, inspect_cmd, serve_cmd
 from llamastudio.config import Settings
 from llamastudio.errors import InvalidInput, StudioError
 
@@ -57,6 +57,7 @@ def _root(
 
 serve_cmd.register(app, load_settings)
 inspect_cmd.register(app)
+fit_cmds.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,12 +10,26 @@ from llamastudio.gguf import ModelFacts
 
 # arch → (default pattern, dense_first), from load_swa_pattern(ml, N[, dense_first])
 SWA_PATTERNS: dict[str, tuple[int, bool]] = {
-    "afmoe": (4, False), "cohere2": (4, False), "cohere2moe": (4, True), "exaone-moe": (4, False),
-    "exaone4": (4, False), "gemma-embedding": (6, False), "gemma2": (2, False), "gemma3": (6, False),
-    "gemma3n": (5, False), "laguna": (4, True), "llama4": (4, False), "mellum": (4, False),
-    "modern-bert": (3, True), "muse-glimmer": (4, False), "olmo2": (4, False), "gpt-oss": (2, False),
-    "openai-moe": (2, False), "plamo3": (8, False), "smallthinker": (4, True),
-}  # fmt: skip
+    "afmoe": (4, False),
+    "cohere2": (4, False),
+    "cohere2moe": (4, True),
+    "exaone-moe": (4, False),
+    "exaone4": (4, False),
+    "gemma-embedding": (6, False),
+    "gemma2": (2, False),
+    "gemma3": (6, False),
+    "gemma3n": (5, False),
+    "laguna": (4, True),
+    "llama4": (4, False),
+    "mellum": (4, False),
+    "modern-bert": (3, True),
+    "muse-glimmer": (4, False),
+    "olmo2": (4, False),
+    "gpt-oss": (2, False),
+    "openai-moe": (2, False),
+    "plamo3": (8, False),
+    "smallthinker": (4, True),
+}
 PURE_RECURRENT = {"mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"}
 # hybrids whose recurrent layers are those with no KV heads (per-layer head_count_kv == 0)
 HYBRID_BY_KV_HEADS = {"jamba", "granitehybrid", "nemotron_h", "nemotron_h_moe", "lfm2", "lfm2moe", "plamo2"}

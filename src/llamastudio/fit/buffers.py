@@ -13,8 +13,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 MiB = 1024 * 1024
-_BUF = re.compile(r"(load_tensors|llama_kv_cache|llama_memory_recurrent|llama_context|sched_reserve):\s+"
-                  r"(\S+)\s+(model|KV|RS|output|compute) buffer size =\s+([\d.]+) MiB")  # fmt: skip
+_BUF = re.compile(
+    r"(load_tensors|llama_kv_cache|llama_memory_recurrent|llama_context|sched_reserve):\s+"
+    r"(\S+)\s+(model|KV|RS|output|compute) buffer size =\s+([\d.]+) MiB"
+)
 _KV_SIZE = re.compile(
     r"llama_kv_cache: size =\s+[\d.]+ MiB \(\s*(\d+) cells,\s+(\d+) layers,\s+(\d+)/(\d+) seqs\)"
 )

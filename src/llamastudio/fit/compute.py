@@ -64,8 +64,11 @@ def graph_peak(f: ModelFacts, ctx: Context) -> int:
 
     candidates = []
     if any(attn):
-        kv_dims = max(f.key_length * f.n_head_kv(il) + f.value_length * f.n_head_kv(il)
-                      for il in range(f.block_count) if attn[il])  # fmt: skip
+        kv_dims = max(
+            f.key_length * f.n_head_kv(il) + f.value_length * f.n_head_kv(il)
+            for il in range(f.block_count)
+            if attn[il]
+        )
         attention = 4 * n_ub * (6 * n_embd + kv_dims)
         if not ctx.flash_attn:
             n_head = max(f.n_head(il) for il in range(f.block_count) if attn[il])

@@ -51,9 +51,18 @@ class DeviceUsage:
         return self.model + self.kv + self.rs + self.output + self.compute
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "label": self.label, "model": self.model, "kv": self.kv,
-                "kv_swa": self.kv_swa, "rs": self.rs, "output": self.output, "compute": self.compute,
-                "total": self.total, "layers": self.layers}  # fmt: skip
+        return {
+            "name": self.name,
+            "label": self.label,
+            "model": self.model,
+            "kv": self.kv,
+            "kv_swa": self.kv_swa,
+            "rs": self.rs,
+            "output": self.output,
+            "compute": self.compute,
+            "total": self.total,
+            "layers": self.layers,
+        }
 
 
 @dataclass
@@ -89,12 +98,20 @@ class Estimate:
         c = self.context
         return {
             "devices": [d.to_json() for d in self.devices],
-            "n_ctx": c.n_ctx, "n_ctx_seq": c.n_ctx_seq, "n_seq": c.n_seq, "n_stream": c.n_stream,
-            "kv_unified": c.unified, "kv_cells": c.kv_cells * c.n_stream,
-            "kv_cells_swa": c.kv_cells_swa * c.n_stream, "n_batch": c.n_batch, "n_ubatch": c.n_ubatch,
-            "flash_attn": c.flash_attn, "n_gpu_layers": self.n_gpu_layers, "host_mapped": self.host_mapped,
+            "n_ctx": c.n_ctx,
+            "n_ctx_seq": c.n_ctx_seq,
+            "n_seq": c.n_seq,
+            "n_stream": c.n_stream,
+            "kv_unified": c.unified,
+            "kv_cells": c.kv_cells * c.n_stream,
+            "kv_cells_swa": c.kv_cells_swa * c.n_stream,
+            "n_batch": c.n_batch,
+            "n_ubatch": c.n_ubatch,
+            "flash_attn": c.flash_attn,
+            "n_gpu_layers": self.n_gpu_layers,
+            "host_mapped": self.host_mapped,
             "notes": self.notes,
-        }  # fmt: skip
+        }
 
 
 def resolve_context(f: ModelFacts, flags: ServerFlags, gpus: tuple[Gpu, ...] = ()) -> Context:
@@ -157,7 +174,7 @@ def _gpu_tensor_bytes(t: TensorInfo, backend: str) -> int:
     size = t.n_bytes
     if backend in ("CUDA", "ROCm") and t.ggml_type not in _UNQUANTIZED and t.shape[0] % MATRIX_ROW_PADDING:
         block, type_size = gguf.GGML_QUANT_SIZES[t.ggml_type]
-        size += (MATRIX_ROW_PADDING - t.shape[0] % MATRIX_ROW_PADDING) // block * type_size
+        size += type_size * (MATRIX_ROW_PADDING - t.shape[0] % MATRIX_ROW_PADDING) // block  # ggml_row_size
     return pad(size, CUDA_ALIGN)
 
 
