@@ -140,7 +140,12 @@ def measure(models: dict[str, Path], settings: list[list[str]], tmp: Path) -> li
             row: dict[str, Any] = {"model": name, "args": " ".join(args)}
             for cat in CATEGORIES:
                 row[f"{cat}_logged"] = logged.total(cat)
-                row[f"{cat}_est"] = getattr(host, cat) / MiB
+                value = (
+                    host.model_logged
+                    if cat == "model" and host.model_logged is not None
+                    else getattr(host, cat)
+                )
+                row[f"{cat}_est"] = value / MiB
                 row[f"{cat}_tol"] = logged.tolerance(cat)
             row["context"] = est.to_json() | {"devices": None}
             row["logged_ctx"] = logged.context

@@ -57,6 +57,18 @@ async def test_status(client: httpx.AsyncClient, settings: Settings) -> None:
         assert (settings.data_dir / sub).is_dir()
 
 
+async def test_gpu_info_on_this_machine(client: httpx.AsyncClient) -> None:
+    import psutil
+
+    body = (await client.get("/api/gpu-info")).json()
+    assert body["ram_total"] == psutil.virtual_memory().total
+    assert body["cpu_cores"] >= 1
+    assert isinstance(body["gpus"], list)
+    assert body["topology"] in ("single", "all-connected", "clusters", "partial", "none")
+    if not body["gpus"]:
+        assert body["notes"] == ["no GPU found: planning for the CPU"]
+
+
 async def test_error_shape_for_unknown_route_and_method(client: httpx.AsyncClient) -> None:
     assert_error_shape(await client.get("/api/nope"), 404, "not_found")
     assert_error_shape(await client.post("/api/status"), 405, "method_not_allowed")

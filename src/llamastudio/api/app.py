@@ -10,7 +10,7 @@ from fastapi import Depends, FastAPI
 from llamastudio import __version__
 from llamastudio.api.deps import AppState, require_api_key
 from llamastudio.api.errors import install_error_handlers
-from llamastudio.api.routes import status
+from llamastudio.api.routes import hardware, status
 from llamastudio.config import Settings
 from llamastudio.store import Database
 
@@ -30,5 +30,6 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="llama.cpp Studio", version=__version__, lifespan=lifespan)
     app.state.studio = AppState(settings=settings, db=db)
     install_error_handlers(app)
-    app.include_router(status.router, dependencies=[Depends(require_api_key)])
+    for router in (status.router, hardware.router):
+        app.include_router(router, dependencies=[Depends(require_api_key)])
     return app

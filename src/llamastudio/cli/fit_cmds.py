@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from llamastudio.errors import InvalidInput
 from llamastudio.fit.estimator import Estimate, estimate
 from llamastudio.fit.flags import parse_server_args
-from llamastudio.gguf import GGUFModel, load_model
+from llamastudio.fit.planner import plan as make_plan
+from llamastudio.gguf import GGUFModel, facts_from_model, load_model
 from llamastudio.hardware import Hardware
 from llamastudio.hardware.profiles import resolve
 
@@ -24,6 +28,12 @@ HardwareOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 ModelArg = Annotated[str, typer.Argument(metavar="MODEL", help="GGUF file, split part or URL.")]
 PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+class Goal(StrEnum):
+    balanced = "balanced"
+    max_context = "max-context"
+    max_speed = "max-speed"
 
 
 def open_model(location: str) -> GGUFModel:
@@ -87,3 +97,94 @@ def register(app: typer.Typer) -> None:
 
     estimate_cmd.__name__ = "estimate"
     app.registered_commands[-1].name = "estimate"
+    register_plan(app)
+
+
+def parse_reserve(text: str | None, hw: Hardware) -> dict[str, int]:
+    """``--reserve 4096,2048[,8192]``: MiB already taken on each GPU in order (one more: the host)."""
+    if not text:
+        return {}
+    try:
+        values = [int(float(x) * MiB) for x in text.split(",")]
+    except ValueError:
+        raise InvalidInput(f"--reserve: expected MiB per device like 4096,2048, got {text!r}") from None
+    names = [g.device_name for g in hw.gpus] + ["CPU"]
+    if len(values) > len(names) or any(v < 0 for v in values):
+        raise InvalidInput(f"--reserve: {len(values)} values for {len(names)} devices ({', '.join(names)})")
+    return dict(zip(names, values, strict=False))
+
+
+def register_plan(app: typer.Typer) -> None:
+    @app.command(context_settings=PASSTHROUGH)
+    def plan(
+        ctx: typer.Context,
+        model: ModelArg,
+        hardware: HardwareOpt = None,
+        goal: Annotated[Goal, typer.Option(help="What to favour.")] = Goal.balanced,
+        ctx_size: Annotated[int | None, typer.Option("--ctx", help="Fixed context size.")] = None,
+        parallel: Annotated[int | None, typer.Option(help="Parallel slots (-np).")] = None,
+        reserve: Annotated[
+            str | None, typer.Option(help="MiB already used per GPU by other models, e.g. 4096,0 (+ host).")
+        ] = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Smart Auto: the llama-server flags that fit, with a reason for each choice."""
+        base = parse_server_args(list(ctx.args), keep_unknown=False)
+        hw = resolve(hardware)
+        gmodel = open_model(model)
+        result = make_plan(gmodel, hw, goal.value, ctx_size, parallel, parse_reserve(reserve, hw), base)
+        if as_json:
+            typer.echo(json.dumps(result.to_json() | {"hardware": hw.to_json()}, indent=1))
+            return
+        console = Console()
+        for reason in result.reasons:
+            console.print(f"• {reason}", highlight=False)
+        for warning in result.warnings:
+            console.print(f"[yellow]! {warning}[/]", highlight=False)
+        render_estimate(result.estimate, hw, console)
+        console.print(shlex.join(result.command()), highlight=False, soft_wrap=True)
+
+    @app.command()
+    def analyze(model: ModelArg, hardware: HardwareOpt = None, as_json: JsonOpt = False) -> None:
+        """Layers, GPUs by free memory, a layer-to-GPU plan and its --tensor-split."""
+        hw = resolve(hardware)
+        gmodel = open_model(model)
+        report = analysis(gmodel, hw)
+        if as_json:
+            typer.echo(json.dumps(report, indent=1))
+            return
+        console = Console()
+        for line in report["lines"]:
+            console.print(line, highlight=False, soft_wrap=True)
+
+
+def analysis(model: GGUFModel, hw: Hardware) -> dict[str, Any]:
+    """The orchestrator view: per-GPU layer ranges and usage from the planner's balanced plan."""
+    facts = facts_from_model(model)
+    result = make_plan(model, hw)
+    layers = facts.layer_bytes or [0]
+    lines = [
+        f"model: {facts.general.get('name', facts.architecture)} — {facts.file_size / MiB:,.0f} MiB, "
+        f"{facts.block_count} layers, layer size {min(layers) / MiB:,.1f}–{max(layers) / MiB:,.1f} MiB",
+        "GPUs by free memory:" if hw.gpus else "no GPU: CPU only",
+    ]
+    for g in sorted(hw.gpus, key=lambda g: -g.free):
+        lines.append(f"  GPU {g.index}: {g.name} — {g.free / MiB:,.0f} / {g.total / MiB:,.0f} MiB free")
+    plan_rows = []
+    for d in result.estimate.devices:
+        budget = result.budgets.get(d.name, 0)
+        avail = next((g.free for g in hw.gpus if g.device_name == d.name), hw.ram_free)
+        span = f"#{d.layers[0]}-{d.layers[-1]}" if d.layers else "-"
+        label = f"GPU {d.name.removeprefix('CUDA')}" if d.name != "CPU" else "CPU"
+        pct = 100 * d.total / avail if avail else 0.0
+        usage = f"{d.total / MiB:,.0f} / {avail / MiB:,.0f} MiB ({pct:.1f}%)"
+        lines.append(f"{label}: {len(d.layers)} layers ({span}) | {usage}")
+        plan_rows.append(
+            {"device": d.name, "layers": d.layers, "bytes": d.total, "free": avail, "budget": budget}
+        )
+    gpu_layers = [len(d.layers) for d in result.estimate.devices[:-1]]
+    ts = ",".join(str(n) for n in gpu_layers) if len(gpu_layers) > 1 else ""
+    if ts:
+        lines.append(f"--tensor-split {ts}")
+    lines.append(shlex.join(result.command()))
+    return {"lines": lines, "plan": plan_rows, "tensor_split": ts, "args": result.flags.to_args()}

@@ -45,6 +45,7 @@ class DeviceUsage:
     compute: int = 0
     layers: list[int] = field(default_factory=list)
     kv_swa: int = 0  # part of kv held by sliding-window layers
+    model_logged: int | None = None  # the model buffers as llama.cpp logs them (host: mapped range)
 
     @property
     def total(self) -> int:
@@ -57,6 +58,7 @@ class DeviceUsage:
             "model": self.model,
             "kv": self.kv,
             "kv_swa": self.kv_swa,
+            "model_logged": self.model if self.model_logged is None else self.model_logged,
             "rs": self.rs,
             "output": self.output,
             "compute": self.compute,
@@ -242,9 +244,12 @@ def estimate(
     # rest stay in the mapped file range (or a plain buffer with --no-mmap)
     repacked = [t for t in host_tensors if _repacked(t, repack)]
     plain = [t for t in host_tensors if not _repacked(t, repack)]
+    # llama.cpp's logged CPU_Mapped buffer is the whole file range between the first and last
+    # mapped tensor, repacked and GPU tensors in between included: it overstates resident memory.
     host_mapped = _mapped_range(model, plain)
-    host.model = sum(t.n_bytes for t in repacked)
-    host.model += host_mapped if not flags.no_mmap else sum(pad(t.n_bytes, 32) for t in plain)
+    repack_bytes = sum(t.n_bytes for t in repacked)
+    host.model = repack_bytes + sum(pad(t.n_bytes, 32) if flags.no_mmap else t.n_bytes for t in plain)
+    host.model_logged = repack_bytes + (host_mapped if not flags.no_mmap else host.model - repack_bytes)
 
     # KV cache and recurrent state, each on its layer's device (or the host with -nkvo)
     attn = attention_layers(f)

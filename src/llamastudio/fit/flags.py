@@ -39,6 +39,7 @@ class ServerFlags:
     no_kv_offload: bool = False
     swa_full: bool = False
     no_mmap: bool = False
+    device: tuple[str, ...] = ()  # -dev: restrict to these devices (CUDA0,CUDA1); () = all
     extra: tuple[str, ...] = field(default=())  # flags we pass through untouched
 
     @property
@@ -87,6 +88,8 @@ class ServerFlags:
             out.append("--cpu-moe")
         elif self.n_cpu_moe:
             out += ["--n-cpu-moe", str(self.n_cpu_moe)]
+        if self.device:
+            out += ["-dev", ",".join(self.device)]
         for flag, name in (("-nkvo", "no_kv_offload"), ("--swa-full", "swa_full"), ("--no-mmap", "no_mmap")):
             if getattr(self, name):
                 out.append(flag)
@@ -120,6 +123,8 @@ _VALUE_FLAGS: dict[str, str] = {
     "--main-gpu": "main_gpu",
     "--n-cpu-moe": "n_cpu_moe",
     "-ncmoe": "n_cpu_moe",
+    "-dev": "device",
+    "--device": "device",
 }
 _BOOL_FLAGS: dict[str, tuple[str, bool]] = {
     "-kvu": ("kv_unified", True),
@@ -155,6 +160,8 @@ def _convert(name: str, flag: str, raw: str) -> object:
             return parts
     except ValueError:
         raise InvalidInput(f"{flag}: invalid value {raw!r}") from None
+    if name == "device":
+        return () if raw == "none" else tuple(d.strip() for d in raw.split(",") if d.strip())
     if name == "flash_attn":
         value_fa = {"1": "on", "0": "off", "true": "on", "false": "off"}.get(raw, raw)
         if value_fa not in ("on", "off", "auto"):

@@ -1,0 +1,23 @@
+"""``GET /api/gpu-info``: this machine's GPUs, NVLink topology and host memory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from llamastudio.hardware.discover import discover
+from llamastudio.hardware.topology import classify, nvlink_groups
+
+router = APIRouter(prefix="/api", tags=["hardware"])
+
+
+@router.get("/gpu-info")
+async def gpu_info() -> dict[str, Any]:
+    hw = await run_in_threadpool(discover)  # NVML and vulkaninfo calls block
+    return hw.to_json() | {
+        "topology": classify(hw.gpus),
+        "nvlink_groups": nvlink_groups(hw.gpus),
+        "cuda_available": any(g.backend == "CUDA" for g in hw.gpus),
+    }
