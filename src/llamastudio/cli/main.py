@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from llamastudio import __version__
-from llamastudio.cli import fit_cmds, inspect_cmd, serve_cmd
+from llamastudio.cli import engines_cmd, fit_cmds, inspect_cmd, serve_cmd
 from llamastudio.config import Settings
 from llamastudio.errors import InvalidInput, StudioError
 
@@ -27,7 +27,7 @@ err_console = Console(stderr=True)
 
 def load_settings(ctx: typer.Context, **overrides: Any) -> Settings:
     """Settings from env, overridden by global and command flags that were given."""
-    base: dict[str, Any] = dict(ctx.obj or {})
+    base: dict[str, Any] = {k: v for k, v in (ctx.obj or {}).items() if k != "load_settings"}
     base.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return Settings(**base)
@@ -53,11 +53,13 @@ def _root(
     ] = False,
 ) -> None:
     ctx.obj = {"data_dir": data_dir} if data_dir else {}
+    ctx.obj["load_settings"] = load_settings
 
 
 serve_cmd.register(app, load_settings)
 inspect_cmd.register(app)
 fit_cmds.register(app)
+app.add_typer(engines_cmd.app, name="engines")
 
 
 def main(argv: list[str] | None = None) -> None:

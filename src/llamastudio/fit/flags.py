@@ -55,45 +55,46 @@ class ServerFlags:
     def with_(self, **changes: object) -> ServerFlags:
         return replace(self, **changes)  # type: ignore[arg-type]
 
-    def to_args(self) -> list[str]:
-        """The argv fragment for llama-server: only flags that differ from its defaults."""
+    def to_pairs(self) -> list[tuple[str, list[str]]]:
+        """(flag, values) for every flag that differs from llama-server's default, extras excluded."""
         d = ServerFlags()
-        out: list[str] = []
+        out: list[tuple[str, list[str]]] = []
         if self.ctx_size != d.ctx_size:
-            out += ["-c", str(self.ctx_size)]
+            out.append(("-c", [str(self.ctx_size)]))
         if self.parallel != d.parallel:
-            out += ["-np", str(self.parallel)]
+            out.append(("-np", [str(self.parallel)]))
         if self.kv_unified is not None and self.kv_unified != (self.parallel < 0):
-            out.append("-kvu" if self.kv_unified else "-no-kvu")
+            out.append(("-kvu" if self.kv_unified else "-no-kvu", []))
         if self.n_gpu_layers != d.n_gpu_layers:
             ngl = self.n_gpu_layers
-            out += ["-ngl", "all" if ngl == GPU_LAYERS_ALL else str(ngl)]
-        if self.cache_type_k != d.cache_type_k:
-            out += ["-ctk", self.cache_type_k]
-        if self.cache_type_v != d.cache_type_v:
-            out += ["-ctv", self.cache_type_v]
-        if self.flash_attn != d.flash_attn:
-            out += ["-fa", self.flash_attn]
-        if self.batch_size != d.batch_size:
-            out += ["-b", str(self.batch_size)]
-        if self.ubatch_size != d.ubatch_size:
-            out += ["-ub", str(self.ubatch_size)]
+            out.append(("-ngl", ["all" if ngl == GPU_LAYERS_ALL else str(ngl)]))
+        for flag, name in (
+            ("-ctk", "cache_type_k"),
+            ("-ctv", "cache_type_v"),
+            ("-fa", "flash_attn"),
+            ("-sm", "split_mode"),
+        ):
+            if getattr(self, name) != getattr(d, name):
+                out.append((flag, [str(getattr(self, name))]))
+        for flag, name in (("-b", "batch_size"), ("-ub", "ubatch_size"), ("-mg", "main_gpu")):
+            if getattr(self, name) != getattr(d, name):
+                out.append((flag, [str(getattr(self, name))]))
         if self.tensor_split:
-            out += ["-ts", ",".join(f"{x:g}" for x in self.tensor_split)]
-        if self.split_mode != d.split_mode:
-            out += ["-sm", self.split_mode]
-        if self.main_gpu != d.main_gpu:
-            out += ["-mg", str(self.main_gpu)]
+            out.append(("-ts", [",".join(f"{x:g}" for x in self.tensor_split)]))
         if self.cpu_moe:
-            out.append("--cpu-moe")
+            out.append(("--cpu-moe", []))
         elif self.n_cpu_moe:
-            out += ["--n-cpu-moe", str(self.n_cpu_moe)]
+            out.append(("--n-cpu-moe", [str(self.n_cpu_moe)]))
         if self.device:
-            out += ["-dev", ",".join(self.device)]
+            out.append(("-dev", [",".join(self.device)]))
         for flag, name in (("-nkvo", "no_kv_offload"), ("--swa-full", "swa_full"), ("--no-mmap", "no_mmap")):
             if getattr(self, name):
-                out.append(flag)
-        return [*out, *self.extra]
+                out.append((flag, []))
+        return out
+
+    def to_args(self) -> list[str]:
+        """The argv fragment for llama-server: only flags that differ from its defaults."""
+        return [x for flag, values in self.to_pairs() for x in (flag, *values)] + list(self.extra)
 
 
 # flag spelling → (field, kind); kind: int | str | bool-true | bool-false | special parsers

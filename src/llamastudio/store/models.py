@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -41,3 +41,35 @@ class JobRow(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class EngineRow(Base):
+    """One llama.cpp build (or another engine's binary) registered with the studio."""
+
+    __tablename__ = "engines"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16))  # release | source | external
+    version: Mapped[str] = mapped_column(String(64), default="")
+    commit: Mapped[str] = mapped_column(String(64), default="")
+    backends: Mapped[list[str]] = mapped_column(JSON, default=list)
+    build_options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    patches: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    source: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # where it came from
+    build_key: Mapped[str] = mapped_column(String(64), default="", index=True)
+    root: Mapped[str] = mapped_column(Text)  # directory holding the engine's files
+    binaries: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)  # tool name → path
+    validation: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    capabilities: Mapped[list[str]] = mapped_column(JSON, default=list)  # flags from --help
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ModelPinRow(Base):
+    """A model (by its path, URL or library id) pinned to one engine."""
+
+    __tablename__ = "model_pins"
+
+    model: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    engine_id: Mapped[str] = mapped_column(ForeignKey("engines.id", ondelete="CASCADE"), index=True)

@@ -1,0 +1,451 @@
+"""Source builds of llama.cpp: a local tree, a source tarball, or a git URL + ref; backends, build
+type, CMake args, CFLAGS, patches.
+
+Contract: the build runs in ``<engines>/.build-<id>/`` (``src/``, ``build/``, ``out/``); only a
+finished, validated build is moved into ``<engines>/<id>/`` (one rename) and registered. A failed
+or cancelled build leaves nothing registered and its workspace is removed. The same inputs (source
+digest, options, patches) give the same build key, and a registered build with that key is reused.
+The fixed workspace layout lets ccache (``CCACHE_BASEDIR``) hit across builds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tarfile
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from llamastudio.engines import patches as patchlib
+from llamastudio.engines.registry import Engine, EngineRegistry
+from llamastudio.engines.validate import probe
+from llamastudio.errors import InvalidInput, NotFound, StudioError
+
+BACKENDS = ("cpu", "cuda", "vulkan", "metal", "openblas", "hip")
+BUILD_TYPES = ("Release", "Debug", "RelWithDebInfo")
+DEFAULT_GIT = "https://github.com/ggml-org/llama.cpp"
+_SKIP_DIRS = {".git", "__pycache__", "node_modules"}
+
+
+def _skip(root: Path, directory: Path, name: str) -> bool:
+    """Not part of a source tree: VCS data, caches, model files, and top-level build directories."""
+    if name in _SKIP_DIRS or name.endswith(".gguf"):
+        return True
+    return directory == root and name.startswith("build") and (directory / name).is_dir()
+
+
+LogFn = Callable[[str], None]
+
+
+class BuildFailed(StudioError):
+    code = "build_failed"
+
+
+class BuildCancelled(StudioError):
+    code = "build_cancelled"
+    exit_code = 130
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    source: str = DEFAULT_GIT  # a directory, a .tar.gz/.tgz/.tar file, or a git URL
+    ref: str = "master"  # for git sources
+    backends: tuple[str, ...] = ("cpu",)
+    build_type: str = "Release"
+    cuda_architectures: str | None = None  # e.g. "86;89"; None: from the detected GPUs
+    cmake_args: tuple[str, ...] = ()
+    cflags: str = ""
+    cxxflags: str = ""
+    targets: tuple[str, ...] = ("llama-server",)
+    jobs: int | None = None
+    patches: tuple[str, ...] = ()
+    name: str | None = None
+    build_number: str | None = None  # version to stamp on a source without git history
+    native: bool = True
+
+    def options(self) -> dict[str, object]:
+        data = asdict(self)
+        for key in ("source", "ref", "patches", "name", "jobs"):
+            data.pop(key)
+        return data
+
+
+@dataclass
+class BuildResult:
+    engine: Engine
+    reused: bool
+    log_tail: list[str] = field(default_factory=list)
+
+
+def missing_toolchain(backends: tuple[str, ...]) -> list[str]:
+    """What is missing to build these backends, each with how to get it."""
+    missing = []
+    if not shutil.which("cmake"):
+        missing.append("cmake (apt-get install cmake)")
+    if not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
+        missing.append("a C++ compiler (apt-get install g++)")
+    if not (shutil.which("make") or shutil.which("ninja")):
+        missing.append("make or ninja (apt-get install make)")
+    if "cuda" in backends and not (shutil.which("nvcc") or os.environ.get("CUDACXX")):
+        missing.append("nvcc for CUDA (install the CUDA toolkit, or set CUDACXX)")
+    if "vulkan" in backends:
+        if not shutil.which("glslc"):
+            missing.append("glslc for Vulkan shaders (apt-get install glslc)")
+        if not Path("/usr/include/vulkan/vulkan.h").exists():
+            missing.append("Vulkan headers (apt-get install libvulkan-dev)")
+    if "hip" in backends and not shutil.which("hipcc"):
+        missing.append("hipcc for ROCm (install ROCm)")
+    if "openblas" in backends and not any(
+        Path(p).exists()
+        for p in (
+            "/usr/include/openblas/cblas.h",
+            "/usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h",
+            "/usr/include/aarch64-linux-gnu/openblas-pthread/cblas.h",
+            "/usr/include/cblas.h",
+        )
+    ):
+        missing.append("OpenBLAS headers (apt-get install libopenblas-dev)")
+    if "metal" in backends and os.uname().sysname != "Darwin":
+        missing.append("Metal needs macOS")
+    return missing
+
+
+def cmake_args(spec: BuildSpec, src: Path, build: Path) -> list[str]:
+    args = [
+        "cmake",
+        "-S",
+        str(src),
+        "-B",
+        str(build),
+        f"-DCMAKE_BUILD_TYPE={spec.build_type}",
+        f"-DGGML_NATIVE={'ON' if spec.native else 'OFF'}",
+        "-DBUILD_SHARED_LIBS=OFF",
+        "-DLLAMA_CURL=OFF",
+        "-DLLAMA_OPENSSL=OFF",
+        "-DLLAMA_BUILD_TESTS=OFF",
+        "-DLLAMA_BUILD_EXAMPLES=OFF",
+    ]
+    flags = {
+        "cuda": ["-DGGML_CUDA=ON"],
+        "vulkan": ["-DGGML_VULKAN=ON"],
+        "metal": ["-DGGML_METAL=ON"],
+        "openblas": ["-DGGML_BLAS=ON", "-DGGML_BLAS_VENDOR=OpenBLAS"],
+        "hip": ["-DGGML_HIP=ON"],
+    }
+    for backend in spec.backends:
+        args += flags.get(backend, [])
+    if "cuda" in spec.backends and spec.cuda_architectures:
+        args.append(f"-DCMAKE_CUDA_ARCHITECTURES={spec.cuda_architectures}")
+    if spec.cflags:
+        args.append(f"-DCMAKE_C_FLAGS={spec.cflags}")
+    if spec.cxxflags:
+        args.append(f"-DCMAKE_CXX_FLAGS={spec.cxxflags}")
+    if spec.build_number:
+        args += [f"-DLLAMA_BUILD_NUMBER={spec.build_number}", "-DLLAMA_BUILD_COMMIT=sdist"]
+    if shutil.which("ccache"):
+        args.append("-DGGML_CCACHE=ON")
+    return args + list(spec.cmake_args)
+
+
+def validate_spec(spec: BuildSpec) -> None:
+    bad = [b for b in spec.backends if b not in BACKENDS]
+    if bad:
+        raise InvalidInput(f"unknown backend(s) {', '.join(bad)} (choose from {', '.join(BACKENDS)})")
+    if spec.build_type not in BUILD_TYPES:
+        raise InvalidInput(f"build type {spec.build_type!r}: choose from {', '.join(BUILD_TYPES)}")
+    for arg in spec.cmake_args:
+        if not arg.startswith("-D"):
+            raise InvalidInput(f"CMake argument {arg!r} must look like -DNAME=VALUE")
+    for target in spec.targets:
+        if not re.fullmatch(r"[\w.-]+", target):
+            raise InvalidInput(f"bad target name {target!r}")
+    if "llama-server" not in spec.targets:
+        raise InvalidInput("targets must include llama-server")
+    missing = missing_toolchain(spec.backends)
+    if missing:
+        raise InvalidInput("missing build tools: " + "; ".join(missing))
+
+
+def tree_digest(root: Path) -> str:
+    """Content digest of a source tree (the files a build reads; .git, builds and models excluded)."""
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not _skip(root, here, d))
+        for name in sorted(filenames):
+            if _skip(root, here, name):
+                continue
+            path = Path(dirpath) / name
+            h.update(str(path.relative_to(root)).encode() + b"\0")
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()
+
+
+def _find_cmake_root(root: Path) -> Path:
+    """The shallowest directory whose CMakeLists.txt declares the llama.cpp project."""
+    candidates = sorted(root.rglob("CMakeLists.txt"), key=lambda p: len(p.parts))
+    for path in candidates:
+        if 'project("llama.cpp"' in path.read_text(errors="replace"):
+            return path.parent
+    raise InvalidInput(f"no llama.cpp CMakeLists.txt found in {root}")
+
+
+class Builder:
+    """Builds engines into a registry; one build at a time per workspace."""
+
+    def __init__(self, registry: EngineRegistry) -> None:
+        self.registry = registry
+
+    async def build(
+        self, spec: BuildSpec, on_log: LogFn = lambda _line: None, cancel: asyncio.Event | None = None
+    ) -> BuildResult:
+        validate_spec(spec)
+        fetched = [patchlib.fetch(p) for p in spec.patches]  # a 404 fails here, before any work
+        source_kind, digest = self._source_digest(spec)
+        key_payload = {"source": digest, "options": spec.options(), "patches": [p.sha256 for p in fetched]}
+        build_key = hashlib.sha256(json.dumps(key_payload, sort_keys=True).encode()).hexdigest()[:32]
+        found = self.registry.find_build(build_key)
+        if found is not None:
+            on_log(f"reusing engine {found.id} (same source, options and patches)")
+            return BuildResult(self._revalidate(found), reused=True)
+        self.registry.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.registry.dir / ".build.lock", "w") as lock:
+            # one build at a time per engines dir: a second one waits, then finds the first's result
+            await asyncio.to_thread(fcntl.flock, lock.fileno(), fcntl.LOCK_EX)
+            found = self.registry.find_build(build_key)
+            if found is not None:
+                on_log(f"reusing engine {found.id} (built meanwhile by another process)")
+                return BuildResult(found, reused=True)
+            for stale in self.registry.dir.glob(".build-*"):  # left by a killed build; none runs now
+                shutil.rmtree(stale, ignore_errors=True)
+            return await self._build_locked(spec, fetched, build_key, source_kind, digest, on_log, cancel)
+
+    async def _build_locked(
+        self,
+        spec: BuildSpec,
+        fetched: list[patchlib.Patch],
+        build_key: str,
+        source_kind: str,
+        digest: str,
+        on_log: LogFn,
+        cancel: asyncio.Event | None,
+    ) -> BuildResult:
+        ws = self.registry.dir / f".build-{uuid.uuid4().hex[:12]}"
+        ws.mkdir()
+        tail: list[str] = []
+
+        def log(line: str) -> None:
+            tail.append(line)
+            del tail[:-40]
+            on_log(line)
+
+        try:
+            src = await asyncio.to_thread(self._materialize, spec, source_kind, ws / "src", log)
+            commit = self._git_commit(src)
+            for p in fetched:
+                log(f"applying patch {p.origin}")
+                await asyncio.to_thread(patchlib.apply, p, src)
+            env = dict(os.environ, CCACHE_BASEDIR=str(ws), CCACHE_NOHASHDIR="true")
+            await self._run(cmake_args(spec, src, ws / "build"), env, log, cancel)
+            jobs = str(spec.jobs or os.cpu_count() or 2)
+            build_cmd = [
+                "cmake",
+                "--build",
+                str(ws / "build"),
+                "--config",
+                spec.build_type,
+                "-j",
+                jobs,
+                "--target",
+                *spec.targets,
+            ]
+            await self._run(build_cmd, env, log, cancel)
+            engine = await asyncio.to_thread(
+                self._install, spec, ws, build_key, source_kind, digest, commit, fetched
+            )
+        except asyncio.CancelledError:
+            shutil.rmtree(ws, ignore_errors=True)
+            raise
+        except StudioError:
+            shutil.rmtree(ws, ignore_errors=True)
+            raise
+        except (OSError, subprocess.SubprocessError) as exc:
+            shutil.rmtree(ws, ignore_errors=True)
+            raise BuildFailed(f"build failed: {exc}") from exc
+        shutil.rmtree(ws, ignore_errors=True)
+        return BuildResult(engine, reused=False, log_tail=tail)
+
+    def _revalidate(self, engine: Engine) -> Engine:
+        """Re-run --version/--help on a reused build: the stored result stays current."""
+        check = probe(engine.server)
+        engine.capabilities = check.pop("flags", engine.capabilities)
+        engine.validation = check
+        self.registry.update(engine)
+        return engine
+
+    def _source_digest(self, spec: BuildSpec) -> tuple[str, str]:
+        source = spec.source
+        if source.startswith(("http://", "https://", "git@", "file://")) and not source.endswith(
+            (".tar.gz", ".tgz", ".tar")
+        ):
+            out = subprocess.run(
+                ["git", "ls-remote", source, spec.ref], capture_output=True, text=True, timeout=60
+            )
+            if out.returncode != 0 or not out.stdout.strip():
+                raise NotFound(f"git ref {spec.ref!r} not found at {source}: {out.stderr.strip()[-300:]}")
+            return "git", out.stdout.split()[0]
+        path = Path(source).expanduser()
+        if path.is_dir():
+            _find_cmake_root(path)
+            return "dir", tree_digest(path)
+        if path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar")):
+            return "tarball", hashlib.sha256(path.read_bytes()).hexdigest()
+        raise NotFound(f"source {source!r} is not a directory, a source tarball or a git URL")
+
+    def _materialize(self, spec: BuildSpec, kind: str, dest: Path, log: LogFn) -> Path:
+        if kind == "git":
+            log(f"cloning {spec.source} at {spec.ref}")
+            subprocess.run(
+                ["git", "clone", "--quiet", spec.source, str(dest)], check=True, capture_output=True
+            )
+            subprocess.run(
+                ["git", "checkout", "--quiet", spec.ref], cwd=dest, check=True, capture_output=True
+            )
+            return dest
+        if kind == "tarball":
+            log(f"unpacking {spec.source}")
+            dest.mkdir()
+            with tarfile.open(spec.source) as tf:
+                tf.extractall(dest, filter="data")
+            return _find_cmake_root(dest)
+        root = _find_cmake_root(Path(spec.source).expanduser())
+        log(f"copying source tree {root}")
+        shutil.copytree(
+            root,
+            dest,
+            symlinks=True,
+            ignore=lambda d, names: [n for n in names if _skip(root, Path(d), n)],
+        )
+        return dest
+
+    @staticmethod
+    def _git_commit(src: Path) -> str:
+        if not (src / ".git").exists():
+            return ""
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=src, capture_output=True, text=True)
+        return out.stdout.strip()
+
+    async def _run(
+        self, argv: list[str], env: dict[str, str], log: LogFn, cancel: asyncio.Event | None
+    ) -> None:
+        """Run one build step, streaming its output line by line; cancel kills its process group."""
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        assert proc.stdout is not None
+        waiter = asyncio.ensure_future(cancel.wait()) if cancel else None
+        try:
+            while True:
+                reader = asyncio.ensure_future(proc.stdout.readline())
+                pending = {reader} | ({waiter} if waiter else set())
+                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if waiter in done:
+                    reader.cancel()
+                    _kill_group(proc.pid)
+                    await proc.wait()
+                    raise BuildCancelled("build cancelled")
+                line = reader.result()
+                if not line:
+                    break
+                log(line.decode(errors="replace").rstrip())
+            code = await proc.wait()
+        except asyncio.CancelledError:
+            _kill_group(proc.pid)
+            await proc.wait()
+            raise
+        finally:
+            if waiter:
+                waiter.cancel()
+        if code != 0:
+            raise BuildFailed(f"`{' '.join(argv[:3])} …` failed with exit code {code}")
+
+    def _install(
+        self,
+        spec: BuildSpec,
+        ws: Path,
+        build_key: str,
+        kind: str,
+        digest: str,
+        commit: str,
+        fetched: list[patchlib.Patch],
+    ) -> Engine:
+        out = ws / "out"
+        (out / "bin").mkdir(parents=True)
+        built = ws / "build" / "bin"
+        binaries = {}
+        for target in spec.targets:
+            if not (built / target).exists():
+                raise BuildFailed(f"the build did not produce {target}")
+            shutil.copy2(built / target, out / "bin" / target)
+        for lib in list(built.glob("*.so*")) + list(built.glob("*.dylib")):
+            shutil.copy2(lib, out / "bin" / lib.name)
+        check = probe(out / "bin" / "llama-server")
+        if not check["ok"]:
+            raise BuildFailed(f"the built llama-server does not run: {check['error']}")
+        version = check.get("version") or spec.build_number or ""
+        backends = "-".join(spec.backends)
+        engine_id = f"llama.cpp-b{version or 'dev'}-{backends}-{build_key[:6]}"
+        final = self.registry.dir / engine_id
+        for target in spec.targets:
+            binaries[target] = str(final / "bin" / target)
+        if final.exists():
+            shutil.rmtree(final)
+        out.rename(final)  # atomic publish: a half-built engine never appears under this name
+        flags = check.pop("flags")
+        engine = Engine(
+            id=engine_id,
+            name=spec.name or engine_id,
+            kind="source",
+            root=str(final),
+            binaries=binaries,
+            version=f"b{version}" if version else "",
+            commit=check.get("commit") or commit,
+            backends=list(spec.backends),
+            build_options=spec.options(),
+            patches=[p.describe() for p in fetched],
+            source={
+                "kind": kind,
+                "location": spec.source,
+                "ref": spec.ref if kind == "git" else "",
+                "digest": digest,
+            },
+            build_key=build_key,
+            validation=check,
+            capabilities=flags,
+        )
+        try:
+            return self.registry.add(engine)
+        except StudioError:
+            shutil.rmtree(final, ignore_errors=True)
+            raise
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)

@@ -1,0 +1,289 @@
+"""llama.cpp release binaries from the GitHub REST API (base URL and repository are settings).
+
+Install = pick the asset for this OS / arch / backend, download it with progress, verify the
+digest the API publishes (``sha256:…``), unpack into a workspace, fix permissions, check that
+llama-server runs (with its bundled libraries on the library path), then publish the directory
+by one rename and register it. Any failure leaves nothing registered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import re
+import shutil
+import stat
+import tarfile
+import uuid
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from llamastudio.engines.registry import Engine, EngineRegistry
+from llamastudio.engines.validate import probe
+from llamastudio.errors import AuthRequired, InvalidInput, NotFound, RemoteError, StudioError
+
+ProgressFn = Callable[[int, int], None]  # bytes done, bytes total (0 if unknown)
+ARCHIVES = (".zip", ".tar.gz", ".tgz")
+_OS_TOKENS = {"linux": ("ubuntu", "linux"), "macos": ("macos", "darwin", "osx"), "windows": ("win",)}
+_ARCH_TOKENS = {"x64": ("x64", "x86_64", "amd64"), "arm64": ("arm64", "aarch64")}
+_BACKEND_TOKENS = ("cuda", "vulkan", "hip", "rocm", "sycl", "opencl", "kompute", "musa", "cann", "openvino")
+
+
+@dataclass(frozen=True)
+class Asset:
+    name: str
+    url: str
+    size: int = 0
+    digest: str | None = None  # "sha256:<hex>" when the API gives one
+
+
+@dataclass(frozen=True)
+class Release:
+    tag: str
+    name: str
+    published_at: str
+    assets: tuple[Asset, ...] = field(default=())
+
+
+def host_platform() -> tuple[str, str]:
+    system = {"Linux": "linux", "Darwin": "macos", "Windows": "windows"}.get(platform.system(), "linux")
+    machine = platform.machine().lower()
+    return system, "arm64" if machine in ("arm64", "aarch64") else "x64"
+
+
+class GitHubReleases:
+    def __init__(
+        self, api: str, repo: str, token: str | None = None, client: httpx.Client | None = None
+    ) -> None:
+        if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
+            raise InvalidInput(f"repository {repo!r} should look like owner/name")
+        self.api = api.rstrip("/")
+        self.repo = repo
+        headers = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self.client = client or httpx.Client(follow_redirects=True, timeout=60, headers=headers)
+
+    def _get(self, path: str, **params: Any) -> Any:
+        url = f"{self.api}/repos/{self.repo}/{path}"
+        try:
+            resp = self.client.get(url, params=params)
+        except httpx.HTTPError as exc:
+            raise RemoteError(f"GitHub API {url}: {exc}") from exc
+        if resp.status_code in (401, 403):
+            raise AuthRequired(
+                f"GitHub API {url}: HTTP {resp.status_code} (rate limit or token: set GITHUB_TOKEN)"
+            )
+        if resp.status_code == 404:
+            raise NotFound(f"GitHub API {url}: not found")
+        if resp.status_code != 200:
+            raise RemoteError(f"GitHub API {url}: HTTP {resp.status_code}")
+        return resp.json()
+
+    def releases(self, limit: int = 10) -> list[Release]:
+        data = self._get("releases", per_page=limit)
+        return [_release(r) for r in data if not r.get("draft")]
+
+    def release(self, tag: str | None = None) -> Release:
+        return _release(self._get(f"releases/tags/{tag}" if tag else "releases/latest"))
+
+
+def _release(r: dict[str, Any]) -> Release:
+    assets = tuple(
+        Asset(a["name"], a["browser_download_url"], int(a.get("size") or 0), a.get("digest"))
+        for a in r.get("assets", [])
+    )
+    return Release(r["tag_name"], r.get("name") or r["tag_name"], r.get("published_at") or "", assets)
+
+
+def _tokens(name: str) -> set[str]:
+    base = name
+    for ext in ARCHIVES:
+        base = base.removesuffix(ext)
+    return set(re.split(r"[-_]", base.lower()))
+
+
+def select_asset(release: Release, os_name: str, arch: str, backend: str = "cpu") -> Asset:
+    """The archive for this OS, arch and backend; NotFound listing what the release offers."""
+    candidates = []
+    for asset in release.assets:
+        if (
+            not asset.name.endswith(ARCHIVES)
+            or asset.name.startswith("cudart")
+            or "xcframework" in asset.name
+        ):
+            continue
+        tokens = _tokens(asset.name)
+        if not tokens & set(_OS_TOKENS.get(os_name, (os_name,))):
+            continue
+        if not tokens & set(_ARCH_TOKENS.get(arch, (arch,))):
+            continue
+        backends = tokens & set(_BACKEND_TOKENS)
+        if backend == "cpu" and backends:
+            continue
+        if backend != "cpu" and backend not in backends and not (backend == "hip" and "rocm" in backends):
+            continue
+        candidates.append(asset)
+    if not candidates:
+        offered = ", ".join(a.name for a in release.assets if a.name.endswith(ARCHIVES)) or "no archives"
+        raise NotFound(
+            f"release {release.tag} has no {backend} build for {os_name}-{arch} (it offers: {offered})"
+        )
+    # the newest toolkit version when several match (cuda-12.4 over cuda-11.7)
+    return max(candidates, key=lambda a: [int(x) for x in re.findall(r"\d+", a.name.split(release.tag)[-1])])
+
+
+def download(
+    client: httpx.Client, asset: Asset, dest: Path, progress: ProgressFn = lambda _d, _t: None
+) -> None:
+    """Stream to ``dest``; verify the published sha256 digest; a mismatch deletes the file."""
+    h = hashlib.sha256()
+    try:
+        with client.stream("GET", asset.url) as resp:
+            if resp.status_code != 200:
+                raise RemoteError(f"downloading {asset.name}: HTTP {resp.status_code}")
+            total = int(resp.headers.get("content-length") or asset.size or 0)
+            done = 0
+            with open(dest, "wb") as out:
+                for chunk in resp.iter_bytes(1 << 20):
+                    out.write(chunk)
+                    h.update(chunk)
+                    done += len(chunk)
+                    progress(done, total)
+    except httpx.HTTPError as exc:
+        raise RemoteError(f"downloading {asset.name}: {exc}") from exc
+    if asset.digest and asset.digest.startswith("sha256:") and h.hexdigest() != asset.digest[7:]:
+        dest.unlink(missing_ok=True)
+        raise RemoteError(
+            f"{asset.name}: sha256 {h.hexdigest()} does not match the published {asset.digest[7:]}"
+        )
+
+
+def unpack(archive: Path, dest: Path) -> Path:
+    """Unpack and return the directory holding llama-server (executables made executable)."""
+    dest.mkdir(parents=True)
+    if archive.name.endswith(".zip"):
+        with zipfile.ZipFile(archive) as zf:
+            for member in zf.namelist():
+                target = (dest / member).resolve()
+                if not target.is_relative_to(dest.resolve()):
+                    raise InvalidInput(f"{archive.name}: member {member!r} escapes the archive")
+            zf.extractall(dest)
+    else:
+        with tarfile.open(archive) as tf:
+            tf.extractall(dest, filter="data")
+    found = sorted(dest.rglob("llama-server"), key=lambda p: len(p.parts)) or sorted(
+        dest.rglob("llama-server.exe")
+    )
+    if not found:
+        raise InvalidInput(f"{archive.name} contains no llama-server")
+    bindir = found[0].parent
+    for path in bindir.iterdir():
+        if path.is_file() and (path.suffix in ("", ".so") or ".so." in path.name):
+            path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return bindir
+
+
+def install(
+    gh: GitHubReleases,
+    registry: EngineRegistry,
+    tag: str | None = None,
+    backend: str = "cpu",
+    os_name: str | None = None,
+    arch: str | None = None,
+    progress: ProgressFn = lambda _d, _t: None,
+) -> Engine:
+    host_os, host_arch = host_platform()
+    release = gh.release(tag)
+    asset = select_asset(release, os_name or host_os, arch or host_arch, backend)
+    engine_id = f"llama.cpp-{release.tag}-{backend}"
+    if any(e.id == engine_id for e in registry.all()):
+        raise InvalidInput(f"{engine_id} is already installed")
+    registry.dir.mkdir(parents=True, exist_ok=True)
+    ws = registry.dir / f".install-{uuid.uuid4().hex[:12]}"
+    ws.mkdir()
+    try:
+        archive = ws / asset.name
+        download(gh.client, asset, archive, progress)
+        bindir = unpack(archive, ws / "files")
+        archive.unlink()
+        check = probe(bindir / "llama-server")
+        if not check["ok"]:
+            raise InvalidInput(f"{asset.name}: llama-server does not run here: {check['error']}")
+        final = registry.dir / engine_id
+        (ws / "files").rename(final)
+        rel = bindir.relative_to(ws / "files")
+        tools = {
+            t: str(final / rel / t)
+            for t in ("llama-server", "llama-quantize", "llama-fit-params", "rpc-server")
+            if (final / rel / t).exists()
+        }
+        flags = check.pop("flags")
+        engine = Engine(
+            id=engine_id,
+            name=f"llama.cpp {release.tag} ({backend})",
+            kind="release",
+            root=str(final),
+            binaries=tools,
+            version=release.tag,
+            commit=check.get("commit", ""),
+            backends=[backend],
+            source={
+                "kind": "release",
+                "repo": gh.repo,
+                "tag": release.tag,
+                "asset": asset.name,
+                "digest": asset.digest or "",
+            },
+            validation=check,
+            capabilities=flags,
+        )
+        try:
+            return registry.add(engine)
+        except StudioError:
+            shutil.rmtree(final, ignore_errors=True)
+            raise
+    finally:
+        shutil.rmtree(ws, ignore_errors=True)
+
+
+def _build_number(tag: str) -> int:
+    m = re.search(r"(\d+)", tag)
+    return int(m.group(1)) if m else -1
+
+
+def updates(gh: GitHubReleases | None, engines: list[Engine]) -> list[dict[str, Any]]:
+    """Per engine: the newest release (for release engines) or branch head (for git source builds)."""
+    import subprocess
+
+    latest = None
+    rows = []
+    for e in engines:
+        row: dict[str, Any] = {
+            "engine": e.id,
+            "kind": e.kind,
+            "installed": e.version or e.commit,
+            "latest": None,
+            "update": False,
+        }
+        if e.kind == "release" and gh is not None:
+            latest = latest or gh.release()
+            row["latest"] = latest.tag
+            row["update"] = _build_number(latest.tag) > _build_number(e.version)
+        elif e.kind == "source" and e.source.get("kind") == "git":
+            out = subprocess.run(
+                ["git", "ls-remote", e.source["location"], e.source.get("ref") or "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            head = out.stdout.split()[0] if out.returncode == 0 and out.stdout.strip() else None
+            row["latest"] = head[:10] if head else None
+            row["update"] = bool(head and e.source.get("digest") and head != e.source["digest"])
+        rows.append(row)
+    return rows

@@ -1,0 +1,94 @@
+"""Check that an engine's llama-server runs: ``--version`` and ``--help`` (with its library path),
+and optionally that it loads a tiny model and answers ``/health``."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from llamastudio.engines.capabilities import parse_help, parse_version
+
+
+def binary_env(binary: Path) -> dict[str, str]:
+    """Environment with the binary's directory on the shared-library path (release zips ship .so files)."""
+    env = dict(os.environ)
+    libdir = str(binary.parent)
+    for var in ("LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH"):
+        env[var] = libdir + (os.pathsep + env[var] if env.get(var) else "")
+    return env
+
+
+def probe(binary: Path) -> dict[str, Any]:
+    """Run --version and --help; returns version, commit, flags and any error."""
+    result: dict[str, Any] = {"ok": False, "checked_at": datetime.now(UTC).isoformat(), "error": None}
+    try:
+        ver = subprocess.run(
+            [str(binary), "--version"], capture_output=True, text=True, timeout=30, env=binary_env(binary)
+        )
+        hlp = subprocess.run(
+            [str(binary), "--help"], capture_output=True, text=True, timeout=30, env=binary_env(binary)
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        result["error"] = f"cannot run {binary}: {exc}"
+        return result
+    version_text = ver.stdout + ver.stderr
+    flags = parse_help(hlp.stdout + hlp.stderr)
+    result["version"], result["commit"] = parse_version(version_text)
+    result["flags"] = flags
+    if hlp.returncode != 0 or "--port" not in flags:
+        result["error"] = (
+            f"`{binary.name} --help` failed (exit {hlp.returncode}): {version_text.strip()[-300:]}"
+        )
+        return result
+    result["ok"] = True
+    return result
+
+
+def health_check(binary: Path, model: Path, timeout: float = 120) -> tuple[bool, str]:
+    """Start the server on a free port with ``model``, wait for /health, stop it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = [
+        str(binary),
+        "-m",
+        str(model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "-c",
+        "256",
+        "--no-webui",
+    ]
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=binary_env(binary), text=True
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                tail = (proc.stderr.read() if proc.stderr else "")[-500:]
+                return False, f"exited with {proc.returncode}: {tail.strip()}"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    return True, "healthy"
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        return False, f"not healthy after {timeout:.0f}s"
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
