@@ -61,9 +61,21 @@ def test_rig_llama_server_comes_from_engines_build(rig_engine: Engine) -> None:
     out = cli("engines", "list", "--json", data_dir=RIG_DATA)
     assert out.returncode == 0 and rig_engine.id in out.stdout
     # a second build with the same inputs is a cache hit, not a rebuild
-    again = cli("engines", "build", "--source", str(binaries.source_dir()), "--build-number", "11434",
-                "--target", "llama-quantize", "--target", "llama-fit-params", "--print-bin-dir", "-q",
-                data_dir=RIG_DATA)  # fmt: skip
+    again = cli(
+        "engines",
+        "build",
+        "--source",
+        str(binaries.source_dir()),
+        "--build-number",
+        "11434",
+        "--target",
+        "llama-quantize",
+        "--target",
+        "llama-fit-params",
+        "--print-bin-dir",
+        "-q",
+        data_dir=RIG_DATA,
+    )
     assert again.returncode == 0, again.stderr
     assert Path(again.stdout.strip()) == rig_engine.server.parent
 
@@ -98,8 +110,9 @@ def test_pr_patch_is_fetched_applied_and_built(registry: EngineRegistry, rig_eng
     patch = _patch_text(source, "port to listen", PATCHED)
     with github_server() as gh:
         gh.add("/ggml-org/llama.cpp/pull/4242.patch", patch)
-        spec = BuildSpec(source=str(source), build_number="11434",
-                         patches=(f"{gh.url}/ggml-org/llama.cpp/pull/4242",))  # fmt: skip
+        spec = BuildSpec(
+            source=str(source), build_number="11434", patches=(f"{gh.url}/ggml-org/llama.cpp/pull/4242",)
+        )
         lines: list[str] = []
         result = asyncio.run(Builder(registry).build(spec, lines.append))
         assert "/ggml-org/llama.cpp/pull/4242.patch" in gh.requests
@@ -152,9 +165,14 @@ def _release_zip(rig_engine: Engine) -> bytes:
     return buf.getvalue()
 
 
-RELEASE_NAMES = ["llama-{tag}-bin-ubuntu-vulkan-x64.zip", "llama-{tag}-bin-macos-arm64.zip",
-                 "llama-{tag}-bin-win-cuda-11.7-x64.zip", "llama-{tag}-bin-win-cuda-12.4-x64.zip",
-                 "cudart-llama-bin-win-cuda-12.4-x64.zip", "llama-{tag}-bin-win-cpu-x64.zip"]  # fmt: skip
+RELEASE_NAMES = [
+    "llama-{tag}-bin-ubuntu-vulkan-x64.zip",
+    "llama-{tag}-bin-macos-arm64.zip",
+    "llama-{tag}-bin-win-cuda-11.7-x64.zip",
+    "llama-{tag}-bin-win-cuda-12.4-x64.zip",
+    "cudart-llama-bin-win-cuda-12.4-x64.zip",
+    "llama-{tag}-bin-win-cpu-x64.zip",
+]
 
 
 def test_release_install_digest_and_updates(registry: EngineRegistry, rig_engine: Engine) -> None:
@@ -176,20 +194,29 @@ def test_release_install_digest_and_updates(registry: EngineRegistry, rig_engine
 
         gh.add_release(repo, "b11500", {"llama-b11500-bin-ubuntu-x64.zip": (zipped, None)}, latest=True)
         rows = updates(client, registry.all())
-        assert rows == [{"engine": engine.id, "kind": "release", "installed": "b11434", "latest": "b11500",
-                         "update": True}]  # fmt: skip
+        assert rows == [
+            {
+                "engine": engine.id,
+                "kind": "release",
+                "installed": "b11434",
+                "latest": "b11500",
+                "update": True,
+            }
+        ]
         with pytest.raises(NotFound, match="has no sycl build for linux-x64"):
             install(client, registry, "b11434", backend="sycl")
 
 
 @pytest.mark.parametrize(
     ("os_name", "arch", "backend", "expected"),
-    [("linux", "x64", "cpu", "llama-b1-bin-ubuntu-x64.zip"),
-     ("linux", "x64", "vulkan", "llama-b1-bin-ubuntu-vulkan-x64.zip"),
-     ("macos", "arm64", "cpu", "llama-b1-bin-macos-arm64.zip"),
-     ("windows", "x64", "cuda", "llama-b1-bin-win-cuda-12.4-x64.zip"),
-     ("windows", "x64", "cpu", "llama-b1-bin-win-cpu-x64.zip")],
-)  # fmt: skip
+    [
+        ("linux", "x64", "cpu", "llama-b1-bin-ubuntu-x64.zip"),
+        ("linux", "x64", "vulkan", "llama-b1-bin-ubuntu-vulkan-x64.zip"),
+        ("macos", "arm64", "cpu", "llama-b1-bin-macos-arm64.zip"),
+        ("windows", "x64", "cuda", "llama-b1-bin-win-cuda-12.4-x64.zip"),
+        ("windows", "x64", "cpu", "llama-b1-bin-win-cpu-x64.zip"),
+    ],
+)
 def test_asset_selection(os_name: str, arch: str, backend: str, expected: str) -> None:
     names = ["llama-{tag}-bin-ubuntu-x64.zip", *RELEASE_NAMES, "llama-{tag}-xcframework.zip"]
     release = Release("b1", "b1", "", tuple(Asset(n.format(tag="b1"), "u") for n in names))
@@ -226,3 +253,62 @@ def test_two_engines_side_by_side_pins_and_removal(
     assert gone.returncode == 2 and "no engine 'nope'" in gone.stderr
     listed = json.loads(cli("engines", "list", "--json", data_dir=data).stdout)
     assert listed == []
+
+
+def test_cancelled_build_leaves_nothing(registry: EngineRegistry) -> None:
+    from llamastudio.engines.build import BuildCancelled
+
+    async def run() -> None:
+        cancel = asyncio.Event()
+
+        def on_log(line: str) -> None:
+            if "copying source tree" not in line:  # the first line cmake prints
+                cancel.set()
+
+        spec = BuildSpec(source=str(binaries.source_dir()), build_number="11435")
+        await Builder(registry).build(spec, on_log, cancel)
+
+    with pytest.raises(BuildCancelled):
+        asyncio.run(run())
+    assert registry.all() == []
+    assert [p.name for p in registry.dir.iterdir() if not p.name.startswith(".build.lock")] == []
+
+
+def test_validate_with_a_tiny_model(tiny_models: dict[str, Path], rig_engine: Engine, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert cli("engines", "add", str(rig_engine.server), data_dir=data).returncode == 0
+    engine_id = json.loads(cli("engines", "list", "--json", data_dir=data).stdout)[0]["id"]
+    out = cli("engines", "validate", engine_id, "--model", str(tiny_models["qwen3"]), data_dir=data)
+    assert out.returncode == 0, out.stderr
+    stored = json.loads(cli("engines", "list", "--json", data_dir=data).stdout)[0]["validation"]
+    assert stored["ok"] is True and stored["health"]["ok"] is True
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\0" * 64)
+    bad = cli("engines", "validate", engine_id, "--model", str(broken), data_dir=data)
+    assert bad.returncode == 2 and "failed validation" in bad.stderr
+
+
+def test_git_source_update_check(tmp_path: Path) -> None:
+    repo = tmp_path / "llama.cpp"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q", "-b", "master"], check=True)
+    (repo / "README").write_text("one")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    first = subprocess.run(
+        [*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    engine = Engine(
+        id="e",
+        name="e",
+        kind="source",
+        root=str(tmp_path),
+        binaries={},
+        source={"kind": "git", "location": str(repo), "ref": "master", "digest": first},
+    )
+    assert updates(None, [engine])[0]["update"] is False
+    (repo / "README").write_text("two")
+    subprocess.run([*git, "commit", "-qam", "two"], check=True)
+    row = updates(None, [engine])[0]
+    assert row["update"] is True and row["latest"] != first[:10]
