@@ -27,6 +27,7 @@ from llamastudio.fit.buffers import MiB, parse_log
 from llamastudio.fit.estimator import estimate
 from llamastudio.fit.flags import parse_server_args
 from llamastudio.gguf import load_model
+from llamastudio.procs import stop_process
 
 CATEGORIES = ("model", "kv", "rs", "output", "compute")
 
@@ -88,12 +89,7 @@ def run_server(model: Path, args: list[str], log_path: Path) -> str:
                     break
                 time.sleep(0.05)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, grace=5)
     return log_path.read_text(errors="replace")
 
 

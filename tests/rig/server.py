@@ -10,6 +10,8 @@ from types import TracebackType
 
 import httpx
 
+from llamastudio.procs import stop_process
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -67,13 +69,8 @@ class LlamaServer:
 
     def stop(self) -> None:
         """terminate → wait → kill: never leaves a process behind."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            stop_process(self.proc)
 
     def __exit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None

@@ -17,8 +17,8 @@ from llamastudio.config import Settings
 from llamastudio.engines.build import Builder, BuildSpec
 from llamastudio.engines.registry import Engine, EngineRegistry
 from llamastudio.engines.releases import GitHubReleases, install, updates
-from llamastudio.engines.validate import health_check, probe
-from llamastudio.errors import InvalidInput, NotFound
+from llamastudio.engines.validate import add_external, revalidate
+from llamastudio.errors import InvalidInput
 from llamastudio.store import Database
 
 app = typer.Typer(
@@ -136,34 +136,8 @@ def add(
     name: Annotated[str | None, typer.Option(help="Display name.")] = None,
 ) -> None:
     """Register an existing llama-server binary in place (nothing is copied)."""
-    path = binary.expanduser().resolve()
-    if not path.is_file():
-        raise NotFound(f"{binary}: no such file")
-    check = probe(path)
-    if not check["ok"]:
-        raise InvalidInput(f"{binary} is not a working llama-server: {check['error']}")
-    flags = check.pop("flags")
-    tools = {
-        t: str(path.parent / t)
-        for t in ("llama-quantize", "llama-fit-params", "rpc-server")
-        if (path.parent / t).exists()
-    }
-    version = check.get("version") or ""
-    engine_id = f"external-b{version or 'dev'}-{abs(hash(str(path))) % 10**6:06d}"
-    engine = Engine(
-        id=engine_id,
-        name=name or f"{path.parent.name}/{path.name}",
-        kind="external",
-        root=str(path.parent),
-        binaries={"llama-server": str(path), **tools},
-        version=f"b{version}" if version else "",
-        commit=check.get("commit", ""),
-        source={"kind": "external", "location": str(path)},
-        validation=check,
-        capabilities=flags,
-    )
-    registry(ctx).add(engine)
-    Console().print(f"added engine [bold]{engine_id}[/] ({path})")
+    engine = add_external(registry(ctx), binary, name)
+    Console().print(f"added engine [bold]{engine.id}[/] ({engine.server})")
 
 
 @app.command()
@@ -174,18 +148,9 @@ def validate(
 ) -> None:
     """Run the engine's llama-server (--version, --help, optionally a model load) and store the result."""
     reg = registry(ctx)
-    engine = reg.get(engine_id)
-    check = probe(engine.server)
-    if check["ok"] and model is not None:
-        healthy, detail = health_check(engine.server, model)
-        check["health"] = {"model": str(model), "ok": healthy, "detail": detail}
-        check["ok"] = healthy
-        check["error"] = None if healthy else f"loading {model.name}: {detail}"
-    engine.capabilities = check.pop("flags", engine.capabilities)
-    engine.validation = check
-    reg.update(engine)
-    if not check["ok"]:
-        raise InvalidInput(f"engine {engine_id} failed validation: {check['error']}")
+    engine = revalidate(reg, reg.get(engine_id), model)
+    if not engine.validation["ok"]:
+        raise InvalidInput(f"engine {engine_id} failed validation: {engine.validation['error']}")
     Console().print(f"engine {engine_id}: ok ({len(engine.capabilities)} flags)")
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from llamastudio.engines import patches as patchlib
 from llamastudio.engines.registry import Engine, EngineRegistry
-from llamastudio.engines.validate import probe
+from llamastudio.engines.validate import probe, revalidate
 from llamastudio.errors import InvalidInput, NotFound, StudioError
 
 BACKENDS = ("cpu", "cuda", "vulkan", "metal", "openblas", "hip")
@@ -219,7 +219,7 @@ class Builder:
         found = self.registry.find_build(build_key)
         if found is not None:
             on_log(f"reusing engine {found.id} (same source, options and patches)")
-            return BuildResult(self._revalidate(found), reused=True)
+            return BuildResult(revalidate(self.registry, found), reused=True)
         self.registry.dir.mkdir(parents=True, exist_ok=True)
         with open(self.registry.dir / ".build.lock", "w") as lock:
             # one build at a time per engines dir: a second one waits, then finds the first's result
@@ -286,14 +286,6 @@ class Builder:
             raise BuildFailed(f"build failed: {exc}") from exc
         shutil.rmtree(ws, ignore_errors=True)
         return BuildResult(engine, reused=False, log_tail=tail)
-
-    def _revalidate(self, engine: Engine) -> Engine:
-        """Re-run --version/--help on a reused build: the stored result stays current."""
-        check = probe(engine.server)
-        engine.capabilities = check.pop("flags", engine.capabilities)
-        engine.validation = check
-        self.registry.update(engine)
-        return engine
 
     def _source_digest(self, spec: BuildSpec) -> tuple[str, str]:
         source = spec.source

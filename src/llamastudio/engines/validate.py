@@ -3,6 +3,7 @@ and optionally that it loads a tiny model and answers ``/health``."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import subprocess
@@ -14,6 +15,9 @@ from typing import Any
 import httpx
 
 from llamastudio.engines.capabilities import parse_help, parse_version
+from llamastudio.engines.registry import Engine, EngineRegistry
+from llamastudio.errors import InvalidInput, NotFound
+from llamastudio.procs import stop_process
 
 
 def binary_env(binary: Path) -> dict[str, str]:
@@ -85,10 +89,49 @@ def health_check(binary: Path, model: Path, timeout: float = 120) -> tuple[bool,
             time.sleep(0.2)
         return False, f"not healthy after {timeout:.0f}s"
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
+
+
+def revalidate(registry: EngineRegistry, engine: Engine, model: Path | None = None) -> Engine:
+    """Probe again (and optionally load ``model``); store capabilities and the result."""
+    check = probe(engine.server)
+    if check["ok"] and model is not None:
+        healthy, detail = health_check(engine.server, model)
+        check["health"] = {"model": str(model), "ok": healthy, "detail": detail}
+        check["ok"] = healthy
+        check["error"] = None if healthy else f"loading {model.name}: {detail}"
+    engine.capabilities = check.pop("flags", engine.capabilities)
+    engine.validation = check
+    registry.update(engine)
+    return engine
+
+
+def add_external(registry: EngineRegistry, binary: Path, name: str | None = None) -> Engine:
+    """Register an existing llama-server in place (its sibling tools too); nothing is copied."""
+    path = binary.expanduser().resolve()
+    if not path.is_file():
+        raise NotFound(f"{binary}: no such file")
+    check = probe(path)
+    if not check["ok"]:
+        raise InvalidInput(f"{binary} is not a working llama-server: {check['error']}")
+    flags = check.pop("flags")
+    tools = {
+        t: str(path.parent / t)
+        for t in ("llama-quantize", "llama-fit-params", "rpc-server")
+        if (path.parent / t).exists()
+    }
+    version = check.get("version") or ""
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:6]
+    engine = Engine(
+        id=f"external-b{version or 'dev'}-{digest}",
+        name=name or f"{path.parent.name}/{path.name}",
+        kind="external",
+        root=str(path.parent),
+        binaries={"llama-server": str(path), **tools},
+        version=f"b{version}" if version else "",
+        commit=check.get("commit", ""),
+        source={"kind": "external", "location": str(path)},
+        validation=check,
+        capabilities=flags,
+    )
+    return registry.add(engine)
