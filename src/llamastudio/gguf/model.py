@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,12 +66,20 @@ def _open(location: str, token: str | None, client: httpx.Client | None) -> Byte
     return LocalSource(Path(location))
 
 
-def load_model(location: str, *, token: str | None = None, client: httpx.Client | None = None) -> GGUFModel:
-    """Read the headers of a model (all parts of a split one) without reading tensor data."""
+def load_model(
+    location: str,
+    *,
+    token: str | None = None,
+    client: httpx.Client | None = None,
+    opener: Callable[[str], ByteSource] | None = None,
+) -> GGUFModel:
+    """Read the headers of a model (all parts of a split one) without reading tensor data.
+
+    ``opener`` replaces how each part is opened (the Hub layer uses it to cache remote headers)."""
     names = split_names(location)
     model = GGUFModel(location=location, parts=[])
     for i, name in enumerate(names):
-        src = _open(name, token, client)
+        src = opener(name) if opener else _open(name, token, client)
         try:
             model.parts.append(read_header(src, part=i))
         finally:

@@ -155,9 +155,31 @@ class HttpSource:
                 raise GGUFError(f"{self.name}: truncated file (needs byte {need})")
         return self._buf[offset:need]
 
+    @property
+    def fetched(self) -> bytes:
+        """Every byte fetched so far (a prefix of the file)."""
+        return self._buf
+
     def close(self) -> None:
         if self._own_client:
             self._client.close()
+
+
+class BytesSource:
+    """A header already fetched (e.g. cached on disk): the first bytes of a file of ``size`` bytes."""
+
+    def __init__(self, name: str, data: bytes, size: int) -> None:
+        self.name = name
+        self.size = size
+        self._data = data
+
+    def read(self, offset: int, n: int) -> bytes:
+        if offset + n > len(self._data):
+            raise GGUFError(f"{self.name}: truncated header (needs byte {offset + n})")
+        return self._data[offset : offset + n]
+
+    def close(self) -> None:
+        pass
 
 
 def is_url(location: str) -> bool:

@@ -1,0 +1,151 @@
+"""``llamastudio search``, ``quants`` and ``pull``: the Hub, before and during download."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from llamastudio.config import Settings
+from llamastudio.errors import InvalidInput
+from llamastudio.hardware.profiles import resolve
+from llamastudio.hub.client import HubClient
+from llamastudio.hub.download import files_to_pull, pull_files
+from llamastudio.hub.quants import RepoFile, find_group, group_files
+from llamastudio.hub.remote import HeaderCache, quant_table
+
+MiB = 1 << 20
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _size(n: int) -> str:
+    return f"{n / MiB:,.1f} MiB" if n < 1 << 30 else f"{n / (1 << 30):,.2f} GiB"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def search(
+        query: Annotated[str, typer.Argument(help="Words to search for.")] = "",
+        sort: Annotated[str, typer.Option(help="downloads, likes, trending or updated.")] = "downloads",
+        limit: Annotated[int, typer.Option(help="How many repos.")] = 20,
+        author: Annotated[str | None, typer.Option(help="Only this author's repos.")] = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Search the Hub for GGUF models."""
+        rows = HubClient().search(query, sort, limit, author)
+        if as_json:
+            typer.echo(json.dumps(rows, indent=1))
+            return
+        table = Table("repo", "downloads", "likes", "license", "updated")
+        for r in rows:
+            table.add_row(
+                r["id"],
+                f"{r['downloads']:,}",
+                f"{r['likes']:,}",
+                r["license"] or "-",
+                (r["last_modified"] or "")[:10],
+            )
+        Console().print(table)
+
+    @app.command()
+    def quants(
+        ctx: typer.Context,
+        repo: Annotated[str, typer.Argument(help="owner/name")],
+        hardware: Annotated[
+            str | None, typer.Option(help="Hardware profile (default: this machine).")
+        ] = None,
+        revision: Annotated[str | None, typer.Option(help="Branch, tag or commit.")] = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Every quant of a repo with its size and whether it fits, read from GGUF headers only."""
+        settings: Settings = ctx.obj["load_settings"](ctx)
+        client = HubClient()
+        sha, files = client.files(repo, revision)
+        groups = group_files(files)
+        if not groups:
+            raise InvalidInput(f"{repo} has no GGUF files")
+        rows = quant_table(
+            client,
+            repo,
+            groups,
+            sha,
+            resolve(hardware),
+            HeaderCache(settings.data_dir / "cache" / "headers", client.token),
+        )
+        if as_json:
+            typer.echo(json.dumps({"repo": repo, "revision": sha, "quants": rows}, indent=1))
+            return
+        table = Table("quant", "size", "fit", "max context", "files")
+        for r in rows:
+            color = {"full": "green", "moe-offload": "yellow", "partial": "yellow", "no": "red"}.get(
+                r["fit"], ""
+            )
+            table.add_row(
+                r["quant"],
+                _size(r["size"]),
+                f"[{color}]{r['detail']}[/]" if color else r["detail"],
+                f"{r['max_context']:,}" if r["max_context"] else "-",
+                str(len(r["files"])),
+            )
+        Console().print(table)
+
+    @app.command()
+    def pull(
+        spec: Annotated[str, typer.Argument(metavar="REPO[:QUANT]", help="e.g. Qwen/Qwen3-8B-GGUF:Q4_K_M")],
+        file: Annotated[str | None, typer.Option(help="One file of the repo instead of a quant.")] = None,
+        revision: Annotated[str | None, typer.Option(help="Branch, tag or commit.")] = None,
+    ) -> None:
+        """Download a quant (all shards and its mmproj) into the Hugging Face cache, with progress."""
+        repo, _, label = spec.partition(":")
+        client = HubClient()
+        sha, files = client.files(repo, revision)
+        if file:
+            wanted = [f for f in files if f.path == file]
+            if not wanted:
+                raise InvalidInput(f"{repo} has no file {file!r}")
+        else:
+            groups = group_files(files)
+            if not groups:
+                raise InvalidInput(f"{repo} has no GGUF files")
+            if not label and len(groups) > 1:
+                raise InvalidInput(
+                    f"{repo} has several quants; pick one: {repo}:"
+                    + f" / {repo}:".join(g.label for g in groups)
+                )
+            wanted = files_to_pull(find_group(groups, label) if label else groups[0])
+        paths = _pull_with_bar(client, repo, sha, wanted)
+        for p in paths:
+            typer.echo(str(p))
+
+
+def _pull_with_bar(client: HubClient, repo: str, sha: str, files: list[RepoFile]) -> list[Path]:
+    bars: dict[str, TaskID] = {}
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    ) as progress:
+        for f in files:
+            bars[f.path.rsplit("/", 1)[-1]] = progress.add_task(f.path.rsplit("/", 1)[-1], total=f.size)
+
+        def on_progress(name: str, done: int, total: int) -> None:
+            task = next((t for n, t in bars.items() if n in name or name in n), None)
+            if task is not None:
+                progress.update(task, completed=done, total=total or None)
+
+        return pull_files(client, repo, sha, files, on_progress)

@@ -1,0 +1,1 @@
+"""Hugging Face Hub: search, quant groups, fit before download, downloads into the HF cache."""
