@@ -8,11 +8,12 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from huggingface_hub import scan_cache_dir
+from huggingface_hub import hf_hub_download, scan_cache_dir
 
 from llamastudio.hub.quants import RepoFile, group_files, quant_label
 from tests.rig.hub import HubServer, Repo, hub_server
@@ -152,6 +153,10 @@ def test_pull_gets_exactly_the_quant_into_the_hf_cache(
     assert [p.name for p in paths] == ["tiny-llama-Q8_0.gguf", "mmproj-tiny-f16.gguf"]
     assert paths[0].read_bytes() == tiny_models["llama-Q8_0"].read_bytes()
     assert "models--tiny--llama-GGUF/snapshots/" in str(paths[0])
+    offline = hf_hub_download(
+        "tiny/llama-GGUF", "tiny-llama-Q8_0.gguf", cache_dir=tmp_path / "hf" / "hub", local_files_only=True
+    )  # huggingface_hub itself finds it, offline
+    assert Path(offline) == paths[0]
     cache = scan_cache_dir(tmp_path / "hf" / "hub")  # other tools see it
     (repo,) = [r for r in cache.repos if r.repo_id == "tiny/llama-GGUF"]
     assert {f.file_name for rev in repo.revisions for f in rev.files} == {
@@ -194,3 +199,76 @@ def test_gated_corrupt_and_empty_repos(hub: HubServer, tmp_path: Path) -> None:
     assert empty.returncode == 2 and "has no GGUF files" in empty.stderr
     missing = run(hub, tmp_path, "pull", "tiny/llama-GGUF:Q2_K")
     assert missing.returncode == 2 and "available: Q4_K_M, Q8_0, F16" in missing.stderr
+
+
+def test_resume_after_kill_9(hub: HubServer, tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    """kill -9 mid-download keeps the partial file; the next pull continues it, never takes it for done."""
+    key = "tiny/llama-GGUF/tiny-llama-F16.gguf"
+    size = tiny_models["llama"].stat().st_size
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGINGFACE_API_KEY")}
+    env |= {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_XET": "1"}
+    argv = [
+        sys.executable,
+        "-m",
+        "llamastudio",
+        "--data-dir",
+        str(tmp_path / "d"),
+        "pull",
+        "tiny/llama-GGUF",
+        "--file",
+        "tiny-llama-F16.gguf",
+    ]
+    hub.reset_counts()
+    hub.throttle = 0.01  # ~6 MB/s
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while hub.bytes_sent[key] < 22_000_000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.kill()  # SIGKILL: no cleanup of any kind
+        proc.wait()
+    finally:
+        hub.throttle = 0.0
+    partial = list((tmp_path / "hf" / "hub" / "models--tiny--llama-GGUF" / "blobs").glob("*.incomplete"))
+    assert len(partial) == 1 and partial[0].stat().st_size >= 10_000_000
+    assert not list(
+        (tmp_path / "hf" / "hub" / "models--tiny--llama-GGUF").glob("snapshots/*/tiny-llama-F16.gguf")
+    )
+    kept = partial[0].stat().st_size
+    first = hub.bytes_sent[key]
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert Path(out.stdout.strip()).read_bytes() == tiny_models["llama"].read_bytes()
+    second = hub.bytes_sent[key] - first
+    assert size - kept <= second <= size - kept + 128 * 1024  # continued where the partial file ended
+
+
+def test_library_cache_and_added_paths(hub: HubServer, tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+    assert run(hub, tmp_path, "pull", "tiny/llama-GGUF:Q4_K_M").returncode == 0
+    assert run(hub, tmp_path, "pull", "tiny/llama-GGUF:Q8_0").returncode == 0
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    own = mine / "own-model-Q8_0.gguf"
+    shutil.copy(tiny_models["qwen3"], own)
+    added = run(hub, tmp_path, "models", "add", str(mine))
+    assert added.returncode == 0 and added.stdout.strip() == str(own)
+    listed = {m["id"]: m for m in json.loads(run(hub, tmp_path, "ls", "--json").stdout)}
+    assert set(listed) == {"tiny/llama-GGUF:Q4_K_M", "tiny/llama-GGUF:Q8_0", str(own)}
+    assert (
+        listed[str(own)]["path"] == str(own)
+        and Path(listed[str(own)]["path"]).stat().st_ino == own.stat().st_ino
+    )
+    assert listed[str(own)]["facts"]["architecture"] == "qwen3" and listed[str(own)]["source"] == "added"
+    assert listed["tiny/llama-GGUF:Q8_0"]["other_quants"] == ["Q4_K_M"]
+    assert listed["tiny/llama-GGUF:Q8_0"]["mmproj"]
+    # removing a cache model deletes its blob; the other quant stays
+    blob = Path(listed["tiny/llama-GGUF:Q8_0"]["path"]).resolve()
+    assert run(hub, tmp_path, "rm", "tiny/llama-GGUF:Q8_0").returncode == 0
+    assert not blob.exists() and Path(listed["tiny/llama-GGUF:Q4_K_M"]["path"]).exists()
+    # an added model is never deleted unless asked
+    refused = run(hub, tmp_path, "rm", str(own))
+    assert refused.returncode == 2 and "--delete-files" in refused.stderr and own.exists()
+    assert run(hub, tmp_path, "rm", str(mine)).returncode == 0 and own.exists()
+    left = {m["id"] for m in json.loads(run(hub, tmp_path, "ls", "--json").stdout)}
+    assert left == {"tiny/llama-GGUF:Q4_K_M"}
+    assert run(hub, tmp_path, "models", "add", str(tmp_path / "nope")).returncode == 2

@@ -6,7 +6,8 @@
 - ``HEAD``/``GET /{repo}/resolve/{rev}/{path}`` with ``X-Repo-Commit``, ``ETag`` (the LFS sha256),
   ``Content-Length``, ``Accept-Ranges`` and ``Range`` → 206.
 
-Test knobs: gated repos answer 401 (no token) or 403 (wrong token) with ``X-Error-Code: GatedRepo``;
+Test knobs: ``throttle`` slows every body;
+gated repos answer 401 (no token) or 403 (wrong token) with ``X-Error-Code: GatedRepo``;
 ``drop_after[path] = n`` closes the connection after n body bytes (once); ``corrupt`` serves bytes
 that do not match the advertised sha256. Requests and body bytes are counted per path.
 """
@@ -17,6 +18,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,6 +62,7 @@ class HubServer(ThreadingHTTPServer):
         self.repos: dict[str, Repo] = {}
         self.token = token
         self.drop_after: dict[str, int] = {}
+        self.throttle = 0.0  # seconds of sleep per 64 KiB sent, to make downloads slow enough to kill
         self.requests: dict[str, int] = defaultdict(int)
         self.bytes_sent: dict[str, int] = defaultdict(int)
         self.lock = threading.Lock()
@@ -226,6 +229,8 @@ class _Handler(BaseHTTPRequestHandler):
                     with self.server.lock:
                         self.server.bytes_sent[f"{repo_id}/{file}"] += len(chunk)
                     self.wfile.write(chunk)
+                    if self.server.throttle:
+                        time.sleep(self.server.throttle)
                     sent += len(chunk)
                     remaining -= len(chunk)
                     if drop is not None and sent >= drop:

@@ -23,8 +23,10 @@ from llamastudio.errors import InvalidInput
 from llamastudio.hardware.profiles import resolve
 from llamastudio.hub.client import HubClient
 from llamastudio.hub.download import files_to_pull, pull_files
+from llamastudio.hub.library import Library
 from llamastudio.hub.quants import RepoFile, find_group, group_files
 from llamastudio.hub.remote import HeaderCache, quant_table
+from llamastudio.store import Database
 
 MiB = 1 << 20
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
@@ -110,7 +112,7 @@ def register(app: typer.Typer) -> None:
         """Download a quant (all shards and its mmproj) into the Hugging Face cache, with progress."""
         repo, _, label = spec.partition(":")
         client = HubClient()
-        sha, files = client.files(repo, revision)
+        _, files = client.files(repo, revision)
         if file:
             wanted = [f for f in files if f.path == file]
             if not wanted:
@@ -125,12 +127,12 @@ def register(app: typer.Typer) -> None:
                     + f" / {repo}:".join(g.label for g in groups)
                 )
             wanted = files_to_pull(find_group(groups, label) if label else groups[0])
-        paths = _pull_with_bar(client, repo, sha, wanted)
+        paths = _pull_with_bar(client, repo, revision or "main", wanted)
         for p in paths:
             typer.echo(str(p))
 
 
-def _pull_with_bar(client: HubClient, repo: str, sha: str, files: list[RepoFile]) -> list[Path]:
+def _pull_with_bar(client: HubClient, repo: str, revision: str, files: list[RepoFile]) -> list[Path]:
     bars: dict[str, TaskID] = {}
     with Progress(
         "[progress.description]{task.description}",
@@ -148,4 +150,57 @@ def _pull_with_bar(client: HubClient, repo: str, sha: str, files: list[RepoFile]
             if task is not None:
                 progress.update(task, completed=done, total=total or None)
 
-        return pull_files(client, repo, sha, files, on_progress)
+        return pull_files(client, repo, revision, files, on_progress)
+
+
+def library(ctx: typer.Context) -> Library:
+    settings: Settings = ctx.obj["load_settings"](ctx)
+    settings.ensure_dirs()
+    return Library(Database(settings.db_path))
+
+
+models_app = typer.Typer(help="Models on disk used in place.", no_args_is_help=True)
+
+
+@models_app.command("add")
+def models_add(
+    ctx: typer.Context, path: Annotated[Path, typer.Argument(help="A .gguf file or a directory.")]
+) -> None:
+    """Add a GGUF file or a directory of them to the library (used in place, never copied)."""
+    found = library(ctx).add(path)
+    for m in found:
+        typer.echo(m.path)
+
+
+def register_library(app: typer.Typer) -> None:
+    @app.command("ls")
+    def ls(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+        """Local models: the Hugging Face cache and added paths."""
+        models = library(ctx).models()
+        if as_json:
+            typer.echo(json.dumps([m.to_json() for m in models], indent=1))
+            return
+        table = Table("model", "quant", "size", "arch", "params", "source")
+        for m in models:
+            params = m.facts.get("parameter_count") or 0
+            table.add_row(
+                m.id,
+                m.quant,
+                _size(m.size),
+                m.facts.get("architecture", "?"),
+                f"{params / 1e9:.2f} B" if params >= 1e8 else f"{params / 1e6:.1f} M",
+                m.source,
+            )
+        Console().print(table)
+
+    @app.command("rm")
+    def rm(
+        ctx: typer.Context,
+        model: Annotated[str, typer.Argument(help="A model id from `ls`, or an added path.")],
+        delete_files: Annotated[bool, typer.Option(help="Also delete files of an added model.")] = False,
+    ) -> None:
+        """Remove a model: HF-cache files it owns are deleted; added paths are only forgotten."""
+        for path in library(ctx).remove(model, delete_files):
+            typer.echo(f"removed {path}")
+
+    app.add_typer(models_app, name="models")

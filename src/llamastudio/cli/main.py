@@ -60,6 +60,7 @@ serve_cmd.register(app, load_settings)
 inspect_cmd.register(app)
 fit_cmds.register(app)
 hub_cmd.register(app)
+hub_cmd.register_library(app)
 app.add_typer(engines_cmd.app, name="engines")
 
 

@@ -1,42 +1,27 @@
-"""Downloads into the Hugging Face cache with ``huggingface_hub``'s own machinery (resumes a
-partial ``.incomplete`` file, shares blobs with every other tool), plus what it leaves out:
-a disk-space check before starting and the sha256 of every LFS file checked at the end."""
+"""Downloads into the Hugging Face cache layout (shared with every HF-aware tool): resumable
+across processes and after ``kill -9``, disk space checked first, each LFS file's sha256 checked
+before it is taken for complete."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
-import io
+import os
+import re
 import shutil
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from huggingface_hub import constants, hf_hub_download
-from huggingface_hub.utils.tqdm import tqdm as hf_tqdm
+import httpx
+from huggingface_hub import constants, get_hf_file_metadata
 
-from llamastudio.errors import RemoteError, StorageError
+from llamastudio.errors import AuthRequired, RemoteError, StorageError, StudioError
 from llamastudio.hub.client import HubClient
 from llamastudio.hub.quants import QuantGroup, RepoFile
 
 ProgressFn = Callable[[str, int, int], None]  # file, bytes done, bytes total
-
-
-def _progress_class(on_progress: ProgressFn) -> type[hf_tqdm]:
-    class _Progress(hf_tqdm):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs["file"] = io.StringIO()  # the CLI draws its own bar
-            self._name = str(kwargs.get("desc") or "")
-            self._total = int(kwargs.get("total") or 0)
-            self._done = int(kwargs.get("initial") or 0)  # a resumed download starts part-way
-            super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
-
-        def update(self, n: float | None = 1) -> bool | None:
-            out: bool | None = super().update(n)
-            self._done += int(n or 0)  # tracked here: a disabled tqdm counts nothing
-            on_progress(self._name, self._done, self._total)
-            return out
-
-    return _Progress
 
 
 def sha256_file(path: Path) -> str:
@@ -53,12 +38,122 @@ def files_to_pull(group: QuantGroup) -> list[RepoFile]:
     return [*group.files, *extra]
 
 
+def cache_paths(cache: Path, repo: str, revision: str, path: str, etag: str) -> tuple[Path, Path]:
+    """(blob, snapshot link) in the Hugging Face cache layout that every HF-aware tool reads."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    return folder / "blobs" / etag, folder / "snapshots" / revision / path
+
+
+def download_file(
+    client: HubClient,
+    repo: str,
+    revision: str,
+    f: RepoFile,
+    on_progress: ProgressFn = lambda *_: None,
+    cancel: threading.Event | None = None,
+    retries: int = 5,
+) -> Path:
+    """One file into the HF cache, resumable across processes.
+
+    huggingface_hub (2.x) writes each download to a fresh per-process temporary file, so a killed
+    download starts over. Here the partial data lives at ``blobs/<etag>.incomplete`` (the name is
+    stable), guarded by a lock file, and is continued with a Range request; it only becomes
+    ``blobs/<etag>`` after its size and sha256 check out, then the snapshot link is made.
+    """
+    cache = Path(constants.HF_HUB_CACHE)
+    url = client.url(repo, f.path, revision)
+    meta = client.call(repo, lambda: get_hf_file_metadata(url, token=client.token or False))
+    etag = meta.etag or f.sha256 or hashlib.sha256(url.encode()).hexdigest()
+    commit = meta.commit_hash or revision
+    blob, link = cache_paths(cache, repo, commit, f.path, etag)
+    size = meta.size if meta.size is not None else f.size
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = (
+        cache / ".locks" / blob.parent.parent.name / f"{etag}.lock"
+    )  # where huggingface_hub keeps its own
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # another process finishing the same blob waits here
+        if not blob.exists():
+            partial = blob.with_name(blob.name + ".incomplete")
+            _fetch_ranges(client, meta.location or url, partial, size, f.path, on_progress, cancel, retries)
+            if f.sha256 and sha256_file(partial) != f.sha256:
+                partial.unlink()
+                raise RemoteError(
+                    f"{repo}/{f.path}: sha256 does not match the Hub's; the corrupt file was deleted"
+                )
+            os.replace(partial, blob)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.exists():
+        tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(os.path.relpath(blob, link.parent))
+        os.replace(tmp, link)
+    if revision != commit and not re.fullmatch(r"[0-9a-f]{40}", revision):
+        ref = blob.parent.parent / "refs" / revision
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        ref.write_text(commit)
+    return link
+
+
+def _fetch_ranges(
+    client: HubClient,
+    url: str,
+    partial: Path,
+    size: int,
+    name: str,
+    on_progress: ProgressFn,
+    cancel: threading.Event | None,
+    retries: int,
+) -> None:
+    headers = {"Authorization": f"Bearer {client.token}"} if client.token else {}
+    with httpx.Client(follow_redirects=True, timeout=httpx.Timeout(30, read=120)) as http:
+        for attempt in range(retries + 1):
+            done = partial.stat().st_size if partial.exists() else 0
+            if done >= size:
+                break
+            try:
+                with http.stream("GET", url, headers={**headers, "Range": f"bytes={done}-"}) as resp:
+                    if resp.status_code == 416:
+                        break
+                    if resp.status_code in (401, 403):
+                        raise AuthRequired(f"{name}: access denied (HTTP {resp.status_code}); set HF_TOKEN")
+                    if resp.status_code not in (200, 206):
+                        raise RemoteError(f"{name}: HTTP {resp.status_code}")
+                    mode = "ab" if resp.status_code == 206 else "wb"  # 200: the server ignored Range
+                    done = done if mode == "ab" else 0
+                    with open(partial, mode) as out:
+                        for chunk in resp.iter_bytes(1 << 20):
+                            if cancel is not None and cancel.is_set():
+                                raise DownloadCancelled(f"{name}: cancelled; {done} bytes kept for resuming")
+                            out.write(chunk)
+                            done += len(chunk)
+                            on_progress(name, done, size)
+            except (httpx.TransportError, httpx.RemoteProtocolError) as exc:
+                if attempt == retries:
+                    raise RemoteError(
+                        f"{name}: {exc} (partial data kept; run the pull again to resume)"
+                    ) from exc
+                time.sleep(min(2**attempt, 10))
+    got = partial.stat().st_size if partial.exists() else 0
+    if got != size:
+        raise RemoteError(
+            f"{name}: got {got} of {size} bytes (partial data kept; run the pull again to resume)"
+        )
+
+
+class DownloadCancelled(StudioError):
+    code = "download_cancelled"
+    exit_code = 130
+
+
 def pull_files(
     client: HubClient,
     repo: str,
     revision: str,
     files: list[RepoFile],
     on_progress: ProgressFn = lambda *_: None,
+    cancel: threading.Event | None = None,
 ) -> list[Path]:
     cache = Path(constants.HF_HUB_CACHE)
     cache.mkdir(parents=True, exist_ok=True)
@@ -68,31 +163,4 @@ def pull_files(
         raise StorageError(
             f"{repo}: needs {need / 2**30:.1f} GiB but {cache} has {free / 2**30:.1f} GiB free"
         )
-    out = []
-    for f in files:
-        path = Path(client.call(repo, _downloader(client, repo, revision, f.path, on_progress)))
-        if f.sha256 and sha256_file(path) != f.sha256:
-            blob = path.resolve()
-            path.unlink(missing_ok=True)
-            blob.unlink(missing_ok=True)
-            raise RemoteError(
-                f"{repo}/{f.path}: sha256 does not match the Hub's; the corrupt file was deleted"
-            )
-        out.append(path)
-    return out
-
-
-def _downloader(
-    client: HubClient, repo: str, revision: str, path: str, on_progress: ProgressFn
-) -> Callable[[], str]:
-    def run() -> str:
-        return hf_hub_download(
-            repo,
-            path,
-            revision=revision,
-            endpoint=client.endpoint,
-            token=client.token or False,
-            tqdm_class=_progress_class(on_progress),
-        )
-
-    return run
+    return [download_file(client, repo, revision, f, on_progress, cancel) for f in files]

@@ -73,3 +73,12 @@ class ModelPinRow(Base):
 
     model: Mapped[str] = mapped_column(String(1024), primary_key=True)
     engine_id: Mapped[str] = mapped_column(ForeignKey("engines.id", ondelete="CASCADE"), index=True)
+
+
+class LibraryPathRow(Base):
+    """A file or directory of GGUF models the user added; used in place, never copied."""
+
+    __tablename__ = "library_paths"
+
+    path: Mapped[str] = mapped_column(String(4096), primary_key=True)
+    added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
