@@ -28,8 +28,12 @@ def test_every_setting_is_documented() -> None:
 def test_every_cli_command_is_documented() -> None:
     names = [cmd.name or (cmd.callback.__name__ if cmd.callback else "") for cmd in app.registered_commands]
     assert names
+    headings = [line for line in README.splitlines() if line.startswith("### ")]
     for name in names:
-        assert f"### `llamastudio {name}" in README, name
+        assert any(f"`llamastudio {name} " in h or f"`llamastudio {name}`" in h for h in headings), name
+    assert any("`llamastudio engines" in h for h in headings) and any(
+        "`llamastudio models add" in h for h in headings
+    )
 
 
 def test_ci_runs_make_test() -> None:
