@@ -10,8 +10,11 @@ from fastapi import Depends, FastAPI
 from llamastudio import __version__
 from llamastudio.api.deps import AppState, require_api_key
 from llamastudio.api.errors import install_error_handlers
-from llamastudio.api.routes import hardware, status
+from llamastudio.api.routes import downloads, hardware, hub, status
 from llamastudio.config import Settings
+from llamastudio.hub.client import HubClient
+from llamastudio.hub.jobs import DownloadManager
+from llamastudio.hub.token import effective_token
 from llamastudio.store import Database
 
 
@@ -20,16 +23,20 @@ def create_app(settings: Settings) -> FastAPI:
     settings.ensure_dirs()
     db = Database(settings.db_path)
 
+    manager = DownloadManager(db, lambda: HubClient(token=effective_token(settings.data_dir) or ""))
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await manager.start()  # resumes downloads a previous run left unfinished
         try:
             yield
         finally:
+            await manager.stop()
             db.close()
 
     app = FastAPI(title="llama.cpp Studio", version=__version__, lifespan=lifespan)
-    app.state.studio = AppState(settings=settings, db=db)
+    app.state.studio = AppState(settings=settings, db=db, downloads=manager)
     install_error_handlers(app)
-    for router in (status.router, hardware.router):
+    for router in (status.router, hardware.router, hub.router, downloads.router):
         app.include_router(router, dependencies=[Depends(require_api_key)])
     return app

@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from llamastudio.config import Settings
 from llamastudio.errors import StudioError
+from llamastudio.hub.jobs import DownloadManager
 from llamastudio.store import Database
 
 
@@ -18,6 +19,7 @@ from llamastudio.store import Database
 class AppState:
     settings: Settings
     db: Database
+    downloads: DownloadManager
     started: float = field(default_factory=time.monotonic)
 
 

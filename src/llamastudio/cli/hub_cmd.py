@@ -26,6 +26,7 @@ from llamastudio.hub.download import files_to_pull, pull_files
 from llamastudio.hub.library import Library
 from llamastudio.hub.quants import RepoFile, find_group, group_files
 from llamastudio.hub.remote import HeaderCache, quant_table
+from llamastudio.hub.token import effective_token
 from llamastudio.store import Database
 
 MiB = 1 << 20
@@ -36,9 +37,16 @@ def _size(n: int) -> str:
     return f"{n / MiB:,.1f} MiB" if n < 1 << 30 else f"{n / (1 << 30):,.2f} GiB"
 
 
+def cli_client(ctx: typer.Context) -> HubClient:
+    """A Hub client with the token from the environment or the studio's settings."""
+    settings: Settings = ctx.obj["load_settings"](ctx)
+    return HubClient(token=effective_token(settings.data_dir) or "")
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def search(
+        ctx: typer.Context,
         query: Annotated[str, typer.Argument(help="Words to search for.")] = "",
         sort: Annotated[str, typer.Option(help="downloads, likes, trending or updated.")] = "downloads",
         limit: Annotated[int, typer.Option(help="How many repos.")] = 20,
@@ -46,7 +54,7 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Search the Hub for GGUF models."""
-        rows = HubClient().search(query, sort, limit, author)
+        rows = cli_client(ctx).search(query, sort, limit, author)
         if as_json:
             typer.echo(json.dumps(rows, indent=1))
             return
@@ -73,7 +81,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Every quant of a repo with its size and whether it fits, read from GGUF headers only."""
         settings: Settings = ctx.obj["load_settings"](ctx)
-        client = HubClient()
+        client = cli_client(ctx)
         sha, files = client.files(repo, revision)
         groups = group_files(files)
         if not groups:
@@ -105,13 +113,14 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def pull(
+        ctx: typer.Context,
         spec: Annotated[str, typer.Argument(metavar="REPO[:QUANT]", help="e.g. Qwen/Qwen3-8B-GGUF:Q4_K_M")],
         file: Annotated[str | None, typer.Option(help="One file of the repo instead of a quant.")] = None,
         revision: Annotated[str | None, typer.Option(help="Branch, tag or commit.")] = None,
     ) -> None:
         """Download a quant (all shards and its mmproj) into the Hugging Face cache, with progress."""
         repo, _, label = spec.partition(":")
-        client = HubClient()
+        client = cli_client(ctx)
         _, files = client.files(repo, revision)
         if file:
             wanted = [f for f in files if f.path == file]

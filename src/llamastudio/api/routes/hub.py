@@ -1,0 +1,97 @@
+"""Hub search, quants with fit, the local library, and the Hugging Face token (write-only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Response
+from pydantic import BaseModel, Field
+
+from llamastudio.api.deps import StateDep
+from llamastudio.errors import InvalidInput
+from llamastudio.hardware.profiles import resolve
+from llamastudio.hub.client import HubClient
+from llamastudio.hub.library import Library
+from llamastudio.hub.quants import group_files
+from llamastudio.hub.remote import HeaderCache, quant_table
+from llamastudio.hub.token import effective_token, store_token, token_source
+
+router = APIRouter(prefix="/api", tags=["hub"])
+
+
+def client(state: StateDep) -> HubClient:
+    return HubClient(token=effective_token(state.settings.data_dir) or "")
+
+
+@router.get("/hub/search")
+def search(
+    state: StateDep, q: str = "", sort: str = "downloads", limit: int = 20, author: str | None = None
+) -> list[dict[str, Any]]:
+    if not 1 <= limit <= 100:
+        raise InvalidInput("limit must be between 1 and 100")
+    return client(state).search(q, sort, limit, author)
+
+
+@router.get("/hub/repos/{owner}/{name}/quants")
+def quants(
+    state: StateDep, owner: str, name: str, hardware: str | None = None, revision: str | None = None
+) -> dict[str, Any]:
+    if hardware and (hardware.endswith(".json") or "/" in hardware):
+        raise InvalidInput("hardware: a profile spec like 2x24GiB or rtx4090 (files are not accepted here)")
+    c = client(state)
+    repo = f"{owner}/{name}"
+    sha, files = c.files(repo, revision)
+    groups = group_files(files)
+    if not groups:
+        raise InvalidInput(f"{repo} has no GGUF files")
+    cache = HeaderCache(state.settings.data_dir / "cache" / "headers", c.token)
+    return {
+        "repo": repo,
+        "revision": sha,
+        "quants": quant_table(c, repo, groups, sha, resolve(hardware), cache),
+    }
+
+
+class AddPath(BaseModel):
+    path: str = Field(description="Absolute path of a .gguf file or a directory on the studio's machine.")
+
+
+@router.get("/models")
+def models(state: StateDep) -> list[dict[str, Any]]:
+    return [m.to_json() for m in Library(state.db).models()]
+
+
+@router.post("/models", status_code=201)
+def add_model(state: StateDep, body: AddPath) -> list[dict[str, Any]]:
+    path = Path(body.path)
+    if not path.is_absolute() or "\0" in body.path:
+        raise InvalidInput("path must be absolute")
+    return [m.to_json() for m in Library(state.db).add(path)]
+
+
+@router.delete("/models")
+def remove_model(state: StateDep, id: str, delete_files: bool = False) -> dict[str, list[str]]:
+    return {"removed": Library(state.db).remove(id, delete_files)}
+
+
+class TokenBody(BaseModel):
+    token: str
+
+
+@router.get("/settings/hf-token")
+def token_status(state: StateDep) -> dict[str, Any]:
+    source = token_source(state.settings.data_dir)
+    return {"set": source is not None, "source": source, "read_only": source == "env"}
+
+
+@router.put("/settings/hf-token", status_code=204)
+def set_token(state: StateDep, body: TokenBody) -> Response:
+    store_token(state.settings.data_dir, body.token)
+    return Response(status_code=204)
+
+
+@router.delete("/settings/hf-token", status_code=204)
+def delete_token(state: StateDep) -> Response:
+    store_token(state.settings.data_dir, None)
+    return Response(status_code=204)
