@@ -137,3 +137,33 @@ async def test_add_model_by_path(
     assert any(
         m["path"] == str(tiny_models["gemma3"]) and m["facts"]["architecture"] == "gemma3" for m in models
     )
+
+
+async def test_unfinished_jobs_resume_after_a_restart(
+    hub: HubServer, tmp_path: Path, tiny_models: dict[str, Path]
+) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    first = create_app(settings)
+    hub.throttle = 0.01
+    job = await first.state.studio.downloads.submit("tiny/llama-GGUF", "F16")
+    await first.state.studio.downloads.start()
+    while first.state.studio.downloads.get(job["id"])["bytes_done"] < 1_000_000:
+        await asyncio.sleep(0.05)
+    await first.state.studio.downloads.stop()  # the studio goes down mid-download
+    hub.throttle = 0.0
+    # a job the studio was running when it died is running in the database
+    from llamastudio.store.models import JobRow
+
+    with first.state.studio.db.session() as s, s.begin():
+        s.get(JobRow, job["id"]).state = "running"
+    second = create_app(settings)
+    await second.state.studio.downloads.start()
+    try:
+        deadline = time.monotonic() + 60
+        while second.state.studio.downloads.get(job["id"])["state"] != "done" and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        done = second.state.studio.downloads.get(job["id"])
+        assert done["state"] == "done"
+        assert Path(done["paths"][0]).read_bytes() == tiny_models["llama"].read_bytes()
+    finally:
+        await second.state.studio.downloads.stop()
