@@ -4,11 +4,12 @@ downloads, and pull-request ``.patch`` URLs. Routes are registered by the test."
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.rig.serving import running
 
 
 class GitHubServer(ThreadingHTTPServer):
@@ -81,11 +82,5 @@ class _Handler(BaseHTTPRequestHandler):
 
 @contextmanager
 def github_server() -> Iterator[GitHubServer]:
-    server = GitHubServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with running(GitHubServer()) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()

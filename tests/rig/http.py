@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from tests.rig.serving import running
+
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
 
 
@@ -89,11 +91,5 @@ class _Handler(BaseHTTPRequestHandler):
 
 @contextmanager
 def serve_files(root: Path, **kwargs: object) -> Iterator[FileServer]:
-    server = FileServer(root, **kwargs)  # type: ignore[arg-type]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with running(FileServer(root, **kwargs)) as server:  # type: ignore[arg-type]
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
+from tests.rig.serving import running
+
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
 
 
@@ -244,11 +246,5 @@ class _Handler(BaseHTTPRequestHandler):
 
 @contextmanager
 def hub_server(**kwargs: Any) -> Iterator[HubServer]:
-    server = HubServer(**kwargs)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with running(HubServer(**kwargs)) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -22,9 +22,9 @@ from llamastudio.config import Settings
 from llamastudio.errors import InvalidInput
 from llamastudio.hardware.profiles import resolve
 from llamastudio.hub.client import HubClient
-from llamastudio.hub.download import files_to_pull, pull_files
+from llamastudio.hub.download import pull_files, select_files
 from llamastudio.hub.library import Library
-from llamastudio.hub.quants import RepoFile, find_group, group_files
+from llamastudio.hub.quants import RepoFile, group_files
 from llamastudio.hub.remote import HeaderCache, quant_table
 from llamastudio.hub.token import effective_token
 from llamastudio.store import Database
@@ -122,20 +122,7 @@ def register(app: typer.Typer) -> None:
         repo, _, label = spec.partition(":")
         client = cli_client(ctx)
         _, files = client.files(repo, revision)
-        if file:
-            wanted = [f for f in files if f.path == file]
-            if not wanted:
-                raise InvalidInput(f"{repo} has no file {file!r}")
-        else:
-            groups = group_files(files)
-            if not groups:
-                raise InvalidInput(f"{repo} has no GGUF files")
-            if not label and len(groups) > 1:
-                raise InvalidInput(
-                    f"{repo} has several quants; pick one: {repo}:"
-                    + f" / {repo}:".join(g.label for g in groups)
-                )
-            wanted = files_to_pull(find_group(groups, label) if label else groups[0])
+        wanted = select_files(repo, files, label or None, file)
         paths = _pull_with_bar(client, repo, revision or "main", wanted)
         for p in paths:
             typer.echo(str(p))

@@ -17,9 +17,9 @@ from pathlib import Path
 import httpx
 from huggingface_hub import constants, get_hf_file_metadata
 
-from llamastudio.errors import AuthRequired, RemoteError, StorageError, StudioError
+from llamastudio.errors import AuthRequired, InvalidInput, NotFound, RemoteError, StorageError, StudioError
 from llamastudio.hub.client import HubClient
-from llamastudio.hub.quants import QuantGroup, RepoFile
+from llamastudio.hub.quants import QuantGroup, RepoFile, find_group, group_files
 
 ProgressFn = Callable[[str, int, int], None]  # file, bytes done, bytes total
 
@@ -36,6 +36,21 @@ def files_to_pull(group: QuantGroup) -> list[RepoFile]:
     """All shards, plus one mmproj companion (F16 preferred) when the repo has any."""
     extra = sorted(group.mmproj, key=lambda f: ("f16" not in f.path.lower(), f.path))[:1]
     return [*group.files, *extra]
+
+
+def select_files(repo: str, files: list[RepoFile], quant: str | None, file: str | None) -> list[RepoFile]:
+    """What ``pull REPO[:QUANT]`` / ``--file`` means: one named file, or a quant's shards + mmproj."""
+    if file:
+        wanted = [f for f in files if f.path == file]
+        if not wanted:
+            raise NotFound(f"{repo} has no file {file!r}")
+        return wanted
+    groups = group_files(files)
+    if not groups:
+        raise InvalidInput(f"{repo} has no GGUF files")
+    if not quant and len(groups) > 1:
+        raise InvalidInput(f"{repo} has several quants: pick one of {', '.join(g.label for g in groups)}")
+    return files_to_pull(find_group(groups, quant) if quant else groups[0])
 
 
 def cache_paths(cache: Path, repo: str, revision: str, path: str, etag: str) -> tuple[Path, Path]:

@@ -18,10 +18,10 @@ from typing import Any
 
 from sqlalchemy import select
 
-from llamastudio.errors import Conflict, InvalidInput, NotFound, StudioError
+from llamastudio.errors import Conflict, NotFound, StudioError
 from llamastudio.hub.client import HubClient
-from llamastudio.hub.download import DownloadCancelled, files_to_pull, pull_files
-from llamastudio.hub.quants import RepoFile, find_group, group_files
+from llamastudio.hub.download import DownloadCancelled, pull_files, select_files
+from llamastudio.hub.quants import RepoFile
 from llamastudio.store import Database
 from llamastudio.store.models import JobRow
 
@@ -84,19 +84,7 @@ class DownloadManager:
     ) -> dict[str, Any]:
         client = self.client_factory()
         _, files = await asyncio.to_thread(client.files, repo, revision)
-        if file:
-            wanted = [f for f in files if f.path == file]
-            if not wanted:
-                raise NotFound(f"{repo} has no file {file!r}")
-        else:
-            groups = group_files(files)
-            if not groups:
-                raise InvalidInput(f"{repo} has no GGUF files")
-            if not quant and len(groups) > 1:
-                raise InvalidInput(
-                    f"{repo} has several quants: pick one of {', '.join(g.label for g in groups)}"
-                )
-            wanted = files_to_pull(find_group(groups, quant) if quant else groups[0])
+        wanted = select_files(repo, files, quant, file)
         job_id = uuid.uuid4().hex
         params = {
             "repo": repo,
