@@ -1,0 +1,1 @@
+"""Supervised engine processes and (next) the scheduler that decides what runs where."""

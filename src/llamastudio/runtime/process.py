@@ -1,0 +1,191 @@
+"""One supervised engine process (llama-server), as an explicit state machine.
+
+    stopped ──start──▶ starting ──/health 200──▶ ready ──stop──▶ stopping ──▶ stopped
+                          │                        │
+                          └──exit / fatal line / timeout──▶ failed (reason kept)
+
+Callers await ``ensure_ready()`` instead of checking and then acting; concurrent callers share one
+start. The process is started with an argv list in its own process group; its output goes to a
+ring buffer and a log file. A line matching a fatal pattern (out of memory, failed to load the
+model, GGML_ASSERT, CUDA errors) turns a start into ``failed`` with that line as the reason.
+``stop()`` sends SIGTERM, waits ``grace`` seconds, then SIGKILLs the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import os
+import re
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+
+from llamastudio.errors import StudioError
+
+FATAL = re.compile(
+    r"(out of memory|failed to allocate|failed to load model|error loading model|GGML_ASSERT|"
+    r"CUDA error|cudaMalloc failed|exiting due to model loading error|unable to load model)",
+    re.IGNORECASE,
+)
+
+
+class State(enum.StrEnum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+    FAILED = "failed"
+
+
+class StartFailed(StudioError):
+    status_code = 503
+    code = "model_failed_to_start"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def load_timeout(model_bytes: int, base: float = 60.0, per_gib: float = 30.0) -> float:
+    """A load timeout that grows with the model: slow disks and big models must not be failed early."""
+    return base + per_gib * model_bytes / (1 << 30)
+
+
+class EngineProcess:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        port: int,
+        log_path: Path,
+        host: str = "127.0.0.1",
+        env: dict[str, str] | None = None,
+        timeout: float = 120.0,
+        grace: float = 10.0,
+        ring: int = 500,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.host = host
+        self.port = port
+        self.log_path = log_path
+        self.env = env
+        self.timeout = timeout
+        self.grace = grace
+        self.state = State.STOPPED
+        self.reason: str | None = None
+        self.lines: deque[str] = deque(maxlen=ring)
+        self.proc: asyncio.subprocess.Process | None = None
+        self.started_at: float | None = None
+        self._start_task: asyncio.Task[None] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._fatal: str | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    async def ensure_ready(self) -> None:
+        """Start if needed and wait until ready; raises StartFailed with the reason otherwise."""
+        if self.state == State.READY and self.proc is not None and self.proc.returncode is None:
+            return
+        if self._start_task is None or self._start_task.done():
+            if self.state in (State.READY, State.FAILED):
+                await self.stop()
+            self._start_task = asyncio.create_task(self._start())
+        await asyncio.shield(self._start_task)
+        if self.state != State.READY:
+            raise StartFailed(f"{self.name}: {self.reason}")
+
+    async def _start(self) -> None:
+        self.state, self.reason, self._fatal = State.STARTING, None, None
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self.state, self.reason = State.FAILED, f"cannot start {self.argv[0]}: {exc.strerror}"
+            return
+        self.started_at = time.monotonic()
+        self._reader = asyncio.create_task(self._read_output())
+        deadline = time.monotonic() + self.timeout
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                if self._fatal:
+                    await self._kill()
+                    self.state, self.reason = State.FAILED, self._fatal
+                    return
+                if self.proc.returncode is not None:
+                    await asyncio.sleep(0.05)  # let the reader drain the last lines
+                    self.state = State.FAILED
+                    self.reason = self._fatal or f"exited with code {self.proc.returncode}: {self._tail()}"
+                    return
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(f"{self.url}/health")).status_code == 200:
+                        self.state = State.READY
+                        return
+                await asyncio.sleep(0.1)
+        await self._kill()
+        self.state, self.reason = State.FAILED, f"not ready after {self.timeout:.0f}s: {self._tail()}"
+
+    def _tail(self) -> str:
+        return self.lines[-1] if self.lines else "no output"
+
+    async def _read_output(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        with open(self.log_path, "ab") as log:
+            while line := await self.proc.stdout.readline():
+                log.write(line)
+                log.flush()
+                text = line.decode(errors="replace").rstrip()
+                self.lines.append(text)
+                if self._fatal is None and self.state == State.STARTING and FATAL.search(text):
+                    self._fatal = text.strip()
+
+    async def stop(self) -> None:
+        """SIGTERM the process group, wait ``grace`` seconds, then SIGKILL; always reaps."""
+        if self.proc is None or self.proc.returncode is not None:
+            self.state = State.STOPPED if self.state != State.FAILED else self.state
+            return
+        self.state = State.STOPPING
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), self.grace)
+        except TimeoutError:
+            await self._kill()
+        if self._reader:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        self.state = State.STOPPED
+
+    async def _kill(self) -> None:
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        await self.proc.wait()
+
+    def check_alive(self) -> None:
+        """A ready process that died (OOM killer, kill -9) becomes failed with its exit code."""
+        if self.state == State.READY and self.proc is not None and self.proc.returncode is not None:
+            self.state = State.FAILED
+            self.reason = f"exited with code {self.proc.returncode} while serving: {self._tail()}"
