@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from llamastudio.config import Settings
-from tests.rig.server import free_port
+from llamastudio.runtime.process import free_port
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -11,12 +10,7 @@ from types import TracebackType
 import httpx
 
 from llamastudio.procs import stop_process
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from llamastudio.runtime.process import free_port
 
 
 class LlamaServer:

@@ -3,21 +3,19 @@ and optionally that it loads a tiny model and answers ``/health``."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
-import socket
 import subprocess
-import time
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from llamastudio.engines.capabilities import parse_help, parse_version
 from llamastudio.engines.registry import Engine, EngineRegistry
 from llamastudio.errors import InvalidInput, NotFound
-from llamastudio.procs import stop_process
+from llamastudio.runtime.process import EngineProcess, StartFailed, free_port
 
 
 def binary_env(binary: Path) -> dict[str, str]:
@@ -57,9 +55,7 @@ def probe(binary: Path) -> dict[str, Any]:
 
 def health_check(binary: Path, model: Path, timeout: float = 120) -> tuple[bool, str]:
     """Start the server on a free port with ``model``, wait for /health, stop it."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     argv = [
         str(binary),
         "-m",
@@ -72,24 +68,21 @@ def health_check(binary: Path, model: Path, timeout: float = 120) -> tuple[bool,
         "256",
         "--no-webui",
     ]
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=binary_env(binary), text=True
-    )
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                tail = (proc.stderr.read() if proc.stderr else "")[-500:]
-                return False, f"exited with {proc.returncode}: {tail.strip()}"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    return True, "healthy"
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        return False, f"not healthy after {timeout:.0f}s"
-    finally:
-        stop_process(proc)
+
+    async def run(log_dir: str) -> tuple[bool, str]:
+        proc = EngineProcess(
+            "validate", argv, port, Path(log_dir) / "validate.log", env=binary_env(binary), timeout=timeout
+        )
+        try:
+            await proc.ensure_ready()
+            return True, "healthy"
+        except StartFailed as exc:
+            return False, exc.message
+        finally:
+            await proc.stop()
+
+    with tempfile.TemporaryDirectory() as log_dir:
+        return asyncio.run(run(log_dir))
 
 
 def revalidate(registry: EngineRegistry, engine: Engine, model: Path | None = None) -> Engine:
