@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
-from llamastudio.config import Settings
+from llamastudio.cli.context import settings
 from llamastudio.engines.build import Builder, BuildSpec
 from llamastudio.engines.registry import Engine, EngineRegistry
 from llamastudio.engines.releases import GitHubReleases, install, updates
@@ -27,19 +27,13 @@ app = typer.Typer(
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
-def _settings(ctx: typer.Context) -> Settings:
-    settings: Settings = ctx.obj["load_settings"](ctx)
-    settings.ensure_dirs()
-    return settings
-
-
 def registry(ctx: typer.Context) -> EngineRegistry:
-    settings = _settings(ctx)
-    return EngineRegistry(Database(settings.db_path), settings.engines_dir)
+    loaded = settings(ctx)
+    return EngineRegistry(Database(loaded.db_path), loaded.engines_dir)
 
 
 def github(ctx: typer.Context) -> GitHubReleases:
-    s = _settings(ctx)
+    s = settings(ctx)
     return GitHubReleases(s.github_api, s.github_repo, s.github_token or os.environ.get("GITHUB_TOKEN"))
 
 

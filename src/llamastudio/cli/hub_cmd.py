@@ -18,7 +18,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from llamastudio.config import Settings
+from llamastudio.cli.context import database, settings
 from llamastudio.errors import InvalidInput
 from llamastudio.hardware.profiles import resolve
 from llamastudio.hub.client import HubClient
@@ -27,7 +27,6 @@ from llamastudio.hub.library import Library
 from llamastudio.hub.quants import RepoFile, group_files
 from llamastudio.hub.remote import HeaderCache, quant_table
 from llamastudio.hub.token import effective_token
-from llamastudio.store import Database
 
 MiB = 1 << 20
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
@@ -39,8 +38,7 @@ def _size(n: int) -> str:
 
 def cli_client(ctx: typer.Context) -> HubClient:
     """A Hub client with the token from the environment or the studio's settings."""
-    settings: Settings = ctx.obj["load_settings"](ctx)
-    return HubClient(token=effective_token(settings.data_dir) or "")
+    return HubClient(token=effective_token(settings(ctx).data_dir) or "")
 
 
 def register(app: typer.Typer) -> None:
@@ -80,7 +78,7 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Every quant of a repo with its size and whether it fits, read from GGUF headers only."""
-        settings: Settings = ctx.obj["load_settings"](ctx)
+        data_dir = settings(ctx).data_dir
         client = cli_client(ctx)
         sha, files = client.files(repo, revision)
         groups = group_files(files)
@@ -92,7 +90,7 @@ def register(app: typer.Typer) -> None:
             groups,
             sha,
             resolve(hardware),
-            HeaderCache(settings.data_dir / "cache" / "headers", client.token),
+            HeaderCache(data_dir / "cache" / "headers", client.token),
         )
         if as_json:
             typer.echo(json.dumps({"repo": repo, "revision": sha, "quants": rows}, indent=1))
@@ -150,9 +148,7 @@ def _pull_with_bar(client: HubClient, repo: str, revision: str, files: list[Repo
 
 
 def library(ctx: typer.Context) -> Library:
-    settings: Settings = ctx.obj["load_settings"](ctx)
-    settings.ensure_dirs()
-    return Library(Database(settings.db_path))
+    return Library(database(ctx))
 
 
 models_app = typer.Typer(help="Models on disk used in place.", no_args_is_help=True)
