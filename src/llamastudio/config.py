@@ -51,6 +51,21 @@ class Settings(BaseSettings):
         default=None,
         description="When set, the management API requires `Authorization: Bearer <key>`.",
     )
+    gateway_api_key: str | None = Field(
+        default=None,
+        description="When set, the gateway (port 2000) requires `Authorization: Bearer <key>` "
+        "(or `x-api-key`); separate from the management key.",
+    )
+    hardware: str | None = Field(
+        default=None,
+        description="Plan and place models for this hardware profile (`cpu`, `2x24GiB`, `rtx4090`, "
+        "a JSON file) instead of the detected GPUs and RAM.",
+    )
+    default_ttl: float = Field(
+        default=600.0,
+        ge=0,
+        description="Seconds a model may sit idle before it is unloaded (0 = never); per-model TTL wins.",
+    )
     github_api: str = Field(
         default="https://api.github.com",
         description="Base URL of the GitHub REST API used for llama.cpp releases.",

@@ -11,7 +11,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from llamastudio.config import Settings
 from llamastudio.errors import StudioError
+from llamastudio.events import EventBus
 from llamastudio.hub.jobs import DownloadManager
+from llamastudio.runtime.manager import Runtime
 from llamastudio.store import Database
 
 
@@ -20,6 +22,8 @@ class AppState:
     settings: Settings
     db: Database
     downloads: DownloadManager
+    runtime: Runtime
+    bus: EventBus
     started: float = field(default_factory=time.monotonic)
 
 

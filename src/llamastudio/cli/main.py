@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from llamastudio import __version__
-from llamastudio.cli import engines_cmd, fit_cmds, hub_cmd, inspect_cmd, serve_cmd
+from llamastudio.cli import engines_cmd, fit_cmds, hub_cmd, inspect_cmd, serve_cmd, serving_cmd
 from llamastudio.config import Settings
 from llamastudio.errors import InvalidInput, StudioError
 
@@ -61,6 +61,7 @@ inspect_cmd.register(app)
 fit_cmds.register(app)
 hub_cmd.register(app)
 hub_cmd.register_library(app)
+serving_cmd.register(app)
 app.add_typer(engines_cmd.app, name="engines")
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import select
 
 from llamastudio.errors import Conflict, NotFound, StudioError
+from llamastudio.events import EventBus
 from llamastudio.hub.client import HubClient
 from llamastudio.hub.download import DownloadCancelled, pull_files, select_files
 from llamastudio.hub.quants import RepoFile
@@ -39,13 +40,19 @@ class _Live:
 
 
 class DownloadManager:
-    def __init__(self, db: Database, client_factory: Callable[[], HubClient], concurrency: int = 2) -> None:
+    def __init__(
+        self,
+        db: Database,
+        client_factory: Callable[[], HubClient],
+        concurrency: int = 2,
+        bus: EventBus | None = None,
+    ) -> None:
         self.db = db
         self.client_factory = client_factory
         self.concurrency = concurrency
         self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.live: dict[str, _Live] = {}
-        self.subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self.bus = bus or EventBus()
         self.workers: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -70,14 +77,10 @@ class DownloadManager:
         self.workers = []
 
     def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
-        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
-        self.subscribers.add(q)
-        return q
+        return self.bus.subscribe()
 
     def _publish(self, event: dict[str, Any]) -> None:
-        for q in list(self.subscribers):
-            with contextlib.suppress(asyncio.QueueFull):
-                q.put_nowait(event)
+        self.bus.publish(event)
 
     async def submit(
         self, repo: str, quant: str | None = None, file: str | None = None, revision: str | None = None

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from llamastudio.errors import StudioError
 from llamastudio.fit.planner import DoesNotFit, plan
+from llamastudio.fsutil import write_atomic
 from llamastudio.gguf import GGUFModel, load_model
 from llamastudio.gguf.source import ByteSource, BytesSource, HttpSource
 from llamastudio.hardware import Hardware
@@ -43,10 +42,7 @@ class HeaderCache:
             (path, data),
             (path.with_suffix(".json"), json.dumps({"size": size}).encode()),
         ):
-            fd, tmp = tempfile.mkstemp(dir=self.root)
-            with os.fdopen(fd, "wb") as f:
-                f.write(payload)
-            os.replace(tmp, target)  # atomic: a reader never sees half a header
+            write_atomic(target, payload)  # a reader never sees half a header
 
 
 class _SavingSource(HttpSource):

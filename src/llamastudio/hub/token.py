@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from llamastudio.errors import Conflict, InvalidInput
+from llamastudio.fsutil import write_atomic
 
 ENV_VARS = ("HF_TOKEN", "HUGGINGFACE_API_KEY")
 
@@ -40,9 +41,4 @@ def store_token(data_dir: Path, token: str | None) -> None:
     token = token.strip()
     if not token or any(c.isspace() for c in token) or len(token) > 512:
         raise InvalidInput("a Hugging Face token is one word of at most 512 characters")
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)  # atomic, and never readable by others even for a moment
+    write_atomic(path, token.encode(), mode=0o600)  # never readable by others, even for a moment

@@ -22,7 +22,7 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
@@ -72,6 +72,7 @@ class EngineProcess:
         timeout: float = 120.0,
         grace: float = 10.0,
         ring: int = 500,
+        lines_hook: Callable[[str], None] | None = None,
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -84,6 +85,7 @@ class EngineProcess:
         self.state = State.STOPPED
         self.reason: str | None = None
         self.lines: deque[str] = deque(maxlen=ring)
+        self.lines_hook = lines_hook
         self.proc: asyncio.subprocess.Process | None = None
         self.started_at: float | None = None
         self._start_task: asyncio.Task[None] | None = None
@@ -157,6 +159,8 @@ class EngineProcess:
                 log.flush()
                 text = line.decode(errors="replace").rstrip()
                 self.lines.append(text)
+                if self.lines_hook is not None:
+                    self.lines_hook(text)
                 if self._fatal is None and self.state == State.STARTING and FATAL.search(text):
                     self._fatal = text.strip()
 

@@ -12,7 +12,11 @@ processes. Rules:
   released together when it is ready; a failed start fails them with the reason;
 - at most ``max_concurrency`` requests in flight per model (→ ``TooBusy``, HTTP 429);
 - models of one exclusive ``group`` never run together;
-- an idle model is unloaded after its ``ttl`` (0 = never).
+- an idle model is unloaded after its ``ttl`` (0 = never);
+- ``unload`` (a user's stop) lets requests in flight finish first; a request arriving meanwhile
+  waits and starts the model again afterwards;
+- a model whose process died (``died``) is stopped: its leases still release normally and the next
+  request starts it again.
 """
 
 from __future__ import annotations
@@ -62,10 +66,11 @@ class Effects(Protocol):
 
 @dataclass
 class _Event:
-    kind: str  # acquire | release | started | start_failed | tick
+    kind: str  # acquire | release | started | start_failed | tick | configure | died | unload
     model: str = ""
     fut: asyncio.Future[None] | None = None
     error: StudioError | None = None
+    specs: list[ModelSpec] | None = None
 
 
 @dataclass
@@ -75,6 +80,7 @@ class _Entry:
     in_flight: int = 0
     last_used: float = 0.0
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    draining: list[asyncio.Future[None]] = field(default_factory=list)  # unload() callers
 
 
 class Lease:
@@ -86,8 +92,14 @@ class Lease:
         self.released = False
 
     def release(self) -> None:
+        """Frees the slot at once (same thread as the owner, no await in between); the owner then
+        does what may follow (drain, waiting placements)."""
         if not self.released:
             self.released = True
+            entry = self.scheduler.entries.get(self.model)
+            if entry is not None:
+                entry.in_flight -= 1
+                entry.last_used = self.scheduler.clock()
             self.scheduler._post(_Event("release", self.model))
 
 
@@ -99,15 +111,18 @@ class Scheduler:
         models: list[ModelSpec],
         clock: Callable[[], float] = time.monotonic,
         wait_for_room: float = 300.0,
+        on_change: Callable[[str, str], None] | None = None,
     ) -> None:
         self.effects = effects
         self.budgets = dict(budgets)
         self.entries = {m.name: _Entry(m) for m in models}
         self.clock = clock
         self.wait_for_room = wait_for_room
+        self.on_change = on_change
         self.events: asyncio.Queue[_Event] = asyncio.Queue()
         self.blocked: dict[str, float] = {}  # model → since when it waits for busy models to go idle
-        self.evictions = 0
+        self.evictions = 0  # stopped to make room
+        self.unloads = 0  # stopped after their idle TTL
         self.loads = 0
         self._task: asyncio.Task[None] | None = None
         self._starting: set[asyncio.Task[None]] = set()
@@ -130,6 +145,23 @@ class Scheduler:
         self._post(_Event("acquire", model, fut))
         await fut
         return Lease(self, model)
+
+    async def unload(self, model: str) -> None:
+        """Stop ``model`` once its requests in flight have finished (never interrupts one)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._post(_Event("unload", model, fut))
+        await fut
+
+    def configure(self, specs: list[ModelSpec]) -> None:
+        """Replace the set of models; running ones keep running with their new spec."""
+        self._post(_Event("configure", specs=list(specs)))
+
+    def died(self, model: str) -> None:
+        """The model's process is gone (crash, kill -9): mark it stopped."""
+        self._post(_Event("died", model))
+
+    def queue_depth(self) -> dict[str, int]:
+        return {n: len(e.waiters) for n, e in self.entries.items()}
 
     def state(self) -> dict[str, dict[str, object]]:
         now = self.clock()
@@ -169,31 +201,66 @@ class Scheduler:
                 raise NotFound(f"model {model!r} is not configured")
             spec = entry.spec
             if spec.max_concurrency and entry.in_flight >= spec.max_concurrency:
-                raise TooBusy(f"{model}: {entry.in_flight} requests in flight (limit {spec.max_concurrency})")
-            if entry.state == "ready":
+                raise TooBusy(
+                    f"{model}: {entry.in_flight} requests in flight (limit {spec.max_concurrency})",
+                    retry_after=1,
+                )
+            if entry.state == "ready" and not entry.draining:
                 self._lease(entry, fut)
                 return
             if len(entry.waiters) >= spec.max_queue:
-                raise QueueFull(f"{model}: {len(entry.waiters)} requests already wait for it to load")
+                raise QueueFull(
+                    f"{model}: {len(entry.waiters)} requests already wait for it to load", retry_after=5
+                )
             entry.waiters.append(fut)
             if entry.state == "stopped":
                 await self._place(entry)
         elif kind == "release":
-            entry = self.entries[model]
-            entry.in_flight -= 1
-            entry.last_used = self.clock()
+            entry = self.entries.get(model)
+            if entry is None:
+                return
+            if entry.draining and not entry.in_flight:
+                await self._drain(entry)
             await self._retry_blocked()
         elif kind == "started":
             entry = self.entries[model]
-            entry.state = "ready"
+            self._set(entry, "ready")
             entry.last_used = self.clock()
             for w in entry.waiters:
                 self._lease(entry, w)
             entry.waiters.clear()
+        elif kind == "unload":
+            assert fut is not None
+            entry = self.entries.get(model)
+            if entry is None:
+                raise NotFound(f"model {model!r} is not configured")
+            if entry.state == "stopped":
+                fut.set_result(None)
+                return
+            entry.draining.append(fut)
+            if not entry.in_flight and entry.state == "ready":
+                await self._drain(entry)
+        elif kind == "configure":
+            for spec in event.specs or []:
+                if spec.name in self.entries:
+                    self.entries[spec.name].spec = spec
+                else:
+                    self.entries[spec.name] = _Entry(spec)
+            keep = {s.name for s in event.specs or []}
+            for name, e in list(self.entries.items()):
+                if name not in keep and e.state == "stopped" and not e.waiters and not e.in_flight:
+                    del self.entries[name]
+        elif kind == "died":
+            entry = self.entries.get(model)
+            if entry is not None and entry.state in ("ready", "stopping"):
+                self._set(entry, "stopped")
+                self.blocked.pop(model, None)
+                await self._retry_blocked()
         elif kind == "start_failed":
             entry = self.entries[model]
-            entry.state = "stopped"
+            self._set(entry, "stopped")
             self._fail_waiters(entry, event.error or StudioError(f"{model} failed to start"))
+            self._finish_drain(entry)
         elif kind == "tick":
             now = self.clock()
             for e in self.entries.values():
@@ -205,12 +272,30 @@ class Scheduler:
                     and e.spec.ttl
                     and idle >= e.spec.ttl
                 ):
-                    await self._stop(e)
+                    await self._stop(e, evict=False)
+                    self.unloads += 1
             for name, since in list(self.blocked.items()):
                 if now - since > self.wait_for_room:
                     del self.blocked[name]
                     why = NoRoom(f"{name}: no room was freed within {self.wait_for_room:.0f}s")
                     self._fail_waiters(self.entries[name], why)
+
+    def _set(self, entry: _Entry, state: str) -> None:
+        entry.state = state
+        if self.on_change is not None:
+            self.on_change(entry.spec.name, state)
+
+    async def _drain(self, entry: _Entry) -> None:
+        await self._stop(entry, evict=False)
+        self._finish_drain(entry)
+        if entry.waiters:  # requests that came in while it drained start it again
+            await self._place(entry)
+
+    def _finish_drain(self, entry: _Entry) -> None:
+        for f in entry.draining:
+            if not f.done():
+                f.set_result(None)
+        entry.draining.clear()
 
     def _lease(self, entry: _Entry, fut: asyncio.Future[None]) -> None:
         if fut.done():
@@ -276,7 +361,7 @@ class Scheduler:
             return
         for v in victims:
             await self._stop(v)
-        entry.state = "starting"
+        self._set(entry, "starting")
         self.loads += 1
         task = asyncio.create_task(self._start(entry.spec.name))
         self._starting.add(task)
@@ -297,10 +382,11 @@ class Scheduler:
             return
         self._post(_Event("started", model))
 
-    async def _stop(self, entry: _Entry) -> None:
+    async def _stop(self, entry: _Entry, evict: bool = True) -> None:
         if entry.state in ("stopping", "stopped"):
             return
-        entry.state = "stopping"
-        self.evictions += 1
+        self._set(entry, "stopping")
+        if evict:
+            self.evictions += 1
         await self.effects.stop(entry.spec.name)
-        entry.state = "stopped"
+        self._set(entry, "stopped")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -82,3 +82,25 @@ class LibraryPathRow(Base):
 
     path: Mapped[str] = mapped_column(String(4096), primary_key=True)
     added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ServedModelRow(Base):
+    """How one model is served by the gateway: what to run, with which flags, and its lifecycle."""
+
+    __tablename__ = "served_models"
+
+    name: Mapped[str] = mapped_column(String(256), primary_key=True)  # the gateway's model name
+    model: Mapped[str] = mapped_column(Text)  # a library id or a GGUF path
+    engine_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # None: pin or default
+    args: Mapped[list[str]] = mapped_column(JSON, default=list)  # llama-server flags
+    auto: Mapped[bool] = mapped_column(Boolean, default=False)  # flags from the planner at load time
+    command: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)  # another engine's argv
+    aliases: Mapped[list[str]] = mapped_column(JSON, default=list)
+    ttl: Mapped[float | None] = mapped_column(Float, nullable=True)  # None: the default TTL
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False)
+    group: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    max_concurrency: Mapped[int] = mapped_column(Integer, default=0)
+    max_queue: Mapped[int] = mapped_column(Integer, default=64)
+    reserve: Mapped[dict[str, int] | None] = mapped_column(JSON, nullable=True)  # manual, per device
+    env: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)

@@ -1,0 +1,230 @@
+"""Serving: model configurations, start/stop, running models, logs, import/export."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Literal
+
+from fastapi import APIRouter, Response
+from pydantic import BaseModel, Field
+
+from llamastudio.api.deps import StateDep
+from llamastudio.errors import InvalidInput, NotFound
+from llamastudio.fit.estimator import estimate
+from llamastudio.fit.flags import parse_server_args
+from llamastudio.fit.planner import Goal, plan
+from llamastudio.gguf import load_model
+from llamastudio.hardware.profiles import resolve
+from llamastudio.runtime.interop import export_llama_swap, export_preset, import_llama_swap, import_preset
+from llamastudio.runtime.manager import Runtime
+from llamastudio.runtime.models import ModelConfig, validate
+
+router = APIRouter(prefix="/api", tags=["serving"])
+
+
+class ConfigIn(BaseModel):
+    model: str | None = Field(None, description="Library id or GGUF path (default: the id in the URL).")
+    engine_id: str | None = None
+    args: list[str] = Field(default_factory=list, description="llama-server flags, e.g. ['-c', '8192'].")
+    auto: bool = Field(False, description="Let the planner choose the flags at load time (args = its base).")
+    command: list[str] | None = Field(None, description="Another engine's argv with ${PORT}.")
+    aliases: list[str] = Field(default_factory=list)
+    ttl: float | None = Field(None, description="Idle seconds before unloading; 0 = never; null = default.")
+    pinned: bool = False
+    group: str | None = None
+    max_concurrency: int = 0
+    max_queue: int = 64
+    reserve: dict[str, int] | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+def _runtime(state: StateDep) -> Runtime:
+    return state.runtime
+
+
+def _view(rt: Runtime, cfg: ModelConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {"config": cfg.to_json(), "status": rt.status(cfg.name)}
+    try:
+        out["prepared"] = rt.prepare(cfg).to_json()
+        out["error"] = None
+    except Exception as exc:  # shown next to the config so it can be fixed
+        out["prepared"] = None
+        out["error"] = getattr(exc, "message", str(exc))
+    return out
+
+
+@router.get("/served")
+def served(state: StateDep) -> list[dict[str, Any]]:
+    """Every model the gateway serves, with its state."""
+    return _runtime(state).models()
+
+
+@router.get("/models/{id:path}/config")
+def get_config(state: StateDep, id: str) -> dict[str, Any]:
+    rt = _runtime(state)
+    return _view(rt, rt.configs.get(id))
+
+
+@router.put("/models/{id:path}/config")
+async def put_config(state: StateDep, id: str, body: ConfigIn) -> dict[str, Any]:
+    rt = _runtime(state)
+    cfg = ModelConfig(name=id, model=body.model if body.model is not None else ("" if body.command else id))
+    for key, value in body.model_dump(exclude={"model"}).items():
+        setattr(cfg, key, value)
+    await asyncio.to_thread(rt.configs.put, cfg)
+    await rt.sync()
+    return _view(rt, rt.configs.get(id))
+
+
+@router.delete("/models/{id:path}/config", status_code=204)
+async def delete_config(state: StateDep, id: str) -> Response:
+    rt = _runtime(state)
+    rt.configs.delete(id)
+    await rt.sync()
+    return Response(status_code=204)
+
+
+class AutoIn(BaseModel):
+    goal: Goal = "balanced"
+    ctx: int | None = None
+    parallel: int | None = None
+    args: list[str] = Field(default_factory=list, description="Flags to keep as the starting point.")
+    hardware: str | None = None
+
+
+def _hardware(rt: Runtime, spec: str | None) -> Any:
+    if spec and ("/" in spec or spec.endswith(".json")):
+        raise InvalidInput("hardware: a profile spec like 2x24GiB or rtx4090 (files are not accepted here)")
+    return resolve(spec) if spec else rt.hw
+
+
+@router.post("/models/{id:path}/auto-config")
+def auto_config(state: StateDep, id: str, body: AutoIn | None = None) -> dict[str, Any]:
+    """Smart Auto: the planner's flags for this model, with one reason per choice (not saved)."""
+    body = body or AutoIn()
+    rt = _runtime(state)
+    cfg = rt.configs.get(id)
+    model = load_model(str(rt.configs.model_path(cfg)))
+    p = plan(
+        model,
+        _hardware(rt, body.hardware),
+        body.goal,
+        body.ctx,
+        body.parallel,
+        base=parse_server_args(body.args),
+    )
+    return {"args": p.flags.to_args(), "reasons": p.reasons, "warnings": p.warnings, "plan": p.to_json()}
+
+
+class EstimateIn(BaseModel):
+    args: list[str] = Field(default_factory=list)
+    hardware: str | None = None
+
+
+@router.post("/models/{id:path}/estimate")
+def estimate_config(state: StateDep, id: str, body: EstimateIn) -> dict[str, Any]:
+    """Per-device memory for these flags, and whether it fits (for a config editor)."""
+    rt = _runtime(state)
+    cfg = rt.configs.get(id)
+    hw = _hardware(rt, body.hardware)
+    est = estimate(load_model(str(rt.configs.model_path(cfg))), parse_server_args(body.args), hw.gpus)
+    free = {g.device_name: g.free for g in hw.gpus} | {"CPU": hw.ram_free}
+    devices = [
+        {
+            "name": d.name,
+            "label": d.label,
+            "total": d.total,
+            "free": free.get(d.name, 0),
+            "fits": d.total <= free.get(d.name, 0),
+        }
+        for d in est.devices
+    ]
+    return {
+        "devices": devices,
+        "fits": all(d["fits"] for d in devices),
+        "n_ctx": est.context.n_ctx,
+        "n_gpu_layers": est.n_gpu_layers,
+    }
+
+
+@router.get("/models/{id:path}/command")
+def command(state: StateDep, id: str) -> dict[str, Any]:
+    """The exact argv that starting this model runs (``${PORT}`` is chosen at start)."""
+    p = _runtime(state).preview(id)
+    return {"argv": p.argv, "dropped": p.dropped, "engine": p.engine.id if p.engine else None}
+
+
+@router.post("/models/{id:path}/start")
+async def start(state: StateDep, id: str) -> dict[str, Any]:
+    rt = _runtime(state)
+    proc = await rt.load(id)
+    return rt.status(proc.name)
+
+
+@router.post("/models/{id:path}/stop")
+async def stop(state: StateDep, id: str) -> dict[str, Any]:
+    rt = _runtime(state)
+    name = await rt.resolve(id)
+    await rt.unload(name)
+    return rt.status(name)
+
+
+@router.get("/models/{id:path}/logs")
+async def logs(state: StateDep, id: str, tail: int = 200) -> dict[str, Any]:
+    if not 1 <= tail <= 10000:
+        raise InvalidInput("tail must be between 1 and 10000")
+    rt = _runtime(state)
+    name = await rt.resolve(id)
+    return {"model": name, "lines": rt.logs(name, tail)}
+
+
+@router.get("/running")
+def running(state: StateDep) -> list[dict[str, Any]]:
+    return _runtime(state).running()
+
+
+@router.post("/running/unload-all")
+async def unload_all(state: StateDep) -> dict[str, list[str]]:
+    return {"unloaded": await _runtime(state).unload_all()}
+
+
+Format = Literal["llama-swap", "preset"]
+
+
+class ImportIn(BaseModel):
+    format: Format
+    text: str
+
+
+@router.post("/served/import")
+async def import_configs(state: StateDep, body: ImportIn) -> dict[str, list[str]]:
+    rt = _runtime(state)
+    engines = rt.engines.all()
+    if body.format == "llama-swap":
+        configs = import_llama_swap(body.text, engines)
+    else:
+        default = rt.engines.default()
+        configs = import_preset(body.text, set(default.capabilities) if default else set())
+    for cfg in configs:  # check all before saving any
+        validate(cfg)
+        if cfg.command is None:
+            rt.configs.model_path(cfg)
+    saved = []
+    for cfg in configs:
+        await asyncio.to_thread(rt.configs.put, cfg)
+        saved.append(cfg.name)
+    await rt.sync()
+    return {"imported": saved}
+
+
+@router.get("/served/export")
+def export_configs(state: StateDep, format: Format = "llama-swap") -> Response:
+    rt = _runtime(state)
+    configs = rt.configs.stored()
+    if not configs:
+        raise NotFound("no stored model configurations to export")
+    if format == "llama-swap":
+        text = export_llama_swap(configs, {c.name: rt.prepare(c).argv for c in configs})
+        return Response(text, media_type="application/yaml")
+    paths = {c.name: str(rt.configs.model_path(c)) for c in configs if c.command is None}
+    return Response(export_preset(configs, paths), media_type="text/plain")

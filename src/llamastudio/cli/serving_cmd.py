@@ -1,0 +1,227 @@
+"""Serving from the CLI: ``ps``, ``run``, ``stop`` talk to the running studio's REST API;
+``models config|show|unconfig|import|export`` edit configurations in the data directory (a
+running studio picks changes up within seconds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from llamastudio.cli.context import database, settings
+from llamastudio.cli.hub_cmd import models_app
+from llamastudio.config import Settings
+from llamastudio.errors import Conflict, InvalidInput, NotFound, StudioError
+from llamastudio.events import EventBus
+from llamastudio.fsutil import write_atomic
+from llamastudio.hardware.devices import Hardware
+from llamastudio.runtime.interop import export_llama_swap, export_preset, import_llama_swap, import_preset
+from llamastudio.runtime.manager import Runtime
+from llamastudio.runtime.models import ModelConfig
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+_BY_STATUS: dict[int, type[StudioError]] = {
+    400: InvalidInput,
+    404: NotFound,
+    409: Conflict,
+    422: InvalidInput,
+}
+
+
+def _base(s: Settings, port: int) -> str:
+    host = "127.0.0.1" if s.host in ("0.0.0.0", "::", "") else s.host
+    return f"http://{host}:{port}"
+
+
+def call(ctx: typer.Context, method: str, path: str, **kw: Any) -> Any:
+    """One request to the running studio; its errors become StudioErrors with its message."""
+    s = settings(ctx)
+    headers = {"Authorization": f"Bearer {s.api_key}"} if s.api_key else {}
+    url = _base(s, s.port)
+    try:
+        r = httpx.request(method, url + path, headers=headers, timeout=600, **kw)
+    except httpx.HTTPError as exc:
+        raise StudioError(
+            f"the studio is not reachable at {url} ({exc}): start it with `llamastudio serve`"
+        ) from exc
+    if r.status_code >= 400:
+        try:
+            message = r.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = r.text[:500]
+        raise _BY_STATUS.get(r.status_code, StudioError)(message)
+    return r.json() if r.content else None
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):,.0f} MiB"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def ps(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+        """Running models: state, engine, memory per device, requests in flight, idle time."""
+        rows = call(ctx, "GET", "/api/running")
+        if as_json:
+            typer.echo(json.dumps(rows, indent=1))
+            return
+        table = Table("model", "state", "engine", "memory", "in flight", "idle", "pid")
+        for m in rows:
+            mem = ", ".join(f"{dev} {_mib(n)}" for dev, n in m["memory"].items())
+            idle = "" if m["idle_s"] is None else f"{m['idle_s']:.0f}s"
+            state = m["state"] + (f" ({m['reason']})" if m.get("reason") else "")
+            table.add_row(
+                m["name"], state, m["engine"] or "", mem, str(m["in_flight"]), idle, str(m["pid"] or "")
+            )
+        Console(width=200).print(table)
+
+    @app.command("run")
+    def run(
+        ctx: typer.Context, model: Annotated[str, typer.Argument(help="Model name, alias or library id.")]
+    ) -> None:
+        """Start a model (waits until it is ready) and print the endpoint to use."""
+        st = call(ctx, "POST", f"/api/models/{model}/start")
+        s = settings(ctx)
+        endpoint = _base(s, s.gateway_port) + "/v1"
+        typer.echo(f"{st['name']} is {st['state']} — OpenAI endpoint: {endpoint} (model: {st['name']})")
+        body = json.dumps({"model": st["name"], "messages": [{"role": "user", "content": "Hello"}]})
+        typer.echo(f"curl {endpoint}/chat/completions -H 'Content-Type: application/json' -d '{body}'")
+
+    @app.command("stop")
+    def stop(
+        ctx: typer.Context,
+        model: Annotated[str | None, typer.Argument(help="Model to stop.")] = None,
+        all_: Annotated[bool, typer.Option("--all", help="Stop every running model.")] = False,
+    ) -> None:
+        """Stop a model once its requests in flight have finished (or every model with --all)."""
+        if all_:
+            for name in call(ctx, "POST", "/api/running/unload-all")["unloaded"]:
+                typer.echo(f"stopped {name}")
+            return
+        if not model:
+            raise InvalidInput("name a model to stop, or pass --all")
+        st = call(ctx, "POST", f"/api/models/{model}/stop")
+        typer.echo(f"{st['name']} is {st['state']}")
+
+
+def _runtime(ctx: typer.Context) -> Runtime:
+    return Runtime(settings(ctx), database(ctx), EventBus(), hardware=_hw(ctx))
+
+
+def _hw(ctx: typer.Context) -> Hardware:
+    from llamastudio.hardware.profiles import resolve
+
+    return resolve(settings(ctx).hardware)
+
+
+@models_app.command("config", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def config(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The gateway's name for the model.")],
+    model: Annotated[str | None, typer.Option(help="Library id or GGUF path (default: NAME).")] = None,
+    auto: Annotated[
+        bool, typer.Option(help="Let the planner choose flags (given flags are its base).")
+    ] = False,
+    alias: Annotated[list[str] | None, typer.Option(help="Another name (repeatable).")] = None,
+    ttl: Annotated[float | None, typer.Option(help="Idle seconds before unloading (0 = never).")] = None,
+    pin: Annotated[bool, typer.Option(help="Never unload or evict it.")] = False,
+    group: Annotated[str | None, typer.Option(help="Exclusive group: members never run together.")] = None,
+    max_concurrency: Annotated[int, typer.Option(help="Requests in flight at most (0 = no limit).")] = 0,
+    max_queue: Annotated[int, typer.Option(help="Requests waiting for a load at most.")] = 64,
+    engine: Annotated[
+        str | None, typer.Option(help="Engine id (default: the model's pin, else default).")
+    ] = None,
+) -> None:
+    """Configure how a model is served; llama-server flags follow after `--`."""
+    cfg = ModelConfig(
+        name=name,
+        model=model or name,
+        engine_id=engine,
+        args=list(ctx.args),
+        auto=auto,
+        aliases=alias or [],
+        ttl=ttl,
+        pinned=pin,
+        group=group,
+        max_concurrency=max_concurrency,
+        max_queue=max_queue,
+    )
+    rt = _runtime(ctx)
+    rt.configs.put(cfg)
+    typer.echo(" ".join(rt.prepare(cfg).argv))
+
+
+@models_app.command("show")
+def show(ctx: typer.Context, name: str, as_json: JsonOpt = False) -> None:
+    """A model's configuration, the exact command and its memory per device."""
+    rt = _runtime(ctx)
+    cfg = rt.configs.get(name)
+    p = rt.prepare(cfg)
+    if as_json:
+        typer.echo(json.dumps({"config": cfg.to_json(), "prepared": p.to_json()}, indent=1))
+        return
+    typer.echo(f"{cfg.name}{' (library default)' if not cfg.configured else ''}: {cfg.model}")
+    typer.echo("command: " + " ".join(p.argv))
+    typer.echo("memory:  " + ", ".join(f"{d} {_mib(n)}" for d, n in p.reserve.items()))
+    for reason in p.reasons:
+        typer.echo(f"  - {reason}")
+
+
+@models_app.command("unconfig")
+def unconfig(ctx: typer.Context, name: str) -> None:
+    """Delete a stored configuration (a library model is then served with defaults again)."""
+    _runtime(ctx).configs.delete(name)
+
+
+FormatOpt = Annotated[str, typer.Option("--format", help="llama-swap (config.yaml) or preset (INI).")]
+
+
+@models_app.command("import")
+def import_(ctx: typer.Context, file: Path, fmt: FormatOpt = "") -> None:
+    """Import llama-swap config.yaml or llama-server --models-preset INI configurations."""
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise InvalidInput(f"{file}: {exc.strerror}") from exc
+    fmt = fmt or ("preset" if file.suffix.lower() == ".ini" else "llama-swap")
+    rt = _runtime(ctx)
+    if fmt == "llama-swap":
+        configs = import_llama_swap(text, rt.engines.all())
+    elif fmt == "preset":
+        default = rt.engines.default()
+        configs = import_preset(text, set(default.capabilities) if default else set())
+    else:
+        raise InvalidInput("--format: llama-swap or preset")
+    for cfg in configs:
+        rt.configs.put(cfg)
+        typer.echo(f"imported {cfg.name}")
+
+
+@models_app.command("export")
+def export(
+    ctx: typer.Context,
+    fmt: FormatOpt = "llama-swap",
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="File to write (default stdout).")
+    ] = None,
+) -> None:
+    """Export stored configurations as llama-swap config.yaml or a --models-preset INI."""
+    rt = _runtime(ctx)
+    configs = rt.configs.stored()
+    if fmt == "llama-swap":
+        text = export_llama_swap(configs, {c.name: rt.prepare(c).argv for c in configs})
+    elif fmt == "preset":
+        text = export_preset(
+            configs, {c.name: str(rt.configs.model_path(c)) for c in configs if c.command is None}
+        )
+    else:
+        raise InvalidInput("--format: llama-swap or preset")
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    write_atomic(output, text.encode())

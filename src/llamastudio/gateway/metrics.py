@@ -1,0 +1,112 @@
+"""Prometheus metrics of the gateway, kept in plain dicts (one event loop, no locks) and rendered
+in the text exposition format."""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+_PREDICTED_N = re.compile(rb'"predicted_n"\s*:\s*([0-9]+)')
+_PREDICTED_PS = re.compile(rb'"predicted_per_second"\s*:\s*([0-9.eE+-]+)')
+_PROMPT_N = re.compile(rb'"prompt_n"\s*:\s*([0-9]+)')
+
+
+@dataclass
+class Histogram:
+    counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
+    total: float = 0.0
+    n: int = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(BUCKETS, value)] += 1
+        self.total += value
+        self.n += 1
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, int], int] = defaultdict(int)  # model, path, status
+        self.latency: dict[str, Histogram] = defaultdict(Histogram)
+        self.ttfb: dict[str, Histogram] = defaultdict(Histogram)
+        self.tokens: dict[str, int] = defaultdict(int)
+        self.prompt_tokens: dict[str, int] = defaultdict(int)
+        self.tokens_per_second: dict[str, float] = {}
+        self.upstream_errors: dict[str, int] = defaultdict(int)
+        self.disconnects: dict[str, int] = defaultdict(int)
+
+    def timings(self, model: str, chunk: bytes) -> None:
+        """llama-server's ``timings`` (last chunk of a stream, or the body): tokens and tokens/s."""
+        n = _PREDICTED_N.search(chunk)
+        ps = _PREDICTED_PS.search(chunk)
+        pn = _PROMPT_N.search(chunk)
+        if n:
+            self.tokens[model] += int(n.group(1))
+        if pn:
+            self.prompt_tokens[model] += int(pn.group(1))
+        if ps:
+            with contextlib.suppress(ValueError):
+                self.tokens_per_second[model] = float(ps.group(1))
+
+    def render(self, gauges: dict[str, dict[str, float]], counters: dict[str, float]) -> str:
+        out: list[str] = []
+
+        def head(name: str, kind: str, help_: str) -> None:
+            out.append(f"# HELP {name} {help_}")
+            out.append(f"# TYPE {name} {kind}")
+
+        head("llamastudio_requests_total", "counter", "Gateway requests by model, path and status.")
+        for (model, path, status), n in sorted(self.requests.items()):
+            out.append(
+                f'llamastudio_requests_total{{model="{_label(model)}",path="{_label(path)}",'
+                f'status="{status}"}} {n}'
+            )
+        for name, hists, help_ in (
+            ("llamastudio_request_seconds", self.latency, "Request latency (until the last byte)."),
+            ("llamastudio_first_byte_seconds", self.ttfb, "Time to the first response byte."),
+        ):
+            head(name, "histogram", help_)
+            for model, h in sorted(hists.items()):
+                lbl = f'model="{_label(model)}"'
+                cum = 0
+                for bound, c in zip((*BUCKETS, float("inf")), h.counts, strict=True):
+                    cum += c
+                    le = "+Inf" if bound == float("inf") else f"{bound:g}"
+                    out.append(f'{name}_bucket{{{lbl},le="{le}"}} {cum}')
+                out.append(f"{name}_sum{{{lbl}}} {h.total:.6f}")
+                out.append(f"{name}_count{{{lbl}}} {h.n}")
+        for name, values, kind, help_ in (
+            ("llamastudio_generated_tokens_total", self.tokens, "counter", "Tokens generated (upstream)."),
+            ("llamastudio_prompt_tokens_total", self.prompt_tokens, "counter", "Prompt tokens processed."),
+            (
+                "llamastudio_upstream_tokens_per_second",
+                self.tokens_per_second,
+                "gauge",
+                "Generation speed of the last request, from llama-server's timings.",
+            ),
+            ("llamastudio_upstream_errors_total", self.upstream_errors, "counter", "Upstream failures."),
+            (
+                "llamastudio_client_disconnects_total",
+                self.disconnects,
+                "counter",
+                "Clients gone mid-request.",
+            ),
+        ):
+            head(name, kind, help_)
+            for model, v in sorted(values.items()):
+                out.append(f'{name}{{model="{_label(model)}"}} {v:g}')
+        for name, per_model in gauges.items():
+            head(name, "gauge", name.removeprefix("llamastudio_").replace("_", " ") + ".")
+            for model, v in sorted(per_model.items()):
+                out.append(f'{name}{{model="{_label(model)}"}} {v:g}')
+        for name, v in counters.items():
+            head(name, "counter", name.removeprefix("llamastudio_").replace("_", " ") + ".")
+            out.append(f"{name} {v:g}")
+        return "\n".join(out) + "\n"

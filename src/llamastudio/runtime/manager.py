@@ -1,0 +1,471 @@
+"""The runtime: model configurations → engine processes, placed by the scheduler.
+
+It prepares each model (engine, argv from the engine's capabilities, flags from the user or the
+planner, the estimator's per-device reservation), gives the scheduler those reservations and the
+machine's budgets, and implements the scheduler's effects: start a supervised process on a free
+port and wait for it to be ready, stop it. A process that dies while serving is noticed at once
+(its exit is awaited) and reported to the scheduler; the next request starts it again. Start
+failures back off (0, 1, 3, 7 … 60 s). Instances are recorded in ``<data>/run/`` so processes a
+killed studio left behind are cleaned up at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llamastudio.config import Settings
+from llamastudio.engines.command import build_command
+from llamastudio.engines.registry import Engine, EngineRegistry
+from llamastudio.engines.validate import add_external, binary_env
+from llamastudio.errors import NotFound, StudioError
+from llamastudio.events import EventBus
+from llamastudio.fit.estimator import Estimate, estimate
+from llamastudio.fit.flags import parse_server_args
+from llamastudio.fit.planner import GPU_MARGIN, HOST_MARGIN, plan
+from llamastudio.fsutil import write_atomic
+from llamastudio.gguf import load_model
+from llamastudio.hardware.devices import Hardware
+from llamastudio.hardware.profiles import resolve
+from llamastudio.hub.library import Library
+from llamastudio.runtime.models import PORT, ModelConfig, ModelConfigs
+from llamastudio.runtime.process import EngineProcess, StartFailed, State, free_port, load_timeout
+from llamastudio.runtime.scheduler import Lease, ModelSpec, Scheduler, TooBusy
+from llamastudio.store import Database
+
+log = logging.getLogger(__name__)
+BUSY_GRACE = 0.05  # seconds a request over a model's concurrency limit waits before 429
+
+
+@dataclass
+class Prepared:
+    """Everything needed to start one model, computed once per configuration."""
+
+    config: ModelConfig
+    argv: list[str]  # with ${PORT}
+    reserve: dict[str, int]
+    engine: Engine | None = None
+    model_path: Path | None = None
+    model_bytes: int = 0
+    estimate: Estimate | None = None
+    reasons: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    stamp: tuple[int, int] = (0, 0)  # the model file's size and mtime when prepared
+
+    def to_json(self) -> dict[str, Any]:
+        est = self.estimate
+        return {
+            "name": self.config.name,
+            "argv": self.argv,
+            "engine": self.engine.id if self.engine else None,
+            "model_path": str(self.model_path) if self.model_path else None,
+            "reserve": self.reserve,
+            "estimate": None
+            if est is None
+            else {
+                "devices": [{"name": d.name, "label": d.label, "total": d.total} for d in est.devices],
+                "n_ctx": est.context.n_ctx,
+                "n_gpu_layers": est.n_gpu_layers,
+            },
+            "reasons": self.reasons,
+            "dropped": self.dropped,
+            "warnings": self.warnings,
+        }
+
+
+@dataclass
+class _Failures:
+    count: int = 0
+    at: float = 0.0
+    reason: str = ""
+
+    def backoff(self) -> float:
+        return 0.0 if self.count <= 1 else min(60.0, 2.0 ** (self.count - 1) - 1)
+
+
+def budgets_of(hw: Hardware) -> dict[str, int]:
+    """Bytes each device may hold across all models: free memory minus the planner's margins."""
+    out = {g.device_name: max(0, g.free - GPU_MARGIN) for g in hw.gpus}
+    out["CPU"] = max(0, hw.ram_free - HOST_MARGIN)
+    return out
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+class Runtime:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        bus: EventBus | None = None,
+        hardware: Hardware | None = None,
+        library: Library | None = None,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.bus = bus or EventBus()
+        self.hw = hardware or resolve(settings.hardware)
+        self.library = library or Library(db)
+        self.configs = ModelConfigs(db, self.library)
+        self.engines = EngineRegistry(db, settings.engines_dir)
+        self.scheduler = Scheduler(_Effects(self), budgets_of(self.hw), [], on_change=self._state_changed)
+        self.procs: dict[str, EngineProcess] = {}
+        self.prepared: dict[str, Prepared] = {}
+        self.errors: dict[str, StudioError] = {}  # models that cannot be prepared, and why
+        self.names: dict[str, str] = {}  # name, alias, library id → model name
+        self.failures: dict[str, _Failures] = {}
+        self.run_dir = settings.data_dir / "run"
+        self._watchers: set[asyncio.Task[None]] = set()
+        self._ticker: asyncio.Task[None] | None = None
+        self._synced_at = 0.0
+        self._sync_lock = asyncio.Lock()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.cleanup_orphans()
+        await asyncio.to_thread(self._ensure_engine)
+        await self.sync()
+        await self.scheduler.start()
+        self._ticker = asyncio.create_task(self._tick())
+
+    async def close(self) -> None:
+        if self._ticker:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        await self.scheduler.close()
+        await asyncio.gather(*(self.stop_model(n) for n in list(self.procs)), return_exceptions=True)
+        for t in list(self._watchers):
+            t.cancel()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.scheduler.tick()
+
+    def _ensure_engine(self) -> None:
+        """Register ``LLAMASTUDIO_LLAMA_SERVER`` as an external engine when none is registered."""
+        binary = self.settings.llama_server
+        if binary is None or self.engines.all():
+            return
+        try:
+            add_external(self.engines, binary.expanduser().resolve(), name="llama-server (settings)")
+        except StudioError as exc:
+            log.warning("LLAMASTUDIO_LLAMA_SERVER=%s is not usable: %s", binary, exc.message)
+
+    def cleanup_orphans(self) -> list[int]:
+        """Kill engine processes a previous (killed) studio left running; returns their pids."""
+        killed = []
+        for f in self.run_dir.glob("*.json"):
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                info = json.loads(f.read_text())
+                pid, exe = int(info["pid"]), str(info["exe"])
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+                if cmdline == exe:
+                    os.killpg(pid, signal.SIGKILL)
+                    killed.append(pid)
+            f.unlink(missing_ok=True)
+        return killed
+
+    # -- configuration -------------------------------------------------------------------------
+    async def sync(self) -> None:
+        """Re-read configurations and library; prepare each model; update the scheduler."""
+        async with self._sync_lock:
+            prepared, errors, names = await asyncio.to_thread(self._prepare_all)
+            self.prepared, self.errors, self.names = prepared, errors, names
+            self._synced_at = time.monotonic()
+            default_ttl = self.settings.default_ttl
+            specs = [
+                ModelSpec(
+                    name=p.config.name,
+                    reserve=p.reserve,
+                    ttl=default_ttl if p.config.ttl is None else p.config.ttl,
+                    pinned=p.config.pinned,
+                    group=p.config.group,
+                    max_concurrency=p.config.max_concurrency,
+                    max_queue=p.config.max_queue,
+                )
+                for p in prepared.values()
+            ]
+            self.scheduler.configure(specs)
+
+    def _prepare_all(self) -> tuple[dict[str, Prepared], dict[str, StudioError], dict[str, str]]:
+        prepared: dict[str, Prepared] = {}
+        errors: dict[str, StudioError] = {}
+        names: dict[str, str] = {}
+        for cfg in self.configs.all():
+            for key in (cfg.model, *cfg.aliases, cfg.name):  # the name wins over another's model id
+                if key:
+                    names[key] = cfg.name
+            old = self.prepared.get(cfg.name)
+            if old is not None and old.config == cfg and self._fresh(old):
+                prepared[cfg.name] = old
+                continue
+            try:
+                prepared[cfg.name] = self.prepare(cfg)
+            except StudioError as exc:
+                errors[cfg.name] = exc
+        return prepared, errors, names
+
+    @staticmethod
+    def _fresh(p: Prepared) -> bool:
+        return p.model_path is None or (p.model_path.is_file() and _stamp(p.model_path) == p.stamp)
+
+    def prepare(self, cfg: ModelConfig, hw: Hardware | None = None) -> Prepared:
+        """The exact argv (with ``${PORT}``) and the per-device reservation for ``cfg``."""
+        hw = hw or self.hw
+        if cfg.command is not None:
+            return Prepared(cfg, list(cfg.command), dict(cfg.reserve or {}))
+        path = self.configs.model_path(cfg)
+        engine = self.engines.get(cfg.engine_id) if cfg.engine_id else self._engine_for(cfg)
+        model = load_model(str(path))
+        base = parse_server_args(cfg.args)
+        reasons: list[str] = []
+        warnings: list[str] = []
+        if cfg.auto:
+            p = plan(model, hw, base=base)
+            flags, est, reasons, warnings = p.flags, p.estimate, p.reasons, p.warnings
+        else:
+            flags, est = base, estimate(model, base, hw.gpus)
+        reserve = {d.name: d.total for d in est.devices if d.total}
+        if cfg.reserve:
+            reserve = dict(cfg.reserve)
+        cmd = build_command(engine, str(path), flags, "127.0.0.1", 0)
+        argv = _with_port_placeholder(cmd.argv)
+        if "--alias" in engine.capabilities and "--alias" not in cfg.args and "-a" not in cfg.args:
+            argv += ["--alias", cfg.name]
+        return Prepared(
+            cfg,
+            argv,
+            reserve,
+            engine=engine,
+            model_path=path,
+            model_bytes=model.file_size,
+            estimate=est,
+            reasons=reasons,
+            dropped=cmd.dropped,
+            warnings=warnings,
+            stamp=_stamp(path),
+        )
+
+    def _engine_for(self, cfg: ModelConfig) -> Engine:
+        for key in (cfg.name, cfg.model):
+            with contextlib.suppress(NotFound):
+                pinned = self.engines.engine_for(key)
+                if not pinned.is_default:
+                    return pinned
+        return self.engines.engine_for(cfg.model)
+
+    async def resolve(self, name: str) -> str:
+        """The configured name for a requested name, alias or library id (404 when unknown)."""
+        found = self.names.get(name)
+        if found is None and time.monotonic() - self._synced_at > 2.0:
+            await self.sync()  # a model downloaded or configured since
+            found = self.names.get(name)
+        if found is None:
+            raise NotFound(f"model {name!r} not found: see GET /v1/models")
+        if found in self.errors:
+            raise self.errors[found]
+        return found
+
+    def preview(self, name: str) -> Prepared:
+        """What starting ``name`` would run; raises the reason it cannot be prepared."""
+        cfg = self.configs.get(name)
+        return self.prepare(cfg)
+
+    # -- serving -------------------------------------------------------------------------------
+    async def acquire(self, name: str) -> tuple[Lease, EngineProcess]:
+        model = await self.resolve(name)
+        try:
+            lease = await self.scheduler.acquire(model)
+        except TooBusy:
+            # a client's previous request may be finishing right now: give it a moment
+            await asyncio.sleep(BUSY_GRACE)
+            lease = await self.scheduler.acquire(model)
+        proc = self.procs.get(model)
+        if proc is None or proc.state != State.READY:
+            lease.release()
+            raise StartFailed(f"{model} is not running")
+        return lease, proc
+
+    async def load(self, name: str) -> EngineProcess:
+        lease, proc = await self.acquire(name)
+        lease.release()
+        return proc
+
+    async def unload(self, name: str) -> None:
+        await self.scheduler.unload(await self.resolve(name))
+
+    async def unload_all(self) -> list[str]:
+        names = [n for n, e in self.scheduler.entries.items() if e.state != "stopped"]
+        await asyncio.gather(*(self.scheduler.unload(n) for n in names))
+        return names
+
+    def died(self, name: str) -> None:
+        """Called when a relay saw the upstream connection break: check the process now."""
+        proc = self.procs.get(name)
+        if proc is not None:
+            proc.check_alive()
+            if proc.state == State.FAILED:
+                self.scheduler.died(name)
+
+    # -- scheduler effects (through _Effects) ---------------------------------------------------
+    async def stop_model(self, model: str) -> None:
+        proc = self.procs.get(model)
+        if proc is None:
+            return
+        await proc.stop()
+        (self.run_dir / f"{_safe(model)}.json").unlink(missing_ok=True)
+
+    async def start_model(self, model: str) -> None:
+        fail = self.failures.setdefault(model, _Failures())
+        wait = fail.at + fail.backoff() - time.monotonic()
+        if fail.count and wait > 0:
+            raise StartFailed(
+                f"{model} failed to start {fail.count}× (last: {fail.reason}); next try in {wait:.0f}s",
+                retry_after=max(1, round(wait)),
+            )
+        prep = self.prepared.get(model)
+        if prep is None:
+            raise self.errors.get(model) or NotFound(f"model {model!r} is not configured")
+        port = free_port()
+        argv = [a.replace(PORT, str(port)) for a in prep.argv]
+        env = binary_env(Path(argv[0])) if prep.engine else dict(os.environ)
+        env.update(prep.config.env)
+        old = self.procs.get(model)
+        proc = EngineProcess(
+            model,
+            argv,
+            port,
+            self.settings.logs_dir / f"{_safe(model)}.log",
+            env=env,
+            timeout=load_timeout(prep.model_bytes),
+            lines_hook=lambda line: self.bus.publish({"type": "log", "model": model, "line": line}),
+        )
+        if old is not None and old.state not in (State.STOPPED, State.FAILED):
+            await old.stop()
+        self.procs[model] = proc
+        try:
+            await proc.ensure_ready()
+        except StartFailed as exc:
+            fail.count, fail.at, fail.reason = fail.count + 1, time.monotonic(), proc.reason or exc.message
+            self.bus.publish({"type": "model", "model": model, "state": "failed", "reason": fail.reason})
+            raise
+        fail.count = 0
+        assert proc.proc is not None
+        record = {"pid": proc.proc.pid, "exe": argv[0], "model": model, "port": port}
+        with contextlib.suppress(StudioError):
+            write_atomic(self.run_dir / f"{_safe(model)}.json", json.dumps(record).encode())
+        watcher = asyncio.create_task(self._watch(model, proc))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+
+    async def _watch(self, model: str, proc: EngineProcess) -> None:
+        assert proc.proc is not None
+        await proc.proc.wait()
+        if proc.state == State.READY:  # not stopped by us: it died while serving
+            proc.check_alive()
+            log.warning("%s: %s", model, proc.reason)
+            self.bus.publish({"type": "model", "model": model, "state": "failed", "reason": proc.reason})
+            (self.run_dir / f"{_safe(model)}.json").unlink(missing_ok=True)
+            self.scheduler.died(model)
+
+    def _state_changed(self, model: str, state: str) -> None:
+        self.bus.publish({"type": "model", "model": model, "state": state})
+
+    # -- views ---------------------------------------------------------------------------------
+    def status(self, name: str) -> dict[str, Any]:
+        entry = self.scheduler.entries.get(name)
+        proc = self.procs.get(name)
+        prep = self.prepared.get(name)
+        state = entry.state if entry else "stopped"
+        reason = None
+        if proc is not None and proc.state == State.FAILED and state == "stopped":
+            state, reason = "failed", proc.reason
+        elif name in self.errors:
+            state, reason = "unavailable", self.errors[name].message
+        fail = self.failures.get(name)
+        now = time.monotonic()
+        return {
+            "name": name,
+            "state": state,
+            "reason": reason or (fail.reason if fail and fail.count else None),
+            "in_flight": entry.in_flight if entry else 0,
+            "queued": len(entry.waiters) if entry else 0,
+            "idle_s": round(now - entry.last_used, 1) if entry and entry.last_used else None,
+            "pid": proc.pid if proc and state in ("starting", "ready", "stopping") else None,
+            "port": proc.port if proc and state in ("starting", "ready") else None,
+            "engine": prep.engine.id if prep and prep.engine else None,
+            "memory": prep.reserve if prep else {},
+            "pinned": entry.spec.pinned if entry else False,
+            "ttl": entry.spec.ttl if entry else None,
+            "max_concurrency": entry.spec.max_concurrency if entry else 0,
+        }
+
+    def models(self) -> list[dict[str, Any]]:
+        out = []
+        for cfg in [p.config for p in self.prepared.values()] + [
+            c for c in self.configs.all() if c.name in self.errors
+        ]:
+            out.append({**self.status(cfg.name), "aliases": cfg.aliases, "configured": cfg.configured})
+        return out
+
+    def running(self) -> list[dict[str, Any]]:
+        return [
+            self.status(n)
+            for n, e in self.scheduler.entries.items()
+            if e.state != "stopped" or (self.procs.get(n) and self.procs[n].state == State.FAILED)
+        ]
+
+    def logs(self, name: str, tail: int = 200) -> list[str]:
+        proc = self.procs.get(name)
+        if proc is not None:
+            return list(proc.lines)[-tail:]
+        path = self.settings.logs_dir / f"{_safe(name)}.log"
+        if not path.is_file():
+            return []
+        return path.read_text(errors="replace").splitlines()[-tail:]
+
+    def engine_in_use(self, engine_id: str) -> bool:
+        return any(
+            p.engine is not None and p.engine.id == engine_id and self.status(n)["state"] != "stopped"
+            for n, p in self.prepared.items()
+        )
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def _with_port_placeholder(argv: list[str]) -> list[str]:
+    out = list(argv)
+    i = out.index("--port")
+    out[i + 1] = PORT
+    return out
+
+
+class _Effects:
+    """The scheduler's effects, bound to the runtime."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def start(self, model: str) -> None:
+        await self.runtime.start_model(model)
+
+    async def stop(self, model: str) -> None:
+        await self.runtime.stop_model(model)

@@ -1,0 +1,151 @@
+"""Run the real ``llamastudio serve`` (API + gateway) as a subprocess for a test.
+
+It gets its own data directory and Hugging Face cache, the rig's llama-server as its engine
+(through ``LLAMASTUDIO_LLAMA_SERVER``), free ports, and optional keys and hardware profile; it is
+ready when both ports answer, and is always stopped (SIGTERM, then SIGKILL) afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from llamastudio.procs import stop_process
+from llamastudio.runtime.process import free_port
+
+
+class Studio:
+    def __init__(
+        self,
+        root: Path,
+        llama_server: Path,
+        *,
+        hardware: str | None = None,
+        gateway_key: str | None = None,
+        api_key: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = 60,
+    ) -> None:
+        self.root = root
+        self.data_dir = root / "data"
+        self.log_path = root / "studio.log"
+        self.port = free_port()
+        self.gateway_port = free_port()
+        self.gateway_key = gateway_key
+        self.api_key = api_key
+        self.timeout = timeout
+        self.env = {
+            **os.environ,
+            "LLAMASTUDIO_DATA_DIR": str(self.data_dir),
+            "LLAMASTUDIO_LLAMA_SERVER": str(llama_server),
+            "LLAMASTUDIO_LOG_LEVEL": "warning",
+            "HF_HOME": str(root / "hf"),
+            **(env or {}),
+        }
+        for key, value in (
+            ("LLAMASTUDIO_HARDWARE", hardware),
+            ("LLAMASTUDIO_GATEWAY_API_KEY", gateway_key),
+            ("LLAMASTUDIO_API_KEY", api_key),
+        ):
+            if value:
+                self.env[key] = value
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    def api(self) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        return httpx.Client(base_url=self.api_url, headers=headers, timeout=120)
+
+    def gateway(self) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.gateway_key}"} if self.gateway_key else {}
+        return httpx.Client(base_url=self.gateway_url, headers=headers, timeout=120)
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "llamastudio", "--data-dir", str(self.data_dir), *args]
+        env = {
+            **self.env,
+            "LLAMASTUDIO_PORT": str(self.port),
+            "LLAMASTUDIO_GATEWAY_PORT": str(self.gateway_port),
+        }
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=180)
+        if check and done.returncode != 0:
+            raise AssertionError(f"{args} exited {done.returncode}: {done.stderr}")
+        return done
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def configure(self, name: str, **config: Any) -> dict[str, Any]:
+        with self.api() as c:
+            r = c.put(f"/api/models/{name}/config", json=config)
+        assert r.status_code == 200, r.text
+        data: dict[str, Any] = r.json()
+        return data
+
+    def status(self, name: str) -> dict[str, Any]:
+        with self.api() as c:
+            served = c.get("/api/served").json()
+        return next(m for m in served if m["name"] == name)
+
+    def start(self) -> Studio:
+        argv = [
+            sys.executable,
+            "-m",
+            "llamastudio",
+            "serve",
+            "--port",
+            str(self.port),
+            "--gateway-port",
+            str(self.gateway_port),
+        ]
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"studio exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            try:
+                if (
+                    httpx.get(f"{self.gateway_url}/health", timeout=2).status_code == 200
+                    and self.api().get("/api/status").status_code == 200
+                ):
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise TimeoutError(f"studio not up after {self.timeout}s:\n{self.log()[-3000:]}")
+
+    def kill(self) -> None:
+        """``kill -9`` the studio itself (its engine processes live on: orphans)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc:
+            stop_process(self.proc, grace=40)
+
+    def __enter__(self) -> Studio:
+        return self.start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
