@@ -265,7 +265,7 @@ class Gateway:
         before the client sees the end, so a client's next request finds the model free."""
         sent_head = False
         try:
-            async with self.session().request(method, url, data=body, headers=headers) as up:
+            async with await self._open(method, url, body, headers) as up:
                 out_headers = [
                     (k.lower(), v)
                     for k, v in up.raw_headers
@@ -303,6 +303,16 @@ class Gateway:
             payload = b"data: " + json.dumps(error_json(err, "upstream")).encode() + b"\n\n"
             await send({"type": "http.response.body", "body": payload, "more_body": False})
             return 502
+
+    async def _open(
+        self, method: str, url: str, body: bytes, headers: list[tuple[str, str]]
+    ) -> aiohttp.ClientResponse:
+        """Send upstream; a pooled keep-alive connection the engine had just closed is retried once
+        on a new connection (the engine never saw that request)."""
+        try:
+            return await self.session().request(method, url, data=body, headers=headers)
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            return await self.session().request(method, url, data=body, headers=headers)
 
     def _why(self, model: str, exc: BaseException) -> str:
         proc = self.runtime.procs.get(model)

@@ -144,7 +144,8 @@ class EngineProcess:
                     if (await client.get(f"{self.url}/health")).status_code == 200:
                         self.state = State.READY
                         return
-                await asyncio.sleep(0.1)
+                # poll fast at first (small models are ready in ~100 ms), then back off
+                await asyncio.sleep(0.005 if time.monotonic() - self.started_at < 2 else 0.1)
         await self._kill()
         self.state, self.reason = State.FAILED, f"not ready after {self.timeout:.0f}s: {self._tail()}"
 
