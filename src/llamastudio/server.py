@@ -42,7 +42,7 @@ def _config(app: object, host: str, port: int, level: str) -> uvicorn.Config:
 async def serve(settings: Settings) -> None:
     app = create_app(settings)
     state: AppState = app.state.studio
-    gateway = Gateway(state.runtime, settings)
+    gateway = Gateway(state.runtime, settings, state.metrics)
     api = _Server(_config(app, settings.host, settings.port, settings.log_level))
     gw = _Server(_config(gateway, settings.host, settings.gateway_port, settings.log_level))
     stop = asyncio.Event()

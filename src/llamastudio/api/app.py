@@ -10,9 +10,13 @@ from fastapi import Depends, FastAPI
 from llamastudio import __version__
 from llamastudio.api.deps import AppState, require_api_key
 from llamastudio.api.errors import install_error_handlers
-from llamastudio.api.routes import downloads, hardware, hub, serving, status
+from llamastudio.api.routes import downloads, engines, hardware, hub, live, serving, status, ui
 from llamastudio.config import Settings
+from llamastudio.engines.jobs import EngineJobs
 from llamastudio.events import EventBus
+from llamastudio.gateway.app import Gateway
+from llamastudio.gateway.metrics import Metrics
+from llamastudio.hardware.monitor import SystemMonitor
 from llamastudio.hub.client import HubClient
 from llamastudio.hub.jobs import DownloadManager
 from llamastudio.hub.token import effective_token
@@ -28,21 +32,43 @@ def create_app(settings: Settings) -> FastAPI:
     bus = EventBus()
     manager = DownloadManager(db, lambda: HubClient(token=effective_token(settings.data_dir) or ""), bus=bus)
     runtime = Runtime(settings, db, bus)
+    engine_jobs = EngineJobs(bus)
+    monitor = SystemMonitor(bus, settings.data_dir)
+    metrics = Metrics()
+    # the UI's playground talks to the gateway through this same origin, with the management key
+    ui_gateway = Gateway(runtime, settings, metrics, keys=[settings.api_key])
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await manager.start()  # resumes downloads a previous run left unfinished
         await runtime.start()  # cleans up engine processes a killed studio left behind
+        await monitor.start()
         try:
             yield
         finally:
+            await monitor.close()
+            await ui_gateway.close()
+            await engine_jobs.close()
             await runtime.close()
             await manager.stop()
             db.close()
 
     app = FastAPI(title="llama.cpp Studio", version=__version__, lifespan=lifespan)
-    app.state.studio = AppState(settings=settings, db=db, downloads=manager, runtime=runtime, bus=bus)
+    app.state.studio = AppState(
+        settings=settings,
+        db=db,
+        downloads=manager,
+        runtime=runtime,
+        bus=bus,
+        engine_jobs=engine_jobs,
+        monitor=monitor,
+        metrics=metrics,
+    )
     install_error_handlers(app)
-    for router in (status.router, hardware.router, hub.router, downloads.router, serving.router):
-        app.include_router(router, dependencies=[Depends(require_api_key)])
+    routers = (status, hardware, hub, downloads, serving, engines, live)
+    for module in routers:
+        app.include_router(module.router, dependencies=[Depends(require_api_key)])
+    app.include_router(live.ws_router)  # checks the key itself (?key=): browsers send no headers
+    app.mount("/gateway", ui_gateway)
+    app.include_router(ui.router)  # last: the UI answers every other GET
     return app

@@ -10,8 +10,11 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from llamastudio.config import Settings
+from llamastudio.engines.jobs import EngineJobs
 from llamastudio.errors import StudioError
 from llamastudio.events import EventBus
+from llamastudio.gateway.metrics import Metrics
+from llamastudio.hardware.monitor import SystemMonitor
 from llamastudio.hub.jobs import DownloadManager
 from llamastudio.runtime.manager import Runtime
 from llamastudio.store import Database
@@ -24,6 +27,9 @@ class AppState:
     downloads: DownloadManager
     runtime: Runtime
     bus: EventBus
+    engine_jobs: EngineJobs
+    monitor: SystemMonitor
+    metrics: Metrics
     started: float = field(default_factory=time.monotonic)
 
 

@@ -87,12 +87,19 @@ class _Disconnected(Exception):
 
 
 class Gateway:
-    def __init__(self, runtime: Runtime, settings: Settings, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        keys: list[str | None] | None = None,
+    ) -> None:
+        """``keys``: accepted API keys (default: the gateway key, when set)."""
         self.runtime = runtime
         self.settings = settings
         self.metrics = metrics or Metrics()
         self._session: aiohttp.ClientSession | None = None
-        self._keys = {k.encode() for k in [settings.gateway_api_key] if k}
+        self._keys = {k.encode() for k in (keys if keys is not None else [settings.gateway_api_key]) if k}
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:

@@ -41,6 +41,7 @@ from llamastudio.runtime.models import PORT, ModelConfig, ModelConfigs
 from llamastudio.runtime.process import EngineProcess, StartFailed, State, free_port, load_timeout
 from llamastudio.runtime.scheduler import Lease, ModelSpec, Scheduler, TooBusy
 from llamastudio.store import Database
+from llamastudio.store.models import SettingRow
 
 log = logging.getLogger(__name__)
 BUSY_GRACE = 0.05  # seconds a request over a model's concurrency limit waits before 429
@@ -151,10 +152,30 @@ class Runtime:
         for t in list(self._watchers):
             t.cancel()
 
+    @property
+    def default_ttl(self) -> float:
+        """The TTL set in the UI (stored), else ``LLAMASTUDIO_DEFAULT_TTL``."""
+        with self.db.session() as s:
+            row = s.get(SettingRow, "default_ttl")
+        return float(row.value) if row is not None else self.settings.default_ttl
+
+    def set_default_ttl(self, seconds: float) -> None:
+        with self.db.session() as s, s.begin():
+            row = s.get(SettingRow, "default_ttl")
+            if row is None:
+                s.add(SettingRow(key="default_ttl", value=seconds))
+            else:
+                row.value = seconds
+
     async def _tick(self) -> None:
+        n = 0
         while True:
             await asyncio.sleep(1.0)
             self.scheduler.tick()
+            n += 1
+            if n % 5 == 0:  # configurations edited outside this process (CLI), new downloads
+                with contextlib.suppress(StudioError):
+                    await self.sync()
 
     def _ensure_engine(self) -> None:
         """Register ``LLAMASTUDIO_LLAMA_SERVER`` as an external engine when none is registered."""
@@ -187,7 +208,7 @@ class Runtime:
             prepared, errors, names = await asyncio.to_thread(self._prepare_all)
             self.prepared, self.errors, self.names = prepared, errors, names
             self._synced_at = time.monotonic()
-            default_ttl = self.settings.default_ttl
+            default_ttl = self.default_ttl
             specs = [
                 ModelSpec(
                     name=p.config.name,

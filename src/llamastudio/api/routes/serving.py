@@ -9,14 +9,14 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
 from llamastudio.api.deps import StateDep
-from llamastudio.errors import InvalidInput, NotFound
+from llamastudio.errors import InvalidInput, NotFound, StudioError
 from llamastudio.fit.estimator import estimate
 from llamastudio.fit.flags import parse_server_args
 from llamastudio.fit.planner import Goal, plan
 from llamastudio.gguf import load_model
 from llamastudio.hardware.profiles import resolve
 from llamastudio.runtime.interop import export_llama_swap, export_preset, import_llama_swap, import_preset
-from llamastudio.runtime.manager import Runtime
+from llamastudio.runtime.manager import Runtime, budgets_of
 from llamastudio.runtime.models import ModelConfig, validate
 
 router = APIRouter(prefix="/api", tags=["serving"])
@@ -43,14 +43,26 @@ def _runtime(state: StateDep) -> Runtime:
 
 
 def _view(rt: Runtime, cfg: ModelConfig) -> dict[str, Any]:
-    out: dict[str, Any] = {"config": cfg.to_json(), "status": rt.status(cfg.name)}
+    """A configuration with what it would run, its memory per device against the budgets, and
+    the reason it cannot run (shown next to the config so it can be fixed)."""
+    out: dict[str, Any] = {"config": cfg.to_json(), "status": rt.status(cfg.name), "error": None}
+    budgets = budgets_of(rt.hw)
+    out["budgets"] = budgets
     try:
-        out["prepared"] = rt.prepare(cfg).to_json()
-        out["error"] = None
-    except Exception as exc:  # shown next to the config so it can be fixed
-        out["prepared"] = None
-        out["error"] = getattr(exc, "message", str(exc))
+        prepared = rt.prepare(cfg)
+    except StudioError as exc:
+        out["prepared"], out["error"], out["fits"] = None, exc.message, False
+        return out
+    out["prepared"] = prepared.to_json()
+    out["fits"] = all(n <= budgets.get(dev, 0) for dev, n in prepared.reserve.items())
     return out
+
+
+def _config_from(id: str, body: ConfigIn) -> ModelConfig:
+    cfg = ModelConfig(name=id, model=body.model if body.model is not None else ("" if body.command else id))
+    for key, value in body.model_dump(exclude={"model"}).items():
+        setattr(cfg, key, value)
+    return cfg
 
 
 @router.get("/served")
@@ -68,12 +80,17 @@ def get_config(state: StateDep, id: str) -> dict[str, Any]:
 @router.put("/models/{id:path}/config")
 async def put_config(state: StateDep, id: str, body: ConfigIn) -> dict[str, Any]:
     rt = _runtime(state)
-    cfg = ModelConfig(name=id, model=body.model if body.model is not None else ("" if body.command else id))
-    for key, value in body.model_dump(exclude={"model"}).items():
-        setattr(cfg, key, value)
-    await asyncio.to_thread(rt.configs.put, cfg)
+    await asyncio.to_thread(rt.configs.put, _config_from(id, body))
     await rt.sync()
     return _view(rt, rt.configs.get(id))
+
+
+@router.post("/models/{id:path}/preview")
+def preview(state: StateDep, id: str, body: ConfigIn) -> dict[str, Any]:
+    """What a configuration would run and cost, without saving it (for a config editor)."""
+    cfg = _config_from(id, body)
+    validate(cfg)
+    return _view(_runtime(state), cfg)
 
 
 @router.delete("/models/{id:path}/config", status_code=204)
@@ -176,6 +193,35 @@ async def logs(state: StateDep, id: str, tail: int = 200) -> dict[str, Any]:
     rt = _runtime(state)
     name = await rt.resolve(id)
     return {"model": name, "lines": rt.logs(name, tail)}
+
+
+class SettingsIn(BaseModel):
+    default_ttl: float | None = Field(None, ge=0, description="Seconds idle before unloading (0 = never).")
+
+
+@router.get("/settings")
+def get_settings(state: StateDep) -> dict[str, Any]:
+    s = state.settings
+    return {
+        "host": s.host,
+        "port": s.port,
+        "gateway_port": s.gateway_port,
+        "lmdeploy_port": s.lmdeploy_port,
+        "default_ttl": _runtime(state).default_ttl,
+        "api_key_set": bool(s.api_key),
+        "gateway_api_key_set": bool(s.gateway_api_key),
+        "hardware": s.hardware,
+        "data_dir": str(s.data_dir),
+    }
+
+
+@router.put("/settings")
+async def put_settings(state: StateDep, body: SettingsIn) -> dict[str, Any]:
+    rt = _runtime(state)
+    if body.default_ttl is not None:
+        rt.set_default_ttl(body.default_ttl)
+        await rt.sync()
+    return get_settings(state)
 
 
 @router.get("/running")

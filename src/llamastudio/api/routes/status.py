@@ -23,6 +23,7 @@ class StatusPublic(BaseModel):
     db_ok: bool
     db_revision: str
     llama_server: Path | None
+    gateway_port: int
 
 
 @router.get("/status")
@@ -34,4 +35,5 @@ def get_status(state: StateDep) -> StatusPublic:
         db_ok=ping(state.db.engine),
         db_revision=state.db.revision,
         llama_server=state.settings.llama_server,
+        gateway_port=state.settings.gateway_port,
     )

@@ -1,0 +1,68 @@
+"""Live updates: ``/ws`` (every event: downloads, engine jobs and logs, model states and logs,
+system stats) and ``GET /api/system`` (current stats and the recent history)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from llamastudio.api.deps import AppState, StateDep
+
+router = APIRouter(tags=["live"])
+ws_router = APIRouter(tags=["live"])
+
+
+@router.get("/api/system")
+async def system(state: StateDep) -> dict[str, Any]:
+    mon = state.monitor
+    current = await asyncio.to_thread(mon.sample)
+    return {"current": current, "history": list(mon.history)}
+
+
+@ws_router.websocket("/ws")
+async def ws(socket: WebSocket) -> None:
+    """A snapshot first (``hello``), then every event as JSON. With an API key configured, pass
+    it as ``?key=`` (browsers cannot set headers on WebSockets)."""
+    state: AppState = socket.app.state.studio
+    key = state.settings.api_key
+    if key and socket.query_params.get("key") != key:
+        await socket.close(code=4401, reason="missing or wrong API key")
+        return
+    await socket.accept()
+    queue = state.bus.subscribe()
+    try:
+        await socket.send_json(
+            {
+                "type": "hello",
+                "models": state.runtime.models(),
+                "downloads": state.downloads.list(),
+                "engine_jobs": [j.to_json() for j in state.engine_jobs.jobs.values()],
+                "stats": list(state.monitor.history)[-60:],
+            }
+        )
+        receiver = asyncio.create_task(_drain(socket))
+        while not receiver.done():
+            get = asyncio.create_task(queue.get())
+            done, _ = await asyncio.wait({get, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            if get not in done:
+                get.cancel()
+                break
+            event = get.result()
+            if event.get("type") == "model":
+                event = {**event, "status": state.runtime.status(event["model"])}
+            await socket.send_json(event)
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        state.bus.unsubscribe(queue)
+        with contextlib.suppress(Exception):
+            await socket.close()
+
+
+async def _drain(socket: WebSocket) -> None:
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        while True:
+            await socket.receive_text()
