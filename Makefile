@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml 2>/dev/null | cut -
 LINT_PATHS := src tests scripts $(wildcard bench)
 RIG = $$($(PY) scripts/rig_llama.py)
 
-.PHONY: run test install rig lint typecheck pytest bench clean
+.PHONY: run test install rig web webtest browser lint typecheck pytest bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,22 @@ install: $(STAMP)
 rig: install
 	@$(PY) scripts/rig_llama.py >/dev/null
 
-run: install rig
+# The web UI (Vue 3 + PrimeVue), rebuilt only when its sources or the API's OpenAPI spec changed;
+# node_modules is cached in ~/.cache/llamastudio/web/<hash of the lockfile>.
+web: install
+	@$(PY) scripts/build_web.py
+
+webtest: install
+	@$(PY) scripts/build_web.py --test
+
+# Debian's chromium for the browser tests (installed when missing and run as root; the browser
+# tests are skipped, with the reason, where it cannot be installed).
+browser:
+	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+		|| echo "note: /usr/bin/chromium missing (apt-get install chromium): browser tests will be skipped" >&2; }
+
+run: install rig web
 	LLAMASTUDIO_LLAMA_SERVER="$${LLAMASTUDIO_LLAMA_SERVER:-$(RIG)/bin/llama-server}" \
 		$(VENV)/bin/llamastudio serve $(ARGS)
 
@@ -33,10 +48,10 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-pytest: install rig
+pytest: install rig web browser
 	LLAMASTUDIO_RIG_DIR="$(RIG)" $(VENV)/bin/pytest $(PYTEST_ARGS)
 
-test: lint typecheck pytest
+test: lint typecheck webtest pytest
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache test-output
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache test-output build web/node_modules src/llamastudio/web/dist

@@ -122,7 +122,7 @@ class Gateway:
             return
         if scope["type"] != "http":
             return
-        path: str = scope["path"]
+        path: str = _path(scope)
         method: str = scope["method"]
         try:
             if path == "/health":
@@ -225,7 +225,7 @@ class Gateway:
                 raise InvalidInput("request names no model: set `model` in the JSON body (or ?model=)")
             name = names[0]
         status = 500
-        path = scope["path"]
+        path = _path(scope)
         model = name
         try:
             lease, proc = await self.runtime.acquire(name)
@@ -351,6 +351,13 @@ def _upstream_body(status: int, raw: bytes) -> bytes:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+def _path(scope: Scope) -> str:
+    """The path below a mount point (Starlette keeps the full path and sets ``root_path``)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] or "/" if root and path.startswith(root) else path
+
+
 async def _read_body(receive: Receive) -> bytes:
     chunks: list[bytes] = []
     size = 0

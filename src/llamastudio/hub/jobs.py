@@ -241,6 +241,7 @@ class DownloadManager:
             row = s.get(JobRow, job_id)
             if row is not None:
                 row.progress = fraction
+        speed = live.done / max(time.monotonic() - live.started, 1e-6)
         self._publish(
             {
                 "type": "progress",
@@ -248,5 +249,7 @@ class DownloadManager:
                 "bytes_done": live.done,
                 "bytes_total": live.total,
                 "progress": fraction,
+                "speed": speed,
+                "eta_s": (live.total - live.done) / speed if speed > 0 else None,
             }
         )

@@ -257,7 +257,10 @@ class Runtime:
         reasons: list[str] = []
         warnings: list[str] = []
         if cfg.auto:
-            p = plan(model, hw, base=base)
+            # flags the user gave are kept; the planner chooses the rest
+            ctx = base.ctx_size or None
+            parallel = base.parallel if base.parallel > 0 else None
+            p = plan(model, hw, ctx=ctx, parallel=parallel, base=base)
             flags, est, reasons, warnings = p.flags, p.estimate, p.reasons, p.warnings
         else:
             flags, est = base, estimate(model, base, hw.gpus)
@@ -441,7 +444,14 @@ class Runtime:
         for cfg in [p.config for p in self.prepared.values()] + [
             c for c in self.configs.all() if c.name in self.errors
         ]:
-            out.append({**self.status(cfg.name), "aliases": cfg.aliases, "configured": cfg.configured})
+            out.append(
+                {
+                    **self.status(cfg.name),
+                    "model": cfg.model,
+                    "aliases": cfg.aliases,
+                    "configured": cfg.configured,
+                }
+            )
         return out
 
     def running(self) -> list[dict[str, Any]]:

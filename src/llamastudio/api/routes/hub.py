@@ -9,7 +9,7 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
 from llamastudio.api.deps import StateDep
-from llamastudio.errors import InvalidInput
+from llamastudio.errors import Conflict, InvalidInput
 from llamastudio.hardware.profiles import resolve
 from llamastudio.hub.client import HubClient
 from llamastudio.hub.library import Library
@@ -63,16 +63,24 @@ def models(state: StateDep) -> list[dict[str, Any]]:
 
 
 @router.post("/models", status_code=201)
-def add_model(state: StateDep, body: AddPath) -> list[dict[str, Any]]:
+async def add_model(state: StateDep, body: AddPath) -> list[dict[str, Any]]:
     path = Path(body.path)
     if not path.is_absolute() or "\0" in body.path:
         raise InvalidInput("path must be absolute")
-    return [m.to_json() for m in Library(state.db).add(path)]
+    added = [m.to_json() for m in Library(state.db).add(path)]
+    await state.runtime.sync()
+    return added
 
 
 @router.delete("/models")
-def remove_model(state: StateDep, id: str, delete_files: bool = False) -> dict[str, list[str]]:
-    return {"removed": Library(state.db).remove(id, delete_files)}
+async def remove_model(state: StateDep, id: str, delete_files: bool = False) -> dict[str, list[str]]:
+    rt = state.runtime
+    name = rt.names.get(id)
+    if name is not None and rt.status(name)["state"] not in ("stopped", "failed", "unavailable"):
+        raise Conflict(f"{name} is running: stop it before deleting its files")
+    removed = Library(state.db).remove(id, delete_files)
+    await rt.sync()
+    return {"removed": removed}
 
 
 class TokenBody(BaseModel):

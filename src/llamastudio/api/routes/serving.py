@@ -66,9 +66,11 @@ def _config_from(id: str, body: ConfigIn) -> ModelConfig:
 
 
 @router.get("/served")
-def served(state: StateDep) -> list[dict[str, Any]]:
-    """Every model the gateway serves, with its state."""
-    return _runtime(state).models()
+async def served(state: StateDep) -> list[dict[str, Any]]:
+    """Every model the gateway serves, with its state (the library is re-read: new downloads)."""
+    rt = _runtime(state)
+    await rt.sync()
+    return rt.models()
 
 
 @router.get("/models/{id:path}/config")

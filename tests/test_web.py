@@ -1,0 +1,233 @@
+"""Issue F acceptance: the web UI in a real browser (Debian chromium + Playwright) against a real
+``llamastudio serve`` — local Hub-compatible server, tiny models, the rig's llama-server.
+
+Screenshots of every view go to ``test-output/screenshots/`` (not committed)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.rig.hub import HubServer, Repo, hub_server
+from tests.rig.studio import Studio
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = Path(__file__).resolve().parents[1] / "test-output" / "screenshots"
+REPO = "tiny/Llama-GGUF"
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed")
+
+
+@pytest.fixture(scope="module")
+def hub(tiny_models: dict[str, Path]) -> Iterator[HubServer]:
+    with hub_server() as srv:
+        srv.add_repo(
+            Repo(
+                REPO,
+                {
+                    "llama-Q8_0.gguf": tiny_models["llama-Q8_0"],
+                    "llama-Q4_K_M.gguf": tiny_models["llama-Q4_K_M"],
+                },
+                downloads=1234,
+                likes=7,
+            )
+        )
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def studio(
+    tmp_path_factory: pytest.TempPathFactory, rig_bin: Callable[[str], Path], hub: HubServer
+) -> Iterator[Studio]:
+    env = {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "LLAMASTUDIO_DEFAULT_TTL": "0"}
+    with Studio(tmp_path_factory.mktemp("web"), rig_bin("llama-server"), env=env) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: object, studio: Studio) -> Iterator[object]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+    pg = context.new_page()
+    pg.set_default_timeout(30_000)
+    pg.on("dialog", lambda d: d.accept())
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    yield pg
+    context.close()
+    assert not errors, errors  # no uncaught exception in the app
+
+
+def shot(pg: object, name: str) -> None:
+    pg.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)  # type: ignore[attr-defined]
+
+
+def test_search_download_start_chat_stop_delete(page: object, studio: Studio, hub: HubServer) -> None:
+    pg = page
+    expect = playwright_api.expect
+    pg.goto(studio.api_url)  # type: ignore[attr-defined]
+    expect(pg.get_by_test_id("cpu")).to_be_visible()  # type: ignore[attr-defined]
+    expect(pg.get_by_test_id("live").locator(".pi-circle-fill")).to_be_visible()  # type: ignore[attr-defined]
+    expect(pg.get_by_test_id("gateway-url")).to_contain_text(f":{studio.gateway_port}/v1")  # type: ignore[attr-defined]
+    shot(pg, "dashboard")
+
+    # search → quants with fit badges
+    pg.locator("[data-nav=Search]").click()  # type: ignore[attr-defined]
+    pg.get_by_test_id("search-input").fill("llama")  # type: ignore[attr-defined]
+    pg.get_by_test_id("search-button").click()  # type: ignore[attr-defined]
+    pg.get_by_text(REPO, exact=True).click()  # type: ignore[attr-defined]
+    badges = pg.get_by_test_id("fit-badge")  # type: ignore[attr-defined]
+    expect(badges).to_have_count(2)
+    expect(badges.first).to_have_text(re.compile(r"CPU|fits|partial"))
+    expect(pg.get_by_test_id("quants")).to_contain_text("Q4_K_M")  # type: ignore[attr-defined]
+    shot(pg, "search")
+
+    # download with a progress bar (throttled so that it is seen moving)
+    hub.throttle = 0.01
+    pg.get_by_test_id("download-Q4_K_M").click()  # type: ignore[attr-defined]
+    pg.locator("[data-nav=Downloads]").click()  # type: ignore[attr-defined]
+    bar = pg.get_by_test_id("download-progress").first  # type: ignore[attr-defined]
+    expect(bar).to_be_visible()
+    seen: set[int] = set()
+    state = pg.get_by_test_id("download-state").first  # type: ignore[attr-defined]
+    for _ in range(300):
+        seen.add(int(bar.get_attribute("aria-valuenow") or 0))
+        if state.inner_text() == "done":
+            break
+        pg.wait_for_timeout(50)  # type: ignore[attr-defined]
+    hub.throttle = 0.0
+    expect(state).to_have_text("done")
+    expect(bar).to_have_attribute("aria-valuenow", "100")
+    assert any(0 < v < 100 for v in seen), seen  # it moved, live
+    shot(pg, "downloads")
+
+    # library: config editor with command preview and an estimate that follows the context
+    name = f"{REPO}:Q4_K_M"
+    pg.locator("[data-nav=Library]").click()  # type: ignore[attr-defined]
+    expect(pg.get_by_test_id("library")).to_contain_text(name)  # type: ignore[attr-defined]
+    pg.get_by_test_id(f"configure-{name}").click()  # type: ignore[attr-defined]
+    preview = pg.get_by_test_id("command-preview")  # type: ignore[attr-defined]
+    expect(preview).to_contain_text("llama-server")
+    expect(preview).to_contain_text("--port ${PORT}")
+    estimate = pg.get_by_test_id("estimate-CPU")  # type: ignore[attr-defined]
+    expect(estimate).to_be_visible()
+    pg.get_by_test_id("args-input").fill("-c 512 -np 1")  # type: ignore[attr-defined]
+    expect(preview).to_contain_text("-c 512")
+    small = estimate.inner_text()
+    ctx = pg.locator("#ctx")  # type: ignore[attr-defined]
+    ctx.fill("8192")
+    ctx.press("Tab")
+    expect(preview).to_contain_text("-c 8192")
+    expect(estimate).not_to_have_text(small)
+    shot(pg, "config-editor")
+    pg.get_by_test_id("smart-auto").click()  # type: ignore[attr-defined]
+    expect(pg.get_by_test_id("reasons")).to_be_visible()  # type: ignore[attr-defined]
+    pg.get_by_test_id("args-input").fill("-c 1024 -np 1")  # type: ignore[attr-defined]
+    expect(preview).to_contain_text("-c 1024")
+    pg.get_by_test_id("save-config").click()  # type: ignore[attr-defined]
+    expect(pg.get_by_test_id("config-editor")).to_have_count(0)  # type: ignore[attr-defined]
+    assert studio.status(name)["state"] == "stopped"
+    pg.get_by_test_id(f"start-{name}").click()  # type: ignore[attr-defined]
+    expect(pg.get_by_test_id(f"state-{name}")).to_have_text("ready", timeout=60_000)  # type: ignore[attr-defined]
+    shot(pg, "library")
+
+    # chat in the playground, through the gateway
+    pg.locator("[data-nav=Running]").click()  # type: ignore[attr-defined]
+    expect(pg.get_by_test_id("running")).to_contain_text(name)  # type: ignore[attr-defined]
+    pg.get_by_test_id("chat-model").click()  # type: ignore[attr-defined]
+    pg.get_by_role("option", name=name).click()  # type: ignore[attr-defined]
+    pg.get_by_test_id("chat-input").fill("Hello there")  # type: ignore[attr-defined]
+    pg.get_by_test_id("chat-send").click()  # type: ignore[attr-defined]
+    reply = pg.get_by_test_id("chat-assistant")  # type: ignore[attr-defined]
+    expect(reply).to_contain_text(re.compile(r"assistant:\s*\S+"), timeout=60_000)
+    expect(pg.get_by_test_id("chat-send")).to_be_enabled()  # type: ignore[attr-defined]
+    assert "[error" not in reply.inner_text()
+    shot(pg, "running")
+
+    # stop, then delete
+    pg.locator("[data-nav=Library]").click()  # type: ignore[attr-defined]
+    pg.get_by_test_id(f"stop-{name}").click()  # type: ignore[attr-defined]
+    expect(pg.get_by_test_id(f"state-{name}")).to_have_text("stopped")  # type: ignore[attr-defined]
+    pg.get_by_test_id(f"delete-{name}").click()  # type: ignore[attr-defined]
+    expect(pg.get_by_test_id("library")).not_to_contain_text(name)  # type: ignore[attr-defined]
+    with studio.api() as api:
+        assert all(m["id"] != name for m in api.get("/api/models").json())
+
+
+def test_engines_and_a_build_log(page: object, studio: Studio, tmp_path: Path) -> None:
+    pg = page
+    expect = playwright_api.expect
+    pg.goto(f"{studio.api_url}/engines")  # type: ignore[attr-defined]
+    engines = pg.get_by_test_id("engines")  # type: ignore[attr-defined]
+    expect(engines).to_contain_text("external")
+    expect(engines).to_contain_text("ok")
+    # a source tree without CMakeLists.txt: the build fails fast, with its log on screen
+    broken = tmp_path / "not-llama"
+    broken.mkdir()
+    (broken / "README").write_text("not a llama.cpp tree")
+    pg.get_by_test_id("build-source").fill(str(broken))  # type: ignore[attr-defined]
+    pg.get_by_test_id("build-button").click()  # type: ignore[attr-defined]
+    log = pg.get_by_test_id("build-log")  # type: ignore[attr-defined]
+    expect(log).to_be_visible()
+    expect(pg.get_by_test_id("build-state")).to_have_text("failed", timeout=60_000)  # type: ignore[attr-defined]
+    expect(log.locator("pre")).to_contain_text("error")
+    shot(pg, "engines")
+
+
+def test_dark_mode_is_remembered_and_settings(page: object, studio: Studio) -> None:
+    pg = page
+    expect = playwright_api.expect
+    pg.goto(f"{studio.api_url}/settings")  # type: ignore[attr-defined]
+    expect(pg.get_by_test_id("token-state")).to_have_text("not set")  # type: ignore[attr-defined]
+    html = pg.locator("html")  # type: ignore[attr-defined]
+    was_dark = "app-dark" in (html.get_attribute("class") or "")
+    pg.get_by_test_id("dark-toggle").click()  # type: ignore[attr-defined]
+    assert ("app-dark" in (html.get_attribute("class") or "")) != was_dark
+    if was_dark:
+        pg.get_by_test_id("dark-toggle").click()  # type: ignore[attr-defined]
+    expect(html).to_have_class(re.compile("app-dark"))
+    pg.reload()  # type: ignore[attr-defined]
+    expect(html).to_have_class(re.compile("app-dark"))
+    shot(pg, "settings-dark")
+
+
+@pytest.mark.parametrize("view", ["", "search", "downloads", "library", "running", "engines", "settings"])
+def test_phone_width_has_no_horizontal_scroll(browser: object, studio: Studio, view: str) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844})  # type: ignore[attr-defined]
+    try:
+        pg = context.new_page()
+        pg.goto(f"{studio.api_url}/{view}")
+        pg.wait_for_selector("h2")
+        pg.wait_for_timeout(300)
+        scroll, inner = pg.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+        shot(pg, f"phone-{view or 'dashboard'}")
+        assert scroll <= inner, f"/{view}: page is {scroll}px wide in a {inner}px viewport"
+    finally:
+        context.close()
+
+
+def test_unknown_api_paths_stay_json_and_the_ui_serves_client_routes(studio: Studio) -> None:
+    with studio.api() as api:
+        r = api.get("/api/no-such-thing")
+        assert r.status_code == 404 and r.json()["error"]["source"] == "studio"
+        page = api.get("/library")
+        assert page.status_code == 200 and '<div id="app">' in page.text
+        assert api.get("/../../etc/passwd").status_code in (200, 404)  # never a file outside dist
+        assert "root:" not in api.get("/..%2f..%2f..%2fetc/passwd").text
+    assert shutil.which("chromium") or CHROMIUM.exists()
