@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -11,6 +12,23 @@ import httpx
 
 from llamastudio.procs import stop_process
 from llamastudio.runtime.process import free_port
+
+
+def wait_healthy(
+    proc: subprocess.Popen[bytes], urls: list[str], timeout: float, log: Callable[[], str], what: str
+) -> None:
+    """Until every URL answers 200; raises with the log's tail if the process exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{log()[-3000:]}")
+        try:
+            if all(httpx.get(u, timeout=2).status_code == 200 for u in urls):
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} not healthy after {timeout}s:\n{log()[-3000:]}")
 
 
 class LlamaServer:
@@ -48,18 +66,12 @@ class LlamaServer:
         ]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"llama-server exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise TimeoutError(f"llama-server not healthy after {self.timeout}s:\n{self.log()[-3000:]}")
+        try:
+            wait_healthy(self.proc, [f"{self.url}/health"], self.timeout, self.log, "llama-server")
+        except TimeoutError:
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
         """terminate → wait → kill: never leaves a process behind."""

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -20,6 +19,7 @@ import httpx
 
 from llamastudio.procs import stop_process
 from llamastudio.runtime.process import free_port
+from tests.rig.server import wait_healthy
 
 
 class Studio:
@@ -116,21 +116,13 @@ class Studio:
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env)
-        deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"studio exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
-            try:
-                if (
-                    httpx.get(f"{self.gateway_url}/health", timeout=2).status_code == 200
-                    and self.api().get("/api/status").status_code == 200
-                ):
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise TimeoutError(f"studio not up after {self.timeout}s:\n{self.log()[-3000:]}")
+        urls = [f"{self.gateway_url}/health", f"{self.api_url}/"]  # neither needs a key
+        try:
+            wait_healthy(self.proc, urls, self.timeout, self.log, "studio")
+        except TimeoutError:
+            self.stop()
+            raise
+        return self
 
     def kill(self) -> None:
         """``kill -9`` the studio itself (its engine processes live on: orphans)."""

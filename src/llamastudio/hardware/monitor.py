@@ -4,7 +4,6 @@ temperature, sampled every ``interval`` seconds while someone listens, with a sh
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
 import time
 from collections import deque
@@ -13,6 +12,7 @@ from typing import Any
 
 import psutil
 
+from llamastudio.aio import cancel_and_wait
 from llamastudio.events import EventBus
 from llamastudio.hardware.discover import discover
 from llamastudio.hardware.nvidia import discover_nvidia, load_nvml
@@ -35,10 +35,7 @@ class SystemMonitor:
         self._task = asyncio.create_task(self._run())
 
     async def close(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         while True:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llamastudio.aio import cancel_and_wait
 from llamastudio.config import Settings
 from llamastudio.engines.command import build_command
 from llamastudio.engines.registry import Engine, EngineRegistry
@@ -143,10 +144,7 @@ class Runtime:
         self._ticker = asyncio.create_task(self._tick())
 
     async def close(self) -> None:
-        if self._ticker:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+        await cancel_and_wait(self._ticker)
         await self.scheduler.close()
         await asyncio.gather(*(self.stop_model(n) for n in list(self.procs)), return_exceptions=True)
         for t in list(self._watchers):

@@ -22,12 +22,12 @@ processes. Rules:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from llamastudio.aio import cancel_and_wait
 from llamastudio.errors import NotFound, StudioError
 
 
@@ -133,11 +133,8 @@ class Scheduler:
             self._task = asyncio.create_task(self._run())
 
     async def close(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def acquire(self, model: str) -> Lease:
         """Wait until ``model`` is ready and hold it for one request."""
