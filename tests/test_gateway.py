@@ -339,3 +339,24 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.split(")")[-1].split()[0] != "Z"
+
+
+def test_a_model_that_cannot_start_says_why_and_backs_off(
+    studio: Studio, tiny_models: dict[str, Path]
+) -> None:
+    studio.configure("broken", model=str(tiny_models["llama"]), args=[*SMALL, "--rope-scaling", "nonsense"])
+    gw = studio.gateway()
+    body = {"model": "broken", "prompt": "x", "max_tokens": 2}
+    first = gw.post("/v1/completions", json=body)
+    assert first.status_code == 503, first.text
+    err = first.json()["error"]
+    assert err["code"] == "model_failed_to_start" and "rope-scaling" in err["message"]
+    assert studio.status("broken")["state"] == "failed"
+    assert gw.post("/v1/completions", json=body).status_code == 503  # tried again: 2 failures
+    backed_off = gw.post("/v1/completions", json=body)  # within the back-off: not started at all
+    assert backed_off.status_code == 503 and "next try in" in backed_off.json()["error"]["message"]
+    assert int(backed_off.headers["retry-after"]) >= 1
+    # fixing the configuration clears the failure
+    studio.configure("broken", model=str(tiny_models["llama"]), args=SMALL)
+    time.sleep(1.1)
+    assert gw.post("/v1/completions", json=body).status_code == 200

@@ -36,6 +36,9 @@ FATAL = re.compile(
 )
 
 
+_WHY = re.compile(r"\berror\b|failed|invalid|unknown argument|cannot|abort", re.IGNORECASE)
+
+
 class State(enum.StrEnum):
     STOPPED = "stopped"
     STARTING = "starting"
@@ -150,6 +153,10 @@ class EngineProcess:
         self.state, self.reason = State.FAILED, f"not ready after {self.timeout:.0f}s: {self._tail()}"
 
     def _tail(self) -> str:
+        """The line that best says why it stopped: the last one naming an error, else the last."""
+        for line in reversed(self.lines):
+            if _WHY.search(line):
+                return line.strip()
         return self.lines[-1] if self.lines else "no output"
 
     async def _read_output(self) -> None:
