@@ -360,3 +360,23 @@ def test_a_model_that_cannot_start_says_why_and_backs_off(
     studio.configure("broken", model=str(tiny_models["llama"]), args=SMALL)
     time.sleep(1.1)
     assert gw.post("/v1/completions", json=body).status_code == 200
+
+
+def test_import_export_through_the_api_and_the_cli(
+    studio: Studio, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    studio.configure("io-a", model=str(tiny_models["llama"]), args=SMALL, aliases=["io"], ttl=30, group="io")
+    with studio.api() as api:
+        before = api.get("/api/models/io-a/config").json()["config"]
+        text = api.get("/api/served/export", params={"format": "llama-swap"}).text
+        assert "io-a" in text and "${PORT}" in text
+        assert api.delete("/api/models/io-a/config").status_code == 204
+        r = api.post("/api/served/import", json={"format": "llama-swap", "text": text})
+        assert r.status_code == 200 and "io-a" in r.json()["imported"]
+        assert api.get("/api/models/io-a/config").json()["config"] == before
+        bad = api.post("/api/served/import", json={"format": "preset", "text": "[x]\nc = 1\n"})
+        assert bad.status_code == 400 and bad.json()["error"]["source"] == "studio"
+    ini = tmp_path / "models.ini"
+    studio.cli("models", "export", "--format", "preset", "-o", str(ini))
+    assert "[io-a]" in ini.read_text()
+    assert "imported io-a" in studio.cli("models", "import", str(ini)).stdout

@@ -20,7 +20,6 @@ from llamastudio.errors import Conflict, InvalidInput, NotFound, StudioError
 from llamastudio.events import EventBus
 from llamastudio.fsutil import write_atomic
 from llamastudio.hardware.devices import Hardware
-from llamastudio.runtime.interop import export_llama_swap, export_preset, import_llama_swap, import_preset
 from llamastudio.runtime.manager import Runtime
 from llamastudio.runtime.models import ModelConfig
 
@@ -189,16 +188,7 @@ def import_(ctx: typer.Context, file: Path, fmt: FormatOpt = "") -> None:
     except OSError as exc:
         raise InvalidInput(f"{file}: {exc.strerror}") from exc
     fmt = fmt or ("preset" if file.suffix.lower() == ".ini" else "llama-swap")
-    rt = _runtime(ctx)
-    if fmt == "llama-swap":
-        configs = import_llama_swap(text, rt.engines.all())
-    elif fmt == "preset":
-        default = rt.engines.default()
-        configs = import_preset(text, set(default.capabilities) if default else set())
-    else:
-        raise InvalidInput("--format: llama-swap or preset")
-    for cfg in configs:
-        rt.configs.put(cfg)
+    for cfg in _runtime(ctx).import_configs(fmt, text):
         typer.echo(f"imported {cfg.name}")
 
 
@@ -211,16 +201,7 @@ def export(
     ] = None,
 ) -> None:
     """Export stored configurations as llama-swap config.yaml or a --models-preset INI."""
-    rt = _runtime(ctx)
-    configs = rt.configs.stored()
-    if fmt == "llama-swap":
-        text = export_llama_swap(configs, {c.name: rt.prepare(c).argv for c in configs})
-    elif fmt == "preset":
-        text = export_preset(
-            configs, {c.name: str(rt.configs.model_path(c)) for c in configs if c.command is None}
-        )
-    else:
-        raise InvalidInput("--format: llama-swap or preset")
+    text = _runtime(ctx).export_configs(fmt)
     if output is None:
         typer.echo(text, nl=False)
         return

@@ -137,3 +137,10 @@ def resolve(spec: str | None) -> Hardware:
         return discover()
     cores, ram_total, ram_free = host()
     return parse_profile(spec, ram_total, ram_free, cores)
+
+
+def resolve_named(spec: str) -> Hardware:
+    """A profile from a request (API): names and sizes only, never a file on the studio's disk."""
+    if spec.endswith(".json") or "/" in spec or "\\" in spec:
+        raise InvalidInput("hardware: a profile spec like 2x24GiB or rtx4090 (files are not accepted here)")
+    return resolve(spec)

@@ -109,6 +109,8 @@ def import_llama_swap(text: str, engines: list[Engine]) -> list[ModelConfig]:
         cfg.auto = bool(meta.get("auto", False))
         if meta.get("model"):
             cfg.model = str(meta["model"])  # a library id the cmd's path came from
+        if "engine_id" in meta:
+            cfg.engine_id = meta["engine_id"]
         out.append(cfg)
     return out
 
@@ -127,7 +129,13 @@ def export_llama_swap(configs: list[ModelConfig], argv_of: dict[str, list[str]])
             entry["env"] = [f"{k}={v}" for k, v in c.env.items()]
         if c.max_concurrency:
             entry["concurrencyLimit"] = c.max_concurrency
-        meta = {"pinned": c.pinned, "max_queue": c.max_queue, "auto": c.auto, "model": c.model}
+        meta = {
+            "pinned": c.pinned,
+            "max_queue": c.max_queue,
+            "auto": c.auto,
+            "model": c.model,
+            "engine_id": c.engine_id,  # None: the model's pin or the default engine at load time
+        }
         entry["metadata"] = {"llamastudio": meta}
         models[c.name] = entry
         if c.group:

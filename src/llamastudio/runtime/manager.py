@@ -28,17 +28,18 @@ from llamastudio.config import Settings
 from llamastudio.engines.command import build_command
 from llamastudio.engines.registry import Engine, EngineRegistry
 from llamastudio.engines.validate import add_external, binary_env
-from llamastudio.errors import NotFound, StudioError
+from llamastudio.errors import Conflict, InvalidInput, NotFound, StudioError
 from llamastudio.events import EventBus
 from llamastudio.fit.estimator import Estimate, estimate
 from llamastudio.fit.flags import parse_server_args
-from llamastudio.fit.planner import GPU_MARGIN, HOST_MARGIN, plan
+from llamastudio.fit.planner import GPU_MARGIN, HOST_MARGIN, Goal, Plan, plan
 from llamastudio.fsutil import write_atomic
 from llamastudio.gguf import load_model
 from llamastudio.hardware.devices import Hardware
 from llamastudio.hardware.profiles import resolve
 from llamastudio.hub.library import Library
-from llamastudio.runtime.models import PORT, ModelConfig, ModelConfigs
+from llamastudio.runtime.interop import export_llama_swap, export_preset, import_llama_swap, import_preset
+from llamastudio.runtime.models import PORT, ModelConfig, ModelConfigs, validate
 from llamastudio.runtime.process import EngineProcess, StartFailed, State, free_port, load_timeout
 from llamastudio.runtime.scheduler import Lease, ModelSpec, Scheduler, TooBusy
 from llamastudio.store import Database
@@ -127,6 +128,7 @@ class Runtime:
         self.prepared: dict[str, Prepared] = {}
         self.errors: dict[str, StudioError] = {}  # models that cannot be prepared, and why
         self.names: dict[str, str] = {}  # name, alias, library id → model name
+        self.known: list[ModelConfig] = []  # every configuration, as of the last sync
         self.failures: dict[str, _Failures] = {}
         self.run_dir = settings.data_dir / "run"
         self._watchers: set[asyncio.Task[None]] = set()
@@ -203,8 +205,8 @@ class Runtime:
     async def sync(self) -> None:
         """Re-read configurations and library; prepare each model; update the scheduler."""
         async with self._sync_lock:
-            prepared, errors, names = await asyncio.to_thread(self._prepare_all)
-            self.prepared, self.errors, self.names = prepared, errors, names
+            configs, prepared, errors, names = await asyncio.to_thread(self._prepare_all)
+            self.known, self.prepared, self.errors, self.names = configs, prepared, errors, names
             self._synced_at = time.monotonic()
             default_ttl = self.default_ttl
             specs = [
@@ -221,11 +223,14 @@ class Runtime:
             ]
             self.scheduler.configure(specs)
 
-    def _prepare_all(self) -> tuple[dict[str, Prepared], dict[str, StudioError], dict[str, str]]:
+    def _prepare_all(
+        self,
+    ) -> tuple[list[ModelConfig], dict[str, Prepared], dict[str, StudioError], dict[str, str]]:
+        configs = self.configs.all()
         prepared: dict[str, Prepared] = {}
         errors: dict[str, StudioError] = {}
         names: dict[str, str] = {}
-        for cfg in self.configs.all():
+        for cfg in configs:
             for key in (cfg.model, *cfg.aliases, cfg.name):  # the name wins over another's model id
                 if key:
                     names[key] = cfg.name
@@ -237,7 +242,7 @@ class Runtime:
                 prepared[cfg.name] = self.prepare(cfg)
             except StudioError as exc:
                 errors[cfg.name] = exc
-        return prepared, errors, names
+        return configs, prepared, errors, names
 
     @staticmethod
     def _fresh(p: Prepared) -> bool:
@@ -307,6 +312,76 @@ class Runtime:
         """What starting ``name`` would run; raises the reason it cannot be prepared."""
         cfg = self.configs.get(name)
         return self.prepare(cfg)
+
+    def smart_auto(
+        self,
+        name: str,
+        hw: Hardware | None = None,
+        goal: Goal = "balanced",
+        ctx: int | None = None,
+        parallel: int | None = None,
+        args: list[str] | None = None,
+    ) -> Plan:
+        """The planner's flags for a model (Smart Auto), with ``args`` kept as its starting point."""
+        model = load_model(str(self.configs.model_path(self.configs.get(name))))
+        return plan(model, hw or self.hw, goal, ctx, parallel, base=parse_server_args(args or []))
+
+    def estimate_for(self, name: str, args: list[str], hw: Hardware | None = None) -> dict[str, Any]:
+        """Per-device memory of a model with these flags, against each device's free memory."""
+        hw = hw or self.hw
+        est = estimate(
+            load_model(str(self.configs.model_path(self.configs.get(name)))), parse_server_args(args), hw.gpus
+        )
+        free = {g.device_name: g.free for g in hw.gpus} | {"CPU": hw.ram_free}
+        devices: list[dict[str, Any]] = [
+            {
+                "name": d.name,
+                "label": d.label,
+                "total": d.total,
+                "free": free.get(d.name, 0),
+                "fits": d.total <= free.get(d.name, 0),
+            }
+            for d in est.devices
+        ]
+        return {
+            "devices": devices,
+            "fits": all(d["fits"] for d in devices),
+            "n_ctx": est.context.n_ctx,
+            "n_gpu_layers": est.n_gpu_layers,
+        }
+
+    def export_configs(self, fmt: str) -> str:
+        """Stored configurations as llama-swap ``config.yaml`` or a ``--models-preset`` INI."""
+        configs = self.configs.stored()
+        if not configs:
+            raise NotFound("no stored model configurations to export")
+        if fmt == "llama-swap":
+            return export_llama_swap(configs, {c.name: self.prepare(c).argv for c in configs})
+        if fmt == "preset":
+            paths = {c.name: str(self.configs.model_path(c)) for c in configs if c.command is None}
+            return export_preset(configs, paths)
+        raise InvalidInput(f"format {fmt!r}: llama-swap or preset")
+
+    def import_configs(self, fmt: str, text: str) -> list[ModelConfig]:
+        """Parse, check every configuration (and that its model exists), then store them all."""
+        if fmt == "llama-swap":
+            configs = import_llama_swap(text, self.engines.all())
+        elif fmt == "preset":
+            default = self.engines.default()
+            configs = import_preset(text, set(default.capabilities) if default else set())
+        else:
+            raise InvalidInput(f"format {fmt!r}: llama-swap or preset")
+        for cfg in configs:
+            validate(cfg)
+            if cfg.command is None:
+                self.configs.model_path(cfg)
+        return [self.configs.put(cfg) for cfg in configs]
+
+    def ensure_stopped(self, name: str) -> None:
+        """Refuse (409) while the model a name, alias or library id refers to is loaded."""
+        model = self.names.get(name)
+        if model is not None and self.status(model)["state"] not in ("stopped", "failed", "unavailable"):
+            raise Conflict(f"{model} is running: stop it first")
 
     # -- serving -------------------------------------------------------------------------------
     async def acquire(self, name: str) -> tuple[Lease, EngineProcess]:
@@ -438,19 +513,10 @@ class Runtime:
         }
 
     def models(self) -> list[dict[str, Any]]:
-        out = []
-        for cfg in [p.config for p in self.prepared.values()] + [
-            c for c in self.configs.all() if c.name in self.errors
-        ]:
-            out.append(
-                {
-                    **self.status(cfg.name),
-                    "model": cfg.model,
-                    "aliases": cfg.aliases,
-                    "configured": cfg.configured,
-                }
-            )
-        return out
+        return [
+            {**self.status(c.name), "model": c.model, "aliases": c.aliases, "configured": c.configured}
+            for c in self.known
+        ]
 
     def running(self) -> list[dict[str, Any]]:
         return [

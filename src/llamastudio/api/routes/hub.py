@@ -9,8 +9,8 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
 from llamastudio.api.deps import StateDep
-from llamastudio.errors import Conflict, InvalidInput
-from llamastudio.hardware.profiles import resolve
+from llamastudio.errors import InvalidInput
+from llamastudio.hardware.profiles import resolve, resolve_named
 from llamastudio.hub.client import HubClient
 from llamastudio.hub.library import Library
 from llamastudio.hub.quants import group_files
@@ -37,8 +37,7 @@ def search(
 def quants(
     state: StateDep, owner: str, name: str, hardware: str | None = None, revision: str | None = None
 ) -> dict[str, Any]:
-    if hardware and (hardware.endswith(".json") or "/" in hardware):
-        raise InvalidInput("hardware: a profile spec like 2x24GiB or rtx4090 (files are not accepted here)")
+    hw = resolve_named(hardware) if hardware else resolve(None)
     c = client(state)
     repo = f"{owner}/{name}"
     sha, files = c.files(repo, revision)
@@ -49,7 +48,7 @@ def quants(
     return {
         "repo": repo,
         "revision": sha,
-        "quants": quant_table(c, repo, groups, sha, resolve(hardware), cache),
+        "quants": quant_table(c, repo, groups, sha, hw, cache),
     }
 
 
@@ -74,12 +73,9 @@ async def add_model(state: StateDep, body: AddPath) -> list[dict[str, Any]]:
 
 @router.delete("/models")
 async def remove_model(state: StateDep, id: str, delete_files: bool = False) -> dict[str, list[str]]:
-    rt = state.runtime
-    name = rt.names.get(id)
-    if name is not None and rt.status(name)["state"] not in ("stopped", "failed", "unavailable"):
-        raise Conflict(f"{name} is running: stop it before deleting its files")
+    state.runtime.ensure_stopped(id)
     removed = Library(state.db).remove(id, delete_files)
-    await rt.sync()
+    await state.runtime.sync()
     return {"removed": removed}
 
 

@@ -9,13 +9,10 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
 from llamastudio.api.deps import StateDep
-from llamastudio.errors import InvalidInput, NotFound, StudioError
-from llamastudio.fit.estimator import estimate
-from llamastudio.fit.flags import parse_server_args
-from llamastudio.fit.planner import Goal, plan
-from llamastudio.gguf import load_model
-from llamastudio.hardware.profiles import resolve
-from llamastudio.runtime.interop import export_llama_swap, export_preset, import_llama_swap, import_preset
+from llamastudio.errors import InvalidInput, StudioError
+from llamastudio.fit.planner import Goal
+from llamastudio.hardware.devices import Hardware
+from llamastudio.hardware.profiles import resolve_named
 from llamastudio.runtime.manager import Runtime, budgets_of
 from llamastudio.runtime.models import ModelConfig, validate
 
@@ -111,10 +108,8 @@ class AutoIn(BaseModel):
     hardware: str | None = None
 
 
-def _hardware(rt: Runtime, spec: str | None) -> Any:
-    if spec and ("/" in spec or spec.endswith(".json")):
-        raise InvalidInput("hardware: a profile spec like 2x24GiB or rtx4090 (files are not accepted here)")
-    return resolve(spec) if spec else rt.hw
+def _hardware(rt: Runtime, spec: str | None) -> Hardware:
+    return resolve_named(spec) if spec else rt.hw
 
 
 @router.post("/models/{id:path}/auto-config")
@@ -122,16 +117,7 @@ def auto_config(state: StateDep, id: str, body: AutoIn | None = None) -> dict[st
     """Smart Auto: the planner's flags for this model, with one reason per choice (not saved)."""
     body = body or AutoIn()
     rt = _runtime(state)
-    cfg = rt.configs.get(id)
-    model = load_model(str(rt.configs.model_path(cfg)))
-    p = plan(
-        model,
-        _hardware(rt, body.hardware),
-        body.goal,
-        body.ctx,
-        body.parallel,
-        base=parse_server_args(body.args),
-    )
+    p = rt.smart_auto(id, _hardware(rt, body.hardware), body.goal, body.ctx, body.parallel, body.args)
     return {"args": p.flags.to_args(), "reasons": p.reasons, "warnings": p.warnings, "plan": p.to_json()}
 
 
@@ -144,26 +130,7 @@ class EstimateIn(BaseModel):
 def estimate_config(state: StateDep, id: str, body: EstimateIn) -> dict[str, Any]:
     """Per-device memory for these flags, and whether it fits (for a config editor)."""
     rt = _runtime(state)
-    cfg = rt.configs.get(id)
-    hw = _hardware(rt, body.hardware)
-    est = estimate(load_model(str(rt.configs.model_path(cfg))), parse_server_args(body.args), hw.gpus)
-    free = {g.device_name: g.free for g in hw.gpus} | {"CPU": hw.ram_free}
-    devices = [
-        {
-            "name": d.name,
-            "label": d.label,
-            "total": d.total,
-            "free": free.get(d.name, 0),
-            "fits": d.total <= free.get(d.name, 0),
-        }
-        for d in est.devices
-    ]
-    return {
-        "devices": devices,
-        "fits": all(d["fits"] for d in devices),
-        "n_ctx": est.context.n_ctx,
-        "n_gpu_layers": est.n_gpu_layers,
-    }
+    return rt.estimate_for(id, body.args, _hardware(rt, body.hardware))
 
 
 @router.get("/models/{id:path}/command")
@@ -247,32 +214,12 @@ class ImportIn(BaseModel):
 @router.post("/served/import")
 async def import_configs(state: StateDep, body: ImportIn) -> dict[str, list[str]]:
     rt = _runtime(state)
-    engines = rt.engines.all()
-    if body.format == "llama-swap":
-        configs = import_llama_swap(body.text, engines)
-    else:
-        default = rt.engines.default()
-        configs = import_preset(body.text, set(default.capabilities) if default else set())
-    for cfg in configs:  # check all before saving any
-        validate(cfg)
-        if cfg.command is None:
-            rt.configs.model_path(cfg)
-    saved = []
-    for cfg in configs:
-        await asyncio.to_thread(rt.configs.put, cfg)
-        saved.append(cfg.name)
+    configs = await asyncio.to_thread(rt.import_configs, body.format, body.text)
     await rt.sync()
-    return {"imported": saved}
+    return {"imported": [c.name for c in configs]}
 
 
 @router.get("/served/export")
 def export_configs(state: StateDep, format: Format = "llama-swap") -> Response:
-    rt = _runtime(state)
-    configs = rt.configs.stored()
-    if not configs:
-        raise NotFound("no stored model configurations to export")
-    if format == "llama-swap":
-        text = export_llama_swap(configs, {c.name: rt.prepare(c).argv for c in configs})
-        return Response(text, media_type="application/yaml")
-    paths = {c.name: str(rt.configs.model_path(c)) for c in configs if c.command is None}
-    return Response(export_preset(configs, paths), media_type="text/plain")
+    text = _runtime(state).export_configs(format)
+    return Response(text, media_type="application/yaml" if format == "llama-swap" else "text/plain")
