@@ -7,13 +7,14 @@ this class by ``tests/test_docs.py``: a field added here must be documented ther
 
 from __future__ import annotations
 
+import json
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import platformdirs
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from llamastudio.errors import StorageError
 
@@ -64,6 +65,8 @@ class Settings(BaseSettings):
     default_ttl: float = Field(
         default=600.0,
         ge=0,
+        le=10 * 365 * 86400,
+        allow_inf_nan=False,
         description="Seconds a model may sit idle before it is unloaded (0 = never); per-model TTL wins.",
     )
     github_api: str = Field(
@@ -77,9 +80,47 @@ class Settings(BaseSettings):
         default=None,
         description="Token for the GitHub API (rate limits, private forks); GITHUB_TOKEN also works.",
     )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names (besides localhost, 127.0.0.1 and [::1]) that requests may name in "
+        "their Host header: the name you reach the studio by on a LAN or behind a proxy. "
+        "Comma-separated. Guards against DNS rebinding.",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Web origins (e.g. `https://chat.example.com`) allowed to call the gateway from "
+        "a browser; comma-separated. Off by default: other web pages cannot use the gateway.",
+    )
+    allow_commands: bool = Field(
+        default=False,
+        description="Let the API create or edit things that run a command of the caller's choosing: "
+        "`command` model configs, imports containing them, builds from a local source or another "
+        "repository. Off by default; the CLI on this machine is not restricted.",
+    )
+    insecure: bool = Field(
+        default=False,
+        description="Allow binding a non-loopback address without API keys (anyone who can reach "
+        "the port can then drive the studio). `serve --insecure` sets it.",
+    )
+    max_body_mb: int = Field(
+        default=64,
+        ge=1,
+        le=4096,
+        description="Largest request body (MiB) the management API and gateway accept.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level of the service."
     )
+
+    @field_validator("allowed_hosts", "cors_origins", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):  # env: a comma-separated list (JSON lists work too)
+            text = value.strip()
+            if not text.startswith("["):
+                return [v.strip() for v in text.split(",") if v.strip()]
+            return json.loads(text)
+        return value
 
     @field_validator("data_dir", mode="after")
     @classmethod
