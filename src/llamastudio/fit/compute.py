@@ -24,14 +24,10 @@ buffer for large batches, and the host keeps the input embeddings and masks.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from llamastudio.fit.arch import attention_layers, recurrent_layers, swa_layers
+from llamastudio.fit.usage import Context, DeviceUsage
 from llamastudio.gguf import ModelFacts
 from llamastudio.hardware import Gpu
-
-if TYPE_CHECKING:
-    from llamastudio.fit.estimator import Context, DeviceUsage
 
 HOST = "CPU"
 
