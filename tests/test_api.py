@@ -16,6 +16,8 @@ from llamastudio.config import Settings
 from llamastudio.store.db import head_revision
 from llamastudio.store.models import Base
 
+CLIENT = {"X-Studio-Client": "tests"}  # as the UI and the CLI send it (guard.py)
+
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
@@ -24,7 +26,9 @@ def settings(tmp_path: Path) -> Settings:
 
 async def _client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://studio") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1", headers=CLIENT
+    ) as client:
         yield client
 
 

@@ -16,7 +16,7 @@ from huggingface_hub import constants
 from llamastudio.api.app import create_app
 from llamastudio.config import Settings
 from tests.rig.hub import HubServer, Repo, hub_server
-from tests.test_api import assert_error_shape
+from tests.test_api import CLIENT, assert_error_shape
 
 
 @pytest.fixture
@@ -42,7 +42,9 @@ def hub(tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path:
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(Settings(data_dir=tmp_path / "data"))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://studio") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1", headers=CLIENT
+    ) as client:
         yield client
     await app.state.studio.downloads.stop()
 

@@ -1,33 +1,44 @@
-"""Scheduler policy with injected effects: no processes (STYLE.md #3)."""
+"""The scheduler's owner task with injected effects and clock: no processes (STYLE.md #3).
+
+The fake effects finish at once unless a test holds a model's start or stop on an ``asyncio.Event``;
+``settle()`` lets every ready task run (it yields, it does not sleep). Fairness waits are crossed by
+moving the injected clock, never by waiting.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
 from llamastudio.errors import NotFound, StudioError
-from llamastudio.runtime.scheduler import ModelSpec, NoRoom, QueueFull, Scheduler, TooBusy
+from llamastudio.runtime.policy import FAIR_WAIT
+from llamastudio.runtime.scheduler import Lease, ModelSpec, NoRoom, QueueFull, Scheduler, TooBusy
 
 GiB = 1 << 30
 
 
 class FakeEffects:
-    def __init__(self, load_s: float = 0.05, fail: set[str] | None = None) -> None:
-        self.load_s = load_s
+    def __init__(self, fail: set[str] | None = None) -> None:
         self.fail = fail or set()
         self.log: list[str] = []
         self.running: set[str] = set()
+        self.hold_start: dict[str, asyncio.Event] = {}  # a start waits for its event
+        self.hold_stop: dict[str, asyncio.Event] = {}  # a stop waits (an engine ignoring SIGTERM)
 
     async def start(self, model: str) -> None:
         self.log.append(f"start {model}")
-        await asyncio.sleep(self.load_s)
+        if model in self.hold_start:
+            await self.hold_start[model].wait()
         if model in self.fail:
             raise StudioError(f"{model}: out of memory")
         self.running.add(model)
 
     async def stop(self, model: str) -> None:
         self.log.append(f"stop {model}")
+        if model in self.hold_stop:
+            await self.hold_stop[model].wait()
         self.running.discard(model)
 
 
@@ -43,18 +54,24 @@ def spec(name: str, gib: int, **kw: object) -> ModelSpec:
     return ModelSpec(name, {"CUDA0": gib * GiB}, **kw)  # type: ignore[arg-type]
 
 
+def cpu_spec(name: str, threads: int = 2, **kw: object) -> ModelSpec:
+    return ModelSpec(name, {"CPU": GiB}, threads=threads, **kw)  # type: ignore[arg-type]
+
+
 async def make(
-    models: list[ModelSpec], budget_gib: int = 24, **kw: object
+    models: list[ModelSpec], budget_gib: int = 24, cores: int = 0, **kw: object
 ) -> tuple[Scheduler, FakeEffects, Clock]:
     fx, clock = FakeEffects(**kw), Clock()  # type: ignore[arg-type]
-    s = Scheduler(fx, {"CUDA0": budget_gib * GiB}, models, clock=clock, wait_for_room=30)
+    budgets = {"CUDA0": budget_gib * GiB, "CPU": 64 * GiB}
+    s = Scheduler(fx, budgets, models, clock=clock, wait_for_room=30, cores=cores)
     await s.start()
     return s, fx, clock
 
 
 async def settle() -> None:
-    for _ in range(20):
-        await asyncio.sleep(0.01)
+    """Let the owner and the effects run until nothing is ready to run (no wall-clock wait)."""
+    for _ in range(50):
+        await asyncio.sleep(0)
 
 
 async def test_requests_during_a_load_share_one_start() -> None:
@@ -96,8 +113,8 @@ async def test_lru_then_smallest_is_evicted_first() -> None:
     s, fx, clock = await make([spec("a", 8), spec("b", 8), spec("c", 8), spec("d", 8)])
     for name in ("a", "b", "c"):
         (await s.acquire(name)).release()
-        clock.now += 10
         await settle()
+        clock.now += 10
     (await s.acquire("d")).release()
     assert fx.log[-2:] == ["stop a", "start d"]  # a was least recently used
     await s.close()
@@ -128,20 +145,22 @@ async def test_idle_ttl_unloads_but_not_pinned() -> None:
     clock.now += 2
     s.tick()
     await settle()
-    assert fx.running == {"p", "z"} and s.state()["a"]["state"] == "stopped"
+    assert fx.running == {"p", "z"} and s.state()["a"]["state"] == "stopped" and s.unloads == 1
     await s.close()
 
 
 async def test_limits_and_unknown_models() -> None:
-    s, _, _ = await make([spec("a", 4, max_concurrency=1), spec("q", 4, max_queue=2)], load_s=0.3)
+    s, fx, _ = await make([spec("a", 4, max_concurrency=1), spec("q", 4, max_queue=2)])
     lease = await s.acquire("a")
     with pytest.raises(TooBusy):
         await s.acquire("a")
     lease.release()
+    fx.hold_start["q"] = asyncio.Event()
     first = [asyncio.create_task(s.acquire("q")) for _ in range(2)]
     await settle()
     with pytest.raises(QueueFull):
         await s.acquire("q")
+    fx.hold_start["q"].set()
     for lease in await asyncio.gather(*first):
         lease.release()
     with pytest.raises(NotFound):
@@ -174,4 +193,207 @@ async def test_too_big_for_the_devices_fails_at_once() -> None:
     with pytest.raises(NoRoom, match="more memory than the devices have"):
         await s.acquire("huge")
     assert fx.log == []
+    await s.close()
+
+
+# -- issue 18 #7: stops never block the owner ------------------------------------------------------
+async def test_a_slow_stop_does_not_delay_a_neighbour() -> None:
+    """Issue 18 #7: an engine ignoring SIGTERM held the owner for its grace period (a neighbour's
+    request took 9.6 s). Its stop now runs beside the owner; its memory stays counted until done."""
+    s, fx, _ = await make([spec("slow", 16), spec("n", 4), spec("big", 16)])
+    (await s.acquire("slow")).release()
+    (await s.acquire("n")).release()
+    fx.hold_stop["slow"] = asyncio.Event()  # its stop takes "10 s": until the test lets it go
+    unloading = asyncio.create_task(s.unload("slow"))
+    await settle()
+    assert s.state()["slow"]["state"] == "stopping" and not unloading.done()
+
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    lease = await asyncio.wait_for(s.acquire("n"), 0.1)
+    assert loop.time() - t0 < 0.1
+    lease.release()
+
+    big = asyncio.create_task(s.acquire("big"))  # needs the memory "slow" still holds
+    await settle()
+    assert not big.done() and "start big" not in fx.log
+    fx.hold_stop["slow"].set()
+    (await asyncio.wait_for(big, 2)).release()
+    await asyncio.wait_for(unloading, 2)
+    assert fx.log[-2:] == ["stop slow", "start big"]
+    await s.close()
+
+
+async def test_a_model_started_while_its_stop_is_pending_waits_for_it() -> None:
+    s, fx, _ = await make([spec("a", 4)])
+    (await s.acquire("a")).release()
+    fx.hold_stop["a"] = asyncio.Event()
+    unloading = asyncio.create_task(s.unload("a"))
+    again = asyncio.create_task(s.acquire("a"))
+    await settle()
+    assert fx.log == ["start a", "stop a"] and not again.done()  # no second process beside the first
+    fx.hold_stop["a"].set()
+    (await asyncio.wait_for(again, 2)).release()
+    await asyncio.wait_for(unloading, 2)
+    assert fx.log == ["start a", "stop a", "start a"]
+    await s.close()
+
+
+# -- issue 18 #6: fairness --------------------------------------------------------------------------
+async def hammer(
+    s: Scheduler, model: str, steps: int, clock: Clock, at_step: int, other: asyncio.Task[Lease]
+) -> list[asyncio.Task[Lease]]:
+    """Requests to ``model`` that always overlap: each new one arrives before the oldest finishes.
+    At ``at_step`` the clock moves FAIR_WAIT on. Returns the requests still queued."""
+    held = [await s.acquire(model)]
+    queued: list[asyncio.Task[Lease]] = []
+    for step in range(steps):
+        nxt = asyncio.create_task(s.acquire(model))
+        await settle()
+        if step == at_step:
+            clock.now += FAIR_WAIT
+            s.tick()
+            await settle()
+        if nxt.done():
+            held.append(nxt.result())
+        else:
+            queued.append(nxt)
+        if held:
+            held.pop(0).release()  # the oldest request in flight finishes
+        await settle()
+        if other.done():
+            break
+    for lease in held:
+        lease.release()
+    return queued
+
+
+async def test_starvation_a_waiting_model_gets_its_turn_within_the_fair_wait() -> None:
+    """Issue 18 #6: with room for one model, while requests for the loaded one kept arriving, a
+    request for the other waited the whole test window. Now: within FAIR_WAIT of clock time."""
+    s, fx, clock = await make([spec("a", 16), spec("b", 16)])
+    b = asyncio.create_task(s.acquire("b"))
+    await settle()  # b starts at once: nothing in its way yet
+    (await asyncio.wait_for(b, 2)).release()
+    b = asyncio.create_task(s.acquire("b"))  # …and now a is wanted while b is idle: a evicts b
+    clock.now += 1
+    s.tick()
+    queued_a = await hammer(s, "a", 40, clock, at_step=10, other=b)
+    assert b.done(), "b starved"
+    lease_b = b.result()
+    assert s.state()["a"]["state"] == "stopped" and s.state()["b"]["in_flight"] == 1
+    assert queued_a and not any(t.done() for t in queued_a)  # a's new requests queued, not failed
+    lease_b.release()
+    for lease in await asyncio.wait_for(asyncio.gather(*queued_a), 2):  # a's turn comes back
+        lease.release()
+    assert fx.log[-3:] == ["start b", "stop b", "start a"]
+    await s.close()
+
+
+async def test_without_the_fair_wait_the_busy_model_keeps_serving() -> None:
+    """The bound is a bound, not a swap on every request: before FAIR_WAIT nothing is stopped."""
+    s, fx, clock = await make([spec("a", 16), spec("b", 16)])
+    b = asyncio.create_task(s.acquire("b"))
+    await hammer(s, "a", 20, clock, at_step=-1, other=b)  # the clock never moves
+    assert not b.done() and fx.log == ["start a"]
+    b.cancel()
+    await s.close()
+
+
+# -- issue 18 #8: CPU threads -----------------------------------------------------------------------
+async def test_two_cpu_models_compute_one_at_a_time_and_both_stay_loaded() -> None:
+    """Issue 18 #8: two CPU models placed together each spun on all cores (p50 1.6 s → 29.8 s).
+    Rule: a CPU-bound model computes only while the busy ones' threads fit in the cores."""
+    s, fx, _ = await make([cpu_spec("x"), cpu_spec("y"), spec("gpu", 4)], cores=2)
+    (await s.acquire("y")).release()  # load both
+    lease_x = await s.acquire("x")
+    y = asyncio.create_task(s.acquire("y"))
+    await settle()
+    assert not y.done() and s.state()["y"]["queued"] == 1
+    (await asyncio.wait_for(s.acquire("gpu"), 0.1)).release()  # a GPU-only model is not held back
+    lease_x.release()
+    (await asyncio.wait_for(y, 2)).release()
+    assert fx.log == ["start y", "start x", "start gpu"] and s.evictions == 0  # nobody was evicted
+    await s.close()
+
+
+async def test_cpu_models_that_fit_in_the_cores_compute_together() -> None:
+    s, _, _ = await make([cpu_spec("x", 1), cpu_spec("y", 1)], cores=2)
+    lease_x = await s.acquire("x")
+    (await asyncio.wait_for(s.acquire("y"), 0.1)).release()
+    lease_x.release()
+    await s.close()
+
+
+async def test_cpu_fairness_a_hammered_cpu_model_lets_the_other_compute() -> None:
+    s, _, clock = await make([cpu_spec("x"), cpu_spec("y")], cores=2)
+    (await s.acquire("y")).release()
+    y = asyncio.create_task(s.acquire("y"))
+    queued_x = await hammer(s, "x", 40, clock, at_step=10, other=y)
+    assert y.done(), "y starved"
+    assert queued_x and not any(t.done() for t in queued_x)
+    y.result().release()
+    for lease in await asyncio.wait_for(asyncio.gather(*queued_x), 2):
+        lease.release()
+    await s.close()
+
+
+# -- leases are acknowledged --------------------------------------------------------------------------
+async def test_a_caller_cancelled_while_waiting_leaves_nothing_behind() -> None:
+    s, fx, _ = await make([spec("a", 4)])
+    fx.hold_start["a"] = asyncio.Event()
+    waiting = asyncio.create_task(s.acquire("a"))
+    await settle()
+    assert s.state()["a"]["queued"] == 1
+    waiting.cancel()
+    await settle()
+    assert s.state()["a"]["queued"] == 0
+    fx.hold_start["a"].set()
+    await settle()
+    assert s.state()["a"] == {**s.state()["a"], "state": "ready", "in_flight": 0}
+    await s.close()
+
+
+async def test_a_lease_granted_as_its_caller_is_cancelled_is_given_back() -> None:
+    """The race the acknowledgement closes: the owner grants the lease, then the caller's task is
+    cancelled before it resumes; without acknowledging, in_flight stayed at 1 for ever."""
+    s, _, _ = await make([spec("a", 4)])
+    (await s.acquire("a")).release()
+    caller = asyncio.create_task(s.acquire("a"))
+    while s.state()["a"]["in_flight"] == 0:
+        await asyncio.sleep(0)
+    assert not caller.done()  # granted, not yet resumed: the race is on
+    caller.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await caller
+    assert caller.cancelled()
+    await settle()
+    assert s.state()["a"]["in_flight"] == 0
+    await s.close()
+
+
+# -- issue 18 #10: a model that is no longer configured does not keep its engine ------------------
+async def test_a_removed_model_is_drained_stopped_and_forgotten() -> None:
+    s, fx, _ = await make([spec("a", 4), spec("b", 4)])
+    lease = await s.acquire("a")
+    s.configure([spec("b", 4)])  # a's configuration (or its file) is gone
+    with pytest.raises(NotFound):
+        await s.acquire("a")
+    await settle()
+    assert "stop a" not in fx.log  # its request in flight finishes first
+    lease.release()
+    await settle()
+    assert fx.log == ["start a", "stop a"] and "a" not in s.state() and fx.running == set()
+    await s.close()
+
+
+async def test_unload_waits_for_requests_in_flight() -> None:
+    s, fx, _ = await make([spec("a", 4)])
+    lease = await s.acquire("a")
+    unloading = asyncio.create_task(s.unload("a"))
+    await settle()
+    assert not unloading.done() and "stop a" not in fx.log
+    lease.release()
+    await asyncio.wait_for(unloading, 2)
+    assert fx.log == ["start a", "stop a"] and s.state()["a"]["state"] == "stopped"
     await s.close()

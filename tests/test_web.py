@@ -44,7 +44,12 @@ def hub(tiny_models: dict[str, Path]) -> Iterator[HubServer]:
 def studio(
     tmp_path_factory: pytest.TempPathFactory, rig_bin: Callable[[str], Path], hub: HubServer
 ) -> Iterator[Studio]:
-    env = {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "LLAMASTUDIO_DEFAULT_TTL": "0"}
+    env = {
+        "HF_ENDPOINT": hub.url,
+        "HF_HUB_DISABLE_XET": "1",
+        "LLAMASTUDIO_DEFAULT_TTL": "0",
+        "LLAMASTUDIO_ALLOW_COMMANDS": "1",  # the engines view builds from a local directory
+    }
     with Studio(tmp_path_factory.mktemp("web"), rig_bin("llama-server"), env=env) as s:
         yield s
 

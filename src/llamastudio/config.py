@@ -82,8 +82,9 @@ class Settings(BaseSettings):
     )
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Host names (besides localhost, 127.0.0.1 and [::1]) that requests may name in "
-        "their Host header: the name you reach the studio by on a LAN or behind a proxy. "
+        description="Host names (besides `localhost` and IP addresses, always allowed) that requests "
+        "may name in their Host header: the name you reach the studio by on a LAN or behind a proxy "
+        "(`studio.lan`, `name:port`, `.example.com` for a domain and its subdomains, `*` for any). "
         "Comma-separated. Guards against DNS rebinding.",
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(

@@ -7,13 +7,25 @@ where they happen, with ``raise ... from exc``.
 
     StudioError (500, exit 1)
     ├── InvalidInput (400, exit 2)            bad arguments, bad config values
+    │   ├── UnsupportedMediaType (415)        a request body that is not JSON (gateway)
     │   └── GGUFError (422, exit 2)           a file or URL that is not a readable GGUF
     │       └── GGUFUnsupported (422, exit 2) a valid-looking GGUF this reader cannot handle
     ├── NotFound (404, exit 2)                a model, file, URL or route that does not exist
     ├── RemoteError (502, exit 1)             a remote server failed or misbehaved
     │   ├── RangeNotSupported (502, exit 2)   the server ignores HTTP range requests
+    │   ├── HubUnreachable (502, exit 1)      the Hugging Face Hub endpoint cannot be reached
+    │   │   └── HubTimeout (504, exit 1)      ... or did not answer in time
     │   └── AuthRequired (401, exit 2)        gated/private resource, token missing or refused
     ├── Conflict (409, exit 1)                the request clashes with current state
+    ├── Unauthorized (401, exit 2)            a missing or wrong API key
+    ├── Forbidden (403, exit 2)               refused by policy (``guard.py``)
+    │   ├── ForbiddenHost                     a Host header not allowed (DNS rebinding)
+    │   ├── CrossSite                         a request from another web site
+    │   ├── CrossOrigin                       a browser Origin the gateway's CORS list lacks
+    │   ├── ClientHeaderRequired              a state-changing request with neither JSON nor
+    │   │                                     the ``X-Studio-Client`` header (CSRF)
+    │   └── CommandsNotAllowed                would run a command of the caller's choosing
+    ├── TooLarge (413, exit 2)                a request body over ``max_body_mb``
     └── StorageError (500, exit 1)            the database or the data directory failed
 """
 
@@ -48,6 +60,11 @@ class InvalidInput(StudioError):
     exit_code = 2
 
 
+class UnsupportedMediaType(InvalidInput):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
 class GGUFError(InvalidInput):
     status_code = 422
     code = "invalid_gguf"
@@ -73,6 +90,15 @@ class RangeNotSupported(RemoteError):
     exit_code = 2
 
 
+class HubUnreachable(RemoteError):
+    code = "hub_unreachable"
+
+
+class HubTimeout(HubUnreachable):
+    status_code = 504
+    code = "hub_timeout"
+
+
 class AuthRequired(RemoteError):
     status_code = 401
     code = "auth_required"
@@ -82,6 +108,44 @@ class AuthRequired(RemoteError):
 class Conflict(StudioError):
     status_code = 409
     code = "conflict"
+
+
+class Unauthorized(StudioError):
+    status_code = 401
+    code = "unauthorized"
+    exit_code = 2
+
+
+class Forbidden(StudioError):
+    status_code = 403
+    code = "forbidden"
+    exit_code = 2
+
+
+class ForbiddenHost(Forbidden):
+    code = "forbidden_host"
+
+
+class CrossSite(Forbidden):
+    code = "cross_site"
+
+
+class CrossOrigin(Forbidden):
+    code = "cross_origin"
+
+
+class ClientHeaderRequired(Forbidden):
+    code = "csrf_header_required"
+
+
+class CommandsNotAllowed(Forbidden):
+    code = "commands_not_allowed"
+
+
+class TooLarge(StudioError):
+    status_code = 413
+    code = "too_large"
+    exit_code = 2
 
 
 class StorageError(StudioError):

@@ -3,13 +3,19 @@
 Both share the runtime. The API server starts first (its lifespan starts the runtime and cleans
 up orphans); on SIGINT/SIGTERM the gateway stops first (uvicorn waits for its open responses),
 then the API, whose lifespan stops every engine process.
+
+Both listeners time out requests whose headers or body stall (``http_protocol.py``). An address
+other than loopback is refused while either listener has no API key, unless ``--insecure``
+(``check_exposure``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import signal
+import socket
 from collections.abc import Generator
 
 import uvicorn
@@ -17,7 +23,10 @@ import uvicorn
 from llamastudio.api.app import create_app
 from llamastudio.api.deps import AppState
 from llamastudio.config import Settings
-from llamastudio.gateway.app import Gateway
+from llamastudio.errors import InvalidInput
+from llamastudio.gateway.app import Gateway, error_json
+from llamastudio.guard import guard_gateway
+from llamastudio.http_protocol import BODY_TIMEOUT, HEADER_TIMEOUT, with_timeouts
 
 
 class _Server(uvicorn.Server):
@@ -26,17 +35,64 @@ class _Server(uvicorn.Server):
         yield
 
 
-def _config(app: object, host: str, port: int, level: str) -> uvicorn.Config:
+def _config(
+    app: object,
+    host: str,
+    port: int,
+    level: str,
+    header_timeout: float = HEADER_TIMEOUT,
+    body_timeout: float = BODY_TIMEOUT,
+) -> uvicorn.Config:
+    """One listener: httptools with header and body-idle timeouts (``http_protocol.py``)."""
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=host,
         port=port,
         log_level=level,
         loop="none",
-        http="httptools",
+        http=with_timeouts(header_timeout, body_timeout),
         timeout_graceful_shutdown=30,
         access_log=level == "debug",
     )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` only exposes the ports to this machine (``localhost``,
+    ``127.0.0.0/8``, ``::1``, or a name resolving only to those)."""
+    name = host.strip().strip("[]")
+    if name.lower() == "localhost":
+        return True
+    try:
+        addrs = [ipaddress.ip_address(name)]
+    except ValueError:
+        try:
+            addrs = [ipaddress.ip_address(info[4][0]) for info in socket.getaddrinfo(name, None)]
+        except (OSError, ValueError):
+            return False
+    mapped = [a.ipv4_mapped if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped else a for a in addrs]
+    return bool(mapped) and all(a.is_loopback for a in mapped)
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuse (exit 2) to bind a non-loopback address while a listener has no key, unless
+    ``--insecure``: both listeners bind the same address, and an unkeyed one lets anyone who can
+    reach it drive the studio. One key is not enough: the other listener is still open."""
+    if settings.insecure or is_loopback(settings.host):
+        return
+    open_ = []
+    if not settings.api_key:
+        open_.append(
+            f"the management API (port {settings.port}: configure and start models, download, "
+            "build engines, run commands)"
+        )
+    if not settings.gateway_api_key:
+        open_.append(f"the gateway (port {settings.gateway_port}: load and use every model)")
+    if open_:
+        raise InvalidInput(
+            f"refusing to listen on {settings.host} without a key on each port: anyone on the network could "
+            f"use {' and '.join(open_)}. Set LLAMASTUDIO_API_KEY and LLAMASTUDIO_GATEWAY_API_KEY, "
+            "bind 127.0.0.1, or pass --insecure (LLAMASTUDIO_INSECURE=1) if you mean it."
+        )
 
 
 async def serve(settings: Settings) -> None:
@@ -44,7 +100,8 @@ async def serve(settings: Settings) -> None:
     state: AppState = app.state.studio
     gateway = Gateway(state.runtime, settings, state.metrics)
     api = _Server(_config(app, settings.host, settings.port, settings.log_level))
-    gw = _Server(_config(gateway, settings.host, settings.gateway_port, settings.log_level))
+    guarded = guard_gateway(gateway, settings, error_json)  # Host check and body limit
+    gw = _Server(_config(guarded, settings.host, settings.gateway_port, settings.log_level))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -66,6 +123,7 @@ async def serve(settings: Settings) -> None:
 
 
 def run(settings: Settings) -> None:
+    check_exposure(settings)
     try:
         import uvloop
 

@@ -10,12 +10,18 @@ Test knobs: ``throttle`` slows every body;
 gated repos answer 401 (no token) or 403 (wrong token) with ``X-Error-Code: GatedRepo``;
 ``drop_after[path] = n`` closes the connection after n body bytes (once); ``corrupt`` serves bytes
 that do not match the advertised sha256. Requests and body bytes are counted per path.
+
+Hostile mode, a compromised mirror: a repo's file names are sent as given (``../../x``, absolute,
+backslashes — whatever the ``files`` keys say); ``etags[path]`` replaces a file's ``ETag`` header
+(e.g. ``"../../x"`` or ``W/"/.."``), ``commit_header`` the ``X-Repo-Commit`` header, and ``sha``
+may be any string (``model_info``'s commit id).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import re
 import threading
 import time
@@ -45,6 +51,8 @@ class Repo:
     license: str = "mit"
     corrupt: set[str] = field(default_factory=set)
     digests: dict[str, str] = field(default_factory=dict)
+    etags: dict[str, str] = field(default_factory=dict)  # hostile: ETag header per path, sent as is
+    commit_header: str | None = None  # hostile: X-Repo-Commit sent instead of ``sha``
 
     def __post_init__(self) -> None:
         self.sha = self.sha or hashlib.sha1(self.id.encode()).hexdigest()
@@ -130,9 +138,23 @@ class _Handler(BaseHTTPRequestHandler):
         if m:
             return self._tree(m.group(1))
         m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+        known = self.server.repos.get(m.group(1)) if m else None
+        if m and known is not None and m.group(3) in known.files:
+            return self._resolve(m.group(1), m.group(3))
+        hostile = self._hostile_file(path)
+        if hostile is not None:  # a hostile name's URL, after the client normalised its ``..``
+            return self._resolve(*hostile)
         if m:
             return self._resolve(m.group(1), m.group(3))
         self._json({"error": "Not Found"}, 404, {"X-Error-Code": "EntryNotFound"})
+
+    def _hostile_file(self, path: str) -> tuple[str, str] | None:
+        for repo in self.server.repos.values():
+            for file in repo.files:
+                for rev in ("main", repo.sha):
+                    if posixpath.normpath(f"/{repo.id}/resolve/{rev}/{file}") == posixpath.normpath(path):
+                        return repo.id, file
+        return None
 
     def _repo(self, repo_id: str) -> Repo | None:
         repo = self.server.repos.get(repo_id)
@@ -167,7 +189,7 @@ class _Handler(BaseHTTPRequestHandler):
         repo = self._repo(repo_id)
         if repo is None:
             return
-        siblings = [{"rfilename": p, "size": src.stat().st_size,
+        siblings: list[dict[str, Any]] = [{"rfilename": p, "size": src.stat().st_size,
                      "lfs": {"sha256": repo.digests[p], "size": src.stat().st_size, "pointerSize": 134}}
                     for p, src in sorted(repo.files.items())]  # fmt: skip
         self._json(self._card(repo) | {"siblings": siblings, "usedStorage": sum(s["size"] for s in siblings)})
@@ -205,8 +227,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             status = 206
         self.send_response(status)
-        self.send_header("X-Repo-Commit", repo.sha)
-        self.send_header("ETag", f'"{repo.digests[file]}"')
+        self.send_header("X-Repo-Commit", repo.commit_header or repo.sha)
+        self.send_header("ETag", repo.etags.get(file, f'"{repo.digests[file]}"'))
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(end - start + 1))

@@ -14,8 +14,9 @@ from llamastudio.api.routes import downloads, engines, hardware, hub, live, serv
 from llamastudio.config import Settings
 from llamastudio.engines.jobs import EngineJobs
 from llamastudio.events import EventBus
-from llamastudio.gateway.app import Gateway
+from llamastudio.gateway.app import Gateway, error_json
 from llamastudio.gateway.metrics import Metrics
+from llamastudio.guard import Guard
 from llamastudio.hardware.monitor import SystemMonitor
 from llamastudio.hub.client import HubClient
 from llamastudio.hub.jobs import DownloadManager
@@ -35,8 +36,9 @@ def create_app(settings: Settings) -> FastAPI:
     engine_jobs = EngineJobs(bus)
     monitor = SystemMonitor(bus, settings.data_dir)
     metrics = Metrics()
-    # the UI's playground talks to the gateway through this same origin, with the management key
-    ui_gateway = Gateway(runtime, settings, metrics, keys=[settings.api_key])
+    # the UI's playground talks to the gateway through this same origin; the management key or
+    # the gateway key opens it (the guard checks first, before the body is read)
+    ui_gateway = Gateway(runtime, settings, metrics, keys=[settings.api_key, settings.gateway_api_key])
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -65,10 +67,12 @@ def create_app(settings: Settings) -> FastAPI:
         metrics=metrics,
     )
     install_error_handlers(app)
+    # Host, cross-site, key, CSRF-header and body-size checks before any route or the mount
+    app.add_middleware(Guard, settings=settings, gateway_render=error_json)
     routers = (status, hardware, hub, downloads, serving, engines, live)
     for module in routers:
         app.include_router(module.router, dependencies=[Depends(require_api_key)])
-    app.include_router(live.ws_router)  # checks the key itself (?key=): browsers send no headers
+    app.include_router(live.ws_router)  # its key and Origin are checked by the guard
     app.mount("/gateway", ui_gateway)
     app.include_router(ui.router)  # last: the UI answers every other GET
     return app

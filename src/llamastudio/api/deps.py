@@ -11,9 +11,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from llamastudio.config import Settings
 from llamastudio.engines.jobs import EngineJobs
-from llamastudio.errors import StudioError
+from llamastudio.errors import CommandsNotAllowed, Unauthorized
 from llamastudio.events import EventBus
 from llamastudio.gateway.metrics import Metrics
+from llamastudio.guard import key_ok
 from llamastudio.hardware.monitor import SystemMonitor
 from llamastudio.hub.jobs import DownloadManager
 from llamastudio.runtime.manager import Runtime
@@ -42,15 +43,25 @@ StateDep = Annotated[AppState, Depends(get_state)]
 _bearer = HTTPBearer(auto_error=False)
 
 
-class Unauthorized(StudioError):
-    status_code = 401
-    code = "unauthorized"
-
-
 def require_api_key(
-    state: StateDep, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+    request: Request,
+    state: StateDep,
+    _creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    """When ``api_key`` is configured, every management route needs ``Authorization: Bearer``."""
+    """When ``api_key`` is configured, every management route needs ``Authorization: Bearer``.
+
+    The :class:`~llamastudio.guard.Guard` middleware already checked it before the body was
+    read; this is the second line (and declares the scheme in the OpenAPI spec)."""
     key = state.settings.api_key
-    if key and (creds is None or creds.credentials != key):
+    if key and not key_ok(request.scope["headers"], [key]):
         raise Unauthorized("missing or wrong API key (send `Authorization: Bearer <key>`)")
+
+
+def require_commands(settings: Settings, what: str | None) -> None:
+    """Refuse (403) to store something that runs a command of the caller's choosing, unless
+    ``allow_commands`` is set; ``what`` says what would run (None: nothing does)."""
+    if what and not settings.allow_commands:
+        raise CommandsNotAllowed(
+            f"{what}: running commands of the caller's choosing is off for the API; enable it "
+            "with LLAMASTUDIO_ALLOW_COMMANDS=1 (or use the CLI on the studio's machine)"
+        )

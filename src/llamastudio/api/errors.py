@@ -62,7 +62,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # Starlette's ServerErrorMiddleware sends this response, then re-raises, and uvicorn closes
+        # the connection: say so, or a keep-alive client sends its next request into a closed socket
         log.exception("unhandled error")
         return JSONResponse(
-            error_body("internal_error", f"internal error: {type(exc).__name__}"), status_code=500
+            error_body("internal_error", f"internal error: {type(exc).__name__}"),
+            status_code=500,
+            headers={"Connection": "close"},
         )

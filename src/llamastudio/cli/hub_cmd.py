@@ -128,13 +128,15 @@ def register(app: typer.Typer) -> None:
 
 def _pull_with_bar(client: HubClient, repo: str, revision: str, files: list[RepoFile]) -> list[Path]:
     bars: dict[str, TaskID] = {}
+    console = Console(stderr=True)
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=Console(stderr=True),
+        console=console,
+        disable=not console.is_terminal,  # bars are for people; a pipe or log gets the result lines
     ) as progress:
         for f in files:
             bars[f.path.rsplit("/", 1)[-1]] = progress.add_task(f.path.rsplit("/", 1)[-1], total=f.size)

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from llamastudio.gguf import ModelFacts, facts_from_model, load_model
+from llamastudio.hub.token import check_token
 
 MiB = 1024 * 1024
 
@@ -89,6 +90,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Read a GGUF model's header (never its tensor data) and summarise it."""
         token = token or os.environ.get("HF_TOKEN") or os.environ.get("HUGGINGFACE_API_KEY")
+        if token:  # one `error:` line for a token that cannot go into a header, not a traceback
+            check_token(token, "the token (--token, $HF_TOKEN or $HUGGINGFACE_API_KEY)")
         facts = facts_from_model(load_model(location, token=token))
         if as_json:
             typer.echo(json.dumps(facts.to_json(), indent=1, default=str))

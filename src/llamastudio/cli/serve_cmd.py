@@ -19,8 +19,22 @@ def register(app: typer.Typer, load_settings: Callable[..., Settings]) -> None:
         gateway_port: Annotated[
             int | None, typer.Option(help="Port of the OpenAI-compatible gateway (default 2000).")
         ] = None,
+        insecure: Annotated[
+            bool,
+            typer.Option(
+                "--insecure",
+                help="Allow a non-loopback --host without LLAMASTUDIO_API_KEY and "
+                "LLAMASTUDIO_GATEWAY_API_KEY (anyone on the network can then drive the studio).",
+            ),
+        ] = False,
     ) -> None:
-        """Run the studio: UI + REST API and the OpenAI-compatible gateway."""
+        """Run the studio: UI + REST API and the OpenAI-compatible gateway.
+
+        On an address other than loopback it refuses to start (exit 2) unless both API keys are
+        set, or --insecure is given."""
         from llamastudio.server import run
 
-        run(load_settings(ctx, host=host, port=port, gateway_port=gateway_port))
+        settings = load_settings(
+            ctx, host=host, port=port, gateway_port=gateway_port, insecure=True if insecure else None
+        )
+        run(settings)

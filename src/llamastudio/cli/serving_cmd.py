@@ -16,9 +16,10 @@ from rich.table import Table
 from llamastudio.cli.context import database, settings
 from llamastudio.cli.hub_cmd import models_app
 from llamastudio.config import Settings
-from llamastudio.errors import Conflict, InvalidInput, NotFound, StudioError
+from llamastudio.errors import Conflict, Forbidden, InvalidInput, NotFound, StudioError, Unauthorized
 from llamastudio.events import EventBus
 from llamastudio.fsutil import write_atomic
+from llamastudio.guard import CLIENT_HEADER
 from llamastudio.hardware.devices import Hardware
 from llamastudio.runtime.manager import Runtime
 from llamastudio.runtime.models import ModelConfig
@@ -26,6 +27,8 @@ from llamastudio.runtime.models import ModelConfig
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 _BY_STATUS: dict[int, type[StudioError]] = {
     400: InvalidInput,
+    401: Unauthorized,
+    403: Forbidden,
     404: NotFound,
     409: Conflict,
     422: InvalidInput,
@@ -40,7 +43,9 @@ def _base(s: Settings, port: int) -> str:
 def call(ctx: typer.Context, method: str, path: str, **kw: Any) -> Any:
     """One request to the running studio; its errors become StudioErrors with its message."""
     s = settings(ctx)
-    headers = {"Authorization": f"Bearer {s.api_key}"} if s.api_key else {}
+    headers = {CLIENT_HEADER: "cli"}  # bodyless POSTs (start, stop) need it (guard.py)
+    if s.api_key:
+        headers["Authorization"] = f"Bearer {s.api_key}"
     url = _base(s, s.port)
     try:
         r = httpx.request(method, url + path, headers=headers, timeout=600, **kw)

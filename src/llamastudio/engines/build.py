@@ -169,11 +169,54 @@ def validate_spec(spec: BuildSpec) -> None:
     for target in spec.targets:
         if not re.fullmatch(r"[\w.-]+", target):
             raise InvalidInput(f"bad target name {target!r}")
+    if not re.fullmatch(r"[\w./-]{1,200}", spec.ref) or spec.ref.startswith("-"):
+        raise InvalidInput(f"git ref {spec.ref!r}: a branch, tag or commit name")
+    if spec.build_number is not None and not re.fullmatch(r"\d{1,9}", spec.build_number):
+        # it is pasted into C source (build-info.cpp) and the engine's directory name
+        raise InvalidInput(f"build number {spec.build_number!r}: digits only")
     if "llama-server" not in spec.targets:
         raise InvalidInput("targets must include llama-server")
     missing = missing_toolchain(spec.backends)
     if missing:
         raise InvalidInput("missing build tools: " + "; ".join(missing))
+
+
+# What a build may take without the command permission: the official repository's own code,
+# built with switches that neither name programs or files nor reach a shell. CMAKE_C_FLAGS ends up
+# in Makefile recipes run by /bin/sh, a -D value can be a toolchain file or a compiler launcher,
+# and a compiler flag can load a plugin (-fplugin, -B, -specs, -Wl,--plugin).
+_SAFE_CMAKE = re.compile(
+    r"-D(GGML|LLAMA)_[A-Z0-9_]+(:BOOL|:STRING)?=([\w.+][\w.+-]*)?|-DCMAKE_CUDA_ARCHITECTURES=[\w;-]+"
+)
+_CODE_WORDS = ("COMPILER", "TOOLCHAIN", "PROGRAM", "LAUNCHER", "PATH", "DIR", "FILE", "INCLUDE", "COMMAND")
+# no -D/-U either: ``-Dfopen=popen`` turns a model path into a shell command
+_SAFE_CFLAG = re.compile(
+    r"-(O[0-3sgz]?|g[0-3]?|w|W(no-)?[\w=-]+|m(arch|tune|cpu)=[\w.+-]+|m(no-)?[a-z0-9][\w.-]*"
+    r"|f(no-)?(?![\w-]*plugin)[a-z][\w-]*(=[\w.+-]+)?|std=[\w+]+|pipe)"
+)
+
+
+def _official(source: str, repo: str) -> bool:
+    url = source.strip().lower().removesuffix("/").removesuffix(".git")
+    return url in (f"https://github.com/{repo.lower()}", f"https://www.github.com/{repo.lower()}")
+
+
+def foreign_code(spec: BuildSpec, official_repo: str) -> str | None:
+    """What in this build would run code other than the official llama.cpp's own build, in words
+    (None: nothing): a local or other source, patches, or CMake args / C flags outside the safe
+    switches. ``official_repo``: ``owner/name`` on GitHub (``settings.github_repo``)."""
+    if not _official(spec.source, official_repo):
+        return f"a build from {spec.source!r} (not https://github.com/{official_repo})"
+    if spec.patches:
+        return "a build with patches"
+    for arg in spec.cmake_args:
+        name = arg.partition("=")[0]
+        if not _SAFE_CMAKE.fullmatch(arg) or any(word in name for word in _CODE_WORDS):
+            return f"a build with the CMake argument {arg!r}"
+    for flag in (spec.cflags + " " + spec.cxxflags).split():
+        if not _SAFE_CFLAG.fullmatch(flag):
+            return f"a build with the compiler flag {flag!r}"
+    return None
 
 
 def tree_digest(root: Path) -> str:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import difflib
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from llamastudio.engines.registry import Engine
 from llamastudio.errors import InvalidInput
 from llamastudio.fit.flags import ServerFlags
+
+_NUMBER = re.compile(r"^-(\d|\.\d)")
 
 
 @dataclass
@@ -20,6 +25,33 @@ def _cpu_moe_override(n: int | None) -> str:
     return rf"blk\.({layers})\.ffn_(up|down|gate|gate_up)_(ch|)exps=CPU"
 
 
+def _is_flag(token: str) -> bool:
+    return token.startswith("-") and token != "-" and not _NUMBER.match(token)
+
+
+def check_flags(engine: Engine, tokens: Sequence[str]) -> None:
+    """Refuse a flag this engine's ``--help`` does not list (llama-server would exit at start with
+    "unknown argument"), naming it and the closest flag the engine has. ``tokens``: flags the
+    studio passes through untouched (those the estimator models are rewritten or left out by
+    ``build_command`` instead)."""
+    caps = set(engine.capabilities)
+    previous = ""
+    for token in tokens:
+        flag = token.partition("=")[0] if token.startswith("--") else token
+        if _is_flag(token) and flag not in caps:
+            close = difflib.get_close_matches(flag, caps, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            if previous.startswith("--") and previous in caps:  # a value that looks like a flag
+                hint += f" (if it is the value of {previous}, write {previous}={token})"
+            raise InvalidInput(
+                f"engine {engine.id} does not know the flag {flag} (not in its --help){hint}",
+                flag=flag,
+                engine=engine.id,
+                suggestion=close[0] if close else None,
+            )
+        previous = flag if _is_flag(token) and "=" not in token else ""
+
+
 def build_command(engine: Engine, model: str, flags: ServerFlags, host: str, port: int) -> Command:
     """The exact argv; a flag the engine lacks is rewritten with an equivalent it has, or left out
     (and reported) when nothing equivalent exists and it only tunes memory or speed."""
@@ -31,6 +63,7 @@ def build_command(engine: Engine, model: str, flags: ServerFlags, host: str, por
             argv += [flag, *values]
         else:
             dropped.append(" ".join([flag, *values]))
+    check_flags(engine, flags.extra)
     argv += list(flags.extra)
     if flags.cpu_moe or flags.n_cpu_moe:
         n = None if flags.cpu_moe else flags.n_cpu_moe

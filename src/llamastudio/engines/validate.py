@@ -8,6 +8,7 @@ import hashlib
 import os
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,33 @@ from llamastudio.engines.registry import Engine, EngineRegistry
 from llamastudio.errors import InvalidInput, NotFound
 from llamastudio.runtime.process import EngineProcess, StartFailed, free_port
 
+# The studio's own secrets (its API keys, Hub and GitHub tokens) and the keys an engine would
+# accept: an engine needs none of them, and a model process (or anything it runs) must not read
+# them from /proc/<pid>/environ. A configuration's explicit ``env`` is added after this.
+_WITHHELD = frozenset(
+    {
+        "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+        "HUGGINGFACE_API_KEY",
+        "HUGGINGFACEHUB_API_TOKEN",
+        "GITHUB_TOKEN",
+        "GH_TOKEN",
+        "LLAMA_API_KEY",
+        "LLAMA_ARG_API_KEY_FILE",
+    }
+)
+
+
+def engine_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: the studio's environment) without secrets and ``LLAMASTUDIO_*`` settings."""
+    env = os.environ if base is None else base
+    return {k: v for k, v in env.items() if k not in _WITHHELD and not k.startswith("LLAMASTUDIO_")}
+
 
 def binary_env(binary: Path) -> dict[str, str]:
-    """Environment with the binary's directory on the shared-library path (release zips ship .so files)."""
-    env = dict(os.environ)
+    """The engine environment with the binary's directory on the shared-library path (release zips
+    ship .so files)."""
+    env = engine_env()
     libdir = str(binary.parent)
     for var in ("LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH"):
         env[var] = libdir + (os.pathsep + env[var] if env.get(var) else "")

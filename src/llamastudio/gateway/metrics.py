@@ -1,5 +1,10 @@
 """Prometheus metrics of the gateway, kept in plain dicts (one event loop, no locks) and rendered
-in the text exposition format."""
+in the text exposition format.
+
+Label values are bounded: ``model`` is a configured model's name (a name the client made up is
+counted as ``_unknown``) and ``path`` one of the routes llama-server serves (else ``_other``), so
+a client sending random names cannot grow the series without bound.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,48 @@ BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 
 _PREDICTED_N = re.compile(rb'"predicted_n"\s*:\s*([0-9]+)')
 _PREDICTED_PS = re.compile(rb'"predicted_per_second"\s*:\s*([0-9.eE+-]+)')
 _PROMPT_N = re.compile(rb'"prompt_n"\s*:\s*([0-9]+)')
+UNKNOWN = "_unknown"  # the model label of requests naming no configured model
+OTHER = "_other"  # the path label of routes not listed below
+PATHS = frozenset(
+    {
+        *(
+            p
+            for base in (
+                "/chat/completions",
+                "/completions",
+                "/embeddings",
+                "/responses",
+                "/rerank",
+                "/reranking",
+                "/audio/transcriptions",
+                "/models",
+                "/health",
+                "/chat/completions/input_tokens",
+                "/responses/input_tokens",
+            )
+            for p in (base, "/v1" + base)
+        ),
+        "/v1/messages",
+        "/v1/messages/count_tokens",
+        "/completion",
+        "/embedding",
+        "/infill",
+        "/tokenize",
+        "/detokenize",
+        "/apply-template",
+        "/props",
+        "/slots",
+        "/metrics",
+        "/lora-adapters",
+    }
+)
+
+
+def path_label(path: str) -> str:
+    """The ``path`` label: a known route, ``/slots/{id}``, or ``_other``."""
+    if path in PATHS:
+        return path
+    return "/slots/{id}" if path.startswith("/slots/") else OTHER
 
 
 @dataclass

@@ -187,7 +187,9 @@ def read_header(src: ByteSource, part: int = 0) -> GGUFHeader:
     """Parse magic, version, metadata and tensor table of ``src``."""
     magic = src.read(0, 4)
     if magic != b"GGUF":
-        raise GGUFError(f"{src.name}: not a GGUF file (magic {magic!r}, expected b'GGUF')")
+        # never echo the bytes: the file may be any readable file (a secret), and this message
+        # reaches /v1/models and the library listing
+        raise GGUFError(f"{src.name}: not a GGUF file (it does not start with the GGUF magic)")
     raw_version = src.read(4, 4)
     order = "<"
     version = struct.unpack("<I", raw_version)[0]

@@ -3,20 +3,33 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal, TypeVar
 
-from huggingface_hub import HfApi, hf_hub_url
+import httpx
+import httpx2
+from huggingface_hub import HfApi, hf_hub_url, set_client_factory
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
     HfHubHTTPError,
     RepositoryNotFoundError,
 )
+from huggingface_hub.utils._http import hf_request_event_hook
 
-from llamastudio.errors import AuthRequired, NotFound, RemoteError
+from llamastudio.errors import (
+    AuthRequired,
+    HubTimeout,
+    HubUnreachable,
+    InvalidInput,
+    NotFound,
+    RemoteError,
+)
+from llamastudio.hub.paths import check_commit, check_file_name, check_repo_id, check_revision
 from llamastudio.hub.quants import RepoFile
+from llamastudio.hub.token import check_token
 
 T = TypeVar("T")
 SortKey = Literal["downloads", "likes", "trending_score", "last_modified"]
@@ -36,11 +49,74 @@ def hub_endpoint() -> str:
     return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
 
 
+CONNECT_TIMEOUT = 5.0  # seconds; an unreachable Hub is reported at once, not after minutes
+READ_TIMEOUT = 30.0
+
+
+def unreachable(origin: str, exc: Exception) -> HubUnreachable:
+    """The one message for a Hub that cannot be reached: 504 on a timeout, 502 otherwise."""
+    timed_out = isinstance(exc, (httpx2.TimeoutException, httpx.TimeoutException))
+    cls = HubTimeout if timed_out else HubUnreachable
+    what = "did not answer in time" if timed_out else "is unreachable"
+    detail = str(exc) or type(exc).__name__
+    return cls(f"the Hugging Face Hub at {origin} {what}: {detail} (check the network, or HF_ENDPOINT)")
+
+
+class _FailFastTransport(httpx2.BaseTransport):
+    """huggingface_hub's transport with bounded timeouts, whose connection failures end the call.
+
+    huggingface_hub retries a failed connection five times with backoff (23 s against a closed
+    port) and sets no timeout at all: a connect error, or no response within the timeouts, raises
+    the studio's :class:`HubUnreachable` / :class:`HubTimeout` here, which it does not retry."""
+
+    def __init__(self) -> None:
+        self.inner = httpx2.HTTPTransport()
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        timeout = dict(request.extensions.get("timeout") or {})
+        for key in ("connect", "read", "write", "pool"):
+            most = CONNECT_TIMEOUT if key == "connect" else READ_TIMEOUT
+            value = timeout.get(key)
+            timeout[key] = most if value is None else min(value, most)
+        request.extensions["timeout"] = timeout
+        try:
+            return self.inner.handle_request(request)
+        except (httpx2.ConnectError, httpx2.TimeoutException) as exc:  # no answer, or none in time
+            raise unreachable(f"{request.url.scheme}://{request.url.netloc.decode()}", exc) from exc
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _session() -> httpx2.Client:
+    return httpx2.Client(
+        transport=_FailFastTransport(),
+        event_hooks={"request": [hf_request_event_hook]},
+        follow_redirects=True,
+        timeout=httpx2.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
+    )
+
+
+_installed = threading.Lock()
+_session_set = False
+
+
+def install_session() -> None:
+    """Make huggingface_hub use :func:`_session` in this process (once)."""
+    global _session_set
+    with _installed:
+        if not _session_set:
+            set_client_factory(_session)
+            _session_set = True
+
+
 @contextmanager
 def hub_errors(repo: str) -> Iterator[None]:
     """Convert huggingface_hub's exceptions to the studio's, with what to do about them."""
     try:
         yield
+    except (httpx2.TransportError, httpx.TransportError) as exc:  # after huggingface_hub's retries
+        raise unreachable(hub_endpoint(), exc) from exc
     except GatedRepoError as exc:
         raise AuthRequired(
             f"{repo} is gated: accept its terms at {hub_endpoint()}/{repo} while logged in, then set "
@@ -60,14 +136,15 @@ class HubClient:
     def __init__(self, endpoint: str | None = None, token: str | None = None) -> None:
         self.endpoint = (endpoint or hub_endpoint()).rstrip("/")
         self.token = token if token is not None else hub_token()
+        if self.token:
+            check_token(self.token, "the Hugging Face token")
+        install_session()
         self.api = HfApi(endpoint=self.endpoint, token=self.token or False)
 
     def search(
         self, query: str = "", sort: str = "downloads", limit: int = 20, author: str | None = None
     ) -> list[dict[str, Any]]:
         if sort not in SORTS:
-            from llamastudio.errors import InvalidInput
-
             raise InvalidInput(f"sort {sort!r}: choose from {', '.join(SORTS)}")
         with hub_errors(query or "search"):
             models = self.api.list_models(
@@ -94,18 +171,26 @@ class HubClient:
             return out
 
     def files(self, repo: str, revision: str | None = None) -> tuple[str, list[RepoFile]]:
-        """(commit sha, files with sizes and LFS sha256) of a revision."""
+        """(commit sha, files with sizes and LFS sha256) of a revision.
+
+        The repo id and revision are checked before asking; the commit and every file name the
+        Hub answers with are checked before anyone builds a path from them (a hostile endpoint
+        may send ``../../x``)."""
+        check_repo_id(repo)
+        if revision is not None:
+            check_revision(revision)
         with hub_errors(repo):
             info = self.api.model_info(repo, revision=revision, files_metadata=True)
-            files = [
-                RepoFile(
-                    s.rfilename,
-                    int(s.size or (s.lfs.size if s.lfs else 0) or 0),
-                    s.lfs.sha256 if s.lfs else None,
-                )
-                for s in info.siblings or []
-            ]
-            return info.sha or revision or "main", files
+        files = [
+            RepoFile(
+                check_file_name(s.rfilename),
+                int(s.size or (s.lfs.size if s.lfs else 0) or 0),
+                s.lfs.sha256 if s.lfs else None,
+            )
+            for s in info.siblings or []
+        ]
+        sha = check_commit(info.sha, f"commit for {repo}") if info.sha else revision or "main"
+        return sha, files
 
     def url(self, repo: str, path: str, revision: str) -> str:
         return hf_hub_url(repo, path, revision=revision, endpoint=self.endpoint)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import re
 import shutil
 import threading
 import time
@@ -18,7 +17,17 @@ import httpx
 from huggingface_hub import constants, get_hf_file_metadata
 
 from llamastudio.errors import AuthRequired, InvalidInput, NotFound, RemoteError, StorageError, StudioError
-from llamastudio.hub.client import HubClient
+from llamastudio.fsutil import write_atomic
+from llamastudio.hub.client import CONNECT_TIMEOUT, HubClient
+from llamastudio.hub.paths import (
+    check_commit,
+    check_etag,
+    check_file_name,
+    check_repo_id,
+    check_revision,
+    contained,
+    is_commit,
+)
 from llamastudio.hub.quants import QuantGroup, RepoFile, find_group, group_files
 
 ProgressFn = Callable[[str, int, int], None]  # file, bytes done, bytes total
@@ -53,10 +62,19 @@ def select_files(repo: str, files: list[RepoFile], quant: str | None, file: str 
     return files_to_pull(find_group(groups, quant) if quant else groups[0])
 
 
-def cache_paths(cache: Path, repo: str, revision: str, path: str, etag: str) -> tuple[Path, Path]:
-    """(blob, snapshot link) in the Hugging Face cache layout that every HF-aware tool reads."""
-    folder = cache / f"models--{repo.replace('/', '--')}"
-    return folder / "blobs" / etag, folder / "snapshots" / revision / path
+def repo_folder(repo: str) -> str:
+    return f"models--{check_repo_id(repo).replace('/', '--')}"
+
+
+def cache_paths(cache: Path, repo: str, commit: str, path: str, etag: str) -> tuple[Path, Path]:
+    """(blob, snapshot link) in the Hugging Face cache layout that every HF-aware tool reads.
+
+    Every part is checked against its format and the result against the cache root: a hostile
+    endpoint's ``../`` in a file name, ETag or commit never leaves the cache."""
+    folder = repo_folder(repo)
+    blob = contained(cache, folder, "blobs", check_etag(etag))
+    link = contained(cache, folder, "snapshots", check_commit(commit), *check_file_name(path).split("/"))
+    return blob, link
 
 
 def download_file(
@@ -76,22 +94,32 @@ def download_file(
     ``blobs/<etag>`` after its size and sha256 check out, then the snapshot link is made.
     """
     cache = Path(constants.HF_HUB_CACHE)
+    check_repo_id(repo)
+    check_revision(revision)
+    check_file_name(f.path)
     url = client.url(repo, f.path, revision)
     meta = client.call(repo, lambda: get_hf_file_metadata(url, token=client.token or False))
-    etag = meta.etag or f.sha256 or hashlib.sha256(url.encode()).hexdigest()
-    commit = meta.commit_hash or revision
+    etag = check_etag(meta.etag or f.sha256 or hashlib.sha256(url.encode()).hexdigest())
+    if meta.commit_hash:
+        commit = check_commit(meta.commit_hash, f"X-Repo-Commit for {repo}/{f.path}")
+    elif is_commit(revision):
+        commit = revision
+    else:
+        raise RemoteError(f"{repo}/{f.path}: the Hub sent no commit id (X-Repo-Commit) for {revision!r}")
     blob, link = cache_paths(cache, repo, commit, f.path, etag)
     size = meta.size if meta.size is not None else f.size
     blob.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = (
-        cache / ".locks" / blob.parent.parent.name / f"{etag}.lock"
-    )  # where huggingface_hub keeps its own
+    # where huggingface_hub keeps its own locks
+    lock_path = contained(cache, ".locks", repo_folder(repo), f"{blob.name}.lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # another process finishing the same blob waits here
         if not blob.exists():
             partial = blob.with_name(blob.name + ".incomplete")
-            _fetch_ranges(client, meta.location or url, partial, size, f.path, on_progress, cancel, retries)
+            target = meta.location or url
+            # the token goes to the Hub's own host only, never to a CDN it redirects to
+            token = client.token if httpx.URL(target).host == httpx.URL(url).host else None
+            _fetch_ranges(target, token, partial, size, f.path, on_progress, cancel, retries)
             if f.sha256 and sha256_file(partial) != f.sha256:
                 partial.unlink()
                 raise RemoteError(
@@ -104,16 +132,15 @@ def download_file(
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(os.path.relpath(blob, link.parent))
         os.replace(tmp, link)
-    if revision != commit and not re.fullmatch(r"[0-9a-f]{40}", revision):
-        ref = blob.parent.parent / "refs" / revision
-        ref.parent.mkdir(parents=True, exist_ok=True)
-        ref.write_text(commit)
+    if revision != commit and not is_commit(revision):
+        ref = contained(cache, repo_folder(repo), "refs", *revision.split("/"))
+        write_atomic(ref, commit.encode())
     return link
 
 
 def _fetch_ranges(
-    client: HubClient,
     url: str,
+    token: str | None,
     partial: Path,
     size: int,
     name: str,
@@ -121,8 +148,9 @@ def _fetch_ranges(
     cancel: threading.Event | None,
     retries: int,
 ) -> None:
-    headers = {"Authorization": f"Bearer {client.token}"} if client.token else {}
-    with httpx.Client(follow_redirects=True, timeout=httpx.Timeout(30, read=120)) as http:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    timeout = httpx.Timeout(120, connect=CONNECT_TIMEOUT)
+    with httpx.Client(follow_redirects=True, timeout=timeout) as http:
         for attempt in range(retries + 1):
             done = partial.stat().st_size if partial.exists() else 0
             if done >= size:
@@ -141,6 +169,10 @@ def _fetch_ranges(
                         for chunk in resp.iter_bytes(1 << 20):
                             if cancel is not None and cancel.is_set():
                                 raise DownloadCancelled(f"{name}: cancelled; {done} bytes kept for resuming")
+                            if done + len(chunk) > size:  # never let a server fill the disk
+                                raise RemoteError(
+                                    f"{name}: the server sent more than the {size} bytes it announced"
+                                )
                             out.write(chunk)
                             done += len(chunk)
                             on_progress(name, done, size)
@@ -170,6 +202,10 @@ def pull_files(
     on_progress: ProgressFn = lambda *_: None,
     cancel: threading.Event | None = None,
 ) -> list[Path]:
+    check_repo_id(repo)
+    check_revision(revision)
+    for f in files:
+        check_file_name(f.path)
     cache = Path(constants.HF_HUB_CACHE)
     cache.mkdir(parents=True, exist_ok=True)
     need = sum(f.size for f in files)

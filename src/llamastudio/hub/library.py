@@ -3,7 +3,13 @@ other tools, never duplicated) plus files and directories the user added (used i
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import logging
+import os
 import re
+import stat
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +23,111 @@ from llamastudio.hub.quants import quant_label
 from llamastudio.store import Database
 from llamastudio.store.models import LibraryPathRow
 
+log = logging.getLogger(__name__)
+
 _SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
+MAX_DEPTH = 8  # directory levels below an added directory that are searched for GGUF files
+MAX_ENTRIES = 50_000  # directory entries looked at in one added directory before giving up
+GGUF_MAGIC = b"GGUF"
+
+
+class ScanLimit(InvalidInput):
+    """An added directory too large to search (entries looked at beyond :data:`MAX_ENTRIES`)."""
+
+
+def _os_reason(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "symlink loop"
+    return exc.strerror or type(exc).__name__
+
+
+def resolve_local(path: Path) -> Path:
+    """``path`` with ``~`` and every symlink resolved; a missing path is a 404, a symlink loop or
+    an unreadable path a 400 — never a ``RuntimeError`` / ``OSError`` (500, or a traceback)."""
+    try:
+        return path.expanduser().resolve(strict=True)
+    except FileNotFoundError as exc:
+        raise NotFound(f"{path}: no such file or directory") from exc
+    except RuntimeError as exc:  # Python < 3.13 reports a symlink loop this way
+        raise InvalidInput(f"{path}: symlink loop") from exc
+    except OSError as exc:
+        raise InvalidInput(f"{path}: {_os_reason(exc)}") from exc
+
+
+def is_gguf(path: Path) -> bool:
+    """Whether ``path`` is a readable regular file that starts with the GGUF magic."""
+    try:
+        with open(path, "rb") as f:
+            return stat.S_ISREG(os.fstat(f.fileno()).st_mode) and f.read(4) == GGUF_MAGIC
+    except OSError:
+        return False
+
+
+def check_gguf(path: Path) -> Path:
+    """Refuse (400) anything that is not a readable GGUF file; the message never quotes its bytes."""
+    try:
+        with open(path, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise InvalidInput(f"{path} is not a regular file")
+            magic = f.read(4)
+    except OSError as exc:
+        raise InvalidInput(f"{path}: cannot read it ({_os_reason(exc)})") from exc
+    if magic != GGUF_MAGIC:
+        raise InvalidInput(f"{path} is not a GGUF file (it does not start with the GGUF magic)")
+    return path
+
+
+def find_ggufs(root: Path, max_depth: int | None = None, max_entries: int | None = None) -> list[Path]:
+    """``*.gguf`` files under ``root`` that really are GGUF, searched breadth-first without
+    following symlinked directories (no loops), at most ``max_depth`` levels deep; more than
+    ``max_entries`` directory entries is refused with :class:`ScanLimit` rather than walked."""
+    max_depth = MAX_DEPTH if max_depth is None else max_depth
+    max_entries = MAX_ENTRIES if max_entries is None else max_entries
+    found: list[Path] = []
+    seen = 0
+    level = [root]
+    for depth in range(max_depth + 1):
+        below: list[Path] = []
+        for directory in level:
+            try:
+                entries = list(os.scandir(directory))
+            except OSError as exc:
+                if directory == root:
+                    raise InvalidInput(f"{root}: cannot read it ({_os_reason(exc)})") from exc
+                continue  # an unreadable subdirectory is skipped
+            seen += len(entries)
+            if seen > max_entries:
+                raise ScanLimit(
+                    f"{root} holds more than {max_entries:,} files and folders: add the directory "
+                    "that holds the models, not a parent of it"
+                )
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        if depth < max_depth:
+                            below.append(Path(entry.path))
+                    elif entry.name.endswith(".gguf") and is_gguf(Path(entry.path)):
+                        found.append(Path(entry.path))
+                except OSError:
+                    continue
+        level = below
+    return found
+
+
+def served_name_for(path: Path) -> str:
+    """A name the gateway can serve an added file under: its stem (without a split suffix) when
+    that is already a valid model name, else with every run of characters other than ASCII
+    letters, digits and ``. _ : @ + -`` turned into ``-`` (accents dropped first: ``café`` →
+    ``cafe``), or ``model-<hash of the path>`` when nothing is left (a name in another script)."""
+    stem = path.name.removesuffix(".gguf")
+    stem = re.sub(r"-00001-of-\d{5}$", "", stem)
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,199}", stem):
+        return stem
+    ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode()
+    name = re.sub(r"[^A-Za-z0-9._:@+-]+", "-", ascii_stem).strip("-._:@+")[:200]
+    if not name or not name[0].isalnum():
+        name = "model-" + hashlib.sha256(str(path).encode()).hexdigest()[:8]
+    return name
 
 
 @dataclass
@@ -33,6 +143,7 @@ class LocalModel:
     mmproj: list[str] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
     other_quants: list[str] = field(default_factory=list)  # of the same repo, present locally
+    served_name: str = ""  # added models: a gateway name derived from the file name (see served_name_for)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,11 +193,14 @@ class Library:
         self.hub_cache = hub_cache or Path(constants.HF_HUB_CACHE)
 
     def add(self, path: Path) -> list[LocalModel]:
-        target = path.expanduser().resolve()
-        if not target.exists():
-            raise NotFound(f"{path}: no such file or directory")
-        if target.is_file() and target.suffix != ".gguf":
-            raise InvalidInput(f"{path} is not a .gguf file")
+        """Blocking (a directory is searched): call it off the event loop."""
+        target = resolve_local(path)
+        if target.is_file():
+            if target.suffix != ".gguf":
+                raise InvalidInput(f"{path} is not a .gguf file")
+            check_gguf(target)
+        elif not target.is_dir():
+            raise InvalidInput(f"{path} is neither a file nor a directory")
         found = self._added_models(target)
         if not found:
             raise InvalidInput(f"{path}: no GGUF model found")
@@ -96,19 +210,25 @@ class Library:
         return found
 
     def _added_models(self, root: Path) -> list[LocalModel]:
-        paths = [root] if root.is_file() else [p for p in root.rglob("*.gguf") if p.is_file()]
+        paths = ([root] if is_gguf(root) else []) if root.is_file() else find_ggufs(root)
         out = []
         for parts in _group(paths):
-            mm = [str(p) for p in parts[0].parent.glob("mmproj*.gguf")]
+            try:
+                size = sum(p.stat().st_size for p in parts)
+            except OSError:
+                continue  # vanished or became unreadable since the search
+            near = parts[0].parent.glob("mmproj*.gguf") if root.is_file() else paths
+            mm = sorted(str(p) for p in near if p.parent == parts[0].parent and _is_mmproj(p) and is_gguf(p))
             out.append(
                 LocalModel(
                     id=str(parts[0]),
                     path=str(parts[0]),
                     files=[str(p) for p in parts],
-                    size=sum(p.stat().st_size for p in parts),
+                    size=size,
                     quant=quant_label(parts[0].name),
                     source="added",
                     mmproj=mm,
+                    served_name=served_name_for(parts[0]),
                 )
             )
         return out
@@ -145,8 +265,11 @@ class Library:
             added = [Path(p) for p in s.scalars(select(LibraryPathRow.path))]
         models = self._cache_models()
         for root in added:
-            if root.exists():
-                models += self._added_models(root)
+            try:
+                if root.exists():
+                    models += self._added_models(root)
+            except (StudioError, OSError) as exc:  # one bad added path must not hide the others
+                log.warning("library: skipping %s: %s", root, getattr(exc, "message", exc))
         by_repo: dict[str, list[str]] = {}
         for m in models:
             if m.repo:
@@ -171,7 +294,12 @@ class Library:
         """Returns what was removed. HF-cache models: their snapshot links, and blobs no other
         snapshot uses. An added path (file or directory): forgotten, files untouched. A model found
         inside an added directory: its files are deleted only with ``delete_files``."""
-        target = str(Path(model_id).expanduser().resolve()) if "/" in model_id else model_id
+        target = model_id
+        if model_id.startswith(("/", "~")):
+            try:
+                target = str(Path(model_id).expanduser().resolve())
+            except (RuntimeError, OSError):  # a symlink loop: forget it under the name given
+                target = model_id
         with self.db.session() as s, s.begin():
             row = s.get(LibraryPathRow, target)
             if row is not None and not delete_files:
@@ -179,11 +307,16 @@ class Library:
                 return [target]
         model = self.get(model_id)
         if model.source == "hf-cache":
+            cache = self.hub_cache.resolve()
             for f in model.files:
                 link = Path(f)
                 blob = link.resolve()
                 link.unlink(missing_ok=True)
-                if not any(p.resolve() == blob for p in self.hub_cache.rglob("*") if p.is_symlink()):
+                if cache not in blob.parents:
+                    continue  # a link out of the cache: its target is not ours to delete
+                # blobs are per repo (models--x/blobs): only that repo's snapshots may still use it
+                snapshots = blob.parent.parent / "snapshots"
+                if not any(p.resolve() == blob for p in snapshots.rglob("*") if p.is_symlink()):
                     blob.unlink(missing_ok=True)
             return model.files
         if not delete_files:

@@ -4,12 +4,25 @@ file in the data directory written with 0600 permissions. No API ever returns it
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from llamastudio.errors import Conflict, InvalidInput
 from llamastudio.fsutil import write_atomic
 
 ENV_VARS = ("HF_TOKEN", "HUGGINGFACE_API_KEY")
+_TOKEN = re.compile(r"[\x21-\x7e]{1,512}")  # printable ASCII, no spaces: it goes into an HTTP header
+
+
+def check_token(token: str, where: str) -> str:
+    """A token must fit in an ``Authorization`` header: refused (400) with non-ASCII, control or
+    whitespace characters, before it is stored or sent — never a 500 from deep in httpx."""
+    if not _TOKEN.fullmatch(token):
+        raise InvalidInput(
+            f"{where} is not a valid token: it must be one word of at most 512 printable ASCII "
+            "characters (no spaces, control or non-ASCII characters)"
+        )
+    return token
 
 
 def token_file(data_dir: Path) -> Path:
@@ -23,11 +36,18 @@ def token_source(data_dir: Path) -> str | None:
 
 
 def effective_token(data_dir: Path) -> str | None:
+    """The token to send, checked: a malformed one (set in the environment, or stored before
+    tokens were checked) is a clear 400 naming where it comes from."""
     for var in ENV_VARS:
         if os.environ.get(var):
-            return os.environ[var]
+            return check_token(os.environ[var], f"the Hugging Face token in ${var}")
     path = token_file(data_dir)
-    return path.read_text().strip() or None if path.exists() else None
+    if not path.exists():
+        return None
+    token = path.read_bytes().decode("utf-8", "replace").strip()
+    if not token:
+        return None
+    return check_token(token, f"the stored Hugging Face token ({path}; replace it in Settings or delete it)")
 
 
 def store_token(data_dir: Path, token: str | None) -> None:
@@ -38,7 +58,6 @@ def store_token(data_dir: Path, token: str | None) -> None:
     if token is None:
         path.unlink(missing_ok=True)
         return
+    check_token(token.strip(), "the Hugging Face token")
     token = token.strip()
-    if not token or any(c.isspace() for c in token) or len(token) > 512:
-        raise InvalidInput("a Hugging Face token is one word of at most 512 characters")
     write_atomic(path, token.encode(), mode=0o600)  # never readable by others, even for a moment

@@ -26,21 +26,23 @@ import yaml
 
 from llamastudio.engines.registry import Engine
 from llamastudio.errors import InvalidInput
-from llamastudio.runtime.models import RESERVED_FLAGS, ModelConfig
+from llamastudio.runtime.fields import MAX_TEXT, Fields, kind, load_json, load_yaml
+from llamastudio.runtime.models import MAX_COUNT, MAX_TTL, RESERVED_FLAGS, ModelConfig
 
 _NEG_NUMBER = re.compile(r"^-\d")
 _META = "; llamastudio: "
+MAX_CMD = 128 << 10  # characters of one expanded ``cmd`` (Linux refuses longer arguments anyway)
 
 
 def _is_flag(token: str) -> bool:
     return token.startswith("-") and not _NEG_NUMBER.match(token) and token != "-"
 
 
-def _split_cmd(cmd: str) -> list[str]:
+def _split_cmd(cmd: str, f: Fields) -> list[str]:
     try:
         return shlex.split(cmd.replace("\\\n", " "), comments=True)
     except ValueError as exc:
-        raise InvalidInput(f"cannot parse cmd {cmd!r}: {exc}") from exc
+        raise f.error("cmd", f"cannot be parsed: {exc}") from exc
 
 
 def _is_llama_server(argv: list[str]) -> bool:
@@ -70,48 +72,93 @@ def _from_server_argv(name: str, argv: list[str], engines: list[Engine]) -> Mode
     return ModelConfig(name=name, model=model, args=args, engine_id=engine)
 
 
-def _macros(text: str, macros: dict[str, Any]) -> str:
+def _macros(doc: Fields) -> dict[str, str]:
+    """``macros``: names → scalar values (llama-swap takes strings, newer versions any scalar)."""
+    macros = doc.mapping("macros")
+    out: dict[str, str] = {}
+    for key, value in macros.data.items():
+        if not isinstance(key, str) or isinstance(value, list | dict) or value is None:
+            raise InvalidInput(
+                f"macros: {str(key)[:60]!r} must name a string or number (got {kind(value)})", field="macros"
+            )
+        out[key] = str(value).lower() if isinstance(value, bool) else str(value)
+    return out
+
+
+def _expand(cmd: str, macros: dict[str, str], f: Fields) -> str:
+    """``${name}`` → the macro's value, refusing an expansion past MAX_CMD characters (a few
+    large macros used many times would otherwise make gigabytes out of kilobytes)."""
     for key, value in macros.items():
-        text = text.replace("${" + str(key) + "}", str(value))
-    return text
+        token = "${" + key + "}"
+        n = cmd.count(token)
+        if n and len(cmd) + n * (len(value) - len(token)) > MAX_CMD:
+            raise f.error("cmd", f"is longer than {MAX_CMD} characters with its macros")
+        cmd = cmd.replace(token, value)
+    return cmd
+
+
+def _name(key: object, what: str) -> str:
+    """A mapping key used as a name: YAML reads ``123:`` as a number, taken as ``"123"``."""
+    if isinstance(key, str):
+        return key
+    if isinstance(key, int) and not isinstance(key, bool):
+        return str(key)
+    raise InvalidInput(f"{what} names must be strings (got {kind(key)})", field=what)
+
+
+def _groups(doc: Fields) -> dict[str, str]:
+    """Member → group, for groups with ``swap: true`` (the default)."""
+    out: dict[str, str] = {}
+    for key, group in doc.mapping("groups").data.items():
+        gname = _name(key, "group")
+        g = Fields(group, f"group {gname!r}", path="groups." + gname)
+        if g.flag("swap", True):
+            for member in g.names("members"):
+                out[member] = gname
+    return out
+
+
+def _swap_model(
+    name: str, f: Fields, macros: dict[str, str], groups: dict[str, str], engines: list[Engine]
+) -> ModelConfig:
+    cmd = f.text("cmd")
+    if cmd is None:
+        raise InvalidInput(f"model {name!r}: `cmd` (a string) is required", model=name, field="cmd")
+    argv = _split_cmd(_expand(cmd, macros, f), f)
+    if _is_llama_server(argv):
+        cfg = _from_server_argv(name, argv, engines)
+    else:
+        cfg = ModelConfig(name=name, model="", command=argv)
+    cfg.aliases = f.names("aliases")
+    cfg.ttl = f.number("ttl", 0, MAX_TTL)
+    cfg.env = f.env_list("env")
+    cfg.max_concurrency = f.integer("concurrencyLimit", 0, 0, MAX_COUNT)
+    cfg.group = groups.get(name)
+    meta = f.mapping("metadata").mapping("llamastudio")
+    cfg.pinned = meta.flag("pinned")
+    cfg.max_queue = meta.integer("max_queue", cfg.max_queue, 0, MAX_COUNT)
+    cfg.auto = meta.flag("auto")
+    library_id = meta.text("model")
+    if library_id:
+        cfg.model = library_id  # a library id the cmd's path came from
+    if "engine_id" in meta.data:
+        cfg.engine_id = meta.text("engine_id")
+    return cfg
 
 
 def import_llama_swap(text: str, engines: list[Engine]) -> list[ModelConfig]:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise InvalidInput(f"not valid YAML: {exc}") from exc
+    """Configurations from a llama-swap ``config.yaml``; a value of the wrong type or out of range
+    is a 400 naming the model and field (``fields.py``)."""
+    data = load_yaml(text)
     if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
-        raise InvalidInput("a llama-swap config needs a `models:` mapping")
-    macros = data.get("macros") or {}
-    groups: dict[str, str] = {}
-    for gname, group in (data.get("groups") or {}).items():
-        if isinstance(group, dict) and group.get("swap", True):
-            for member in group.get("members") or []:
-                groups[str(member)] = str(gname)
+        raise InvalidInput("a llama-swap config needs a `models:` mapping", field="models")
+    doc = Fields(data, "llama-swap config")
+    macros = _macros(doc)
+    groups = _groups(doc)
     out = []
-    for name, m in data["models"].items():
-        if not isinstance(m, dict) or not isinstance(m.get("cmd"), str):
-            raise InvalidInput(f"model {name!r}: `cmd` (a string) is required")
-        argv = _split_cmd(_macros(m["cmd"], macros))
-        if _is_llama_server(argv):
-            cfg = _from_server_argv(str(name), argv, engines)
-        else:
-            cfg = ModelConfig(name=str(name), model="", command=argv)
-        meta = (m.get("metadata") or {}).get("llamastudio") or {}
-        cfg.aliases = [str(a) for a in m.get("aliases") or []]
-        cfg.ttl = float(m["ttl"]) if m.get("ttl") is not None else None
-        cfg.env = dict(str(e).split("=", 1) for e in m.get("env") or [] if "=" in str(e))
-        cfg.max_concurrency = int(m.get("concurrencyLimit") or 0)
-        cfg.group = groups.get(str(name))
-        cfg.pinned = bool(meta.get("pinned", False))
-        cfg.max_queue = int(meta.get("max_queue", cfg.max_queue))
-        cfg.auto = bool(meta.get("auto", False))
-        if meta.get("model"):
-            cfg.model = str(meta["model"])  # a library id the cmd's path came from
-        if "engine_id" in meta:
-            cfg.engine_id = meta["engine_id"]
-        out.append(cfg)
+    for key, m in data["models"].items():
+        name = _name(key, "model")
+        out.append(_swap_model(name, Fields(m, f"model {name!r}", name), macros, groups, engines))
     return out
 
 
@@ -204,18 +251,36 @@ def export_preset(configs: list[ModelConfig], paths: dict[str, str]) -> str:
     return buf.getvalue()
 
 
+def _preset_meta(cfg: ModelConfig, meta: Fields) -> None:
+    """Studio-only fields from a section's ``; llamastudio: {json}`` comment, each type-checked."""
+    if "aliases" in meta:
+        cfg.aliases = meta.names("aliases")
+    if "ttl" in meta:
+        cfg.ttl = meta.number("ttl", 0, MAX_TTL)
+    cfg.pinned = meta.flag("pinned", cfg.pinned)
+    cfg.group = meta.text("group", cfg.group)
+    cfg.auto = meta.flag("auto", cfg.auto)
+    cfg.max_concurrency = meta.integer("max_concurrency", cfg.max_concurrency, 0, MAX_COUNT)
+    cfg.max_queue = meta.integer("max_queue", cfg.max_queue, 0, MAX_COUNT)
+    if "env" in meta:
+        cfg.env = meta.env_map("env")
+    cfg.engine_id = meta.text("engine_id")
+
+
 def import_preset(text: str, caps: set[str]) -> list[ModelConfig]:
-    metas: dict[str, dict[str, Any]] = {}
+    """Configurations from a ``--models-preset`` INI; a malformed section or studio comment is a
+    400 naming the section (the model) and field."""
+    if len(text) > MAX_TEXT:
+        raise InvalidInput(f"the preset is larger than {MAX_TEXT >> 20} MiB")
+    metas: dict[str, Fields] = {}
     section = ""
     for line in text.splitlines():
         stripped = line.strip()
         if stripped.startswith("[") and stripped.endswith("]"):
             section = stripped[1:-1]
         elif stripped.startswith(_META.strip()):
-            try:
-                metas[section] = json.loads(stripped[len(_META.strip()) :])
-            except ValueError as exc:
-                raise InvalidInput(f"[{section}]: unreadable llamastudio comment: {exc}") from exc
+            where = f"preset section {section!r}, llamastudio comment"
+            metas[section] = Fields(load_json(stripped[len(_META.strip()) :], where), where, section)
     parser = configparser.ConfigParser(interpolation=None, comment_prefixes=("#", ";"), strict=False)
     parser.optionxform = str  # type: ignore[assignment,method-assign]
     try:
@@ -227,28 +292,16 @@ def import_preset(text: str, caps: set[str]) -> list[ModelConfig]:
     for section in parser.sections():
         if section in ("__top__", "*"):
             continue
-        meta = metas.get(section, {})
+        meta = metas.get(section) or Fields({}, f"preset section {section!r}", section)
         items = [(k, v) for k, v in parser.items(section) if k not in parser.defaults()]
         values = dict(items)
         model = values.pop("model", "") or values.pop("m", "")
         if not model and "hf" not in values:
-            raise InvalidInput(f"[{section}]: `model = <path>` is required")
+            raise InvalidInput(f"[{section}]: `model = <path>` is required", model=section, field="model")
         rest = [(k, v) for k, v in glob if k not in values] + [
             (k, v) for k, v in items if k not in ("model", "m")
         ]
-        cfg = ModelConfig(name=section, model=str(meta.get("model") or model), args=_ini_to_args(rest, caps))
-        for field_name in (
-            "aliases",
-            "ttl",
-            "pinned",
-            "group",
-            "auto",
-            "max_concurrency",
-            "max_queue",
-            "env",
-        ):
-            if meta.get(field_name) is not None:
-                setattr(cfg, field_name, meta[field_name])
-        cfg.engine_id = meta.get("engine_id")
+        cfg = ModelConfig(name=section, model=meta.text("model") or model, args=_ini_to_args(rest, caps))
+        _preset_meta(cfg, meta)
         out.append(cfg)
     return out

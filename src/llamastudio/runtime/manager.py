@@ -13,33 +13,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
 import re
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from llamastudio.aio import cancel_and_wait
 from llamastudio.config import Settings
+from llamastudio.engines import keys as engine_keys
 from llamastudio.engines.command import build_command
 from llamastudio.engines.registry import Engine, EngineRegistry
-from llamastudio.engines.validate import add_external, binary_env
+from llamastudio.engines.validate import add_external, binary_env, engine_env
 from llamastudio.errors import Conflict, InvalidInput, NotFound, StudioError
 from llamastudio.events import EventBus
 from llamastudio.fit.estimator import Estimate, estimate
 from llamastudio.fit.flags import parse_server_args
 from llamastudio.fit.planner import GPU_MARGIN, HOST_MARGIN, Goal, Plan, plan
 from llamastudio.fsutil import write_atomic
-from llamastudio.gguf import load_model
+from llamastudio.gguf import GGUFModel, load_model
 from llamastudio.hardware.devices import Hardware
 from llamastudio.hardware.profiles import resolve
-from llamastudio.hub.library import Library
+from llamastudio.hub.library import Library, LocalModel
 from llamastudio.runtime.interop import export_llama_swap, export_preset, import_llama_swap, import_preset
-from llamastudio.runtime.models import PORT, ModelConfig, ModelConfigs, validate
+from llamastudio.runtime.logfile import tail_lines
+from llamastudio.runtime.models import MAX_TTL, PORT, ModelConfig, ModelConfigs, valid_ttl
+from llamastudio.runtime.names import name_index
 from llamastudio.runtime.process import EngineProcess, StartFailed, State, free_port, load_timeout
 from llamastudio.runtime.scheduler import Lease, ModelSpec, Scheduler, TooBusy
 from llamastudio.store import Database
@@ -121,7 +126,7 @@ class Runtime:
         self.bus = bus or EventBus()
         self.hw = hardware or resolve(settings.hardware)
         self.library = library or Library(db)
-        self.configs = ModelConfigs(db, self.library)
+        self.configs = ModelConfigs(db, self.library, engine_of=self._engine_of)
         self.engines = EngineRegistry(db, settings.engines_dir)
         self.scheduler = Scheduler(_Effects(self), budgets_of(self.hw), [], on_change=self._state_changed)
         self.procs: dict[str, EngineProcess] = {}
@@ -157,9 +162,16 @@ class Runtime:
         """The TTL set in the UI (stored), else ``LLAMASTUDIO_DEFAULT_TTL``."""
         with self.db.session() as s:
             row = s.get(SettingRow, "default_ttl")
-        return float(row.value) if row is not None else self.settings.default_ttl
+        if row is None:
+            return self.settings.default_ttl
+        if not valid_ttl(row.value):  # e.g. Infinity stored by an older version: would break /ws JSON
+            log.warning("ignoring the stored default_ttl %r: not a TTL", row.value)
+            return self.settings.default_ttl
+        return float(row.value)
 
     def set_default_ttl(self, seconds: float) -> None:
+        if not valid_ttl(seconds):
+            raise InvalidInput(f"default_ttl must be a finite number of seconds from 0 to {MAX_TTL}")
         with self.db.session() as s, s.begin():
             row = s.get(SettingRow, "default_ttl")
             if row is None:
@@ -226,36 +238,40 @@ class Runtime:
     def _prepare_all(
         self,
     ) -> tuple[list[ModelConfig], dict[str, Prepared], dict[str, StudioError], dict[str, str]]:
-        configs = self.configs.all()
-        prepared: dict[str, Prepared] = {}
+        library = self.library.models(with_facts=False)  # listed once, not once per model
+        configs = self.configs.all(library=library)
+        done: dict[str, Prepared] = {}
         errors: dict[str, StudioError] = {}
-        names: dict[str, str] = {}
-        for cfg in configs:
-            for key in (cfg.model, *cfg.aliases, cfg.name):  # the name wins over another's model id
-                if key:
-                    names[key] = cfg.name
-            old = self.prepared.get(cfg.name)
-            if old is not None and old.config == cfg and self._fresh(old):
-                prepared[cfg.name] = old
-                continue
-            try:
-                prepared[cfg.name] = self.prepare(cfg)
-            except StudioError as exc:
-                errors[cfg.name] = exc
-        return configs, prepared, errors, names
+        try:
+            # by file: configurations of one model share one header read (_read_header)
+            for cfg in sorted(configs, key=lambda c: c.model):
+                old = self.prepared.get(cfg.name)
+                if old is not None and old.config == cfg and self._fresh(old):
+                    done[cfg.name] = old
+                    continue
+                try:
+                    done[cfg.name] = self.prepare(cfg, library=library)
+                except StudioError as exc:
+                    errors[cfg.name] = exc
+        finally:
+            _read_header.cache_clear()  # headers hold whole vocabularies: dropped after a sync
+        prepared = {c.name: done[c.name] for c in configs if c.name in done}
+        return configs, prepared, errors, name_index(configs)
 
     @staticmethod
     def _fresh(p: Prepared) -> bool:
         return p.model_path is None or (p.model_path.is_file() and _stamp(p.model_path) == p.stamp)
 
-    def prepare(self, cfg: ModelConfig, hw: Hardware | None = None) -> Prepared:
+    def prepare(
+        self, cfg: ModelConfig, hw: Hardware | None = None, library: list[LocalModel] | None = None
+    ) -> Prepared:
         """The exact argv (with ``${PORT}``) and the per-device reservation for ``cfg``."""
         hw = hw or self.hw
         if cfg.command is not None:
             return Prepared(cfg, list(cfg.command), dict(cfg.reserve or {}))
-        path = self.configs.model_path(cfg)
+        path = self.configs.model_path(cfg, library)
         engine = self.engines.get(cfg.engine_id) if cfg.engine_id else self._engine_for(cfg)
-        model = load_model(str(path))
+        model = _read_header(str(path), *_stamp(path))
         base = parse_server_args(cfg.args)
         reasons: list[str] = []
         warnings: list[str] = []
@@ -287,6 +303,10 @@ class Runtime:
             warnings=warnings,
             stamp=_stamp(path),
         )
+
+    def _engine_of(self, cfg: ModelConfig) -> Engine:
+        """The engine ``cfg`` runs on: its ``engine_id``, else its pin, else the default."""
+        return self.engines.get(cfg.engine_id) if cfg.engine_id else self._engine_for(cfg)
 
     def _engine_for(self, cfg: ModelConfig) -> Engine:
         for key in (cfg.name, cfg.model):
@@ -362,8 +382,12 @@ class Runtime:
             return export_preset(configs, paths)
         raise InvalidInput(f"format {fmt!r}: llama-swap or preset")
 
-    def import_configs(self, fmt: str, text: str) -> list[ModelConfig]:
-        """Parse, check every configuration (and that its model exists), then store them all."""
+    def import_configs(
+        self, fmt: str, text: str, permit: Callable[[ModelConfig], None] = lambda _cfg: None
+    ) -> list[ModelConfig]:
+        """Parse, check every configuration (and that its model exists; ``permit`` raises for one
+        the caller may not store), then store them all or none, in one transaction. Blocking (file
+        and database work): callers on the event loop run it in a thread."""
         if fmt == "llama-swap":
             configs = import_llama_swap(text, self.engines.all())
         elif fmt == "preset":
@@ -372,10 +396,8 @@ class Runtime:
         else:
             raise InvalidInput(f"format {fmt!r}: llama-swap or preset")
         for cfg in configs:
-            validate(cfg)
-            if cfg.command is None:
-                self.configs.model_path(cfg)
-        return [self.configs.put(cfg) for cfg in configs]
+            permit(cfg)
+        return self.configs.put_many(configs)
 
     def ensure_stopped(self, name: str) -> None:
         """Refuse (409) while the model a name, alias or library id refers to is loaded."""
@@ -393,6 +415,12 @@ class Runtime:
             await asyncio.sleep(BUSY_GRACE)
             lease = await self.scheduler.acquire(model)
         proc = self.procs.get(model)
+        if proc is not None and proc.state == State.FAILED:
+            # killed (kill -9) as the scheduler handed it out: whoever marked it failed has posted
+            # its death already, so asking once more starts it again instead of failing this one
+            lease.release()
+            lease = await self.scheduler.acquire(model)
+            proc = self.procs.get(model)
         if proc is None or proc.state != State.READY:
             lease.release()
             raise StartFailed(f"{model} is not running")
@@ -440,9 +468,15 @@ class Runtime:
             raise self.errors.get(model) or NotFound(f"model {model!r} is not configured")
         port = free_port()
         argv = [a.replace(PORT, str(port)) for a in prep.argv]
-        env = binary_env(Path(argv[0])) if prep.engine else dict(os.environ)
+        # engines get neither the studio's keys nor its tokens; the configuration's env still applies
+        env = binary_env(Path(argv[0])) if prep.engine else engine_env()
         env.update(prep.config.env)
         old = self.procs.get(model)
+        if old is not None and old.state not in (State.STOPPED, State.FAILED):
+            await old.stop()
+        key = engine_keys.issue(prep.engine, self.run_dir, _safe(model))  # only the gateway may call it
+        if key is not None:
+            argv += key.args
         proc = EngineProcess(
             model,
             argv,
@@ -451,9 +485,8 @@ class Runtime:
             env=env,
             timeout=load_timeout(prep.model_bytes),
             lines_hook=lambda line: self.bus.publish({"type": "log", "model": model, "line": line}),
+            api_key=key.key if key else None,
         )
-        if old is not None and old.state not in (State.STOPPED, State.FAILED):
-            await old.stop()
         self.procs[model] = proc
         try:
             await proc.ensure_ready()
@@ -461,6 +494,9 @@ class Runtime:
             fail.count, fail.at, fail.reason = fail.count + 1, time.monotonic(), proc.reason or exc.message
             self.bus.publish({"type": "model", "model": model, "state": "failed", "reason": fail.reason})
             raise
+        finally:  # read while llama-server parsed its arguments, long before /health said ready
+            if key is not None:
+                key.remove()
         fail.count = 0
         assert proc.proc is not None
         record = {"pid": proc.proc.pid, "exe": argv[0], "model": model, "port": port}
@@ -525,20 +561,25 @@ class Runtime:
             if e.state != "stopped" or (self.procs.get(n) and self.procs[n].state == State.FAILED)
         ]
 
-    def logs(self, name: str, tail: int = 200) -> list[str]:
+    async def logs(self, name: str, tail: int = 200) -> list[str]:
+        """The last ``tail`` lines of the model's engine log (rotated files included), read
+        backwards from the end in a thread: a 300 MB log costs what its tail costs."""
         proc = self.procs.get(name)
-        if proc is not None:
-            return list(proc.lines)[-tail:]
-        path = self.settings.logs_dir / f"{_safe(name)}.log"
-        if not path.is_file():
-            return []
-        return path.read_text(errors="replace").splitlines()[-tail:]
+        path = proc.log_path if proc is not None else self.settings.logs_dir / f"{_safe(name)}.log"
+        return await asyncio.to_thread(tail_lines, path, tail)
 
     def engine_in_use(self, engine_id: str) -> bool:
         return any(
             p.engine is not None and p.engine.id == engine_id and self.status(n)["state"] != "stopped"
             for n, p in self.prepared.items()
         )
+
+
+@functools.lru_cache(maxsize=4)
+def _read_header(path: str, size: int, mtime_ns: int) -> GGUFModel:
+    """The GGUF header of one version of a file (size + mtime in the key), kept while one sync
+    prepares every configuration of it: an import of 300 configurations of one file reads it once."""
+    return load_model(path)
 
 
 def _stamp(path: Path) -> tuple[int, int]:

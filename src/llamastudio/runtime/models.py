@@ -9,16 +9,21 @@ library id, with the planner's flags: download, then use.
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
-from llamastudio.errors import InvalidInput, NotFound
+from llamastudio.engines.command import check_flags
+from llamastudio.engines.registry import Engine
+from llamastudio.errors import InvalidInput, NotFound, StudioError
 from llamastudio.fit.flags import parse_server_args
-from llamastudio.hub.library import Library, LocalModel
+from llamastudio.hub.library import Library, LocalModel, check_gguf
+from llamastudio.runtime.names import check_names, name_index
 from llamastudio.store import Database
 from llamastudio.store.models import ServedModelRow
 
@@ -26,6 +31,19 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,255}$")
 # set by the runtime for every instance; a configuration may not choose them
 RESERVED_FLAGS = frozenset({"-m", "--model", "--port", "--host", "-hf", "--hf-repo", "-mu", "--model-url"})
 PORT = "${PORT}"
+MAX_TTL = 10 * 365 * 86400  # seconds; the same bound as the ``default_ttl`` setting
+MAX_COUNT = 1_000_000  # max_concurrency, max_queue
+MAX_BYTES = 1 << 52  # a reservation; JSON numbers stay exact in the UI below 2^53
+
+
+def valid_ttl(value: object) -> bool:
+    """A TTL the scheduler and every JSON client can take: a finite number in [0, MAX_TTL]."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0 <= value <= MAX_TTL
+    )
 
 
 @dataclass
@@ -51,7 +69,10 @@ class ModelConfig:
 
     @classmethod
     def from_row(cls, row: ServedModelRow) -> ModelConfig:
-        return cls(**{f.name: getattr(row, f.name) for f in fields(cls) if f.name != "configured"})
+        cfg = cls(**{f.name: getattr(row, f.name) for f in fields(cls) if f.name != "configured"})
+        if cfg.ttl is not None and not valid_ttl(cfg.ttl):
+            cfg.ttl = None  # an Infinity stored by an older version: the default applies, JSON stays valid
+        return cfg
 
 
 def _check_flag_list(args: list[str], what: str) -> None:
@@ -68,13 +89,14 @@ def validate(cfg: ModelConfig) -> None:
     for alias in cfg.aliases:
         if not _NAME.match(alias) or alias == cfg.name:
             raise InvalidInput(f"alias {alias!r} is not a valid, distinct model name")
-    if cfg.ttl is not None and cfg.ttl < 0:
-        raise InvalidInput("ttl must be ≥ 0 seconds (0 = never unload)")
-    if cfg.max_concurrency < 0 or cfg.max_queue < 0:
-        raise InvalidInput("max_concurrency and max_queue must be ≥ 0")
+    if cfg.ttl is not None and not valid_ttl(cfg.ttl):
+        raise InvalidInput(f"ttl must be a finite number of seconds from 0 to {MAX_TTL} (0 = never unload)")
+    for what, n in (("max_concurrency", cfg.max_concurrency), ("max_queue", cfg.max_queue)):
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_COUNT:
+            raise InvalidInput(f"{what} must be a whole number from 0 to {MAX_COUNT}")
     for dev, n in (cfg.reserve or {}).items():
-        if not isinstance(n, int) or n < 0:
-            raise InvalidInput(f"reserve[{dev}] must be a byte count ≥ 0")
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_BYTES:
+            raise InvalidInput(f"reserve[{dev}] must be a byte count from 0 to 2^52")
     if cfg.command is not None:
         if not cfg.command:
             raise InvalidInput("command must not be empty")
@@ -88,24 +110,60 @@ def validate(cfg: ModelConfig) -> None:
     parse_server_args(cfg.args)  # with ``auto``, the planner's starting point
 
 
+# Engine environment a configuration may set without the command permission: device selection,
+# thread placement, llama-server's own LLAMA_ARG_* (its flags) and ggml's switches. Anything else
+# may load code: LD_PRELOAD, GGML_BACKEND_PATH, VK_ICD_FILENAMES, OMP_TOOL_LIBRARIES, ...
+_SAFE_ENV = re.compile(
+    r"CUDA_VISIBLE_DEVICES|CUDA_DEVICE_ORDER|HIP_VISIBLE_DEVICES|ROCR_VISIBLE_DEVICES|GPU_DEVICE_ORDINAL"
+    r"|ZE_AFFINITY_MASK|OMP_NUM_THREADS|OMP_PROC_BIND|OMP_PLACES|OMP_WAIT_POLICY|LLAMA_ARG_[A-Z0-9_]+"
+)
+_GGML_SWITCH = re.compile(r"GGML_[A-Z0-9_]+")
+_NAMES_CODE = ("PATH", "DIR", "FILE", "LIB", "LLDB", "GDB", "BACKTRACE", "KERNEL", "PROGRAM", "TOOL")
+
+
+def _safe_env(name: str) -> bool:
+    if _SAFE_ENV.fullmatch(name):
+        return True
+    return bool(_GGML_SWITCH.fullmatch(name)) and not any(word in name for word in _NAMES_CODE)
+
+
+def runs_command(cfg: ModelConfig) -> str | None:
+    """What in this configuration runs code of its author's choosing, in words (None: nothing
+    does): a ``command``, or engine environment outside the safe set (``LD_PRELOAD`` …)."""
+    if cfg.command is not None:
+        return f"model {cfg.name!r} runs a command ({' '.join(cfg.command)[:200]})"
+    unsafe = sorted(name for name in cfg.env if not _safe_env(name))
+    if unsafe:
+        return f"model {cfg.name!r} sets {', '.join(unsafe)} in its engine's environment"
+    return None
+
+
 class ModelConfigs:
-    def __init__(self, db: Database, library: Library) -> None:
+    def __init__(
+        self, db: Database, library: Library, engine_of: Callable[[ModelConfig], Engine] | None = None
+    ) -> None:
+        """``engine_of``: the engine a configuration runs on (its ``engine_id``, pin or the
+        default); its ``--help`` decides which flags a configuration may pass."""
         self.db = db
         self.library = library
+        self.engine_of = engine_of
 
     def stored(self) -> list[ModelConfig]:
         with self.db.session() as s:
             return [ModelConfig.from_row(r) for r in s.scalars(select(ServedModelRow))]
 
-    def all(self) -> list[ModelConfig]:
-        """Stored configurations, then library models that no configuration serves."""
-        out = self.stored()
-        taken = {c.name for c in out} | {a for c in out for a in c.aliases}
+    def all(
+        self, stored: list[ModelConfig] | None = None, library: list[LocalModel] | None = None
+    ) -> list[ModelConfig]:
+        """Stored configurations, then library models that no configuration serves (under their
+        id, or an added file's name unless a configured name has it: names win, see names.py)."""
+        out = self.stored() if stored is None else list(stored)
+        taken = {c.name for c in out}  # not aliases: an alias never takes a library model's name
         used = {c.model for c in out}
-        for m in self.library.models(with_facts=False):
+        for m in self.library.models(with_facts=False) if library is None else library:
             if m.id in used or m.path in used:
                 continue
-            name = m.id if m.source == "hf-cache" else _stem(m)
+            name = m.id if m.source == "hf-cache" else m.served_name or _stem(m)  # spaces, non-ASCII
             if name in taken:
                 name = m.id
             if name in taken or not _NAME.match(name):
@@ -115,36 +173,61 @@ class ModelConfigs:
         return out
 
     def get(self, name: str) -> ModelConfig:
-        """By name, alias, or library id/path."""
+        """By name, alias, or library id/path (in that precedence, see names.py)."""
         every = self.all()
+        owner = name_index(every).get(name)
         for c in every:
-            if c.name == name or name in c.aliases:
-                return c
-        for c in every:
-            if c.model == name:
+            if c.name == owner:
                 return c
         raise NotFound(f"model {name!r} is not configured and not in the library (see /v1/models)")
 
     def put(self, cfg: ModelConfig) -> ModelConfig:
+        return self.put_many([cfg])[0]
+
+    def put_many(self, configs: list[ModelConfig]) -> list[ModelConfig]:
+        """Check each configuration (values, model file, flags against its engine's ``--help``,
+        names against every other model), then store them all in one transaction: all or none.
+        The library is listed once for the whole batch, not once per configuration."""
+        library = self.library.models(with_facts=False)
+        for cfg in configs:
+            try:
+                self.check(cfg, library)
+            except StudioError as exc:  # name the model: an import has hundreds
+                details = {"model": cfg.name, **exc.details}
+                raise type(exc)(f"model {cfg.name!r}: {exc.message}", **details) from exc
+        check_names(configs, self.stored(), library, lambda final: self.all(final, library))
+        names = [f.name for f in fields(ModelConfig) if f.name != "configured"]
+        with self.db.session() as s, s.begin():
+            for cfg in configs:
+                values = {k: getattr(cfg, k) for k in names}
+                row = s.get(ServedModelRow, cfg.name)
+                if row is None:
+                    s.add(ServedModelRow(**values))
+                else:
+                    for k, v in values.items():
+                        setattr(row, k, v)
+        for cfg in configs:
+            cfg.configured = True
+        return configs
+
+    def check(self, cfg: ModelConfig, library: list[LocalModel] | None = None) -> None:
+        """What saving ``cfg`` checks on its own: its values, that its model file exists, and its
+        flags (``check_flags``)."""
         validate(cfg)
         if cfg.command is None:
-            self.model_path(cfg)  # the model must exist now
-        for other in self.stored():
-            if other.name == cfg.name:
-                continue
-            clash = {cfg.name, *cfg.aliases} & {other.name, *other.aliases}
-            if clash:
-                raise InvalidInput(f"{', '.join(sorted(clash))} is already used by model {other.name!r}")
-        values = {f.name: getattr(cfg, f.name) for f in fields(ModelConfig) if f.name != "configured"}
-        with self.db.session() as s, s.begin():
-            row = s.get(ServedModelRow, cfg.name)
-            if row is None:
-                s.add(ServedModelRow(**values))
-            else:
-                for k, v in values.items():
-                    setattr(row, k, v)
-        cfg.configured = True
-        return cfg
+            self.model_path(cfg, library)
+            self.check_flags(cfg)
+
+    def check_flags(self, cfg: ModelConfig) -> None:
+        """Refuse a flag ``cfg`` passes through that its engine's ``--help`` does not list (with
+        no engine registered yet there is nothing to check against: the start will say)."""
+        if cfg.command is not None or self.engine_of is None:
+            return
+        try:
+            engine = self.engine_of(cfg)
+        except NotFound:
+            return
+        check_flags(engine, parse_server_args(cfg.args).extra)
 
     def delete(self, name: str) -> None:
         with self.db.session() as s, s.begin():
@@ -153,9 +236,13 @@ class ModelConfigs:
                 raise NotFound(f"model {name!r} has no stored configuration")
             s.delete(row)
 
-    def model_path(self, cfg: ModelConfig) -> Path:
-        """The GGUF file to pass to ``-m`` (first shard of a split model)."""
-        local = self.local(cfg)
+    def model_path(self, cfg: ModelConfig, library: list[LocalModel] | None = None) -> Path:
+        """The GGUF file to pass to ``-m`` (first shard of a split model); ``library``: a listing
+        already made (else the library is listed)."""
+        if library is None:
+            local = self.local(cfg)
+        else:
+            local = next((m for m in library if cfg.model in (m.id, m.path)), None)
         if local is not None:
             return Path(local.path)
         path = Path(cfg.model).expanduser()
@@ -163,7 +250,7 @@ class ModelConfigs:
             raise NotFound(f"{cfg.model!r} is neither a library model nor an absolute path")
         if not path.is_file():
             raise NotFound(f"{cfg.model}: no such file")
-        return path
+        return check_gguf(path)  # not any readable file: a GGUF (its bytes are never quoted)
 
     def local(self, cfg: ModelConfig) -> LocalModel | None:
         try:

@@ -6,8 +6,9 @@
 
 Callers await ``ensure_ready()`` instead of checking and then acting; concurrent callers share one
 start. The process is started with an argv list in its own process group; its output goes to a
-ring buffer and a log file. A line matching a fatal pattern (out of memory, failed to load the
-model, GGML_ASSERT, CUDA errors) turns a start into ``failed`` with that line as the reason.
+ring buffer and a log file rotated at 20 MiB (``runtime/logfile.py``). A line matching a fatal
+pattern (out of memory, failed to load the model, GGML_ASSERT, CUDA errors) turns a start into
+``failed`` with that line as the reason.
 ``stop()`` sends SIGTERM, waits ``grace`` seconds, then SIGKILLs the group.
 """
 
@@ -28,6 +29,8 @@ from pathlib import Path
 import httpx
 
 from llamastudio.errors import StudioError
+from llamastudio.runtime import logfile
+from llamastudio.runtime.logfile import RotatingLog
 
 FATAL = re.compile(
     r"(out of memory|failed to allocate|failed to load model|error loading model|GGML_ASSERT|"
@@ -64,6 +67,9 @@ def load_timeout(model_bytes: int, base: float = 60.0, per_gib: float = 30.0) ->
 
 
 class EngineProcess:
+    log_max_bytes = logfile.MAX_BYTES  # the log rotates at this size (see runtime/logfile.py)
+    log_keep = logfile.KEEP  # rotated files kept
+
     def __init__(
         self,
         name: str,
@@ -76,8 +82,12 @@ class EngineProcess:
         grace: float = 10.0,
         ring: int = 500,
         lines_hook: Callable[[str], None] | None = None,
+        api_key: str | None = None,
     ) -> None:
+        """``api_key``: the key the engine was started with (see ``engines/keys.py``); clients of
+        its port send it as ``Authorization: Bearer``. ``/health`` needs none."""
         self.name = name
+        self.api_key = api_key
         self.argv = list(argv)
         self.host = host
         self.port = port
@@ -161,10 +171,9 @@ class EngineProcess:
 
     async def _read_output(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
-        with open(self.log_path, "ab") as log:
+        with RotatingLog(self.log_path, self.log_max_bytes, self.log_keep) as log:
             while line := await self.proc.stdout.readline():
                 log.write(line)
-                log.flush()
                 text = line.decode(errors="replace").rstrip()
                 self.lines.append(text)
                 if self.lines_hook is not None:

@@ -1,34 +1,49 @@
 """The scheduler: the single owner of what runs where.
 
-One asyncio task consumes an event queue and alone touches the scheduler's state (no locks). It
-decides and acts through injected ``Effects`` (start/stop a model), so it is tested without
-processes. Rules:
+One asyncio task consumes a queue of typed messages (one dataclass per event, each handled by its
+own method) and alone touches the scheduler's state — no locks. After every message it asks the
+pure policy (``runtime/policy.py``: memory, CPU threads, fairness) what to do and applies the
+answer through injected ``Effects``, so it is tested without processes. The owner never awaits an
+effect: starts and stops run as tasks that report back with ``Started``/``StartFailed``/``Stopped``,
+so an engine slow to stop (SIGTERM ignored → grace period) delays nobody else. Rules:
 
-- a request for a ready model is leased at once; for a stopped one the model is placed — if its
-  memory reservation does not fit next to what runs, idle models are evicted (least recently
-  used first, the smallest first among equals) — **never one with requests in flight, never a
-  pinned one**; if only busy models stand in the way, the request waits (bounded) for them;
+- a request for a ready model is leased at once unless the policy holds it back (its CPU threads
+  are busy elsewhere, or it is closed to let a waiting model in); for a stopped one the model is
+  placed — idle models are evicted (never one with requests in flight, never a pinned one); if
+  busy models stand in the way, the request waits for them to drain (bounded by fairness);
+- a stopping model's memory counts until its stop has finished; a request for it waits and
+  starts it again afterwards;
 - requests for a loading model queue (bounded → ``QueueFull``, HTTP 503 + Retry-After) and are
-  released together when it is ready; a failed start fails them with the reason;
+  served together when it is ready; a failed start fails them with the reason;
 - at most ``max_concurrency`` requests in flight per model (→ ``TooBusy``, HTTP 429);
-- models of one exclusive ``group`` never run together;
-- an idle model is unloaded after its ``ttl`` (0 = never);
-- ``unload`` (a user's stop) lets requests in flight finish first; a request arriving meanwhile
-  waits and starts the model again afterwards;
-- a model whose process died (``died``) is stopped: its leases still release normally and the next
-  request starts it again.
+- an idle model is unloaded after its ``ttl`` (0 = never); a request that waited
+  ``wait_for_room`` for room that was never freed fails (``NoRoom``);
+- ``unload`` (a user's stop) lets requests in flight finish first; a model whose configuration
+  disappeared (``configure`` without it) is unloaded the same way and then forgotten, its queued
+  requests failing with ``NotFound``;
+- a model whose process died (``died``) is stopped; its leases still release normally.
+
+A lease is acknowledged: ``acquire`` hands the caller a ``Lease`` through a future, and a caller
+cancelled while waiting withdraws its request, or gives back a lease granted as it left — a
+departed caller cannot leave an in-flight count behind.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from llamastudio.aio import cancel_and_wait
 from llamastudio.errors import NotFound, StudioError
+from llamastudio.runtime import policy
+from llamastudio.runtime.policy import FAIR_WAIT, State, View
+
+log = logging.getLogger(__name__)
 
 
 class QueueFull(StudioError):
@@ -55,31 +70,124 @@ class ModelSpec:
     group: str | None = None  # models of one exclusive group never run together
     max_concurrency: int = 0  # 0 = unlimited
     max_queue: int = 64
+    threads: int = 0  # CPU threads it computes with (see policy.py); 0 = wholly on GPUs
 
 
 class Effects(Protocol):
     async def start(self, model: str) -> None:
         """Start the model and return when it is ready; raise StudioError when it cannot start."""
 
-    async def stop(self, model: str) -> None: ...
+    async def stop(self, model: str) -> None:
+        """Stop the model; may take its grace period (it runs beside the owner, not in it)."""
+
+
+# -- messages: one type per event ----------------------------------------------------------------
+@dataclass(frozen=True)
+class Acquire:
+    model: str
+    fut: asyncio.Future[Lease]
+
+
+@dataclass(frozen=True)
+class Withdraw:
+    """A caller cancelled while its request waited."""
+
+    model: str
+    fut: asyncio.Future[Lease]
+
+
+@dataclass(frozen=True)
+class Release:
+    model: str
+
+
+@dataclass(frozen=True)
+class Unload:
+    model: str
+    fut: asyncio.Future[None]
+
+
+@dataclass(frozen=True)
+class Started:
+    model: str
+
+
+@dataclass(frozen=True)
+class StartFailed:
+    model: str
+    error: StudioError
+
+
+@dataclass(frozen=True)
+class Stopped:
+    model: str
+
+
+@dataclass(frozen=True)
+class Died:
+    model: str
+
+
+@dataclass(frozen=True)
+class Configure:
+    specs: tuple[ModelSpec, ...]
+
+
+@dataclass(frozen=True)
+class Budgets:
+    budgets: dict[str, int]
+    cores: int
+
+
+@dataclass(frozen=True)
+class Tick:
+    pass
+
+
+Message = (
+    Acquire
+    | Withdraw
+    | Release
+    | Unload
+    | Started
+    | StartFailed
+    | Stopped
+    | Died
+    | Configure
+    | Budgets
+    | Tick
+)
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """A read-only snapshot of one model, for status views."""
+
+    name: str
+    state: State
+    in_flight: int
+    queued: int
+    last_used: float
+    closed: bool
+    threads: int
 
 
 @dataclass
-class _Event:
-    kind: str  # acquire | release | started | start_failed | tick | configure | died | unload
-    model: str = ""
-    fut: asyncio.Future[None] | None = None
-    error: StudioError | None = None
-    specs: list[ModelSpec] | None = None
+class _Waiter:
+    fut: asyncio.Future[Lease]
+    since: float
 
 
 @dataclass
 class _Entry:
     spec: ModelSpec
-    state: str = "stopped"  # stopped | starting | ready | stopping
+    state: State = "stopped"
     in_flight: int = 0
     last_used: float = 0.0
-    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    busy_since: float | None = None
+    closed: bool = False  # fairness: new requests queue while it drains
+    removed: bool = False  # its configuration is gone: unload, then forget
+    waiters: deque[_Waiter] = field(default_factory=deque)
     draining: list[asyncio.Future[None]] = field(default_factory=list)  # unload() callers
 
 
@@ -92,15 +200,11 @@ class Lease:
         self.released = False
 
     def release(self) -> None:
-        """Frees the slot at once (same thread as the owner, no await in between); the owner then
-        does what may follow (drain, waiting placements)."""
+        """Idempotent. The owner counts it; messages are handled in order, so an ``acquire``
+        posted after this release sees the slot free."""
         if not self.released:
             self.released = True
-            entry = self.scheduler.entries.get(self.model)
-            if entry is not None:
-                entry.in_flight -= 1
-                entry.last_used = self.scheduler.clock()
-            self.scheduler._post(_Event("release", self.model))
+            self.scheduler._post(Release(self.model))
 
 
 class Scheduler:
@@ -112,22 +216,39 @@ class Scheduler:
         clock: Callable[[], float] = time.monotonic,
         wait_for_room: float = 300.0,
         on_change: Callable[[str, str], None] | None = None,
+        cores: int = 0,
+        fair_wait: float = FAIR_WAIT,
     ) -> None:
         self.effects = effects
         self.budgets = dict(budgets)
+        self.cores = cores  # 0: CPU threads are not gated
         self.entries = {m.name: _Entry(m) for m in models}
         self.clock = clock
         self.wait_for_room = wait_for_room
+        self.fair_wait = fair_wait
         self.on_change = on_change
-        self.events: asyncio.Queue[_Event] = asyncio.Queue()
-        self.blocked: dict[str, float] = {}  # model → since when it waits for busy models to go idle
+        self.events: asyncio.Queue[Message] = asyncio.Queue()
         self.evictions = 0  # stopped to make room
         self.unloads = 0  # stopped after their idle TTL
         self.loads = 0
         self._task: asyncio.Task[None] | None = None
-        self._starting: set[asyncio.Task[None]] = set()
+        self._effects: set[asyncio.Task[None]] = set()
+        self._wake: asyncio.TimerHandle | None = None
+        self._handlers: dict[type[Any], Callable[[Any], None]] = {
+            Acquire: self._on_acquire,
+            Withdraw: self._on_withdraw,
+            Release: self._on_release,
+            Unload: self._on_unload,
+            Started: self._on_started,
+            StartFailed: self._on_start_failed,
+            Stopped: self._on_stopped,
+            Died: self._on_died,
+            Configure: self._on_configure,
+            Budgets: self._on_budgets,
+            Tick: self._on_tick,
+        }
 
-    # -- public, callable from any task -------------------------------------------------------
+    # -- public, callable from any task on the loop ---------------------------------------------
     async def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run())
@@ -135,27 +256,51 @@ class Scheduler:
     async def close(self) -> None:
         await cancel_and_wait(self._task)
         self._task = None
+        if self._wake is not None:
+            self._wake.cancel()
+        for t in list(self._effects):
+            await cancel_and_wait(t)
 
     async def acquire(self, model: str) -> Lease:
-        """Wait until ``model`` is ready and hold it for one request."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._post(_Event("acquire", model, fut))
-        await fut
-        return Lease(self, model)
+        """Wait until ``model`` may serve one more request and hold it for that request."""
+        fut: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
+        self._post(Acquire(model, fut))
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                fut.result().release()  # granted as the caller left: give it back
+            else:
+                self._post(Withdraw(model, fut))
+            raise
 
     async def unload(self, model: str) -> None:
         """Stop ``model`` once its requests in flight have finished (never interrupts one)."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._post(_Event("unload", model, fut))
+        self._post(Unload(model, fut))
         await fut
 
     def configure(self, specs: list[ModelSpec]) -> None:
-        """Replace the set of models; running ones keep running with their new spec."""
-        self._post(_Event("configure", specs=list(specs)))
+        """Replace the set of models: running ones keep running with their new spec; running
+        ones that are no longer configured are unloaded (after their requests) and forgotten."""
+        self._post(Configure(tuple(specs)))
+
+    def set_budgets(self, budgets: dict[str, int], cores: int) -> None:
+        self._post(Budgets(dict(budgets), cores))
 
     def died(self, model: str) -> None:
         """The model's process is gone (crash, kill -9): mark it stopped."""
-        self._post(_Event("died", model))
+        self._post(Died(model))
+
+    def tick(self) -> None:
+        """Check idle TTLs and bounded waits (call periodically; the owner task does the work)."""
+        self._post(Tick())
+
+    def snapshot(self) -> dict[str, ModelState]:
+        return {
+            n: ModelState(n, e.state, e.in_flight, len(e.waiters), e.last_used, e.closed, e.spec.threads)
+            for n, e in self.entries.items()
+        }
 
     def queue_depth(self) -> dict[str, int]:
         return {n: len(e.waiters) for n, e in self.entries.items()}
@@ -166,127 +311,238 @@ class Scheduler:
             n: {
                 "state": e.state,
                 "in_flight": e.in_flight,
+                "queued": len(e.waiters),
+                "closed": e.closed,
                 "idle_s": now - e.last_used if e.last_used else None,
             }
             for n, e in self.entries.items()
         }
 
-    def tick(self) -> None:
-        """Check idle TTLs (call periodically; the owner task does the work)."""
-        self._post(_Event("tick"))
-
-    # -- the owner task ------------------------------------------------------------------------
-    def _post(self, event: _Event) -> None:
-        self.events.put_nowait(event)
+    # -- the owner task -------------------------------------------------------------------------
+    def _post(self, message: Message) -> None:
+        self.events.put_nowait(message)
 
     async def _run(self) -> None:
         while True:
-            event = await self.events.get()
+            message = await self.events.get()
             try:
-                await self._handle(event)
-            except StudioError as exc:
-                if event.fut is not None and not event.fut.done():
-                    event.fut.set_exception(exc)
+                self._handlers[type(message)](message)
+                self._reconcile()
+            except Exception:  # a bug in one message must not stop the owner (and all serving)
+                log.exception("scheduler: handling %r failed", message)
 
-    async def _handle(self, event: _Event) -> None:
-        """Effects' ``stop`` is awaited here, by the owner: it must be bounded (grace period)."""
-        kind, model, fut = event.kind, event.model, event.fut
-        if kind == "acquire":
-            assert fut is not None
-            entry = self.entries.get(model)
-            if entry is None:
-                raise NotFound(f"model {model!r} is not configured")
-            spec = entry.spec
-            if spec.max_concurrency and entry.in_flight >= spec.max_concurrency:
-                raise TooBusy(
-                    f"{model}: {entry.in_flight} requests in flight (limit {spec.max_concurrency})",
+    def _on_acquire(self, m: Acquire) -> None:
+        entry = self.entries.get(m.model)
+        if entry is None or entry.removed:
+            _fail(m.fut, NotFound(f"model {m.model!r} is not configured"))
+            return
+        spec = entry.spec
+        if spec.max_concurrency and entry.in_flight >= spec.max_concurrency:
+            _fail(
+                m.fut,
+                TooBusy(
+                    f"{m.model}: {entry.in_flight} requests in flight (limit {spec.max_concurrency})",
                     retry_after=1,
-                )
-            if entry.state == "ready" and not entry.draining:
-                self._lease(entry, fut)
-                return
-            if len(entry.waiters) >= spec.max_queue:
-                raise QueueFull(
-                    f"{model}: {len(entry.waiters)} requests already wait for it to load", retry_after=5
-                )
-            entry.waiters.append(fut)
-            if entry.state == "stopped":
-                await self._place(entry)
-        elif kind == "release":
-            entry = self.entries.get(model)
-            if entry is None:
-                return
-            if entry.draining and not entry.in_flight:
-                await self._drain(entry)
-            await self._retry_blocked()
-        elif kind == "started":
-            entry = self.entries[model]
-            self._set(entry, "ready")
-            entry.last_used = self.clock()
-            for w in entry.waiters:
-                self._lease(entry, w)
-            entry.waiters.clear()
-        elif kind == "unload":
-            assert fut is not None
-            entry = self.entries.get(model)
-            if entry is None:
-                raise NotFound(f"model {model!r} is not configured")
-            if entry.state == "stopped":
-                fut.set_result(None)
-                return
-            entry.draining.append(fut)
-            if not entry.in_flight and entry.state == "ready":
-                await self._drain(entry)
-        elif kind == "configure":
-            for spec in event.specs or []:
-                if spec.name in self.entries:
-                    self.entries[spec.name].spec = spec
-                else:
-                    self.entries[spec.name] = _Entry(spec)
-            keep = {s.name for s in event.specs or []}
-            for name, e in list(self.entries.items()):
-                if name not in keep and e.state == "stopped" and not e.waiters and not e.in_flight:
-                    del self.entries[name]
-        elif kind == "died":
-            entry = self.entries.get(model)
-            if entry is not None and entry.state in ("ready", "stopping"):
-                self._set(entry, "stopped")
-                self.blocked.pop(model, None)
-                await self._retry_blocked()
-        elif kind == "start_failed":
-            entry = self.entries[model]
-            self._set(entry, "stopped")
-            self._fail_waiters(entry, event.error or StudioError(f"{model} failed to start"))
-            self._finish_drain(entry)
-        elif kind == "tick":
-            now = self.clock()
-            for e in self.entries.values():
-                idle = now - e.last_used
-                if (
-                    e.state == "ready"
-                    and not e.in_flight
-                    and not e.spec.pinned
-                    and e.spec.ttl
-                    and idle >= e.spec.ttl
-                ):
-                    await self._stop(e, evict=False)
-                    self.unloads += 1
-            for name, since in list(self.blocked.items()):
-                if now - since > self.wait_for_room:
-                    del self.blocked[name]
-                    why = NoRoom(f"{name}: no room was freed within {self.wait_for_room:.0f}s")
-                    self._fail_waiters(self.entries[name], why)
+                ),
+            )
+            return
+        waiter = _Waiter(m.fut, self.clock())
+        entry.waiters.append(waiter)
+        self._reconcile()
+        if waiter in entry.waiters and len(entry.waiters) > spec.max_queue:
+            entry.waiters.remove(waiter)
+            why = "wait for it to load" if entry.state != "ready" else "wait for their turn"
+            _fail(m.fut, QueueFull(f"{m.model}: {spec.max_queue} requests already {why}", retry_after=5))
 
-    def _set(self, entry: _Entry, state: str) -> None:
+    def _on_withdraw(self, m: Withdraw) -> None:
+        entry = self.entries.get(m.model)
+        if entry is not None:
+            entry.waiters = deque(w for w in entry.waiters if w.fut is not m.fut)
+
+    def _on_release(self, m: Release) -> None:
+        entry = self.entries.get(m.model)
+        if entry is None:
+            return
+        entry.in_flight = max(0, entry.in_flight - 1)
+        entry.last_used = self.clock()
+        if not entry.in_flight:
+            entry.busy_since = None
+        self._forget_if_gone(entry)
+
+    def _on_unload(self, m: Unload) -> None:
+        entry = self.entries.get(m.model)
+        if entry is None:
+            _fail(m.fut, NotFound(f"model {m.model!r} is not configured"))
+        elif entry.state == "stopped":
+            m.fut.set_result(None)
+        else:
+            entry.draining.append(m.fut)  # the policy stops it once nothing is in flight
+
+    def _on_started(self, m: Started) -> None:
+        entry = self.entries[m.model]  # a starting model is never forgotten
+        self._set(entry, "ready")
+        entry.last_used = self.clock()  # its queued requests are admitted by the policy
+
+    def _on_start_failed(self, m: StartFailed) -> None:
+        entry = self.entries[m.model]
+        self._set(entry, "stopped")
+        self._fail_waiters(entry, m.error)
+        self._finish_drain(entry)
+        self._forget_if_gone(entry)
+
+    def _on_stopped(self, m: Stopped) -> None:
+        entry = self.entries[m.model]
+        if entry.state != "stopping":
+            return  # already marked stopped (it died while stopping)
+        self._set(entry, "stopped")
+        self._finish_drain(entry)
+        self._forget_if_gone(entry)
+
+    def _on_died(self, m: Died) -> None:
+        entry = self.entries.get(m.model)
+        if (
+            entry is not None and entry.state == "ready"
+        ):  # stopping: Stopped follows; starting: the start fails
+            self._set(entry, "stopped")
+            self._finish_drain(entry)
+            self._forget_if_gone(entry)
+
+    def _on_configure(self, m: Configure) -> None:
+        keep = {s.name for s in m.specs}
+        for spec in m.specs:
+            entry = self.entries.get(spec.name)
+            if entry is None:
+                self.entries[spec.name] = _Entry(spec)
+            else:
+                entry.spec, entry.removed = spec, False
+        for entry in list(self.entries.values()):
+            if entry.spec.name not in keep and not entry.removed:
+                entry.removed = True
+                self._fail_waiters(entry, NotFound(f"model {entry.spec.name!r} is no longer configured"))
+                self._forget_if_gone(entry)
+
+    def _on_budgets(self, m: Budgets) -> None:
+        self.budgets, self.cores = dict(m.budgets), m.cores
+
+    def _on_tick(self, m: Tick) -> None:
+        now = self.clock()
+        for name in policy.expired(self._views(), now):
+            self.unloads += 1
+            self._stop(self.entries[name])
+        for entry in self.entries.values():
+            if entry.state == "starting":
+                continue  # bounded by the load timeout instead
+            if entry.waiters and now - entry.waiters[0].since > self.wait_for_room:
+                why = NoRoom(f"{entry.spec.name}: no room was freed within {self.wait_for_room:.0f}s")
+                while entry.waiters and now - entry.waiters[0].since > self.wait_for_room:
+                    _fail(entry.waiters.popleft().fut, why)
+
+    # -- applying the policy ----------------------------------------------------------------------
+    def _views(self) -> list[View]:
+        """Models that matter to the policy: holding memory, or with requests queued."""
+        out = []
+        for e in self.entries.values():
+            if any(w.fut.done() for w in e.waiters):  # cancelled callers not yet withdrawn
+                e.waiters = deque(w for w in e.waiters if not w.fut.done())
+            if e.state == "stopped" and not e.waiters:
+                continue
+            s = e.spec
+            out.append(
+                View(
+                    name=s.name,
+                    state=e.state,
+                    reserve=s.reserve,
+                    threads=s.threads,
+                    in_flight=e.in_flight,
+                    last_used=e.last_used,
+                    busy_since=e.busy_since,
+                    waiting_since=e.waiters[0].since if e.waiters else None,
+                    pinned=s.pinned,
+                    group=s.group,
+                    draining=bool(e.draining) or e.removed,
+                    closed=e.closed,
+                    ttl=s.ttl,
+                )
+            )
+        return out
+
+    def _reconcile(self) -> None:
+        d = policy.decide(self._views(), self.budgets, self.cores, self.clock(), self.fair_wait)
+        for e in self.entries.values():
+            e.closed = e.spec.name in d.close
+        for name in d.stop:
+            self._stop(self.entries[name])
+        for name in d.evict:
+            self.evictions += 1
+            self._stop(self.entries[name])
+        for name, why in d.fail:
+            self._fail_waiters(self.entries[name], NoRoom(why))
+        for name in d.start:
+            self._start(self.entries[name])
+        for name in d.admit:
+            self._admit(self.entries[name])
+        if self._wake is not None:
+            self._wake.cancel()
+            self._wake = None
+        if d.wake_at is not None:
+            delay = max(0.0, d.wake_at - self.clock())
+            self._wake = asyncio.get_running_loop().call_later(delay, self.tick)
+
+    def _admit(self, entry: _Entry) -> None:
+        limit = entry.spec.max_concurrency
+        now = self.clock()
+        while entry.waiters and not (limit and entry.in_flight >= limit):
+            fut = entry.waiters.popleft().fut
+            if fut.done():
+                continue
+            entry.in_flight += 1
+            entry.last_used = now
+            if entry.busy_since is None:
+                entry.busy_since = now
+            fut.set_result(Lease(self, entry.spec.name))
+
+    def _start(self, entry: _Entry) -> None:
+        self._set(entry, "starting")
+        self.loads += 1
+        self._spawn(self._run_start(entry.spec.name))
+
+    def _stop(self, entry: _Entry) -> None:
+        """Never awaited by the owner: the stop reports ``Stopped`` when done."""
+        self._set(entry, "stopping")
+        entry.busy_since = None
+        self._spawn(self._run_stop(entry.spec.name))
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._effects.add(task)
+        task.add_done_callback(self._effects.discard)
+
+    async def _run_start(self, model: str) -> None:
+        try:
+            await self.effects.start(model)
+        except StudioError as exc:
+            self._post(StartFailed(model, exc))
+            return
+        except Exception as exc:
+            log.exception("%s: start failed", model)
+            self._post(StartFailed(model, StudioError(f"{model} failed to start: {exc}")))
+            return
+        self._post(Started(model))
+
+    async def _run_stop(self, model: str) -> None:
+        try:
+            await self.effects.stop(model)
+        except Exception:
+            log.exception("%s: stop failed", model)
+        finally:
+            self._post(Stopped(model))
+
+    def _set(self, entry: _Entry, state: State) -> None:
         entry.state = state
+        if state != "ready":
+            entry.closed = False
         if self.on_change is not None:
             self.on_change(entry.spec.name, state)
-
-    async def _drain(self, entry: _Entry) -> None:
-        await self._stop(entry, evict=False)
-        self._finish_drain(entry)
-        if entry.waiters:  # requests that came in while it drained start it again
-            await self._place(entry)
 
     def _finish_drain(self, entry: _Entry) -> None:
         for f in entry.draining:
@@ -294,96 +550,17 @@ class Scheduler:
                 f.set_result(None)
         entry.draining.clear()
 
-    def _lease(self, entry: _Entry, fut: asyncio.Future[None]) -> None:
-        if fut.done():
-            return
-        entry.in_flight += 1
-        entry.last_used = self.clock()
-        fut.set_result(None)
-
     def _fail_waiters(self, entry: _Entry, exc: StudioError) -> None:
         for w in entry.waiters:
-            if not w.done():
-                w.set_exception(exc)
+            _fail(w.fut, exc)
         entry.waiters.clear()
 
-    def _used(self) -> dict[str, int]:
-        used: dict[str, int] = {}
-        for e in self.entries.values():
-            if e.state != "stopped":
-                for dev, n in e.spec.reserve.items():
-                    used[dev] = used.get(dev, 0) + n
-        return used
+    def _forget_if_gone(self, entry: _Entry) -> None:
+        if entry.removed and entry.state == "stopped" and not entry.in_flight:
+            self._finish_drain(entry)
+            self.entries.pop(entry.spec.name, None)
 
-    def _fits(self, spec: ModelSpec, freed: frozenset[str] = frozenset()) -> bool:
-        used = self._used()
-        for name in freed:
-            for dev, n in self.entries[name].spec.reserve.items():
-                used[dev] -= n
-        return all(used.get(dev, 0) + n <= self.budgets.get(dev, 0) for dev, n in spec.reserve.items())
 
-    async def _place(self, entry: _Entry) -> None:
-        spec = entry.spec
-        if not all(n <= self.budgets.get(dev, 0) for dev, n in spec.reserve.items()):
-            self._fail_waiters(entry, NoRoom(f"{spec.name} needs more memory than the devices have"))
-            return
-        conflicts = [
-            e
-            for e in self.entries.values()
-            if e is not entry
-            and e.state != "stopped"
-            and spec.group is not None
-            and e.spec.group == spec.group
-        ]
-        victims: list[_Entry] = list(conflicts)
-        candidates = sorted(
-            (
-                e
-                for e in self.entries.values()
-                if e is not entry and e.state == "ready" and e not in victims and not e.spec.pinned
-            ),
-            key=lambda e: (e.last_used, sum(e.spec.reserve.values())),
-        )
-        for e in candidates:
-            if self._fits(spec, frozenset(v.spec.name for v in victims)):
-                break
-            victims.append(e)
-        busy = [v for v in victims if v.in_flight or v.spec.pinned]
-        if busy or not self._fits(spec, frozenset(v.spec.name for v in victims)):
-            # never interrupt a request: wait for the busy ones to finish, then try again
-            self.blocked.setdefault(spec.name, self.clock())
-            for v in victims:
-                if not v.in_flight and not v.spec.pinned and v.state == "ready":
-                    await self._stop(v)
-            return
-        for v in victims:
-            await self._stop(v)
-        self._set(entry, "starting")
-        self.loads += 1
-        task = asyncio.create_task(self._start(entry.spec.name))
-        self._starting.add(task)
-        task.add_done_callback(self._starting.discard)
-
-    async def _retry_blocked(self) -> None:
-        for name in list(self.blocked):
-            entry = self.entries[name]
-            del self.blocked[name]
-            if entry.state == "stopped" and entry.waiters:
-                await self._place(entry)
-
-    async def _start(self, model: str) -> None:
-        try:
-            await self.effects.start(model)
-        except StudioError as exc:
-            self._post(_Event("start_failed", model, error=exc))
-            return
-        self._post(_Event("started", model))
-
-    async def _stop(self, entry: _Entry, evict: bool = True) -> None:
-        if entry.state in ("stopping", "stopped"):
-            return
-        self._set(entry, "stopping")
-        if evict:
-            self.evictions += 1
-        await self.effects.stop(entry.spec.name)
-        self._set(entry, "stopped")
+def _fail(fut: asyncio.Future[Any], exc: StudioError) -> None:
+    if not fut.done():
+        fut.set_exception(exc)

@@ -33,9 +33,11 @@ export function apiKey(): string {
   return localStorage.getItem(KEY_STORAGE) ?? ''
 }
 
+/** The key (when set) and the studio's client header: the server refuses a state-changing request
+ * with neither a JSON body nor this header, as a cross-site page could send it without asking. */
 export function authHeaders(): Record<string, string> {
   const key = apiKey()
-  return key ? { Authorization: `Bearer ${key}` } : {}
+  return { 'X-Studio-Client': 'web', ...(key ? { Authorization: `Bearer ${key}` } : {}) }
 }
 
 /** Fill `{name}` segments (a model id may contain `/` and `:`; it is sent as is). */

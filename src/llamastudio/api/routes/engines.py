@@ -11,8 +11,8 @@ from typing import Any
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
-from llamastudio.api.deps import StateDep
-from llamastudio.engines.build import Builder, BuildSpec
+from llamastudio.api.deps import StateDep, require_commands
+from llamastudio.engines.build import Builder, BuildSpec, foreign_code
 from llamastudio.engines.registry import Engine, EngineRegistry
 from llamastudio.engines.releases import GitHubReleases, install, updates
 from llamastudio.engines.validate import revalidate
@@ -74,6 +74,7 @@ async def build(state: StateDep, body: BuildIn) -> dict[str, Any]:
         name=body.name,
         build_number=body.build_number,
     )
+    require_commands(state.settings, foreign_code(spec, state.settings.github_repo))
     reg = _registry(state)
 
     async def work(log: Callable[[str], None], cancel: asyncio.Event) -> Engine:

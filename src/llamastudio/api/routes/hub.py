@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +67,10 @@ async def add_model(state: StateDep, body: AddPath) -> list[dict[str, Any]]:
     path = Path(body.path)
     if not path.is_absolute() or "\0" in body.path:
         raise InvalidInput("path must be absolute")
-    added = [m.to_json() for m in Library(state.db).add(path)]
+    # a directory is searched (bounded, but still disk I/O): never on the serving loop
+    found = await asyncio.to_thread(Library(state.db).add, path)
     await state.runtime.sync()
-    return added
+    return [m.to_json() for m in found]
 
 
 @router.delete("/models")

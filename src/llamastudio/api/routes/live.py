@@ -25,12 +25,9 @@ async def system(state: StateDep) -> dict[str, Any]:
 @ws_router.websocket("/ws")
 async def ws(socket: WebSocket) -> None:
     """A snapshot first (``hello``), then every event as JSON. With an API key configured, pass
-    it as ``?key=`` (browsers cannot set headers on WebSockets)."""
+    it as ``Authorization: Bearer`` or, from the UI's own origin, ``?key=`` (browsers cannot set
+    headers on WebSockets): the guard checks it and the Origin before the handshake."""
     state: AppState = socket.app.state.studio
-    key = state.settings.api_key
-    if key and socket.query_params.get("key") != key:
-        await socket.close(code=4401, reason="missing or wrong API key")
-        return
     await socket.accept()
     queue = state.bus.subscribe()
     try:

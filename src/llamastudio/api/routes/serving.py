@@ -8,13 +8,14 @@ from typing import Any, Literal
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
-from llamastudio.api.deps import StateDep
+from llamastudio.api.deps import StateDep, require_commands
 from llamastudio.errors import InvalidInput, StudioError
 from llamastudio.fit.planner import Goal
 from llamastudio.hardware.devices import Hardware
 from llamastudio.hardware.profiles import resolve_named
+from llamastudio.runtime.logfile import MAX_TAIL
 from llamastudio.runtime.manager import Runtime, budgets_of
-from llamastudio.runtime.models import ModelConfig, validate
+from llamastudio.runtime.models import MAX_TTL, ModelConfig, runs_command, validate
 
 router = APIRouter(prefix="/api", tags=["serving"])
 
@@ -79,7 +80,9 @@ def get_config(state: StateDep, id: str) -> dict[str, Any]:
 @router.put("/models/{id:path}/config")
 async def put_config(state: StateDep, id: str, body: ConfigIn) -> dict[str, Any]:
     rt = _runtime(state)
-    await asyncio.to_thread(rt.configs.put, _config_from(id, body))
+    cfg = _config_from(id, body)
+    require_commands(state.settings, runs_command(cfg))
+    await asyncio.to_thread(rt.configs.put, cfg)
     await rt.sync()
     return _view(rt, rt.configs.get(id))
 
@@ -89,6 +92,7 @@ def preview(state: StateDep, id: str, body: ConfigIn) -> dict[str, Any]:
     """What a configuration would run and cost, without saving it (for a config editor)."""
     cfg = _config_from(id, body)
     validate(cfg)
+    _runtime(state).configs.check_flags(cfg)  # an unknown flag is a 400, as when saving
     return _view(_runtime(state), cfg)
 
 
@@ -157,15 +161,25 @@ async def stop(state: StateDep, id: str) -> dict[str, Any]:
 
 @router.get("/models/{id:path}/logs")
 async def logs(state: StateDep, id: str, tail: int = 200) -> dict[str, Any]:
-    if not 1 <= tail <= 10000:
-        raise InvalidInput("tail must be between 1 and 10000")
+    """The last ``tail`` lines (at most 5000) of the model's engine log, rotated files included."""
+    if not 1 <= tail <= MAX_TAIL:
+        raise InvalidInput(f"tail must be between 1 and {MAX_TAIL}")
     rt = _runtime(state)
     name = await rt.resolve(id)
-    return {"model": name, "lines": rt.logs(name, tail)}
+    return {"model": name, "lines": await rt.logs(name, tail)}
 
 
 class SettingsIn(BaseModel):
-    default_ttl: float | None = Field(None, ge=0, description="Seconds idle before unloading (0 = never).")
+    """Settings the UI may change at run time; each value finite and in range (a stored Infinity
+    once made every ``/ws`` frame invalid JSON)."""
+
+    default_ttl: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_TTL,
+        allow_inf_nan=False,
+        description="Seconds idle before unloading (0 = never; at most ten years).",
+    )
 
 
 @router.get("/settings")
@@ -188,7 +202,7 @@ def get_settings(state: StateDep) -> dict[str, Any]:
 async def put_settings(state: StateDep, body: SettingsIn) -> dict[str, Any]:
     rt = _runtime(state)
     if body.default_ttl is not None:
-        rt.set_default_ttl(body.default_ttl)
+        await asyncio.to_thread(rt.set_default_ttl, body.default_ttl)
         await rt.sync()
     return get_settings(state)
 
@@ -214,7 +228,11 @@ class ImportIn(BaseModel):
 @router.post("/served/import")
 async def import_configs(state: StateDep, body: ImportIn) -> dict[str, list[str]]:
     rt = _runtime(state)
-    configs = await asyncio.to_thread(rt.import_configs, body.format, body.text)
+
+    def permit(cfg: ModelConfig) -> None:
+        require_commands(state.settings, runs_command(cfg))
+
+    configs = await asyncio.to_thread(rt.import_configs, body.format, body.text, permit)
     await rt.sync()
     return {"imported": [c.name for c in configs]}
 

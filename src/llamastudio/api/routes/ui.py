@@ -1,11 +1,18 @@
 """The web UI: the built Vue app (``llamastudio/web/dist``, shipped in the package) at ``/``, with
-every unknown non-API path answered by ``index.html`` (client-side routes)."""
+every unknown non-API path answered by ``index.html`` (client-side routes).
+
+Paths are hostile until checked: one with a NUL or other control character, a ``.``/``..``
+segment, a backslash, an encoded separator (``%2F``, ``%5C``), or bytes that are not UTF-8 is a
+404 in the error shape, never a 500 and never the SPA; a file is served only when its resolved path
+(symlinks followed) is inside ``dist``.
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from llamastudio.errors import NotFound
@@ -18,16 +25,41 @@ _MISSING = """<!doctype html><meta charset="utf-8"><title>llama.cpp Studio</titl
 <h1>llama.cpp Studio</h1><p>The web UI is not built in this installation. Run <code>make run</code>
 from a checkout (it builds it), or use the <a href="/docs">REST API</a>.</p></body>"""
 
+_ENCODED_SEPARATOR = re.compile(rb"%(2f|5c|00)", re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\ufffd\\]")  # U+FFFD: bytes that were not UTF-8
+
+
+def _hostile(path: str, raw_path: bytes) -> bool:
+    if _CONTROL.search(path) or _ENCODED_SEPARATOR.search(raw_path):
+        return True
+    try:
+        raw_path.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return any(part in (".", "..") for part in path.split("/"))
+
+
+def _file(dist: Path, path: str) -> Path | None:
+    """``dist/path`` when it is a regular file inside ``dist`` once resolved, else None."""
+    try:
+        target = (dist / path).resolve()
+        return target if target.is_relative_to(dist) and target.is_file() else None
+    except (OSError, RuntimeError, ValueError):  # too long, a symlink loop, ...
+        return None
+
 
 @router.get("/{path:path}")
-def ui(path: str) -> Response:
+def ui(path: str, request: Request) -> Response:
     if path.startswith(("api/", "ws")) or path in ("api", "openapi.json"):
         raise NotFound(f"no route /{path}")
-    index = DIST / "index.html"
+    if _hostile(path, request.scope.get("raw_path") or b""):
+        raise NotFound("no such page")
+    dist = DIST.resolve()
+    index = dist / "index.html"
     if not index.is_file():
         return HTMLResponse(_MISSING)
-    target = (DIST / path).resolve()
-    if path and target.is_relative_to(DIST) and target.is_file():
+    target = _file(dist, path) if path else None
+    if target is not None:
         cache = "public, max-age=31536000, immutable" if "/assets/" in f"/{path}" else "no-cache"
         return FileResponse(target, headers={"Cache-Control": cache})
     return FileResponse(index, headers={"Cache-Control": "no-cache"})
