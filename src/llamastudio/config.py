@@ -109,6 +109,12 @@ class Settings(BaseSettings):
         le=4096,
         description="Largest request body (MiB) the management API and gateway accept.",
     )
+    url: str | None = Field(
+        default=None,
+        description="URL of the studio the CLI talks to (`ps`, `run`, `stop`, `models config`…). "
+        "Default: the studio serving the data directory (from `<data>/run/studio.json`), else "
+        "`http://127.0.0.1:<port>`. `--url` sets it.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level of the service."
     )

@@ -54,6 +54,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Render = Callable[[StudioError], dict[str, Any]]
 
 CLIENT_HEADER = "X-Studio-Client"
+# the data directory's owner key (``<data>/run/owner.key``, 0600): the CLI on the studio's machine
+# sends it so that the owner at the keyboard may run commands through the API
+OWNER_HEADER = "X-Studio-Owner"
 LOCAL_NAMES = frozenset({"localhost"})
 _STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _ANY_ADDRESS = frozenset({"", "0.0.0.0", "::", "[::]"})

@@ -14,16 +14,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import os
 import signal
 import socket
 from collections.abc import Generator
 
 import uvicorn
 
+from llamastudio import runinfo
 from llamastudio.api.app import create_app
 from llamastudio.api.deps import AppState
 from llamastudio.config import Settings
-from llamastudio.errors import InvalidInput
+from llamastudio.errors import Conflict, InvalidInput
 from llamastudio.gateway.app import Gateway, error_json
 from llamastudio.guard import guard_gateway
 from llamastudio.http_protocol import BODY_TIMEOUT, HEADER_TIMEOUT, with_timeouts
@@ -110,8 +112,21 @@ async def serve(settings: Settings) -> None:
     while not api.started and not api_task.done():
         await asyncio.sleep(0.02)
     gw_task = asyncio.create_task(gw.serve())
+    while not gw.started and not gw_task.done():
+        await asyncio.sleep(0.02)
+    if api.started and gw.started:  # the CLI finds this studio through its data directory
+        runinfo.write(
+            settings.data_dir,
+            settings.host,
+            _bound_port(api, settings.port),
+            _bound_port(gw, settings.gateway_port),
+            state.owner_key,
+        )
     stopper = asyncio.create_task(stop.wait())
-    await asyncio.wait({api_task, gw_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        await asyncio.wait({api_task, gw_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        runinfo.remove(settings.data_dir)
     gw.should_exit = True
     await asyncio.gather(gw_task, return_exceptions=True)
     api.should_exit = True
@@ -122,8 +137,28 @@ async def serve(settings: Settings) -> None:
             raise task.exception()  # type: ignore[misc]
 
 
+def _bound_port(server: uvicorn.Server, configured: int) -> int:
+    """The port a listener got (``configured`` unless it was 0)."""
+    for srv in server.servers:
+        for sock in srv.sockets:
+            return int(sock.getsockname()[1])
+    return configured
+
+
+def check_single(settings: Settings) -> None:
+    """Refuse a second studio on one data directory (two writers of one database, two owners of
+    the same engines' orphan records)."""
+    other = runinfo.read(settings.data_dir)
+    if other is not None and other.pid != os.getpid():
+        raise Conflict(
+            f"another studio (pid {other.pid}) already serves {settings.data_dir} at {other.url}; "
+            "stop it first, or give this one another --data-dir"
+        )
+
+
 def run(settings: Settings) -> None:
     check_exposure(settings)
+    check_single(settings)
     try:
         import uvloop
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -14,7 +16,7 @@ from llamastudio.engines.jobs import EngineJobs
 from llamastudio.errors import CommandsNotAllowed, Unauthorized
 from llamastudio.events import EventBus
 from llamastudio.gateway.metrics import Metrics
-from llamastudio.guard import key_ok
+from llamastudio.guard import OWNER_HEADER, key_ok
 from llamastudio.hardware.monitor import SystemMonitor
 from llamastudio.hub.jobs import DownloadManager
 from llamastudio.runtime.manager import Runtime
@@ -31,6 +33,7 @@ class AppState:
     engine_jobs: EngineJobs
     monitor: SystemMonitor
     metrics: Metrics
+    owner_key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     started: float = field(default_factory=time.monotonic)
 
 
@@ -57,11 +60,16 @@ def require_api_key(
         raise Unauthorized("missing or wrong API key (send `Authorization: Bearer <key>`)")
 
 
-def require_commands(settings: Settings, what: str | None) -> None:
+def require_commands(state: AppState, request: Request, what: str | None) -> None:
     """Refuse (403) to store something that runs a command of the caller's choosing, unless
-    ``allow_commands`` is set; ``what`` says what would run (None: nothing does)."""
-    if what and not settings.allow_commands:
-        raise CommandsNotAllowed(
-            f"{what}: running commands of the caller's choosing is off for the API; enable it "
-            "with LLAMASTUDIO_ALLOW_COMMANDS=1 (or use the CLI on the studio's machine)"
-        )
+    ``allow_commands`` is set or the caller proves it is the data directory's owner (the CLI on
+    this machine sends the 0600 owner key); ``what`` says what would run (None: nothing does)."""
+    if not what or state.settings.allow_commands:
+        return
+    owner = request.headers.get(OWNER_HEADER)
+    if owner and hmac.compare_digest(owner.encode(), state.owner_key.encode()):
+        return
+    raise CommandsNotAllowed(
+        f"{what}: running commands of the caller's choosing is off for the API; enable it "
+        "with LLAMASTUDIO_ALLOW_COMMANDS=1 (or use the CLI on the studio's machine)"
+    )

@@ -48,11 +48,19 @@ def _root(
     data_dir: Annotated[
         Path | None, typer.Option("--data-dir", help="Data directory (env LLAMASTUDIO_DATA_DIR).")
     ] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url", help="Studio to talk to (env LLAMASTUDIO_URL; default: the one serving the data dir)."
+        ),
+    ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
     ctx.obj = {"data_dir": data_dir} if data_dir else {}
+    if url:
+        ctx.obj["url"] = url
     ctx.obj["load_settings"] = load_settings
 
 

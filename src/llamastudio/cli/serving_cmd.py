@@ -1,65 +1,30 @@
-"""Serving from the CLI: ``ps``, ``run``, ``stop`` talk to the running studio's REST API;
-``models config|show|unconfig|import|export`` edit configurations in the data directory (a
-running studio picks changes up within seconds)."""
+"""Serving from the CLI: ``ps``, ``run``, ``stop`` talk to the studio serving the data directory
+(``cli/client.py`` finds it); ``models config|show|unconfig|import|export`` go through that
+studio's API while it runs (one writer of the database), and edit the data directory directly
+when no studio runs."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
+from urllib.parse import quote
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from llamastudio.cli.client import call, running_studio, target
 from llamastudio.cli.context import database, settings
 from llamastudio.cli.hub_cmd import models_app
-from llamastudio.config import Settings
-from llamastudio.errors import Conflict, Forbidden, InvalidInput, NotFound, StudioError, Unauthorized
+from llamastudio.errors import InvalidInput
 from llamastudio.events import EventBus
 from llamastudio.fsutil import write_atomic
-from llamastudio.guard import CLIENT_HEADER
 from llamastudio.hardware.devices import Hardware
 from llamastudio.runtime.manager import Runtime
 from llamastudio.runtime.models import ModelConfig
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-_BY_STATUS: dict[int, type[StudioError]] = {
-    400: InvalidInput,
-    401: Unauthorized,
-    403: Forbidden,
-    404: NotFound,
-    409: Conflict,
-    422: InvalidInput,
-}
-
-
-def _base(s: Settings, port: int) -> str:
-    host = "127.0.0.1" if s.host in ("0.0.0.0", "::", "") else s.host
-    return f"http://{host}:{port}"
-
-
-def call(ctx: typer.Context, method: str, path: str, **kw: Any) -> Any:
-    """One request to the running studio; its errors become StudioErrors with its message."""
-    s = settings(ctx)
-    headers = {CLIENT_HEADER: "cli"}  # bodyless POSTs (start, stop) need it (guard.py)
-    if s.api_key:
-        headers["Authorization"] = f"Bearer {s.api_key}"
-    url = _base(s, s.port)
-    try:
-        r = httpx.request(method, url + path, headers=headers, timeout=600, **kw)
-    except httpx.HTTPError as exc:
-        raise StudioError(
-            f"the studio is not reachable at {url} ({exc}): start it with `llamastudio serve`"
-        ) from exc
-    if r.status_code >= 400:
-        try:
-            message = r.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = r.text[:500]
-        raise _BY_STATUS.get(r.status_code, StudioError)(message)
-    return r.json() if r.content else None
 
 
 def _mib(n: int) -> str:
@@ -89,9 +54,9 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context, model: Annotated[str, typer.Argument(help="Model name, alias or library id.")]
     ) -> None:
         """Start a model (waits until it is ready) and print the endpoint to use."""
-        st = call(ctx, "POST", f"/api/models/{model}/start")
-        s = settings(ctx)
-        endpoint = _base(s, s.gateway_port) + "/v1"
+        studio = target(ctx)
+        st = call(ctx, "POST", f"/api/models/{quote(model)}/start", studio)
+        endpoint = studio.gateway_url + "/v1"
         typer.echo(f"{st['name']} is {st['state']} — OpenAI endpoint: {endpoint} (model: {st['name']})")
         body = json.dumps({"model": st["name"], "messages": [{"role": "user", "content": "Hello"}]})
         typer.echo(f"curl {endpoint}/chat/completions -H 'Content-Type: application/json' -d '{body}'")
@@ -109,7 +74,7 @@ def register(app: typer.Typer) -> None:
             return
         if not model:
             raise InvalidInput("name a model to stop, or pass --all")
-        st = call(ctx, "POST", f"/api/models/{model}/stop")
+        st = call(ctx, "POST", f"/api/models/{quote(model)}/stop")
         typer.echo(f"{st['name']} is {st['state']}")
 
 
@@ -155,6 +120,15 @@ def config(
         max_concurrency=max_concurrency,
         max_queue=max_queue,
     )
+    studio = running_studio(ctx)
+    if studio is not None:  # the running studio stores it (one writer) and applies it
+        body = cfg.to_json()
+        body.pop("name", None)
+        view = call(ctx, "PUT", f"/api/models/{quote(name)}/config", studio, json=body)
+        if view.get("error"):
+            raise InvalidInput(view["error"])
+        typer.echo(" ".join(view["prepared"]["argv"]))
+        return
     rt = _runtime(ctx)
     rt.configs.put(cfg)
     typer.echo(" ".join(rt.prepare(cfg).argv))
@@ -179,6 +153,10 @@ def show(ctx: typer.Context, name: str, as_json: JsonOpt = False) -> None:
 @models_app.command("unconfig")
 def unconfig(ctx: typer.Context, name: str) -> None:
     """Delete a stored configuration (a library model is then served with defaults again)."""
+    studio = running_studio(ctx)
+    if studio is not None:
+        call(ctx, "DELETE", f"/api/models/{quote(name)}/config", studio)
+        return
     _runtime(ctx).configs.delete(name)
 
 
@@ -193,8 +171,14 @@ def import_(ctx: typer.Context, file: Path, fmt: FormatOpt = "") -> None:
     except OSError as exc:
         raise InvalidInput(f"{file}: {exc.strerror}") from exc
     fmt = fmt or ("preset" if file.suffix.lower() == ".ini" else "llama-swap")
-    for cfg in _runtime(ctx).import_configs(fmt, text):
-        typer.echo(f"imported {cfg.name}")
+    studio = running_studio(ctx)
+    if studio is not None:
+        done = call(ctx, "POST", "/api/served/import", studio, json={"format": fmt, "text": text})
+        names = list(done["imported"])
+    else:
+        names = [cfg.name for cfg in _runtime(ctx).import_configs(fmt, text)]
+    for name in names:
+        typer.echo(f"imported {name}")
 
 
 @models_app.command("export")
@@ -206,7 +190,11 @@ def export(
     ] = None,
 ) -> None:
     """Export stored configurations as llama-swap config.yaml or a --models-preset INI."""
-    text = _runtime(ctx).export_configs(fmt)
+    studio = running_studio(ctx)
+    if studio is not None:
+        text = str(call(ctx, "GET", "/api/served/export", studio, params={"format": fmt}))
+    else:
+        text = _runtime(ctx).export_configs(fmt)
     if output is None:
         typer.echo(text, nl=False)
         return

@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from llamastudio.api.deps import StateDep, require_commands
@@ -59,7 +59,7 @@ class BuildIn(BaseModel):
 
 
 @router.post("/build", status_code=202)
-async def build(state: StateDep, body: BuildIn) -> dict[str, Any]:
+async def build(state: StateDep, request: Request, body: BuildIn) -> dict[str, Any]:
     spec = BuildSpec(
         source=body.source,
         ref=body.ref,
@@ -74,7 +74,7 @@ async def build(state: StateDep, body: BuildIn) -> dict[str, Any]:
         name=body.name,
         build_number=body.build_number,
     )
-    require_commands(state.settings, foreign_code(spec, state.settings.github_repo))
+    require_commands(state, request, foreign_code(spec, state.settings.github_repo))
     reg = _registry(state)
 
     async def work(log: Callable[[str], None], cancel: asyncio.Event) -> Engine:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Literal
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from llamastudio.api.deps import StateDep, require_commands
@@ -78,10 +78,10 @@ def get_config(state: StateDep, id: str) -> dict[str, Any]:
 
 
 @router.put("/models/{id:path}/config")
-async def put_config(state: StateDep, id: str, body: ConfigIn) -> dict[str, Any]:
+async def put_config(state: StateDep, request: Request, id: str, body: ConfigIn) -> dict[str, Any]:
     rt = _runtime(state)
     cfg = _config_from(id, body)
-    require_commands(state.settings, runs_command(cfg))
+    require_commands(state, request, runs_command(cfg))
     await asyncio.to_thread(rt.configs.put, cfg)
     await rt.sync()
     return _view(rt, rt.configs.get(id))
@@ -226,11 +226,11 @@ class ImportIn(BaseModel):
 
 
 @router.post("/served/import")
-async def import_configs(state: StateDep, body: ImportIn) -> dict[str, list[str]]:
+async def import_configs(state: StateDep, request: Request, body: ImportIn) -> dict[str, list[str]]:
     rt = _runtime(state)
 
     def permit(cfg: ModelConfig) -> None:
-        require_commands(state.settings, runs_command(cfg))
+        require_commands(state, request, runs_command(cfg))
 
     configs = await asyncio.to_thread(rt.import_configs, body.format, body.text, permit)
     await rt.sync()
