@@ -59,12 +59,20 @@ async def _get(app: ASGIApp, raw_path: bytes) -> tuple[int, bytes]:
         "server": ("127.0.0.1", 8080),
     }
     sent: list[dict[str, Any]] = []
+    requested, done = False, asyncio.Event()
 
     async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await done.wait()  # a response listening for the client to leave
+        return {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            done.set()
 
     await app(scope, receive, send)
     return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
@@ -255,7 +263,7 @@ def test_a_non_loopback_bind_needs_both_keys_or_insecure(tmp_path: Path) -> None
     check_exposure(settings(host="127.0.0.1"))
     check_exposure(settings(host="0.0.0.0", api_key="a", gateway_api_key="g"))
     check_exposure(settings(host="0.0.0.0", insecure=True))
-    with pytest.raises(InvalidInput, match="management API .* and the gateway"):
+    with pytest.raises(InvalidInput, match=r"management API .* and the gateway"):
         check_exposure(settings(host="0.0.0.0"))
     with pytest.raises(InvalidInput, match="use the gateway") as only_gateway_open:
         check_exposure(settings(host="192.168.1.5", api_key="a"))

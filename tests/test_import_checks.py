@@ -27,6 +27,7 @@ from sqlalchemy import event
 from llamastudio.api.app import create_app
 from llamastudio.config import Settings
 from llamastudio.engines.registry import Engine
+from llamastudio.gguf import GGUFModel, load_model
 from llamastudio.runtime import manager as manager_module
 from llamastudio.runtime.manager import Runtime
 from llamastudio.store.models import ServedModelRow, SettingRow
@@ -239,13 +240,20 @@ async def test_300_model_import_is_one_transaction_one_listing_one_header_read(
     event.listen(rt.db.engine, "commit", lambda _conn: commits.append(1))
     listings: list[int] = []
     models = rt.library.models
-    monkeypatch.setattr(rt.library, "models", lambda *a, **kw: listings.append(1) or models(*a, **kw))
+
+    def listing(*args: Any, **kwargs: Any) -> Any:
+        listings.append(1)
+        return models(*args, **kwargs)
+
+    monkeypatch.setattr(rt.library, "models", listing)
     manager_module._read_header.cache_clear()  # a header another test left
     reads: list[str] = []
-    load = manager_module.load_model
-    monkeypatch.setattr(
-        manager_module, "load_model", lambda path, **kw: reads.append(path) or load(path, **kw)
-    )
+
+    def read(path: str, **kwargs: Any) -> GGUFModel:
+        reads.append(path)
+        return load_model(path, **kwargs)
+
+    monkeypatch.setattr(manager_module, "load_model", read)
 
     body = "".join(
         f"  m{i}:\n    cmd: llama-server -m {model_file} --port ${{PORT}} -c 512\n    aliases: [a{i}]\n"

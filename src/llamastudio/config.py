@@ -118,6 +118,19 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level of the service."
     )
+    asyncio_debug: bool = Field(
+        default=False,
+        description="Run the serving loop in asyncio debug mode (so does `PYTHONASYNCIODEBUG=1`): "
+        "every callback that holds the loop longer than `slow_callback_s` is logged as "
+        "`Executing … took N seconds`. Uses the stdlib loop (uvloop times only timer callbacks).",
+    )
+    slow_callback_s: float = Field(
+        default=0.1,
+        gt=0,
+        le=60,
+        allow_inf_nan=False,
+        description="In asyncio debug mode: seconds a callback may hold the loop before it is logged.",
+    )
 
     @field_validator("allowed_hosts", "cors_origins", mode="before")
     @classmethod

@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
 import os
 import signal
 import socket
+import sys
 from collections.abc import Generator
 
 import uvicorn
@@ -156,9 +158,40 @@ def check_single(settings: Settings) -> None:
         )
 
 
+def loop_debug(settings: Settings) -> bool:
+    """Whether the serving loop runs in asyncio debug mode: ``LLAMASTUDIO_ASYNCIO_DEBUG``,
+    ``PYTHONASYNCIODEBUG`` (as asyncio reads it) or ``python -X dev``."""
+    env = not sys.flags.ignore_environment and bool(os.environ.get("PYTHONASYNCIODEBUG"))
+    return settings.asyncio_debug or env or sys.flags.dev_mode
+
+
+def _log_slow_callbacks(threshold: float) -> None:
+    """asyncio's ``Executing <callback> took N seconds`` warnings (and the rest of what debug
+    mode reports) go to stderr, whatever else configured logging."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s:  %(name)s: %(message)s"))
+    for name in ("asyncio", "llamastudio.loop"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.propagate = False
+    notice = logging.getLogger("llamastudio.loop")
+    notice.setLevel(logging.INFO)
+    notice.info(
+        "asyncio debug mode (stdlib loop): callbacks holding the loop over %.3f s are logged", threshold
+    )
+
+
 def run(settings: Settings) -> None:
     check_exposure(settings)
     check_single(settings)
+    if loop_debug(settings):
+        # uvloop measures only timer callbacks, not task steps or I/O callbacks: the stdlib loop
+        # times every callback against ``slow_callback_duration``
+        _log_slow_callbacks(settings.slow_callback_s)
+        with asyncio.Runner(debug=True) as runner:
+            runner.get_loop().slow_callback_duration = settings.slow_callback_s
+            runner.run(serve(settings))
+        return
     try:
         import uvloop
 

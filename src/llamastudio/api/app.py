@@ -11,16 +11,19 @@ from llamastudio import __version__
 from llamastudio.api.deps import AppState, require_api_key
 from llamastudio.api.errors import install_error_handlers
 from llamastudio.api.routes import downloads, engines, hardware, hub, live, serving, status, ui
+from llamastudio.api.routes import jobs as jobs_routes
 from llamastudio.config import Settings
-from llamastudio.engines.jobs import EngineJobs
+from llamastudio.engines.jobs import ENGINE_KINDS, EngineJobs
+from llamastudio.engines.load_progress import LOAD_KIND
 from llamastudio.events import EventBus
 from llamastudio.gateway.app import Gateway, error_json
 from llamastudio.gateway.metrics import Metrics
 from llamastudio.guard import Guard
 from llamastudio.hardware.monitor import SystemMonitor
 from llamastudio.hub.client import HubClient
-from llamastudio.hub.jobs import DownloadManager
+from llamastudio.hub.jobs import Downloads, download_kind
 from llamastudio.hub.token import effective_token
+from llamastudio.jobs import JobManager
 from llamastudio.runtime.manager import Runtime
 from llamastudio.store import Database
 
@@ -31,9 +34,14 @@ def create_app(settings: Settings) -> FastAPI:
     db = Database(settings.db_path)
 
     bus = EventBus()
-    manager = DownloadManager(db, lambda: HubClient(token=effective_token(settings.data_dir) or ""), bus=bus)
+    # one job system: downloads, engine builds/installs, model loads (the runtime tracks those)
+    jobs = JobManager(db, bus, settings.logs_dir / "jobs")
+    hub_client = lambda: HubClient(token=effective_token(settings.data_dir) or "")  # noqa: E731
+    for kind in (download_kind(hub_client), *ENGINE_KINDS, LOAD_KIND):
+        jobs.register(kind)
+    downloads_ = Downloads(jobs, hub_client)
     runtime = Runtime(settings, db, bus)
-    engine_jobs = EngineJobs(bus)
+    engine_jobs = EngineJobs(jobs)
     monitor = SystemMonitor(bus, settings.data_dir)
     metrics = Metrics()
     # the UI's playground talks to the gateway through this same origin; the management key or
@@ -42,7 +50,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await manager.start()  # resumes downloads a previous run left unfinished
+        await jobs.start()  # resumes downloads a previous run left unfinished, fails builds
         await runtime.start()  # cleans up engine processes a killed studio left behind
         await monitor.start()
         try:
@@ -50,16 +58,16 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await monitor.close()
             await ui_gateway.close()
-            await engine_jobs.close()
+            await jobs.close()
             await runtime.close()
-            await manager.stop()
             db.close()
 
     app = FastAPI(title="llama.cpp Studio", version=__version__, lifespan=lifespan)
     app.state.studio = AppState(
         settings=settings,
         db=db,
-        downloads=manager,
+        jobs=jobs,
+        downloads=downloads_,
         runtime=runtime,
         bus=bus,
         engine_jobs=engine_jobs,
@@ -69,7 +77,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     # Host, cross-site, key, CSRF-header and body-size checks before any route or the mount
     app.add_middleware(Guard, settings=settings, gateway_render=error_json)
-    routers = (status, hardware, hub, downloads, serving, engines, live)
+    routers = (status, hardware, hub, downloads, jobs_routes, serving, engines, live)
     for module in routers:
         app.include_router(module.router, dependencies=[Depends(require_api_key)])
     app.include_router(live.ws_router)  # its key and Origin are checked by the guard

@@ -18,7 +18,8 @@ from llamastudio.events import EventBus
 from llamastudio.gateway.metrics import Metrics
 from llamastudio.guard import OWNER_HEADER, key_ok
 from llamastudio.hardware.monitor import SystemMonitor
-from llamastudio.hub.jobs import DownloadManager
+from llamastudio.hub.jobs import Downloads
+from llamastudio.jobs import JobManager
 from llamastudio.runtime.manager import Runtime
 from llamastudio.store import Database
 
@@ -27,7 +28,8 @@ from llamastudio.store import Database
 class AppState:
     settings: Settings
     db: Database
-    downloads: DownloadManager
+    jobs: JobManager
+    downloads: Downloads
     runtime: Runtime
     bus: EventBus
     engine_jobs: EngineJobs

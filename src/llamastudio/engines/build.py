@@ -11,25 +11,25 @@ The fixed workspace layout lets ccache (``CCACHE_BASEDIR``) hit across builds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tarfile
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import IO, Any
 
 from llamastudio.engines import patches as patchlib
+from llamastudio.engines import proc
 from llamastudio.engines.registry import Engine, EngineRegistry
-from llamastudio.engines.validate import probe, revalidate
-from llamastudio.errors import InvalidInput, NotFound, StudioError
+from llamastudio.engines.validate import probe_async, revalidate_async
+from llamastudio.errors import InvalidInput, NotFound, RemoteError, StudioError
 
 BACKENDS = ("cpu", "cuda", "vulkan", "metal", "openblas", "hip")
 BUILD_TYPES = ("Release", "Debug", "RelWithDebInfo")
@@ -245,8 +245,51 @@ def _find_cmake_root(root: Path) -> Path:
     raise InvalidInput(f"no llama.cpp CMakeLists.txt found in {root}")
 
 
+def _cancelled(cancel: asyncio.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise BuildCancelled("build cancelled")
+
+
+def _is_git_url(source: str) -> bool:
+    remote = source.startswith(("http://", "https://", "git@", "file://"))
+    return remote and not source.endswith((".tar.gz", ".tgz", ".tar"))
+
+
+def _local_digest(source: str) -> tuple[str, str]:
+    """(kind, digest) of a local source: a tree's content digest or a tarball's sha256. Blocking
+    (a scan and a read of the whole source): run it in a thread."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        _find_cmake_root(path)
+        return "dir", tree_digest(path)
+    if path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar")):
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return "tarball", h.hexdigest()
+    raise NotFound(f"source {source!r} is not a directory, a source tarball or a git URL")
+
+
+def _fetch_all(origins: tuple[str, ...]) -> list[patchlib.Patch]:
+    return [patchlib.fetch(p) for p in origins]
+
+
+def _try_lock(lock: IO[str]) -> bool:
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 class Builder:
-    """Builds engines into a registry; one build at a time per workspace."""
+    """Builds engines into a registry; one build at a time per workspace.
+
+    Nothing here blocks the event loop it runs on (the studio's, shared with the gateway): the
+    source digest, file copies, registry reads and writes run in threads, and every program (git,
+    cmake, patch, the built llama-server's probe) is an async subprocess in its own process group,
+    killed when the build is cancelled."""
 
     def __init__(self, registry: EngineRegistry) -> None:
         self.registry = registry
@@ -254,26 +297,35 @@ class Builder:
     async def build(
         self, spec: BuildSpec, on_log: LogFn = lambda _line: None, cancel: asyncio.Event | None = None
     ) -> BuildResult:
-        validate_spec(spec)
-        fetched = [patchlib.fetch(p) for p in spec.patches]  # a 404 fails here, before any work
-        source_kind, digest = self._source_digest(spec)
+        await asyncio.to_thread(validate_spec, spec)  # looks for the toolchain on disk
+        fetched = await asyncio.to_thread(_fetch_all, spec.patches)  # a 404 fails here, before any work
+        source_kind, digest = await self._source_digest(spec)
+        _cancelled(cancel)
         key_payload = {"source": digest, "options": spec.options(), "patches": [p.sha256 for p in fetched]}
         build_key = hashlib.sha256(json.dumps(key_payload, sort_keys=True).encode()).hexdigest()[:32]
-        found = self.registry.find_build(build_key)
+        found = await asyncio.to_thread(self.registry.find_build, build_key)
         if found is not None:
             on_log(f"reusing engine {found.id} (same source, options and patches)")
-            return BuildResult(revalidate(self.registry, found), reused=True)
-        self.registry.dir.mkdir(parents=True, exist_ok=True)
+            return BuildResult(await revalidate_async(self.registry, found), reused=True)
+        await asyncio.to_thread(self.registry.dir.mkdir, parents=True, exist_ok=True)
         with open(self.registry.dir / ".build.lock", "w") as lock:
-            # one build at a time per engines dir: a second one waits, then finds the first's result
-            await asyncio.to_thread(fcntl.flock, lock.fileno(), fcntl.LOCK_EX)
-            found = self.registry.find_build(build_key)
+            # one build at a time per engines dir: a second one waits (still cancellable), then
+            # finds the first's result
+            if not _try_lock(lock):
+                on_log(f"waiting for another build in {self.registry.dir} to finish")
+                while not _try_lock(lock):
+                    _cancelled(cancel)
+                    await asyncio.sleep(0.5)
+            found = await asyncio.to_thread(self.registry.find_build, build_key)
             if found is not None:
                 on_log(f"reusing engine {found.id} (built meanwhile by another process)")
                 return BuildResult(found, reused=True)
-            for stale in self.registry.dir.glob(".build-*"):  # left by a killed build; none runs now
-                shutil.rmtree(stale, ignore_errors=True)
+            await asyncio.to_thread(self._remove_stale)
             return await self._build_locked(spec, fetched, build_key, source_kind, digest, on_log, cancel)
+
+    def _remove_stale(self) -> None:
+        for stale in self.registry.dir.glob(".build-*"):  # left by a killed build; none runs now
+            shutil.rmtree(stale, ignore_errors=True)
 
     async def _build_locked(
         self,
@@ -295,11 +347,12 @@ class Builder:
             on_log(line)
 
         try:
-            src = await asyncio.to_thread(self._materialize, spec, source_kind, ws / "src", log)
-            commit = self._git_commit(src)
+            src = await self._materialize(spec, source_kind, ws / "src", log, cancel)
+            commit = await self._git_commit(src)
             for p in fetched:
                 log(f"applying patch {p.origin}")
-                await asyncio.to_thread(patchlib.apply, p, src)
+                await patchlib.apply(p, src)
+            _cancelled(cancel)
             env = dict(os.environ, CCACHE_BASEDIR=str(ws), CCACHE_NOHASHDIR="true")
             await self._run(cmake_args(spec, src, ws / "build"), env, log, cancel)
             jobs = str(spec.jobs or os.cpu_count() or 2)
@@ -315,104 +368,93 @@ class Builder:
                 *spec.targets,
             ]
             await self._run(build_cmd, env, log, cancel)
-            engine = await asyncio.to_thread(
-                self._install, spec, ws, build_key, source_kind, digest, commit, fetched
-            )
-        except asyncio.CancelledError:
-            shutil.rmtree(ws, ignore_errors=True)
+            engine = await self._install(spec, ws, build_key, source_kind, digest, commit, fetched)
+        except BaseException as exc:
+            await asyncio.to_thread(shutil.rmtree, ws, ignore_errors=True)
+            if isinstance(exc, OSError | subprocess.SubprocessError):
+                raise BuildFailed(f"build failed: {exc}") from exc
             raise
-        except StudioError:
-            shutil.rmtree(ws, ignore_errors=True)
-            raise
-        except (OSError, subprocess.SubprocessError) as exc:
-            shutil.rmtree(ws, ignore_errors=True)
-            raise BuildFailed(f"build failed: {exc}") from exc
-        shutil.rmtree(ws, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, ws, ignore_errors=True)
         return BuildResult(engine, reused=False, log_tail=tail)
 
-    def _source_digest(self, spec: BuildSpec) -> tuple[str, str]:
+    async def _source_digest(self, spec: BuildSpec) -> tuple[str, str]:
         source = spec.source
-        if source.startswith(("http://", "https://", "git@", "file://")) and not source.endswith(
-            (".tar.gz", ".tgz", ".tar")
-        ):
-            out = subprocess.run(
-                ["git", "ls-remote", source, spec.ref], capture_output=True, text=True, timeout=60
-            )
-            if out.returncode != 0 or not out.stdout.strip():
-                raise NotFound(f"git ref {spec.ref!r} not found at {source}: {out.stderr.strip()[-300:]}")
-            return "git", out.stdout.split()[0]
-        path = Path(source).expanduser()
-        if path.is_dir():
-            _find_cmake_root(path)
-            return "dir", tree_digest(path)
-        if path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar")):
-            return "tarball", hashlib.sha256(path.read_bytes()).hexdigest()
-        raise NotFound(f"source {source!r} is not a directory, a source tarball or a git URL")
+        if not _is_git_url(source):
+            return await asyncio.to_thread(_local_digest, source)
+        try:
+            out = await proc.run(["git", "ls-remote", source, spec.ref], timeout=60)
+        except TimeoutError:
+            raise RemoteError(f"git ls-remote {source}: no answer within 60 s") from None
+        except OSError as exc:
+            raise InvalidInput(f"cannot run git: {exc}") from exc
+        if out.returncode != 0 or not out.stdout.strip():
+            raise NotFound(f"git ref {spec.ref!r} not found at {source}: {out.stderr.strip()[-300:]}")
+        return "git", out.stdout.split()[0]
 
-    def _materialize(self, spec: BuildSpec, kind: str, dest: Path, log: LogFn) -> Path:
+    async def _materialize(
+        self, spec: BuildSpec, kind: str, dest: Path, log: LogFn, cancel: asyncio.Event | None
+    ) -> Path:
         if kind == "git":
             log(f"cloning {spec.source} at {spec.ref}")
-            subprocess.run(
-                ["git", "clone", "--quiet", spec.source, str(dest)], check=True, capture_output=True
-            )
-            subprocess.run(
-                ["git", "checkout", "--quiet", spec.ref], cwd=dest, check=True, capture_output=True
-            )
+            env = dict(os.environ)
+            await self._run(["git", "clone", "--quiet", spec.source, str(dest)], env, log, cancel)
+            await self._run(["git", "checkout", "--quiet", spec.ref], env, log, cancel, cwd=dest)
             return dest
         if kind == "tarball":
             log(f"unpacking {spec.source}")
-            dest.mkdir()
-            with tarfile.open(spec.source) as tf:
-                tf.extractall(dest, filter="data")
-            return _find_cmake_root(dest)
-        root = _find_cmake_root(Path(spec.source).expanduser())
-        log(f"copying source tree {root}")
-        shutil.copytree(
-            root,
-            dest,
-            symlinks=True,
-            ignore=lambda d, names: [n for n in names if _skip(root, Path(d), n)],
-        )
-        return dest
+            src = await asyncio.to_thread(_unpack, Path(spec.source), dest)
+        else:
+            root = await asyncio.to_thread(_find_cmake_root, Path(spec.source).expanduser())
+            log(f"copying source tree {root}")
+            src = await asyncio.to_thread(_copy_tree, root, dest)
+        _cancelled(cancel)
+        return src
 
     @staticmethod
-    def _git_commit(src: Path) -> str:
+    async def _git_commit(src: Path) -> str:
         if not (src / ".git").exists():
             return ""
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=src, capture_output=True, text=True)
+        out = await proc.run(["git", "rev-parse", "--short", "HEAD"], cwd=src, timeout=60)
         return out.stdout.strip()
 
     async def _run(
-        self, argv: list[str], env: dict[str, str], log: LogFn, cancel: asyncio.Event | None
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        log: LogFn,
+        cancel: asyncio.Event | None,
+        cwd: Path | None = None,
     ) -> None:
         """Run one build step, streaming its output line by line; cancel kills its process group."""
-        proc = await asyncio.create_subprocess_exec(
+        process = await asyncio.create_subprocess_exec(
             *argv,
+            stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             env=env,
+            cwd=cwd,
             start_new_session=True,
         )
-        assert proc.stdout is not None
+        assert process.stdout is not None
         waiter = asyncio.ensure_future(cancel.wait()) if cancel else None
         try:
             while True:
-                reader = asyncio.ensure_future(proc.stdout.readline())
+                reader = asyncio.ensure_future(process.stdout.readline())
                 pending = {reader} | ({waiter} if waiter else set())
                 done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 if waiter in done:
                     reader.cancel()
-                    _kill_group(proc.pid)
-                    await proc.wait()
+                    proc.kill_group(process.pid)
+                    await process.wait()
                     raise BuildCancelled("build cancelled")
                 line = reader.result()
                 if not line:
                     break
                 log(line.decode(errors="replace").rstrip())
-            code = await proc.wait()
+            code = await process.wait()
         except asyncio.CancelledError:
-            _kill_group(proc.pid)
-            await proc.wait()
+            proc.kill_group(process.pid)
+            await process.wait()
             raise
         finally:
             if waiter:
@@ -420,7 +462,7 @@ class Builder:
         if code != 0:
             raise BuildFailed(f"`{' '.join(argv[:3])} …` failed with exit code {code}")
 
-    def _install(
+    async def _install(
         self,
         spec: BuildSpec,
         ws: Path,
@@ -430,25 +472,31 @@ class Builder:
         commit: str,
         fetched: list[patchlib.Patch],
     ) -> Engine:
-        out = ws / "out"
-        (out / "bin").mkdir(parents=True)
-        built = ws / "build" / "bin"
-        binaries = {}
-        for target in spec.targets:
-            if not (built / target).exists():
-                raise BuildFailed(f"the build did not produce {target}")
-            shutil.copy2(built / target, out / "bin" / target)
-        for lib in list(built.glob("*.so*")) + list(built.glob("*.dylib")):
-            shutil.copy2(lib, out / "bin" / lib.name)
-        check = probe(out / "bin" / "llama-server")
+        """Stage the built files, check that llama-server runs, then publish and register."""
+        out = await asyncio.to_thread(_stage, spec, ws)
+        check = await probe_async(out / "bin" / "llama-server")
         if not check["ok"]:
             raise BuildFailed(f"the built llama-server does not run: {check['error']}")
+        return await asyncio.to_thread(
+            self._publish, spec, out, build_key, kind, digest, commit, fetched, check
+        )
+
+    def _publish(
+        self,
+        spec: BuildSpec,
+        out: Path,
+        build_key: str,
+        kind: str,
+        digest: str,
+        commit: str,
+        fetched: list[patchlib.Patch],
+        check: dict[str, Any],
+    ) -> Engine:
         version = check.get("version") or spec.build_number or ""
         backends = "-".join(spec.backends)
         engine_id = f"llama.cpp-b{version or 'dev'}-{backends}-{build_key[:6]}"
         final = self.registry.dir / engine_id
-        for target in spec.targets:
-            binaries[target] = str(final / "bin" / target)
+        binaries = {target: str(final / "bin" / target) for target in spec.targets}
         if final.exists():
             shutil.rmtree(final)
         out.rename(final)  # atomic publish: a half-built engine never appears under this name
@@ -481,6 +529,32 @@ class Builder:
             raise
 
 
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
+def _unpack(tarball: Path, dest: Path) -> Path:
+    dest.mkdir()
+    with tarfile.open(tarball) as tf:
+        tf.extractall(dest, filter="data")
+    return _find_cmake_root(dest)
+
+
+def _copy_tree(root: Path, dest: Path) -> Path:
+    shutil.copytree(
+        root,
+        dest,
+        symlinks=True,
+        ignore=lambda d, names: [n for n in names if _skip(root, Path(d), n)],
+    )
+    return dest
+
+
+def _stage(spec: BuildSpec, ws: Path) -> Path:
+    """Copy the built targets and their shared libraries into ``ws/out/bin``; returns ``ws/out``."""
+    out = ws / "out"
+    (out / "bin").mkdir(parents=True)
+    built = ws / "build" / "bin"
+    for target in spec.targets:
+        if not (built / target).exists():
+            raise BuildFailed(f"the build did not produce {target}")
+        shutil.copy2(built / target, out / "bin" / target)
+    for lib in list(built.glob("*.so*")) + list(built.glob("*.dylib")):
+        shutil.copy2(lib, out / "bin" / lib.name)
+    return out

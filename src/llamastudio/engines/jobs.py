@@ -1,107 +1,93 @@
-"""Engine builds and release installs as background jobs with a live log (for the REST API/UI).
+"""Engine builds and release installs as jobs of the one job system (kinds ``build`` and
+``install``), with their log lines and a progress read from the build tool's ``[ 42%]`` /
+``[123/456]`` lines. Cancel sets the job's cancel event, which kills the build's process group;
+nothing is registered by a cancelled or failed job. A restart marks them failed ("interrupted by a
+restart"): the work was a closure of the request, and a half-done build is not resumed.
 
-Each job keeps its last 2,000 log lines and publishes ``engine_job`` (state changes) and
-``engine_log`` (each line) events. Cancel sets the builder's cancel event, which kills the build's
-process group; nothing is registered by a cancelled or failed job.
+:class:`EngineJobs` keeps the REST shape of ``/api/engines/jobs``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-import uuid
-from collections import deque
+import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from llamastudio.engines.registry import Engine
-from llamastudio.errors import NotFound, StudioError
-from llamastudio.events import EventBus
+from llamastudio.jobs import Job, JobContext, JobKind, JobManager, Recovery
 
+BUILD, INSTALL = "build", "install"
+KINDS = (BUILD, INSTALL)
 
-@dataclass
-class EngineJob:
-    id: str
-    kind: str  # build | install
-    title: str
-    state: str = "running"  # running | done | failed | cancelled
-    log: deque[str] = field(default_factory=lambda: deque(maxlen=2000))
-    engine_id: str | None = None
-    error: str | None = None
-    started: float = field(default_factory=time.time)
-    finished: float | None = None
-    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+# one build at a time anyway (the registry's build lock); one install at a time keeps it simple
+ENGINE_KINDS = (
+    JobKind(BUILD, concurrency=1, recovery=Recovery.FAIL, retain=50),
+    JobKind(INSTALL, concurrency=1, recovery=Recovery.FAIL, retain=50),
+)
 
-    def to_json(self, log_tail: int = 0) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "id": self.id,
-            "kind": self.kind,
-            "title": self.title,
-            "state": self.state,
-            "engine_id": self.engine_id,
-            "error": self.error,
-            "started": self.started,
-            "finished": self.finished,
-            "log_lines": len(self.log),
-        }
-        if log_tail:
-            out["log"] = list(self.log)[-log_tail:]
-        return out
-
-
+# what the work does: log lines in, the cancel event to honour, an engine out
 Work = Callable[[Callable[[str], None], asyncio.Event], Awaitable[Engine]]
+
+_PERCENT = re.compile(r"^\[\s*(\d{1,3})%\]")  # make: "[ 42%] Building CXX object ..."
+_STEPS = re.compile(r"^\[(\d+)/(\d+)\]")  # ninja: "[123/456] Building CXX object ..."
+
+
+def build_step(line: str) -> tuple[int, int] | None:
+    """(done, total) when the line is a build tool's progress line."""
+    if m := _PERCENT.match(line):
+        return min(int(m.group(1)), 100), 100
+    if m := _STEPS.match(line):
+        done, total = int(m.group(1)), int(m.group(2))
+        return (done, total) if total > 0 and done <= total else None
+    return None
+
+
+def engine_job_view(job: Job, log: list[str] | None = None) -> dict[str, Any]:
+    """The ``/api/engines/jobs`` shape of a build or install job."""
+    out: dict[str, Any] = {
+        "id": job.id,
+        "kind": job.kind,
+        "title": job.title,
+        "state": job.state.value,
+        "engine_id": job.result.get("engine_id"),
+        "error": job.error,
+        "started": (job.started_at or job.created_at).timestamp(),
+        "finished": job.finished_at.timestamp() if job.finished_at else None,
+        "log_lines": job.log_lines,
+    }
+    if log is not None:
+        out["log"] = log
+    return out
 
 
 class EngineJobs:
-    def __init__(self, bus: EventBus) -> None:
-        self.bus = bus
-        self.jobs: dict[str, EngineJob] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+    def __init__(self, jobs: JobManager) -> None:
+        self.jobs = jobs
 
-    def submit(self, kind: str, title: str, work: Work) -> EngineJob:
-        job = EngineJob(uuid.uuid4().hex[:12], kind, title)
-        self.jobs[job.id] = job
-        task = asyncio.create_task(self._run(job, work))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        self._changed(job)
-        return job
+    def submit(
+        self, kind: str, title: str, work: Work, params: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Queue ``work`` as a job of ``kind`` (build or install); returns its REST view."""
 
-    def get(self, job_id: str) -> EngineJob:
-        job = self.jobs.get(job_id)
-        if job is None:
-            raise NotFound(f"no engine job {job_id!r}")
-        return job
+        async def run(ctx: JobContext) -> dict[str, Any]:
+            def on_log(line: str) -> None:
+                ctx.log(line)
+                if (step := build_step(line)) is not None:
+                    ctx.progress(step[0], step[1], "compiling", unit="steps")
 
-    def cancel(self, job_id: str) -> EngineJob:
-        job = self.get(job_id)
-        job.cancel.set()
-        return job
+            engine = await work(on_log, ctx.cancel)
+            return {"engine_id": engine.id}
 
-    async def close(self) -> None:
-        for job in self.jobs.values():
-            job.cancel.set()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        return engine_job_view(self.jobs.submit(kind, title, params, runner=run))
 
-    def _changed(self, job: EngineJob) -> None:
-        self.bus.publish({"type": "engine_job", "job": job.to_json()})
+    def list(self) -> list[dict[str, Any]]:
+        return [engine_job_view(j) for j in self.jobs.list(KINDS)]
 
-    async def _run(self, job: EngineJob, work: Work) -> None:
-        def on_log(line: str) -> None:
-            job.log.append(line)
-            self.bus.publish({"type": "engine_log", "job": job.id, "line": line})
+    def get(self, job_id: str, tail: int = 500) -> dict[str, Any]:
+        detail = self.jobs.detail(job_id, tail, KINDS)
+        return engine_job_view(detail, detail.log)
 
-        try:
-            engine = await work(on_log, job.cancel)
-            job.state, job.engine_id = "done", engine.id
-        except StudioError as exc:
-            job.state = "cancelled" if job.cancel.is_set() else "failed"
-            job.error = exc.message
-            on_log(f"error: {exc.message}")
-        except Exception as exc:  # a bug: the job fails with its type, the service stays up
-            job.state, job.error = "failed", f"internal error: {type(exc).__name__}: {exc}"
-            on_log(job.error)
-        job.finished = time.time()
-        self._changed(job)
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        self.jobs.get(job_id, KINDS)
+        return engine_job_view(self.jobs.cancel(job_id))

@@ -1,16 +1,18 @@
-"""Patches for source builds: a GitHub PR URL (fetched as ``.patch``), a raw patch URL, or a file."""
+"""Patches for source builds: a GitHub PR URL (fetched as ``.patch``), a raw patch URL, or a file.
+
+``fetch`` blocks (network, file read: call it in a thread); ``apply`` is async."""
 
 from __future__ import annotations
 
 import hashlib
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from llamastudio.engines import proc
 from llamastudio.errors import Conflict, InvalidInput, NotFound, RemoteError
 
 _PR = re.compile(r"^(https?://[^/]+/[^/]+/[^/]+/pull/\d+)(?:/(?:files|commits)?)?/?(?:[?#].*)?$")
@@ -68,36 +70,26 @@ def looks_like_patch(text: str) -> bool:
     return ("\n--- " in head or head.startswith("--- ")) and "\n+++ " in head and "@@" in head
 
 
-def apply(patch: Patch, tree: Path) -> None:
+async def apply(patch: Patch, tree: Path) -> None:
     """Apply to ``tree``: ``git apply --3way`` in a git checkout, else ``patch -p1``. A conflict
-    raises Conflict carrying the tool's report of the failing hunk; the tree is left unpatched."""
+    raises Conflict carrying the tool's report of the failing hunk; the tree is left unpatched.
+    The tools run as async subprocesses (the event loop is not blocked while they work)."""
     if (tree / ".git").exists() and shutil.which("git"):
-        check = subprocess.run(
-            ["git", "apply", "--check", "-"], input=patch.text, text=True, cwd=tree, capture_output=True
-        )
+        check = await proc.run(["git", "apply", "--check", "-"], input=patch.text, cwd=tree)
         if check.returncode == 0:
-            subprocess.run(
-                ["git", "apply", "-"], input=patch.text, text=True, cwd=tree, check=True, capture_output=True
-            )
+            _applied(patch, await proc.run(["git", "apply", "-"], input=patch.text, cwd=tree))
             return
-        three = subprocess.run(
-            ["git", "apply", "--3way", "-"], input=patch.text, text=True, cwd=tree, capture_output=True
-        )
+        three = await proc.run(["git", "apply", "--3way", "-"], input=patch.text, cwd=tree)
         if three.returncode == 0:
             return
-        subprocess.run(["git", "checkout", "--", "."], cwd=tree, capture_output=True)
+        await proc.run(["git", "checkout", "--", "."], cwd=tree)
         raise Conflict(f"patch {patch.origin} does not apply:\n{(check.stderr or three.stderr).strip()}")
     if not shutil.which("patch"):
         raise InvalidInput(
             "applying patches outside a git checkout needs the `patch` tool (apt-get install patch)"
         )
-    dry = subprocess.run(
-        ["patch", "-p1", "--forward", "--batch", "--dry-run"],
-        input=patch.text,
-        text=True,
-        cwd=tree,
-        capture_output=True,
-    )
+    argv = ["patch", "-p1", "--forward", "--batch"]
+    dry = await proc.run([*argv, "--dry-run"], input=patch.text, cwd=tree)
     if dry.returncode != 0:
         failing = "\n".join(
             ln
@@ -105,11 +97,11 @@ def apply(patch: Patch, tree: Path) -> None:
             if "FAILED" in ln or ln.startswith("checking file") or "can't find" in ln.lower()
         )
         raise Conflict(f"patch {patch.origin} does not apply:\n{failing or dry.stdout.strip()}")
-    subprocess.run(
-        ["patch", "-p1", "--forward", "--batch"],
-        input=patch.text,
-        text=True,
-        cwd=tree,
-        check=True,
-        capture_output=True,
-    )
+    _applied(patch, await proc.run(argv, input=patch.text, cwd=tree))
+
+
+def _applied(patch: Patch, done: proc.Completed) -> None:
+    """A patch that passed its dry run but failed for real (a disk error, say)."""
+    if done.returncode != 0:
+        report = (done.stderr or done.stdout).strip()[-500:]
+        raise Conflict(f"patch {patch.origin} failed to apply (exit {done.returncode}): {report}")

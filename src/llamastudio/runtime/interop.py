@@ -10,6 +10,10 @@ kept whole (another engine under the same supervisor).
 Preset INI: one section per model, ``model = <path>`` and one ``key = value`` per flag (the flag
 without dashes; ``true`` for flags without a value), as llama-server's router reads it.
 Studio-only fields travel in a ``; llamastudio: {json}`` comment line, which llama-server skips.
+
+Both are documents from outside: every field is read with its type and range checked
+(``fields.py``), so a wrong one is a 400 naming the model and the field; nesting, size and macro
+expansion are bounded. ``env`` in llama-swap is its list of ``"KEY=VALUE"`` strings.
 """
 
 from __future__ import annotations

@@ -16,9 +16,6 @@ import contextlib
 import functools
 import json
 import logging
-import os
-import re
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +28,7 @@ from llamastudio.engines import keys as engine_keys
 from llamastudio.engines.command import build_command
 from llamastudio.engines.registry import Engine, EngineRegistry
 from llamastudio.engines.validate import add_external, binary_env, engine_env
-from llamastudio.errors import Conflict, InvalidInput, NotFound, StudioError
+from llamastudio.errors import InvalidInput, NotFound, StudioError
 from llamastudio.events import EventBus
 from llamastudio.fit.estimator import Estimate, estimate
 from llamastudio.fit.flags import parse_server_args
@@ -41,6 +38,7 @@ from llamastudio.gguf import GGUFModel, load_model
 from llamastudio.hardware.devices import Hardware
 from llamastudio.hardware.profiles import resolve
 from llamastudio.hub.library import Library, LocalModel
+from llamastudio.runtime.instances import cleanup_orphans, cpu_threads, file_stem
 from llamastudio.runtime.interop import export_llama_swap, export_preset, import_llama_swap, import_preset
 from llamastudio.runtime.logfile import tail_lines
 from llamastudio.runtime.models import MAX_TTL, PORT, ModelConfig, ModelConfigs, valid_ttl
@@ -69,6 +67,7 @@ class Prepared:
     dropped: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     stamp: tuple[int, int] = (0, 0)  # the model file's size and mtime when prepared
+    threads: int = 0  # CPU threads it computes with; 0 = wholly on GPUs (instances.cpu_threads)
 
     def to_json(self) -> dict[str, Any]:
         est = self.estimate
@@ -78,6 +77,7 @@ class Prepared:
             "engine": self.engine.id if self.engine else None,
             "model_path": str(self.model_path) if self.model_path else None,
             "reserve": self.reserve,
+            "threads": self.threads,
             "estimate": None
             if est is None
             else {
@@ -109,7 +109,8 @@ def budgets_of(hw: Hardware) -> dict[str, int]:
 
 
 def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    """The stem of the model's log, run record and key file: unique per name (instances.py)."""
+    return file_stem(name)
 
 
 class Runtime:
@@ -125,10 +126,13 @@ class Runtime:
         self.db = db
         self.bus = bus or EventBus()
         self.hw = hardware or resolve(settings.hardware)
+        self._probe_hardware = hardware is None  # re-read at start, once orphans are gone
         self.library = library or Library(db)
         self.configs = ModelConfigs(db, self.library, engine_of=self._engine_of)
         self.engines = EngineRegistry(db, settings.engines_dir)
-        self.scheduler = Scheduler(_Effects(self), budgets_of(self.hw), [], on_change=self._state_changed)
+        self.scheduler = Scheduler(
+            _Effects(self), budgets_of(self.hw), [], on_change=self._state_changed, cores=self.hw.cpu_cores
+        )
         self.procs: dict[str, EngineProcess] = {}
         self.prepared: dict[str, Prepared] = {}
         self.errors: dict[str, StudioError] = {}  # models that cannot be prepared, and why
@@ -144,7 +148,11 @@ class Runtime:
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.cleanup_orphans()
+        # engines a killed studio left behind hold memory: kill them before reading free memory
+        await asyncio.to_thread(self.cleanup_orphans)
+        if self._probe_hardware:
+            self.hw = await asyncio.to_thread(resolve, self.settings.hardware)
+        self.scheduler.set_budgets(budgets_of(self.hw), self.hw.cpu_cores)
         await asyncio.to_thread(self._ensure_engine)
         await self.sync()
         await self.scheduler.start()
@@ -200,18 +208,9 @@ class Runtime:
             log.warning("LLAMASTUDIO_LLAMA_SERVER=%s is not usable: %s", binary, exc.message)
 
     def cleanup_orphans(self) -> list[int]:
-        """Kill engine processes a previous (killed) studio left running; returns their pids."""
-        killed = []
-        for f in self.run_dir.glob("*.json"):
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                info = json.loads(f.read_text())
-                pid, exe = int(info["pid"]), str(info["exe"])
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
-                if cmdline == exe:
-                    os.killpg(pid, signal.SIGKILL)
-                    killed.append(pid)
-            f.unlink(missing_ok=True)
-        return killed
+        """Kill engine processes a previous (killed) studio left running and wait for them to
+        exit; returns their pids. Blocking (call it in a thread)."""
+        return cleanup_orphans(self.run_dir)
 
     # -- configuration -------------------------------------------------------------------------
     async def sync(self) -> None:
@@ -230,6 +229,7 @@ class Runtime:
                     group=p.config.group,
                     max_concurrency=p.config.max_concurrency,
                     max_queue=p.config.max_queue,
+                    threads=p.threads,
                 )
                 for p in prepared.values()
             ]
@@ -294,6 +294,7 @@ class Runtime:
             cfg,
             argv,
             reserve,
+            threads=cpu_threads(argv, flags, est, hw.cpu_cores),
             engine=engine,
             model_path=path,
             model_bytes=model.file_size,
@@ -399,12 +400,6 @@ class Runtime:
             permit(cfg)
         return self.configs.put_many(configs)
 
-    def ensure_stopped(self, name: str) -> None:
-        """Refuse (409) while the model a name, alias or library id refers to is loaded."""
-        model = self.names.get(name)
-        if model is not None and self.status(model)["state"] not in ("stopped", "failed", "unavailable"):
-            raise Conflict(f"{model} is running: stop it first")
-
     # -- serving -------------------------------------------------------------------------------
     async def acquire(self, name: str) -> tuple[Lease, EngineProcess]:
         model = await self.resolve(name)
@@ -438,6 +433,45 @@ class Runtime:
         names = [n for n, e in self.scheduler.entries.items() if e.state != "stopped"]
         await asyncio.gather(*(self.scheduler.unload(n) for n in names))
         return names
+
+    async def delete_config(self, name: str) -> None:
+        """Delete a stored configuration; its engine is stopped first (after its requests in
+        flight), so no process outlives the configuration it ran (issue 18 #10)."""
+        if all(c.name != name for c in await asyncio.to_thread(self.configs.stored)):
+            raise NotFound(f"model {name!r} has no stored configuration")
+        await self._drain_and_stop([name])
+        await asyncio.to_thread(self.configs.delete, name)
+        await self.sync()  # a request that raced in meanwhile: the scheduler unloads it again
+
+    async def stop_users_of(self, library_id: str) -> list[str]:
+        """Stop (after their requests in flight) every model that runs a file of the library
+        model ``library_id`` (or under that added path), before the files go; returns them."""
+        names = await asyncio.to_thread(self._users_of, library_id)
+        await self._drain_and_stop(names)
+        return names
+
+    def _users_of(self, library_id: str) -> list[str]:
+        roots: set[Path] = set()
+        with contextlib.suppress(NotFound):
+            local = self.library.get(library_id)
+            roots.update(Path(f).resolve() for f in [local.path, *local.files])
+        if "/" in library_id:
+            roots.add(Path(library_id).expanduser().resolve())
+        users = []
+        for name, p in self.prepared.items():
+            if p.model_path is None:
+                continue
+            path = p.model_path.resolve()
+            if path in roots or any(r in path.parents for r in roots):
+                users.append(name)
+        return users
+
+    async def _drain_and_stop(self, names: list[str]) -> None:
+        async def one(name: str) -> None:
+            with contextlib.suppress(NotFound):  # not known to the scheduler: nothing runs
+                await self.scheduler.unload(name)
+
+        await asyncio.gather(*(one(n) for n in names))
 
     def died(self, name: str) -> None:
         """Called when a relay saw the upstream connection break: check the process now."""
@@ -524,7 +558,7 @@ class Runtime:
         entry = self.scheduler.entries.get(name)
         proc = self.procs.get(name)
         prep = self.prepared.get(name)
-        state = entry.state if entry else "stopped"
+        state: str = entry.state if entry else "stopped"
         reason = None
         if proc is not None and proc.state == State.FAILED and state == "stopped":
             state, reason = "failed", proc.reason

@@ -28,19 +28,28 @@ class SettingRow(Base):
 
 
 class JobRow(Base):
-    """A long-running piece of work (download, build, model load) and its last known progress."""
+    """A long-running piece of work (download, build, install, model load): see ``jobs/``."""
 
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     kind: Mapped[str] = mapped_column(String(32), index=True)
-    state: Mapped[str] = mapped_column(String(16), index=True)  # queued|running|done|failed|cancelled
+    # queued|running|paused|done|failed|cancelled
+    state: Mapped[str] = mapped_column(String(16), index=True)
     title: Mapped[str] = mapped_column(String(512), default="")
-    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)  # fraction done, 0..1
+    progress_done: Mapped[float] = mapped_column(Float, default=0.0)
+    progress_total: Mapped[float | None] = mapped_column(Float, nullable=True)
+    progress_unit: Mapped[str] = mapped_column(String(16), default="")  # bytes | steps | ""
+    message: Mapped[str] = mapped_column(Text, default="")
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    log_lines: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class EngineRow(Base):

@@ -1,4 +1,5 @@
-"""Download jobs: start, list, inspect, cancel, pause, resume."""
+"""Download jobs: start, list, inspect, cancel, pause, resume (jobs of the one job system, in the
+shape the UI and CLI have always read: bytes, speed, ETA, paths)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ class DownloadCreate(BaseModel):
 async def create(state: StateDep, body: DownloadCreate) -> dict[str, Any]:
     if body.file and body.quant:
         raise InvalidInput("give a quant or a file, not both")
-    await state.downloads.start()
     return await state.downloads.submit(body.repo, body.quant, body.file, body.revision)
 
 
@@ -38,17 +38,17 @@ def get_job(state: StateDep, job_id: str) -> dict[str, Any]:
     return state.downloads.get(job_id)
 
 
+# actions run on the loop: they start tasks and set the jobs' asyncio events
 @router.post("/{job_id}/cancel")
-def cancel(state: StateDep, job_id: str) -> dict[str, Any]:
+async def cancel(state: StateDep, job_id: str) -> dict[str, Any]:
     return state.downloads.cancel(job_id)
 
 
 @router.post("/{job_id}/pause")
-def pause(state: StateDep, job_id: str) -> dict[str, Any]:
+async def pause(state: StateDep, job_id: str) -> dict[str, Any]:
     return state.downloads.pause(job_id)
 
 
 @router.post("/{job_id}/resume")
 async def resume(state: StateDep, job_id: str) -> dict[str, Any]:
-    await state.downloads.start()
     return state.downloads.resume(job_id)

@@ -15,7 +15,8 @@ from llamastudio.api.deps import StateDep, require_commands
 from llamastudio.engines.build import Builder, BuildSpec, foreign_code
 from llamastudio.engines.registry import Engine, EngineRegistry
 from llamastudio.engines.releases import GitHubReleases, install, updates
-from llamastudio.engines.validate import revalidate
+from llamastudio.engines.validate import revalidate_async
+from llamastudio.errors import Conflict
 
 router = APIRouter(prefix="/api/engines", tags=["engines"])
 
@@ -37,9 +38,10 @@ def _view(e: Engine, in_use: bool) -> dict[str, Any]:
 
 
 @router.get("")
-def list_engines(state: StateDep) -> list[dict[str, Any]]:
-    rt = state.runtime
-    return [_view(e, rt.engine_in_use(e.id)) for e in _registry(state).all()]
+async def list_engines(state: StateDep) -> list[dict[str, Any]]:
+    engines = await asyncio.to_thread(_registry(state).all)
+    rt = state.runtime  # its state is read here, on the loop that owns it
+    return [_view(e, rt.engine_in_use(e.id)) for e in engines]
 
 
 class BuildIn(BaseModel):
@@ -80,14 +82,14 @@ async def build(state: StateDep, request: Request, body: BuildIn) -> dict[str, A
     async def work(log: Callable[[str], None], cancel: asyncio.Event) -> Engine:
         result = await Builder(reg).build(spec, log, cancel)
         if body.default:
-            reg.set_default(result.engine.id)
+            await asyncio.to_thread(reg.set_default, result.engine.id)
         log(("reused" if result.reused else "built") + f" engine {result.engine.id}")
         await state.runtime.sync()
         return result.engine
 
-    return state.engine_jobs.submit(
-        "build", f"build {body.source} ({', '.join(spec.backends)})", work
-    ).to_json()
+    title = f"build {body.source} ({', '.join(spec.backends)})"
+    params = {"source": body.source, "ref": body.ref, "backends": list(spec.backends)}
+    return state.engine_jobs.submit("build", title, work, params)
 
 
 class InstallIn(BaseModel):
@@ -98,49 +100,57 @@ class InstallIn(BaseModel):
 
 @router.post("/install", status_code=202)
 async def install_release(state: StateDep, body: InstallIn) -> dict[str, Any]:
-    reg, gh = _registry(state), _github(state)
+    reg, gh = _registry(state), await asyncio.to_thread(_github, state)  # an HTTP client: TLS setup
 
     async def work(log: Callable[[str], None], cancel: asyncio.Event) -> Engine:
-        def progress(done: int, total: int | None) -> None:
+        loop = asyncio.get_running_loop()
+
+        def progress(done: int, total: int | None) -> None:  # called in the install's thread
             if total and done == total:
-                log(f"downloaded {done:,} bytes")
+                loop.call_soon_threadsafe(log, f"downloaded {done:,} bytes")
+
+        def run() -> Engine:  # network, unpacking, the probe and the registry: all blocking
+            engine = install(gh, reg, body.tag, body.backend, None, None, progress)
+            if body.default:
+                engine = reg.set_default(engine.id)
+            return engine
 
         log(f"installing release {body.tag or 'latest'} ({body.backend})")
-        engine = await asyncio.to_thread(install, gh, reg, body.tag, body.backend, None, None, progress)
-        if body.default:
-            reg.set_default(engine.id)
+        engine = await asyncio.to_thread(run)
         log(f"installed engine {engine.id}")
         await state.runtime.sync()
         return engine
 
-    return state.engine_jobs.submit(
-        "install", f"install {body.tag or 'latest'} ({body.backend})", work
-    ).to_json()
+    title = f"install {body.tag or 'latest'} ({body.backend})"
+    return state.engine_jobs.submit("install", title, work, {"tag": body.tag, "backend": body.backend})
 
 
+# builds and installs are jobs of the one job system (``/api/jobs``); these keep their own shape
 @router.get("/jobs")
 def jobs(state: StateDep) -> list[dict[str, Any]]:
-    return [j.to_json() for j in state.engine_jobs.jobs.values()]
+    return state.engine_jobs.list()
 
 
 @router.get("/jobs/{job_id}")
 def job(state: StateDep, job_id: str, tail: int = 500) -> dict[str, Any]:
-    return state.engine_jobs.get(job_id).to_json(log_tail=max(1, min(tail, 2000)))
+    """With the log's last ``tail`` lines (read from the job's log file after a restart)."""
+    return state.engine_jobs.get(job_id, max(1, min(tail, 2000)))
 
 
 @router.post("/jobs/{job_id}/cancel")
-def cancel_job(state: StateDep, job_id: str) -> dict[str, Any]:
-    return state.engine_jobs.cancel(job_id).to_json()
+async def cancel_job(state: StateDep, job_id: str) -> dict[str, Any]:
+    return state.engine_jobs.cancel(job_id)
 
 
 @router.get("/updates")
-def check_updates(state: StateDep) -> list[dict[str, Any]]:
-    return updates(_github(state), _registry(state).all())
+async def check_updates(state: StateDep) -> list[dict[str, Any]]:
+    """GitHub's newest release and each git source's head (`git ls-remote`): network, in a thread."""
+    return await asyncio.to_thread(lambda: updates(_github(state), _registry(state).all()))
 
 
 @router.put("/{engine_id}/default")
 async def set_default(state: StateDep, engine_id: str) -> dict[str, Any]:
-    engine = _registry(state).set_default(engine_id)
+    engine = await asyncio.to_thread(_registry(state).set_default, engine_id)
     await state.runtime.sync()
     return _view(engine, state.runtime.engine_in_use(engine.id))
 
@@ -148,12 +158,16 @@ async def set_default(state: StateDep, engine_id: str) -> dict[str, Any]:
 @router.post("/{engine_id}/validate")
 async def validate(state: StateDep, engine_id: str) -> dict[str, Any]:
     reg = _registry(state)
-    engine = await asyncio.to_thread(revalidate, reg, reg.get(engine_id))
+    engine = await revalidate_async(reg, await asyncio.to_thread(reg.get, engine_id))
     return _view(engine, state.runtime.engine_in_use(engine.id))
 
 
 @router.delete("/{engine_id}", status_code=204)
 async def remove(state: StateDep, engine_id: str) -> Response:
-    _registry(state).remove(engine_id, state.runtime.engine_in_use)
+    reg = _registry(state)
+    await asyncio.to_thread(reg.get, engine_id)  # 404 for an unknown engine
+    if state.runtime.engine_in_use(engine_id):  # runtime state: read on the loop
+        raise Conflict(f"engine {engine_id!r} is running a model: stop it first")
+    await asyncio.to_thread(reg.remove, engine_id)  # the database and the engine's files
     await state.runtime.sync()
     return Response(status_code=204)

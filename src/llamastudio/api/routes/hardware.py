@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter
-from starlette.concurrency import run_in_threadpool
 
 from llamastudio.hardware.discover import discover
 from llamastudio.hardware.topology import classify, nvlink_groups
@@ -15,7 +15,7 @@ router = APIRouter(prefix="/api", tags=["hardware"])
 
 @router.get("/gpu-info")
 async def gpu_info() -> dict[str, Any]:
-    hw = await run_in_threadpool(discover)  # NVML and vulkaninfo calls block
+    hw = await asyncio.to_thread(discover)  # NVML and vulkaninfo calls block
     return hw.to_json() | {
         "topology": classify(hw.gpus),
         "nvlink_groups": nvlink_groups(hw.gpus),

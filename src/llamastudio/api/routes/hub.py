@@ -75,7 +75,7 @@ async def add_model(state: StateDep, body: AddPath) -> list[dict[str, Any]]:
 
 @router.delete("/models")
 async def remove_model(state: StateDep, id: str, delete_files: bool = False) -> dict[str, list[str]]:
-    state.runtime.ensure_stopped(id)
+    await state.runtime.stop_users_of(id)  # no engine outlives its file (drained, then stopped)
     removed = Library(state.db).remove(id, delete_files)
     await state.runtime.sync()
     return {"removed": removed}

@@ -1,5 +1,6 @@
-"""Live updates: ``/ws`` (every event: downloads, engine jobs and logs, model states and logs,
-system stats) and ``GET /api/system`` (current stats and the recent history)."""
+"""Live updates: ``/ws`` (every event: jobs — ``job.changed``, ``job.progress``, ``job.log``,
+``job.removed`` for downloads, builds, installs and loads —, model states and logs, system stats)
+and ``GET /api/system`` (current stats and the recent history)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from llamastudio.api.deps import AppState, StateDep
 
 router = APIRouter(tags=["live"])
 ws_router = APIRouter(tags=["live"])
+HELLO_JOBS = 200  # the newest jobs in the snapshot; the rest through GET /api/jobs
 
 
 @router.get("/api/system")
@@ -35,8 +37,7 @@ async def ws(socket: WebSocket) -> None:
             {
                 "type": "hello",
                 "models": state.runtime.models(),
-                "downloads": state.downloads.list(),
-                "engine_jobs": [j.to_json() for j in state.engine_jobs.jobs.values()],
+                "jobs": [j.model_dump(mode="json") for j in state.jobs.list(limit=HELLO_JOBS)],
                 "stats": list(state.monitor.history)[-60:],
             }
         )

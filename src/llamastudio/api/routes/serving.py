@@ -14,7 +14,7 @@ from llamastudio.fit.planner import Goal
 from llamastudio.hardware.devices import Hardware
 from llamastudio.hardware.profiles import resolve_named
 from llamastudio.runtime.logfile import MAX_TAIL
-from llamastudio.runtime.manager import Runtime, budgets_of
+from llamastudio.runtime.manager import Prepared, Runtime, budgets_of
 from llamastudio.runtime.models import MAX_TTL, ModelConfig, runs_command, validate
 
 router = APIRouter(prefix="/api", tags=["serving"])
@@ -43,13 +43,29 @@ def _runtime(state: StateDep) -> Runtime:
 def _view(rt: Runtime, cfg: ModelConfig) -> dict[str, Any]:
     """A configuration with what it would run, its memory per device against the budgets, and
     the reason it cannot run (shown next to the config so it can be fixed)."""
-    out: dict[str, Any] = {"config": cfg.to_json(), "status": rt.status(cfg.name), "error": None}
-    budgets = budgets_of(rt.hw)
-    out["budgets"] = budgets
+    return _shaped(cfg, rt.status(cfg.name), budgets_of(rt.hw), _prepare(rt, cfg))
+
+
+async def _view_async(rt: Runtime, cfg: ModelConfig) -> dict[str, Any]:
+    """:func:`_view` for async routes: the runtime's state is read here, on the loop that owns
+    it; the preparation (model header, estimate, engine lookup) runs in a thread."""
+    status, budgets = rt.status(cfg.name), budgets_of(rt.hw)
+    return _shaped(cfg, status, budgets, await asyncio.to_thread(_prepare, rt, cfg))
+
+
+def _prepare(rt: Runtime, cfg: ModelConfig) -> Prepared | StudioError:
     try:
-        prepared = rt.prepare(cfg)
+        return rt.prepare(cfg)
     except StudioError as exc:
-        out["prepared"], out["error"], out["fits"] = None, exc.message, False
+        return exc
+
+
+def _shaped(
+    cfg: ModelConfig, status: dict[str, Any], budgets: dict[str, int], prepared: Prepared | StudioError
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"config": cfg.to_json(), "status": status, "error": None, "budgets": budgets}
+    if isinstance(prepared, StudioError):
+        out["prepared"], out["error"], out["fits"] = None, prepared.message, False
         return out
     out["prepared"] = prepared.to_json()
     out["fits"] = all(n <= budgets.get(dev, 0) for dev, n in prepared.reserve.items())
@@ -72,9 +88,9 @@ async def served(state: StateDep) -> list[dict[str, Any]]:
 
 
 @router.get("/models/{id:path}/config")
-def get_config(state: StateDep, id: str) -> dict[str, Any]:
+async def get_config(state: StateDep, id: str) -> dict[str, Any]:
     rt = _runtime(state)
-    return _view(rt, rt.configs.get(id))
+    return await _view_async(rt, await asyncio.to_thread(rt.configs.get, id))
 
 
 @router.put("/models/{id:path}/config")
@@ -88,19 +104,19 @@ async def put_config(state: StateDep, request: Request, id: str, body: ConfigIn)
 
 
 @router.post("/models/{id:path}/preview")
-def preview(state: StateDep, id: str, body: ConfigIn) -> dict[str, Any]:
+async def preview(state: StateDep, id: str, body: ConfigIn) -> dict[str, Any]:
     """What a configuration would run and cost, without saving it (for a config editor)."""
     cfg = _config_from(id, body)
     validate(cfg)
-    _runtime(state).configs.check_flags(cfg)  # an unknown flag is a 400, as when saving
-    return _view(_runtime(state), cfg)
+    # an unknown flag is a 400, as when saving (the engine's flags come from the database)
+    await asyncio.to_thread(_runtime(state).configs.check_flags, cfg)
+    return await _view_async(_runtime(state), cfg)
 
 
 @router.delete("/models/{id:path}/config", status_code=204)
 async def delete_config(state: StateDep, id: str) -> Response:
-    rt = _runtime(state)
-    rt.configs.delete(id)
-    await rt.sync()
+    """Stops the model's engine first (its requests in flight finish), then deletes."""
+    await _runtime(state).delete_config(id)
     return Response(status_code=204)
 
 
@@ -112,16 +128,19 @@ class AutoIn(BaseModel):
     hardware: str | None = None
 
 
-def _hardware(rt: Runtime, spec: str | None) -> Hardware:
-    return resolve_named(spec) if spec else rt.hw
+async def _hardware(rt: Runtime, spec: str | None) -> Hardware:
+    """A named profile (it may be a JSON file: read in a thread), else the runtime's hardware."""
+    return await asyncio.to_thread(resolve_named, spec) if spec else rt.hw
 
 
 @router.post("/models/{id:path}/auto-config")
-def auto_config(state: StateDep, id: str, body: AutoIn | None = None) -> dict[str, Any]:
+async def auto_config(state: StateDep, id: str, body: AutoIn | None = None) -> dict[str, Any]:
     """Smart Auto: the planner's flags for this model, with one reason per choice (not saved)."""
     body = body or AutoIn()
     rt = _runtime(state)
-    p = rt.smart_auto(id, _hardware(rt, body.hardware), body.goal, body.ctx, body.parallel, body.args)
+    hw = await _hardware(rt, body.hardware)
+    # the model's header is read and the planner searches: in a thread
+    p = await asyncio.to_thread(rt.smart_auto, id, hw, body.goal, body.ctx, body.parallel, body.args)
     return {"args": p.flags.to_args(), "reasons": p.reasons, "warnings": p.warnings, "plan": p.to_json()}
 
 
@@ -131,16 +150,17 @@ class EstimateIn(BaseModel):
 
 
 @router.post("/models/{id:path}/estimate")
-def estimate_config(state: StateDep, id: str, body: EstimateIn) -> dict[str, Any]:
+async def estimate_config(state: StateDep, id: str, body: EstimateIn) -> dict[str, Any]:
     """Per-device memory for these flags, and whether it fits (for a config editor)."""
     rt = _runtime(state)
-    return rt.estimate_for(id, body.args, _hardware(rt, body.hardware))
+    hw = await _hardware(rt, body.hardware)
+    return await asyncio.to_thread(rt.estimate_for, id, body.args, hw)  # header read + estimate
 
 
 @router.get("/models/{id:path}/command")
-def command(state: StateDep, id: str) -> dict[str, Any]:
+async def command(state: StateDep, id: str) -> dict[str, Any]:
     """The exact argv that starting this model runs (``${PORT}`` is chosen at start)."""
-    p = _runtime(state).preview(id)
+    p = await asyncio.to_thread(_runtime(state).preview, id)  # configuration, engine, header
     return {"argv": p.argv, "dropped": p.dropped, "engine": p.engine.id if p.engine else None}
 
 
@@ -208,8 +228,8 @@ async def put_settings(state: StateDep, body: SettingsIn) -> dict[str, Any]:
 
 
 @router.get("/running")
-def running(state: StateDep) -> list[dict[str, Any]]:
-    return _runtime(state).running()
+async def running(state: StateDep) -> list[dict[str, Any]]:
+    return _runtime(state).running()  # scheduler state: read on the loop that owns it
 
 
 @router.post("/running/unload-all")
@@ -238,6 +258,6 @@ async def import_configs(state: StateDep, request: Request, body: ImportIn) -> d
 
 
 @router.get("/served/export")
-def export_configs(state: StateDep, format: Format = "llama-swap") -> Response:
-    text = _runtime(state).export_configs(format)
+async def export_configs(state: StateDep, format: Format = "llama-swap") -> Response:
+    text = await asyncio.to_thread(_runtime(state).export_configs, format)  # database + headers
     return Response(text, media_type="application/yaml" if format == "llama-swap" else "text/plain")

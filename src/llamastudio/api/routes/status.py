@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -27,12 +28,13 @@ class StatusPublic(BaseModel):
 
 
 @router.get("/status")
-def get_status(state: StateDep) -> StatusPublic:
+async def get_status(state: StateDep) -> StatusPublic:
+    db_ok = await asyncio.to_thread(ping, state.db.engine)  # waits while a writer holds the lock
     return StatusPublic(
         version=__version__,
         uptime_s=round(time.monotonic() - state.started, 3),
         data_dir=state.settings.data_dir,
-        db_ok=ping(state.db.engine),
+        db_ok=db_ok,
         db_revision=state.db.revision,
         llama_server=state.settings.llama_server,
         gateway_port=state.settings.gateway_port,

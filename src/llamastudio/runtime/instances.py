@@ -1,0 +1,87 @@
+"""Engine instances outside the process table: their file names, orphan records, CPU threads.
+
+- Every file the runtime writes for a model (its log, its run record, its key file) is named by
+  ``file_stem(name)``: the name made safe for a file name plus a short hash of the exact name, so
+  two legal names that sanitise alike (``org/m`` and ``org_m``) never share a log or a record
+  (issue 14 #9, issue 18 #10: one overwrote the other's record and its engine outlived a kill -9).
+- A run record ``<data>/run/<stem>.json`` ``{pid, exe, model, port}`` is written when an engine is
+  ready and removed when it stops. A studio that is killed leaves them behind; the next start kills
+  the processes they name — records of any naming scheme, every ``*.json`` there — and waits for
+  them to exit *before* the machine's free memory is read for the budgets.
+- ``cpu_threads``: the CPU threads a prepared llama.cpp model computes with, the resource the
+  scheduler's policy serializes (see ``policy.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+from llamastudio.fit.flags import ServerFlags
+from llamastudio.fit.usage import Estimate
+
+
+def file_stem(name: str) -> str:
+    """A file name for ``name``: readable, and distinct for distinct names."""
+    readable = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:64].lstrip(".") or "model"
+    return f"{readable}-{hashlib.sha256(name.encode()).hexdigest()[:10]}"
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie has already freed its memory)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def cleanup_orphans(run_dir: Path, wait: float = 5.0) -> list[int]:
+    """Kill (SIGKILL, whole process group) the engines that run records name and that still run
+    the recorded binary; wait up to ``wait`` seconds for them to exit. Blocking: call it in a
+    thread. Returns the pids killed."""
+    killed: list[int] = []
+    for f in sorted(run_dir.glob("*.json")):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            info = json.loads(f.read_text())
+            pid, exe = int(info["pid"]), str(info["exe"])
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+            if pid > 1 and cmdline == exe:  # the pid was not reused by something else
+                os.killpg(pid, signal.SIGKILL)
+                killed.append(pid)
+        f.unlink(missing_ok=True)
+    deadline = time.monotonic() + wait
+    while any(_alive(p) for p in killed) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return killed
+
+
+def _flag_int(argv: list[str], names: tuple[str, ...]) -> int | None:
+    value: int | None = None
+    it = iter(argv)
+    for token in it:
+        flag, eq, inline = token.partition("=")
+        if flag in names:
+            raw = inline if eq else next(it, "")
+            with contextlib.suppress(ValueError):
+                value = int(raw)
+    return value
+
+
+def cpu_threads(argv: list[str], flags: ServerFlags, est: Estimate, cores: int) -> int:
+    """Threads the model computes with on the CPU: 0 when all of it runs on GPUs; else ``-t``
+    (or ``-tb`` when larger), llama.cpp's default being the physical cores."""
+    on_cpu = bool(est.host.layers) or flags.cpu_moe or flags.n_cpu_moe > 0 or flags.no_kv_offload
+    if not on_cpu:
+        return 0
+    threads = _flag_int(argv, ("-t", "--threads"))
+    batch = _flag_int(argv, ("-tb", "--threads-batch"))
+    threads = threads if threads is not None and threads > 0 else max(1, cores)
+    batch = batch if batch is not None and batch > 0 else threads
+    return max(threads, batch)
