@@ -46,7 +46,7 @@ async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
         transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1", headers=CLIENT
     ) as client:
         yield client
-    await app.state.studio.downloads.stop()
+    await app.state.studio.jobs.close()
 
 
 async def wait_for(
@@ -99,6 +99,32 @@ async def test_download_job_lifecycle(
     assert_error_shape(await api.post("/api/downloads", json={"repo": "not a repo"}), 422, "invalid_input")
 
 
+async def test_cancel_a_download_mid_way(hub: HubServer, api: httpx.AsyncClient) -> None:
+    """Downloads are jobs of the one job system: the same job under /api/downloads and
+    /api/jobs, cancelled between chunks by either."""
+    hub.throttle = 0.01
+    job_id = (await api.post("/api/downloads", json={"repo": "tiny/llama-GGUF", "quant": "F16"})).json()["id"]
+    while (await api.get(f"/api/downloads/{job_id}")).json()["bytes_done"] < 500_000:
+        await asyncio.sleep(0.05)
+    generic = (await api.get(f"/api/jobs/{job_id}")).json()
+    assert generic["kind"] == "download" and generic["state"] == "running"
+    assert generic["progress"]["unit"] == "bytes" and generic["progress"]["done"] >= 500_000
+    assert generic["pausable"] is True and generic["params"]["repo"] == "tiny/llama-GGUF"
+    listed = (await api.get("/api/jobs", params={"kind": "download", "state": "running"})).json()
+    assert [j["id"] for j in listed] == [job_id]
+    assert (await api.get("/api/jobs", params={"kind": "build"})).json() == []
+    assert (await api.post(f"/api/jobs/{job_id}/cancel")).status_code == 200
+    cancelled = await wait_for(api, job_id, {"cancelled", "done", "failed"})
+    hub.throttle = 0.0
+    assert cancelled["state"] == "cancelled" and cancelled["error"] is None
+    assert 500_000 <= cancelled["bytes_done"] < cancelled["bytes_total"]
+    assert_error_shape(await api.post(f"/api/downloads/{job_id}/cancel"), 409, "conflict")
+    resumed = (await api.post(f"/api/downloads/{job_id}/resume")).json()  # a cancelled one may restart
+    assert resumed["state"] in ("queued", "running")
+    assert (await wait_for(api, job_id, {"done", "failed"}))["state"] == "done"
+    assert_error_shape(await api.get("/api/jobs/0123456789abcdef"), 404, "not_found")
+
+
 async def test_gated_download_fails_with_a_reason(hub: HubServer, api: httpx.AsyncClient) -> None:
     job = (await api.post("/api/downloads", json={"repo": "tiny/gated-GGUF", "quant": "Q8_0"})).json()
     failed = await wait_for(api, job["id"], {"failed", "done"})
@@ -147,19 +173,20 @@ async def test_unfinished_jobs_resume_after_a_restart(
     settings = Settings(data_dir=tmp_path / "data")
     first = create_app(settings)
     hub.throttle = 0.01
+    await first.state.studio.jobs.start()
     job = await first.state.studio.downloads.submit("tiny/llama-GGUF", "F16")
-    await first.state.studio.downloads.start()
     while first.state.studio.downloads.get(job["id"])["bytes_done"] < 1_000_000:
         await asyncio.sleep(0.05)
-    await first.state.studio.downloads.stop()  # the studio goes down mid-download
+    await first.state.studio.jobs.close()  # the studio goes down mid-download
     hub.throttle = 0.0
-    # a job the studio was running when it died is running in the database
     from llamastudio.store.models import JobRow
 
-    with first.state.studio.db.session() as s, s.begin():
-        s.get(JobRow, job["id"]).state = "running"
+    with first.state.studio.db.session() as s:
+        row = s.get(JobRow, job["id"])
+        assert row is not None and row.state == "running"  # left for the next start to settle
+        assert row.progress_done >= 1_000_000  # how far it got, saved at shutdown
     second = create_app(settings)
-    await second.state.studio.downloads.start()
+    await second.state.studio.jobs.start()
     try:
         deadline = time.monotonic() + 60
         while second.state.studio.downloads.get(job["id"])["state"] != "done" and time.monotonic() < deadline:
@@ -168,4 +195,4 @@ async def test_unfinished_jobs_resume_after_a_restart(
         assert done["state"] == "done"
         assert Path(done["paths"][0]).read_bytes() == tiny_models["llama"].read_bytes()
     finally:
-        await second.state.studio.downloads.stop()
+        await second.state.studio.jobs.close()

@@ -267,7 +267,7 @@ async def studio_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIt
     ) as client:
         client.app = app  # type: ignore[attr-defined]
         yield client
-    await app.state.studio.downloads.stop()
+    await app.state.studio.jobs.close()
 
 
 def assert_studio_error(resp: httpx.Response, status: int, code: str) -> str:

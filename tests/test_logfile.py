@@ -16,6 +16,7 @@ from huggingface_hub import constants
 from llamastudio.api.app import create_app
 from llamastudio.config import Settings
 from llamastudio.runtime.logfile import MAX_TAIL, RotatingLog, read_tail, rotated, tail_lines
+from llamastudio.runtime.manager import Runtime
 from llamastudio.runtime.process import EngineProcess, StartFailed
 from llamastudio.store.models import ServedModelRow
 
@@ -79,23 +80,21 @@ async def test_an_engine_process_rotates_its_log(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-async def client(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Settings]]:
-    settings = Settings(data_dir=tmp_path / "data", hardware="cpu")
-    app = create_app(settings)
+async def client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[httpx.AsyncClient, Runtime]]:
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    app = create_app(Settings(data_dir=tmp_path / "data", hardware="cpu"))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
-        yield c, settings
+        yield c, app.state.studio.runtime
 
 
-async def test_the_logs_route_reads_the_tail_and_bounds_it(
-    client: tuple[httpx.AsyncClient, Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    c, settings = client
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
-    runtime = c._transport.app.state.studio.runtime  # type: ignore[attr-defined]
+async def test_the_logs_route_reads_the_tail_and_bounds_it(client: tuple[httpx.AsyncClient, Runtime]) -> None:
+    c, runtime = client
     with runtime.db.session() as s, s.begin():  # a configured model with a log from an earlier run
         s.add(ServedModelRow(name="m", model="", command=["srv", "${PORT}"], args=[], aliases=[], env={}))
-    (settings.logs_dir / "m.log").write_bytes(b"".join(b"old %d\n" % i for i in range(100_000)))
+    runtime.log_path("m").write_bytes(b"".join(b"old %d\n" % i for i in range(100_000)))
     r = await c.get("/api/models/m/logs", params={"tail": 3})
     assert r.status_code == 200, r.text
     assert r.json() == {"model": "m", "lines": ["old 99997", "old 99998", "old 99999"]}

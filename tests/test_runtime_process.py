@@ -124,3 +124,17 @@ async def test_missing_binary_timeout_and_sigterm_ignoring_child(tmp_path: Path)
 
 def test_load_timeout_grows_with_model_size() -> None:
     assert load_timeout(0) == 60 and load_timeout(40 << 30) == 60 + 30 * 40
+
+
+async def test_output_lines_over_64_kib_do_not_stop_the_reader() -> None:
+    """Regression: ``readline`` raised on an engine output line over 64 KiB, which stopped the
+    reader draining the pipe (the engine then blocks on a full pipe)."""
+    from llamastudio.runtime.process import _lines
+
+    reader = asyncio.StreamReader()
+    reader.feed_data(b"short\n" + b"x" * 200_000 + b"\nafter\n" + b"tail")
+    reader.feed_eof()
+    got = [line async for line in _lines(reader)]
+    assert got[0] == b"short\n" and got[-2:] == [b"after\n", b"tail"]
+    assert b"".join(got) == b"short\n" + b"x" * 200_000 + b"\nafter\ntail"
+    assert max(len(line) for line in got) <= 64 << 10

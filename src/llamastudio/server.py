@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import logging
 import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Generator
 
 import uvicorn
@@ -110,6 +112,10 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # What start-up made (modules, the app) lives as long as the process: out of the collector's
+    # sight, a full collection no longer walks it while holding the loop (~0.1 s on 2 cores)
+    gc.collect()
+    gc.freeze()
     api_task = asyncio.create_task(api.serve())
     while not api.started and not api_task.done():
         await asyncio.sleep(0.02)
@@ -176,6 +182,20 @@ def _log_slow_callbacks(threshold: float) -> None:
         logger.propagate = False
     notice = logging.getLogger("llamastudio.loop")
     notice.setLevel(logging.INFO)
+    started: list[float] = []
+
+    def gc_pause(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[:] = [time.perf_counter()]
+        elif started and (took := time.perf_counter() - started[0]) >= threshold / 4:
+            notice.warning(
+                "garbage collection of generation %d took %.3f s (%d collected)",
+                info["generation"],
+                took,
+                info["collected"],
+            )
+
+    gc.callbacks.append(gc_pause)
     notice.info(
         "asyncio debug mode (stdlib loop): callbacks holding the loop over %.3f s are logged", threshold
     )

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from llamastudio import __version__
 from llamastudio.cli import engines_cmd, fit_cmds, hub_cmd, inspect_cmd, serve_cmd, serving_cmd
@@ -81,5 +82,5 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv)
     except StudioError as exc:
-        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)

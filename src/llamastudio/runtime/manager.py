@@ -376,10 +376,15 @@ class Runtime:
         configs = self.configs.stored()
         if not configs:
             raise NotFound("no stored model configurations to export")
+        library = self.library.models(with_facts=False)  # listed once for all of them
         if fmt == "llama-swap":
-            return export_llama_swap(configs, {c.name: self.prepare(c).argv for c in configs})
+            try:
+                argv = {c.name: self.prepare(c, library=library).argv for c in configs}
+            finally:
+                _read_header.cache_clear()
+            return export_llama_swap(configs, argv)
         if fmt == "preset":
-            paths = {c.name: str(self.configs.model_path(c)) for c in configs if c.command is None}
+            paths = {c.name: str(self.configs.model_path(c, library)) for c in configs if c.command is None}
             return export_preset(configs, paths)
         raise InvalidInput(f"format {fmt!r}: llama-swap or preset")
 
@@ -422,8 +427,16 @@ class Runtime:
         return lease, proc
 
     async def load(self, name: str) -> EngineProcess:
-        lease, proc = await self.acquire(name)
-        lease.release()
+        """Start the model (a user's start): it is placed like a request but holds nothing, so
+        it does not wait for CPU threads another model is computing with."""
+        model = await self.resolve(name)
+        await self.scheduler.load(model)
+        proc = self.procs.get(model)
+        if proc is not None and proc.state == State.FAILED:  # killed as it became ready: once more
+            await self.scheduler.load(model)
+            proc = self.procs.get(model)
+        if proc is None or proc.state != State.READY:
+            raise StartFailed(f"{model} is not running")
         return proc
 
     async def unload(self, name: str) -> None:
@@ -599,8 +612,12 @@ class Runtime:
         """The last ``tail`` lines of the model's engine log (rotated files included), read
         backwards from the end in a thread: a 300 MB log costs what its tail costs."""
         proc = self.procs.get(name)
-        path = proc.log_path if proc is not None else self.settings.logs_dir / f"{_safe(name)}.log"
+        path = proc.log_path if proc is not None else self.log_path(name)
         return await asyncio.to_thread(tail_lines, path, tail)
+
+    def log_path(self, name: str) -> Path:
+        """Where the engine of model ``name`` logs (rotated files beside it: ``logfile.py``)."""
+        return self.settings.logs_dir / f"{_safe(name)}.log"
 
     def engine_in_use(self, engine_id: str) -> bool:
         return any(

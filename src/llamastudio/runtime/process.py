@@ -23,7 +23,7 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import httpx
@@ -172,7 +172,7 @@ class EngineProcess:
     async def _read_output(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
         with RotatingLog(self.log_path, self.log_max_bytes, self.log_keep) as log:
-            while line := await self.proc.stdout.readline():
+            async for line in _lines(self.proc.stdout):
                 log.write(line)
                 text = line.decode(errors="replace").rstrip()
                 self.lines.append(text)
@@ -210,3 +210,18 @@ class EngineProcess:
         if self.state == State.READY and self.proc is not None and self.proc.returncode is not None:
             self.state = State.FAILED
             self.reason = f"exited with code {self.proc.returncode} while serving: {self._tail()}"
+
+
+async def _lines(stream: asyncio.StreamReader, limit: int = 64 << 10) -> AsyncIterator[bytes]:
+    """The stream's lines; one longer than ``limit`` comes in pieces. (``readline`` raises on a
+    line over its buffer limit, which would stop draining the pipe and stall the engine.)"""
+    buf = b""
+    while chunk := await stream.read(1 << 16):
+        buf += chunk
+        while (i := buf.find(b"\n")) >= 0 or len(buf) >= limit:
+            end = i + 1 if 0 <= i < limit else limit
+            yield buf[:end]
+            buf = buf[end:]
+    if buf:
+        yield buf
+

@@ -41,7 +41,27 @@ from typing import Any, Protocol
 from llamastudio.aio import cancel_and_wait
 from llamastudio.errors import NotFound, StudioError
 from llamastudio.runtime import policy
+from llamastudio.runtime.messages import (
+    Acquire,
+    Budgets,
+    Configure,
+    Died,
+    Lease,
+    Load,
+    Message,
+    ModelSpec,
+    ModelState,
+    Release,
+    Started,
+    StartFailed,
+    Stopped,
+    Tick,
+    Unload,
+    Withdraw,
+)
 from llamastudio.runtime.policy import FAIR_WAIT, State, View
+
+__all__ = ["Effects", "Lease", "ModelSpec", "ModelState", "NoRoom", "QueueFull", "Scheduler", "TooBusy"]
 
 log = logging.getLogger(__name__)
 
@@ -61,18 +81,6 @@ class NoRoom(StudioError):
     code = "no_room"
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    reserve: dict[str, int]  # bytes per device ("CUDA0", "CPU", …) from the estimator
-    ttl: float = 600.0  # seconds idle before unloading; 0 = never
-    pinned: bool = False
-    group: str | None = None  # models of one exclusive group never run together
-    max_concurrency: int = 0  # 0 = unlimited
-    max_queue: int = 64
-    threads: int = 0  # CPU threads it computes with (see policy.py); 0 = wholly on GPUs
-
-
 class Effects(Protocol):
     async def start(self, model: str) -> None:
         """Start the model and return when it is ready; raise StudioError when it cannot start."""
@@ -81,100 +89,15 @@ class Effects(Protocol):
         """Stop the model; may take its grace period (it runs beside the owner, not in it)."""
 
 
-# -- messages: one type per event ----------------------------------------------------------------
-@dataclass(frozen=True)
-class Acquire:
-    model: str
-    fut: asyncio.Future[Lease]
-
-
-@dataclass(frozen=True)
-class Withdraw:
-    """A caller cancelled while its request waited."""
-
-    model: str
-    fut: asyncio.Future[Lease]
-
-
-@dataclass(frozen=True)
-class Release:
-    model: str
-
-
-@dataclass(frozen=True)
-class Unload:
-    model: str
-    fut: asyncio.Future[None]
-
-
-@dataclass(frozen=True)
-class Started:
-    model: str
-
-
-@dataclass(frozen=True)
-class StartFailed:
-    model: str
-    error: StudioError
-
-
-@dataclass(frozen=True)
-class Stopped:
-    model: str
-
-
-@dataclass(frozen=True)
-class Died:
-    model: str
-
-
-@dataclass(frozen=True)
-class Configure:
-    specs: tuple[ModelSpec, ...]
-
-
-@dataclass(frozen=True)
-class Budgets:
-    budgets: dict[str, int]
-    cores: int
-
-
-@dataclass(frozen=True)
-class Tick:
-    pass
-
-
-Message = (
-    Acquire
-    | Withdraw
-    | Release
-    | Unload
-    | Started
-    | StartFailed
-    | Stopped
-    | Died
-    | Configure
-    | Budgets
-    | Tick
-)
-
-
-@dataclass(frozen=True)
-class ModelState:
-    """A read-only snapshot of one model, for status views."""
-
-    name: str
-    state: State
-    in_flight: int
-    queued: int
-    last_used: float
-    closed: bool
-    threads: int
-
-
 @dataclass
 class _Waiter:
     fut: asyncio.Future[Lease]
+    since: float
+
+
+@dataclass
+class _Loader:
+    fut: asyncio.Future[None]
     since: float
 
 
@@ -188,23 +111,8 @@ class _Entry:
     closed: bool = False  # fairness: new requests queue while it drains
     removed: bool = False  # its configuration is gone: unload, then forget
     waiters: deque[_Waiter] = field(default_factory=deque)
+    loaders: deque[_Loader] = field(default_factory=deque)  # load() callers: resolved when ready
     draining: list[asyncio.Future[None]] = field(default_factory=list)  # unload() callers
-
-
-class Lease:
-    """One request's hold on a ready model; release it when the response is finished."""
-
-    def __init__(self, scheduler: Scheduler, model: str) -> None:
-        self.scheduler = scheduler
-        self.model = model
-        self.released = False
-
-    def release(self) -> None:
-        """Idempotent. The owner counts it; messages are handled in order, so an ``acquire``
-        posted after this release sees the slot free."""
-        if not self.released:
-            self.released = True
-            self.scheduler._post(Release(self.model))
 
 
 class Scheduler:
@@ -236,6 +144,7 @@ class Scheduler:
         self._wake: asyncio.TimerHandle | None = None
         self._handlers: dict[type[Any], Callable[[Any], None]] = {
             Acquire: self._on_acquire,
+            Load: self._on_load,
             Withdraw: self._on_withdraw,
             Release: self._on_release,
             Unload: self._on_unload,
@@ -272,6 +181,17 @@ class Scheduler:
                 fut.result().release()  # granted as the caller left: give it back
             else:
                 self._post(Withdraw(model, fut))
+            raise
+
+    async def load(self, model: str) -> None:
+        """Wait until ``model`` is ready, without holding it: placed (and evicting) like a
+        request, but never held back by CPU threads nor counted in flight."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._post(Load(model, fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            self._post(Withdraw(model, fut))
             raise
 
     async def unload(self, model: str) -> None:
@@ -354,10 +274,20 @@ class Scheduler:
             why = "wait for it to load" if entry.state != "ready" else "wait for their turn"
             _fail(m.fut, QueueFull(f"{m.model}: {spec.max_queue} requests already {why}", retry_after=5))
 
+    def _on_load(self, m: Load) -> None:
+        entry = self.entries.get(m.model)
+        if entry is None or entry.removed:
+            _fail(m.fut, NotFound(f"model {m.model!r} is not configured"))
+        elif entry.state == "ready" and not entry.draining:
+            m.fut.set_result(None)
+        else:
+            entry.loaders.append(_Loader(m.fut, self.clock()))
+
     def _on_withdraw(self, m: Withdraw) -> None:
         entry = self.entries.get(m.model)
         if entry is not None:
             entry.waiters = deque(w for w in entry.waiters if w.fut is not m.fut)
+            entry.loaders = deque(w for w in entry.loaders if w.fut is not m.fut)
 
     def _on_release(self, m: Release) -> None:
         entry = self.entries.get(m.model)
@@ -382,6 +312,11 @@ class Scheduler:
         entry = self.entries[m.model]  # a starting model is never forgotten
         self._set(entry, "ready")
         entry.last_used = self.clock()  # its queued requests are admitted by the policy
+        if not entry.draining and not entry.removed:
+            while entry.loaders:
+                fut = entry.loaders.popleft().fut
+                if not fut.done():
+                    fut.set_result(None)
 
     def _on_start_failed(self, m: StartFailed) -> None:
         entry = self.entries[m.model]
@@ -432,10 +367,10 @@ class Scheduler:
         for entry in self.entries.values():
             if entry.state == "starting":
                 continue  # bounded by the load timeout instead
-            if entry.waiters and now - entry.waiters[0].since > self.wait_for_room:
-                why = NoRoom(f"{entry.spec.name}: no room was freed within {self.wait_for_room:.0f}s")
-                while entry.waiters and now - entry.waiters[0].since > self.wait_for_room:
-                    _fail(entry.waiters.popleft().fut, why)
+            why = NoRoom(f"{entry.spec.name}: no room was freed within {self.wait_for_room:.0f}s")
+            for queue in (entry.waiters, entry.loaders):
+                while queue and now - queue[0].since > self.wait_for_room:
+                    _fail(queue.popleft().fut, why)
 
     # -- applying the policy ----------------------------------------------------------------------
     def _views(self) -> list[View]:
@@ -444,8 +379,11 @@ class Scheduler:
         for e in self.entries.values():
             if any(w.fut.done() for w in e.waiters):  # cancelled callers not yet withdrawn
                 e.waiters = deque(w for w in e.waiters if not w.fut.done())
-            if e.state == "stopped" and not e.waiters:
+            if any(w.fut.done() for w in e.loaders):
+                e.loaders = deque(w for w in e.loaders if not w.fut.done())
+            if e.state == "stopped" and not e.waiters and not e.loaders:
                 continue
+            since = [q[0].since for q in (e.waiters, e.loaders) if q]
             s = e.spec
             out.append(
                 View(
@@ -456,7 +394,7 @@ class Scheduler:
                     in_flight=e.in_flight,
                     last_used=e.last_used,
                     busy_since=e.busy_since,
-                    waiting_since=e.waiters[0].since if e.waiters else None,
+                    waiting_since=min(since) if since else None,
                     pinned=s.pinned,
                     group=s.group,
                     draining=bool(e.draining) or e.removed,
@@ -499,7 +437,7 @@ class Scheduler:
             entry.last_used = now
             if entry.busy_since is None:
                 entry.busy_since = now
-            fut.set_result(Lease(self, entry.spec.name))
+            fut.set_result(Lease(self._post, entry.spec.name))
 
     def _start(self, entry: _Entry) -> None:
         self._set(entry, "starting")
@@ -551,9 +489,10 @@ class Scheduler:
         entry.draining.clear()
 
     def _fail_waiters(self, entry: _Entry, exc: StudioError) -> None:
-        for w in entry.waiters:
-            _fail(w.fut, exc)
-        entry.waiters.clear()
+        for queue in (entry.waiters, entry.loaders):
+            for w in queue:
+                _fail(w.fut, exc)
+            queue.clear()
 
     def _forget_if_gone(self, entry: _Entry) -> None:
         if entry.removed and entry.state == "stopped" and not entry.in_flight:
