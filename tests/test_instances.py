@@ -117,3 +117,16 @@ def test_cpu_threads_of_a_model(tiny_models: dict[str, Path]) -> None:
     assert threads([], (gpu,)) == 0  # wholly offloaded: takes no part
     assert threads(["-ngl", "1"], (gpu,)) == 8  # partly on the CPU: competes for the cores
     assert threads(["--cpu-moe"], (gpu,)) == 8
+
+
+def test_cleanup_keeps_the_studio_record_and_drops_stale_keys(tmp_path: Path) -> None:
+    """Engine key files of a killed studio were left behind in run/ (0600, but never removed);
+    the studio's own run/studio.json is not an engine record and must not be treated as one."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "studio.json").write_text(json.dumps({"pid": 1, "url": "http://127.0.0.1:1"}))
+    (run / "m-0123456789-abc.key").write_text("secret")
+    (run / "owner.key").write_text("secret")
+    assert cleanup_orphans(run, wait=0) == []
+    assert (run / "studio.json").exists()
+    assert not list(run.glob("*.key"))

@@ -312,6 +312,18 @@ async def test_two_cpu_models_compute_one_at_a_time_and_both_stay_loaded() -> No
     await s.close()
 
 
+async def test_a_users_start_loads_without_waiting_for_cpu_threads() -> None:
+    """Starting a model (POST …/start) needs memory, not the cores: it must not wait for another
+    CPU model's requests (nor close it for fairness)."""
+    s, fx, _ = await make([cpu_spec("x"), cpu_spec("y")], cores=2)
+    lease_x = await s.acquire("x")
+    await asyncio.wait_for(s.load("y"), 0.1)
+    assert fx.log == ["start x", "start y"] and s.state()["y"]["in_flight"] == 0
+    assert not s.state()["x"]["closed"]
+    lease_x.release()
+    await s.close()
+
+
 async def test_cpu_models_that_fit_in_the_cores_compute_together() -> None:
     s, _, _ = await make([cpu_spec("x", 1), cpu_spec("y", 1)], cores=2)
     lease_x = await s.acquire("x")

@@ -175,7 +175,7 @@ def _log_slow_callbacks(threshold: float) -> None:
     """asyncio's ``Executing <callback> took N seconds`` warnings (and the rest of what debug
     mode reports) go to stderr, whatever else configured logging."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s:  %(name)s: %(message)s"))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s:  %(name)s: %(message)s"))
     for name in ("asyncio", "llamastudio.loop"):
         logger = logging.getLogger(name)
         logger.addHandler(handler)

@@ -343,12 +343,25 @@ class Gateway:
         url = proc.url + path + ("?" + query.decode("latin-1") if query else "")
         if proc.api_key:
             headers = [*headers, ("Authorization", f"Bearer {proc.api_key}")]
+        sent: dict[str, int] = {}  # the response's status, and 1 once its last part is handed over
+
+        async def tracked(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                sent["status"] = message["status"]
+            elif not message.get("more_body", False):
+                sent["complete"] = 1  # before the await: a client may close as soon as it has it
+            await send(message)
+
         relay = asyncio.ensure_future(
-            self._relay(method, url, headers, body, model, proc, send, started, finished, retry)
+            self._relay(method, url, headers, body, model, proc, tracked, started, finished, retry)
         )
         done, _ = await asyncio.wait((relay, watch), return_when=asyncio.FIRST_COMPLETED)
         if relay in done:
             return relay.result()
+        if sent.get("complete"):  # the whole response went out; the client then closed: not a 499
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                return await relay
+            return sent.get("status", 200)
         # the client went away: closing the upstream connection stops llama-server's work
         relay.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -23,6 +23,7 @@ import signal
 import time
 from pathlib import Path
 
+from llamastudio import runinfo
 from llamastudio.fit.flags import ServerFlags
 from llamastudio.fit.usage import Estimate
 
@@ -48,6 +49,8 @@ def cleanup_orphans(run_dir: Path, wait: float = 5.0) -> list[int]:
     thread. Returns the pids killed."""
     killed: list[int] = []
     for f in sorted(run_dir.glob("*.json")):
+        if f.name == runinfo.NAME:  # the studio's own record (serve checks and rewrites it)
+            continue
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             info = json.loads(f.read_text())
             pid, exe = int(info["pid"]), str(info["exe"])
@@ -56,6 +59,8 @@ def cleanup_orphans(run_dir: Path, wait: float = 5.0) -> list[int]:
                 os.killpg(pid, signal.SIGKILL)
                 killed.append(pid)
         f.unlink(missing_ok=True)
+    for key in run_dir.glob("*.key"):  # engine keys (and the owner key) of the previous run
+        key.unlink(missing_ok=True)
     deadline = time.monotonic() + wait
     while any(_alive(p) for p in killed) and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -224,4 +224,3 @@ async def _lines(stream: asyncio.StreamReader, limit: int = 64 << 10) -> AsyncIt
             buf = buf[end:]
     if buf:
         yield buf
-

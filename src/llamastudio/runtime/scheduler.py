@@ -18,6 +18,8 @@ so an engine slow to stop (SIGTERM ignored → grace period) delays nobody else.
 - at most ``max_concurrency`` requests in flight per model (→ ``TooBusy``, HTTP 429);
 - an idle model is unloaded after its ``ttl`` (0 = never); a request that waited
   ``wait_for_room`` for room that was never freed fails (``NoRoom``);
+- ``load`` (a user's start) places the model like a request but holds nothing, so CPU threads
+  never hold it back;
 - ``unload`` (a user's stop) lets requests in flight finish first; a model whose configuration
   disappeared (``configure`` without it) is unloaded the same way and then forgotten, its queued
   requests failing with ``NotFound``;
@@ -328,16 +330,16 @@ class Scheduler:
     def _on_stopped(self, m: Stopped) -> None:
         entry = self.entries[m.model]
         if entry.state != "stopping":
-            return  # already marked stopped (it died while stopping)
+            return  # defensive: only this message ends "stopping"
         self._set(entry, "stopped")
         self._finish_drain(entry)
         self._forget_if_gone(entry)
 
     def _on_died(self, m: Died) -> None:
+        """Only a ready model is marked stopped: when stopping, ``Stopped`` follows; when
+        starting, the start fails."""
         entry = self.entries.get(m.model)
-        if (
-            entry is not None and entry.state == "ready"
-        ):  # stopping: Stopped follows; starting: the start fails
+        if entry is not None and entry.state == "ready":
             self._set(entry, "stopped")
             self._finish_drain(entry)
             self._forget_if_gone(entry)
@@ -367,10 +369,10 @@ class Scheduler:
         for entry in self.entries.values():
             if entry.state == "starting":
                 continue  # bounded by the load timeout instead
-            why = NoRoom(f"{entry.spec.name}: no room was freed within {self.wait_for_room:.0f}s")
             for queue in (entry.waiters, entry.loaders):
                 while queue and now - queue[0].since > self.wait_for_room:
-                    _fail(queue.popleft().fut, why)
+                    why = f"{entry.spec.name}: no room was freed within {self.wait_for_room:.0f}s"
+                    _fail(queue.popleft().fut, NoRoom(why))
 
     # -- applying the policy ----------------------------------------------------------------------
     def _views(self) -> list[View]:

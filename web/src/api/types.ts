@@ -1,4 +1,5 @@
 /** Shapes of the studio's JSON responses the UI reads (routes returning free-form objects). */
+import type { components } from './schema'
 
 export interface ModelStatus {
   name: string
@@ -28,30 +29,9 @@ export interface LocalModel {
   facts: { architecture?: string; parameter_count?: number; context_length?: number; license?: string; name?: string; error?: string }
 }
 
-export interface DownloadJob {
-  id: string
-  state: string
-  title: string
-  progress: number
-  bytes_done: number
-  bytes_total: number
-  speed: number | null
-  eta_s: number | null
-  error: string | null
-  repo: string | null
-  files: string[]
-  paths?: string[]
-}
-
-export interface EngineJob {
-  id: string
-  kind: string
-  title: string
-  state: string
-  engine_id: string | null
-  error: string | null
-  log?: string[]
-}
+/** A job of any kind (download, build, install, load): the `/api/jobs` shape, from the OpenAPI spec. */
+export type Job = components['schemas']['Job']
+export type JobDetail = components['schemas']['JobDetail']
 
 export interface Engine {
   id: string

@@ -1,12 +1,13 @@
 /**
  * Everything that changes by itself, kept current over `/ws`: system stats (with a short history
- * for charts), model states, download jobs, engine jobs and their logs, model log tails. The
- * socket reconnects by itself (1 s, doubling up to 15 s) and starts from the server's snapshot.
+ * for charts), model states, model log tails, and jobs (the jobs store takes the `job.*` events).
+ * The socket reconnects by itself (1 s, doubling up to 15 s) and starts from the server's snapshot.
  */
 import { defineStore } from 'pinia'
 import { reactive, ref } from 'vue'
 import { apiKey } from '../api/client'
-import type { DownloadJob, EngineJob, ModelStatus, Stats } from '../api/types'
+import type { ModelStatus, Stats } from '../api/types'
+import { useJobs } from './jobs'
 
 const MAX_LINES = 500
 
@@ -14,10 +15,8 @@ export const useLive = defineStore('live', () => {
   const connected = ref(false)
   const stats = ref<Stats[]>([])
   const models = reactive<Record<string, ModelStatus>>({})
-  const downloads = reactive<Record<string, DownloadJob>>({})
-  const engineJobs = reactive<Record<string, EngineJob>>({})
-  const engineLogs = reactive<Record<string, string[]>>({})
   const modelLogs = reactive<Record<string, string[]>>({})
+  const jobs = useJobs()
   let socket: WebSocket | null = null
   let delay = 1000
   let stopped = false
@@ -29,12 +28,12 @@ export const useLive = defineStore('live', () => {
   }
 
   function handle(ev: Record<string, any>) {
+    if (jobs.handle(ev)) return
     switch (ev.type) {
       case 'hello':
         stats.value = ev.stats ?? []
         for (const m of ev.models ?? []) models[m.name] = m
-        for (const j of ev.downloads ?? []) downloads[j.id] = j
-        for (const j of ev.engine_jobs ?? []) engineJobs[j.id] = j
+        jobs.reset(ev.jobs ?? [])
         break
       case 'stats':
         stats.value = [...stats.value.slice(-119), ev.stats]
@@ -42,21 +41,6 @@ export const useLive = defineStore('live', () => {
       case 'model':
         models[ev.model] = { ...(models[ev.model] ?? {}), ...(ev.status ?? { name: ev.model, state: ev.state }) }
         if (ev.reason) models[ev.model].reason = ev.reason
-        break
-      case 'job':
-        if (ev.job?.id) downloads[ev.job.id] = { ...(downloads[ev.job.id] ?? {}), ...ev.job }
-        break
-      case 'progress':
-        if (downloads[ev.id]) {
-          const { type: _t, id: _i, ...rest } = ev
-          Object.assign(downloads[ev.id], rest, { state: 'running' })
-        }
-        break
-      case 'engine_job':
-        engineJobs[ev.job.id] = { ...(engineJobs[ev.job.id] ?? {}), ...ev.job }
-        break
-      case 'engine_log':
-        push(engineLogs, ev.job, ev.line)
         break
       case 'log':
         push(modelLogs, ev.model, ev.line)
@@ -89,5 +73,5 @@ export const useLive = defineStore('live', () => {
     socket?.close()
   }
 
-  return { connected, stats, models, downloads, engineJobs, engineLogs, modelLogs, connect, disconnect, handle }
+  return { connected, stats, models, modelLogs, connect, disconnect, handle }
 })
