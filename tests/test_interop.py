@@ -17,7 +17,7 @@ from llamastudio.engines.validate import probe
 from llamastudio.errors import InvalidInput
 from llamastudio.procs import stop_process
 from llamastudio.runtime.interop import export_llama_swap, export_preset, import_llama_swap, import_preset
-from llamastudio.runtime.models import ModelConfig
+from llamastudio.runtime.models import ModelConfig, validate
 from llamastudio.runtime.process import free_port
 
 
@@ -88,6 +88,7 @@ models:
     env: ["CUDA_VISIBLE_DEVICES=0"]
   "vllm-model":
     cmd: python -m vllm.entrypoints.openai.api_server --port ${{PORT}} --model x
+    metadata: {{llamastudio: {{reserve: {{CUDA0: 20000000000}}}}}}
 groups:
   together:
     swap: false
@@ -102,6 +103,11 @@ groups:
         "-m",
         "vllm.entrypoints.openai.api_server",
     ]
+    assert other.reserve == {"CUDA0": 20_000_000_000}
+    validate(other)
+    # another program's memory is not estimated: reserving nothing by accident is refused
+    with pytest.raises(InvalidInput, match="reserve"):
+        validate(ModelConfig("x", "", command=["srv", "--host", "0.0.0.0", "--port", "${PORT}"]))
     with pytest.raises(InvalidInput, match="cmd"):
         import_llama_swap("models:\n  x: {ttl: 3}\n", [engine])
     with pytest.raises(InvalidInput, match="YAML"):

@@ -40,7 +40,10 @@ CLIENT = {"X-Studio-Client": "tests"}
 EVIL = "http://evil.example"
 OWN = "http://127.0.0.1:8080"
 WS = "ws://127.0.0.1:8080"  # TestClient sends Host: testserver for a relative WebSocket URL
-SH_IMPORT = "models:\n  pwn:\n    cmd: \"/bin/sh -c 'id > /tmp/pwned; exec sleep 1000' ${PORT}\"\n"
+SH_IMPORT = (
+    "models:\n  pwn:\n    cmd: \"/bin/sh -c 'id > /tmp/pwned; exec sleep 1000' ${PORT}\"\n"
+    "    metadata: {llamastudio: {reserve: {CPU: 1000000}}}\n"
+)
 
 
 def _app(tmp_path: Path, **settings: Any) -> FastAPI:
@@ -439,7 +442,9 @@ async def test_commands_need_the_permission(tmp_path: Path) -> None:
 async def test_allow_commands_lets_them_through(tmp_path: Path) -> None:
     app = _app(tmp_path, allow_commands=True)
     async with _client(app, **CLIENT) as c:
-        put = await c.put("/api/models/cmd/config", json={"command": ["/bin/true", "${PORT}"]})
+        put = await c.put(
+            "/api/models/cmd/config", json={"command": ["/bin/true", "${PORT}"], "reserve": {"CPU": 1 << 20}}
+        )
         assert put.status_code == 200 and put.json()["config"]["command"] == ["/bin/true", "${PORT}"]
         imported = await c.post("/api/served/import", json={"format": "llama-swap", "text": SH_IMPORT})
         assert imported.status_code == 200 and imported.json()["imported"] == ["pwn"]

@@ -15,9 +15,11 @@ where they happen, with ``raise ... from exc``.
     │   ├── RangeNotSupported (502, exit 2)   the server ignores HTTP range requests
     │   ├── HubUnreachable (502, exit 1)      the Hugging Face Hub endpoint cannot be reached
     │   │   └── HubTimeout (504, exit 1)      ... or did not answer in time
+    │   ├── UpstreamFailed (502, exit 1)      an engine failed while serving a request
     │   └── AuthRequired (401, exit 2)        gated/private resource, token missing or refused
     ├── Conflict (409, exit 1)                the request clashes with current state
     ├── Unauthorized (401, exit 2)            a missing or wrong API key
+    │   └── GatewayUnauthorized               ... the gateway's (code ``invalid_api_key``)
     ├── Forbidden (403, exit 2)               refused by policy (``guard.py``)
     │   ├── ForbiddenHost                     a Host header not allowed (DNS rebinding)
     │   ├── CrossSite                         a request from another web site
@@ -146,6 +148,18 @@ class TooLarge(StudioError):
     status_code = 413
     code = "too_large"
     exit_code = 2
+
+
+class GatewayUnauthorized(Unauthorized):
+    """The gateway's key is missing or wrong."""
+
+    code = "invalid_api_key"
+
+
+class UpstreamFailed(RemoteError):
+    """An engine failed while serving a request (connection refused or reset, died mid-stream)."""
+
+    code = "upstream_failed"
 
 
 class StorageError(StudioError):

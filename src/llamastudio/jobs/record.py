@@ -41,6 +41,7 @@ class JobRecord:
     cancel: asyncio.Event | None = None  # the same request, for runners on the loop
     requested: JobState | None = None  # PAUSED or CANCELLED: what a stop request asked for
     task: asyncio.Task[None] | None = None
+    loop: asyncio.AbstractEventLoop | None = None  # where the runner runs (its cancel event's owner)
     tracked: bool = False  # reported by its owner (job handle), not run by the manager
     on_cancel: Any = None  # a tracked job's cancel callback (called on the loop)
     detached: bool = False  # the manager closed: late reports from threads are ignored

@@ -31,7 +31,7 @@ import yaml
 from llamastudio.engines.registry import Engine
 from llamastudio.errors import InvalidInput
 from llamastudio.runtime.fields import MAX_TEXT, Fields, kind, load_json, load_yaml
-from llamastudio.runtime.models import MAX_COUNT, MAX_TTL, RESERVED_FLAGS, ModelConfig
+from llamastudio.runtime.models import MAX_BYTES, MAX_COUNT, MAX_TTL, RESERVED_FLAGS, ModelConfig
 
 _NEG_NUMBER = re.compile(r"^-\d")
 _META = "; llamastudio: "
@@ -142,6 +142,9 @@ def _swap_model(
     cfg.pinned = meta.flag("pinned")
     cfg.max_queue = meta.integer("max_queue", cfg.max_queue, 0, MAX_COUNT)
     cfg.auto = meta.flag("auto")
+    reserve = meta.mapping("reserve")
+    if reserve.data:  # bytes per device (command configs need it: their memory is not estimated)
+        cfg.reserve = {str(dev): reserve.integer(str(dev), 0, 0, MAX_BYTES) for dev in reserve.data}
     library_id = meta.text("model")
     if library_id:
         cfg.model = library_id  # a library id the cmd's path came from
@@ -187,6 +190,8 @@ def export_llama_swap(configs: list[ModelConfig], argv_of: dict[str, list[str]])
             "model": c.model,
             "engine_id": c.engine_id,  # None: the model's pin or the default engine at load time
         }
+        if c.reserve:
+            meta["reserve"] = dict(c.reserve)
         entry["metadata"] = {"llamastudio": meta}
         models[c.name] = entry
         if c.group:

@@ -75,11 +75,11 @@ class ModelConfig:
         return cfg
 
 
-def _check_flag_list(args: list[str], what: str) -> None:
+def _check_flag_list(args: list[str], what: str, reserved: frozenset[str] = RESERVED_FLAGS) -> None:
     for a in args:
         if not isinstance(a, str) or "\0" in a:
             raise InvalidInput(f"{what}: every argument must be a string without NUL bytes")
-        if a.partition("=")[0] in RESERVED_FLAGS:
+        if a.partition("=")[0] in reserved:
             raise InvalidInput(f"{what}: {a.partition('=')[0]} is set by the studio for each instance")
 
 
@@ -102,7 +102,15 @@ def validate(cfg: ModelConfig) -> None:
             raise InvalidInput("command must not be empty")
         if not any(PORT in a for a in cfg.command):
             raise InvalidInput(f"command must contain {PORT} where the studio puts the instance's port")
-        _check_flag_list([a for a in cfg.command if PORT not in a], "command")
+        # another program's own argv: its model and host flags are the user's (only the port is ours)
+        _check_flag_list(cfg.command, "command", reserved=frozenset())
+        if not cfg.reserve or not any(cfg.reserve.values()):
+            raise InvalidInput(
+                'a command config needs `reserve` (bytes per device, e.g. {"CPU": 2147483648}): the '
+                "studio cannot estimate another program's memory, and reserving nothing would let it "
+                "be placed next to models it does not fit beside (llama-swap imports: "
+                "metadata.llamastudio.reserve)"
+            )
         return
     if not cfg.model:
         raise InvalidInput("model: a library id or the path of a .gguf file is required")

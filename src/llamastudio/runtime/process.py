@@ -205,6 +205,15 @@ class EngineProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
         await self.proc.wait()
 
+    async def wait_exit(self, timeout: float) -> bool:
+        """Whether the process has exited, waiting up to ``timeout`` seconds for it to be reaped."""
+        if self.proc is None:
+            return False
+        if self.proc.returncode is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), timeout)
+        return self.proc.returncode is not None
+
     def check_alive(self) -> None:
         """A ready process that died (OOM killer, kill -9) becomes failed with its exit code."""
         if self.state == State.READY and self.proc is not None and self.proc.returncode is not None:
