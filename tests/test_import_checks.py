@@ -28,8 +28,8 @@ from llamastudio.api.app import create_app
 from llamastudio.config import Settings
 from llamastudio.engines.registry import Engine
 from llamastudio.gguf import GGUFModel, load_model
-from llamastudio.runtime import manager as manager_module
 from llamastudio.runtime.manager import Runtime
+from llamastudio.serving import launch as launch_module
 from llamastudio.store.models import ServedModelRow, SettingRow
 from tests.rig.factory import BUILDERS, Vocab
 
@@ -246,14 +246,14 @@ async def test_300_model_import_is_one_transaction_one_listing_one_header_read(
         return models(*args, **kwargs)
 
     monkeypatch.setattr(rt.library, "models", listing)
-    manager_module._read_header.cache_clear()  # a header another test left
+    launch_module.read_header.cache_clear()  # a header another test left
     reads: list[str] = []
 
     def read(path: str, **kwargs: Any) -> GGUFModel:
         reads.append(path)
         return load_model(path, **kwargs)
 
-    monkeypatch.setattr(manager_module, "load_model", read)
+    monkeypatch.setattr(launch_module, "load_model", read)
 
     body = "".join(
         f"  m{i}:\n    cmd: llama-server -m {model_file} --port ${{PORT}} -c 512\n    aliases: [a{i}]\n"

@@ -17,8 +17,9 @@ from llamastudio.fit.flags import parse_server_args
 from llamastudio.hardware.devices import Gpu, Hardware
 from llamastudio.hub.library import Library
 from llamastudio.runtime import manager
-from llamastudio.runtime.instances import cleanup_orphans, cpu_threads, file_stem
+from llamastudio.runtime.instances import cleanup_orphans, file_stem
 from llamastudio.runtime.manager import Runtime, budgets_of
+from llamastudio.serving.threads import cpu_threads
 from llamastudio.store import Database
 
 GiB = 1 << 30

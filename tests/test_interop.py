@@ -16,9 +16,9 @@ from llamastudio.engines.registry import Engine
 from llamastudio.engines.validate import probe
 from llamastudio.errors import InvalidInput
 from llamastudio.procs import stop_process
-from llamastudio.runtime.interop import export_llama_swap, export_preset, import_llama_swap, import_preset
-from llamastudio.runtime.models import ModelConfig, validate
 from llamastudio.runtime.process import free_port
+from llamastudio.serving.configs import ModelConfig, validate
+from llamastudio.serving.interop import export_llama_swap, export_preset, import_llama_swap, import_preset
 
 
 @pytest.fixture(scope="module")

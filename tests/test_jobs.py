@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ from llamastudio.jobs import (
     parse_event,
 )
 from llamastudio.jobs.model import TRANSITIONS, can_move
+from llamastudio.jobs.policy import expired, free_slots, recovery
+from llamastudio.jobs.record import JobRecord
 from llamastudio.store import Database
 from llamastudio.store.models import JobRow
 
@@ -152,6 +155,40 @@ def test_every_state_has_its_transitions() -> None:
     assert TRANSITIONS[S.DONE] == frozenset()
 
 
+async def _noop(ctx: JobContext) -> None:
+    return None
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        (JobKind("download", _noop, recovery=Recovery.RESUME), Recovery.RESUME),
+        (JobKind("build", recovery=Recovery.RESUME), Recovery.FAIL),  # nothing to restart it with
+        (JobKind("build", _noop, recovery=Recovery.FAIL), Recovery.FAIL),
+        (JobKind("load", recovery=Recovery.DROP), Recovery.DROP),
+        (None, Recovery.FAIL),  # a kind this version does not know
+    ],
+)
+def test_recovery_policy(kind: JobKind | None, expected: Recovery) -> None:
+    assert recovery(kind) == expected
+
+
+@pytest.mark.parametrize(("limit", "running", "free"), [(1, 0, 1), (1, 1, 0), (2, 5, 0), (None, 99, None)])
+def test_free_slots(limit: int | None, running: int, free: int | None) -> None:
+    assert free_slots(limit, running) == free
+
+
+def test_expired_keeps_the_newest_finished_jobs() -> None:
+    def rec(i: int, state: JobState) -> JobRecord:
+        return JobRecord(
+            id=f"{i:016x}", kind="k", title="", state=state, created_at=datetime(2026, 1, i, tzinfo=UTC)
+        )
+
+    records = [rec(1, S.DONE), rec(2, S.RUNNING), rec(3, S.FAILED), rec(4, S.CANCELLED), rec(5, S.PAUSED)]
+    assert [r.id[-1] for r in expired(records, 2)] == ["1"]  # active and paused ones never expire
+    assert expired(records, 3) == [] and len(expired(records, 0)) == 3
+
+
 # -- running, events, persistence ----------------------------------------------------------------
 async def test_a_job_runs_reports_and_is_persisted(db: Database, bus: EventBus, tmp_path: Path) -> None:
     events = Events(bus)
@@ -227,6 +264,23 @@ async def test_cancel_a_queued_and_a_running_job(db: Database, bus: EventBus, tm
             jobs.cancel(running.id)
         with pytest.raises(NotFound):
             jobs.cancel("0123456789abcdef")
+
+
+async def test_cancel_from_a_worker_thread_wakes_the_runner(
+    db: Database, bus: EventBus, tmp_path: Path
+) -> None:
+    """An asyncio.Event set from another thread may never wake its waiter: a stop requested off
+    the loop (a sync route's threadpool) is handed to the runner's loop."""
+    asyncio.get_running_loop().set_debug(True)  # debug mode raises on a loop touched off-thread
+    events = Events(bus)
+    gate = Gate()
+    async with opened(db, bus, tmp_path, JobKind("w", gate)) as jobs:
+        job = jobs.submit("w", "w")
+        await events.until(lambda e: isinstance(e, JobProgress) and e.id == job.id)
+        for _ in range(3):  # let the runner's waiters start waiting on the event
+            await asyncio.sleep(0)
+        await asyncio.to_thread(jobs.cancel, job.id)
+        assert (await events.state(job.id, S.CANCELLED)).id == job.id
 
 
 async def test_pause_and_resume_continue_from_the_params(db: Database, bus: EventBus, tmp_path: Path) -> None:

@@ -32,8 +32,8 @@ from llamastudio.engines.build import BuildSpec, foreign_code
 from llamastudio.gateway.app import error_json
 from llamastudio.guard import HostRule, Message, guard_gateway, key_ok, same_origin
 from llamastudio.procs import stop_process
-from llamastudio.runtime.models import ModelConfig, runs_command
 from llamastudio.runtime.process import free_port
+from llamastudio.serving.configs import ModelConfig, runs_command
 from tests.rig.server import wait_healthy
 
 CLIENT = {"X-Studio-Client": "tests"}

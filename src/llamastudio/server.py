@@ -15,17 +15,14 @@ import asyncio
 import contextlib
 import gc
 import ipaddress
-import logging
 import os
 import signal
 import socket
-import sys
-import time
 from collections.abc import Generator
 
 import uvicorn
 
-from llamastudio import runinfo
+from llamastudio import loopdebug, runinfo
 from llamastudio.api.app import create_app
 from llamastudio.api.deps import AppState
 from llamastudio.config import Settings
@@ -164,53 +161,11 @@ def check_single(settings: Settings) -> None:
         )
 
 
-def loop_debug(settings: Settings) -> bool:
-    """Whether the serving loop runs in asyncio debug mode: ``LLAMASTUDIO_ASYNCIO_DEBUG``,
-    ``PYTHONASYNCIODEBUG`` (as asyncio reads it) or ``python -X dev``."""
-    env = not sys.flags.ignore_environment and bool(os.environ.get("PYTHONASYNCIODEBUG"))
-    return settings.asyncio_debug or env or sys.flags.dev_mode
-
-
-def _log_slow_callbacks(threshold: float) -> None:
-    """asyncio's ``Executing <callback> took N seconds`` warnings (and the rest of what debug
-    mode reports) go to stderr, whatever else configured logging."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s:  %(name)s: %(message)s"))
-    for name in ("asyncio", "llamastudio.loop"):
-        logger = logging.getLogger(name)
-        logger.addHandler(handler)
-        logger.propagate = False
-    notice = logging.getLogger("llamastudio.loop")
-    notice.setLevel(logging.INFO)
-    started: list[float] = []
-
-    def gc_pause(phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            started[:] = [time.perf_counter()]
-        elif started and (took := time.perf_counter() - started[0]) >= threshold / 4:
-            notice.warning(
-                "garbage collection of generation %d took %.3f s (%d collected)",
-                info["generation"],
-                took,
-                info["collected"],
-            )
-
-    gc.callbacks.append(gc_pause)
-    notice.info(
-        "asyncio debug mode (stdlib loop): callbacks holding the loop over %.3f s are logged", threshold
-    )
-
-
 def run(settings: Settings) -> None:
     check_exposure(settings)
     check_single(settings)
-    if loop_debug(settings):
-        # uvloop measures only timer callbacks, not task steps or I/O callbacks: the stdlib loop
-        # times every callback against ``slow_callback_duration``
-        _log_slow_callbacks(settings.slow_callback_s)
-        with asyncio.Runner(debug=True) as runner:
-            runner.get_loop().slow_callback_duration = settings.slow_callback_s
-            runner.run(serve(settings))
+    if loopdebug.wanted(settings.asyncio_debug):  # the stdlib loop: uvloop times few callbacks
+        loopdebug.run(serve(settings), settings.slow_callback_s)
         return
     try:
         import uvloop

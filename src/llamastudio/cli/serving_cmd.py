@@ -22,7 +22,7 @@ from llamastudio.events import EventBus
 from llamastudio.fsutil import write_atomic
 from llamastudio.hardware.devices import Hardware
 from llamastudio.runtime.manager import Runtime
-from llamastudio.runtime.models import ModelConfig
+from llamastudio.serving.configs import ModelConfig
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
@@ -194,7 +194,8 @@ def export(
     if studio is not None:
         text = str(call(ctx, "GET", "/api/served/export", studio, params={"format": fmt}))
     else:
-        text = _runtime(ctx).export_configs(fmt)
+        rt = _runtime(ctx)
+        text = rt.launcher.export_configs(fmt, rt.hw)
     if output is None:
         typer.echo(text, nl=False)
         return

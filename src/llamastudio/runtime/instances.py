@@ -8,8 +8,6 @@
   ready and removed when it stops. A studio that is killed leaves them behind; the next start kills
   the processes they name — records of any naming scheme, every ``*.json`` there — and waits for
   them to exit *before* the machine's free memory is read for the budgets.
-- ``cpu_threads``: the CPU threads a prepared llama.cpp model computes with, the resource the
-  scheduler's policy serializes (see ``policy.py``).
 """
 
 from __future__ import annotations
@@ -24,8 +22,6 @@ import time
 from pathlib import Path
 
 from llamastudio import runinfo
-from llamastudio.fit.flags import ServerFlags
-from llamastudio.fit.usage import Estimate
 
 
 def file_stem(name: str) -> str:
@@ -65,28 +61,3 @@ def cleanup_orphans(run_dir: Path, wait: float = 5.0) -> list[int]:
     while any(_alive(p) for p in killed) and time.monotonic() < deadline:
         time.sleep(0.02)
     return killed
-
-
-def _flag_int(argv: list[str], names: tuple[str, ...]) -> int | None:
-    value: int | None = None
-    it = iter(argv)
-    for token in it:
-        flag, eq, inline = token.partition("=")
-        if flag in names:
-            raw = inline if eq else next(it, "")
-            with contextlib.suppress(ValueError):
-                value = int(raw)
-    return value
-
-
-def cpu_threads(argv: list[str], flags: ServerFlags, est: Estimate, cores: int) -> int:
-    """Threads the model computes with on the CPU: 0 when all of it runs on GPUs; else ``-t``
-    (or ``-tb`` when larger), llama.cpp's default being the physical cores."""
-    on_cpu = bool(est.host.layers) or flags.cpu_moe or flags.n_cpu_moe > 0 or flags.no_kv_offload
-    if not on_cpu:
-        return 0
-    threads = _flag_int(argv, ("-t", "--threads"))
-    batch = _flag_int(argv, ("-tb", "--threads-batch"))
-    threads = threads if threads is not None and threads > 0 else max(1, cores)
-    batch = batch if batch is not None and batch > 0 else threads
-    return max(threads, batch)

@@ -13,82 +13,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from llamastudio.aio import cancel_and_wait
 from llamastudio.config import Settings
 from llamastudio.engines import keys as engine_keys
-from llamastudio.engines.command import build_command
-from llamastudio.engines.registry import Engine, EngineRegistry
+from llamastudio.engines.registry import EngineRegistry
 from llamastudio.engines.validate import add_external, binary_env, engine_env
 from llamastudio.errors import InvalidInput, NotFound, StudioError
 from llamastudio.events import EventBus
-from llamastudio.fit.estimator import Estimate, estimate
-from llamastudio.fit.flags import parse_server_args
-from llamastudio.fit.planner import GPU_MARGIN, HOST_MARGIN, Goal, Plan, plan
+from llamastudio.fit.planner import GPU_MARGIN, HOST_MARGIN
 from llamastudio.fsutil import write_atomic
-from llamastudio.gguf import GGUFModel, load_model
 from llamastudio.hardware.devices import Hardware
 from llamastudio.hardware.profiles import resolve
-from llamastudio.hub.library import Library, LocalModel
-from llamastudio.runtime.instances import cleanup_orphans, cpu_threads, file_stem
-from llamastudio.runtime.interop import export_llama_swap, export_preset, import_llama_swap, import_preset
+from llamastudio.hub.library import Library
+from llamastudio.runtime.instances import cleanup_orphans, file_stem
 from llamastudio.runtime.logfile import tail_lines
-from llamastudio.runtime.models import MAX_TTL, PORT, ModelConfig, ModelConfigs, valid_ttl
-from llamastudio.runtime.names import name_index
 from llamastudio.runtime.process import EngineProcess, StartFailed, State, free_port, load_timeout
 from llamastudio.runtime.scheduler import Lease, ModelSpec, Scheduler, TooBusy
+from llamastudio.serving.configs import MAX_TTL, PORT, ModelConfig, ModelConfigs, valid_ttl
+from llamastudio.serving.launch import Launcher, Prepared, read_header
+from llamastudio.serving.names import name_index
 from llamastudio.store import Database
 from llamastudio.store.models import SettingRow
 
 log = logging.getLogger(__name__)
 BUSY_GRACE = 0.05  # seconds a request over a model's concurrency limit waits before 429
-
-
-@dataclass
-class Prepared:
-    """Everything needed to start one model, computed once per configuration."""
-
-    config: ModelConfig
-    argv: list[str]  # with ${PORT}
-    reserve: dict[str, int]
-    engine: Engine | None = None
-    model_path: Path | None = None
-    model_bytes: int = 0
-    estimate: Estimate | None = None
-    reasons: list[str] = field(default_factory=list)
-    dropped: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    stamp: tuple[int, int] = (0, 0)  # the model file's size and mtime when prepared
-    threads: int = 0  # CPU threads it computes with; 0 = wholly on GPUs (instances.cpu_threads)
-
-    def to_json(self) -> dict[str, Any]:
-        est = self.estimate
-        return {
-            "name": self.config.name,
-            "argv": self.argv,
-            "engine": self.engine.id if self.engine else None,
-            "model_path": str(self.model_path) if self.model_path else None,
-            "reserve": self.reserve,
-            "threads": self.threads,
-            "estimate": None
-            if est is None
-            else {
-                "devices": [{"name": d.name, "label": d.label, "total": d.total} for d in est.devices],
-                "n_ctx": est.context.n_ctx,
-                "n_gpu_layers": est.n_gpu_layers,
-            },
-            "reasons": self.reasons,
-            "dropped": self.dropped,
-            "warnings": self.warnings,
-        }
 
 
 @dataclass
@@ -128,8 +84,9 @@ class Runtime:
         self.hw = hardware or resolve(settings.hardware)
         self._probe_hardware = hardware is None  # re-read at start, once orphans are gone
         self.library = library or Library(db)
-        self.configs = ModelConfigs(db, self.library, engine_of=self._engine_of)
         self.engines = EngineRegistry(db, settings.engines_dir)
+        self.configs = ModelConfigs(db, self.library, engine_of=lambda cfg: self.launcher.engine_of(cfg))
+        self.launcher = Launcher(self.configs, self.engines, self.library)
         self.scheduler = Scheduler(
             _Effects(self), budgets_of(self.hw), [], on_change=self._state_changed, cores=self.hw.cpu_cores
         )
@@ -243,79 +200,20 @@ class Runtime:
         done: dict[str, Prepared] = {}
         errors: dict[str, StudioError] = {}
         try:
-            # by file: configurations of one model share one header read (_read_header)
+            # by file: configurations of one model share one header read (launch.read_header)
             for cfg in sorted(configs, key=lambda c: c.model):
                 old = self.prepared.get(cfg.name)
-                if old is not None and old.config == cfg and self._fresh(old):
-                    done[cfg.name] = old
-                    continue
                 try:
-                    done[cfg.name] = self.prepare(cfg, library=library)
+                    if old is not None and self.launcher.fresh(old, cfg):
+                        done[cfg.name] = old
+                        continue
+                    done[cfg.name] = self.launcher.prepare(cfg, self.hw, library)
                 except StudioError as exc:
                     errors[cfg.name] = exc
         finally:
-            _read_header.cache_clear()  # headers hold whole vocabularies: dropped after a sync
+            read_header.cache_clear()  # headers hold whole vocabularies: dropped after a sync
         prepared = {c.name: done[c.name] for c in configs if c.name in done}
         return configs, prepared, errors, name_index(configs)
-
-    @staticmethod
-    def _fresh(p: Prepared) -> bool:
-        return p.model_path is None or (p.model_path.is_file() and _stamp(p.model_path) == p.stamp)
-
-    def prepare(
-        self, cfg: ModelConfig, hw: Hardware | None = None, library: list[LocalModel] | None = None
-    ) -> Prepared:
-        """The exact argv (with ``${PORT}``) and the per-device reservation for ``cfg``."""
-        hw = hw or self.hw
-        if cfg.command is not None:
-            return Prepared(cfg, list(cfg.command), dict(cfg.reserve or {}))
-        path = self.configs.model_path(cfg, library)
-        engine = self.engines.get(cfg.engine_id) if cfg.engine_id else self._engine_for(cfg)
-        model = _read_header(str(path), *_stamp(path))
-        base = parse_server_args(cfg.args)
-        reasons: list[str] = []
-        warnings: list[str] = []
-        if cfg.auto:
-            # flags the user gave are kept; the planner chooses the rest
-            ctx = base.ctx_size or None
-            parallel = base.parallel if base.parallel > 0 else None
-            p = plan(model, hw, ctx=ctx, parallel=parallel, base=base)
-            flags, est, reasons, warnings = p.flags, p.estimate, p.reasons, p.warnings
-        else:
-            flags, est = base, estimate(model, base, hw.gpus)
-        reserve = {d.name: d.total for d in est.devices if d.total}
-        if cfg.reserve:
-            reserve = dict(cfg.reserve)
-        cmd = build_command(engine, str(path), flags, "127.0.0.1", 0)
-        argv = _with_port_placeholder(cmd.argv)
-        if "--alias" in engine.capabilities and "--alias" not in cfg.args and "-a" not in cfg.args:
-            argv += ["--alias", cfg.name]
-        return Prepared(
-            cfg,
-            argv,
-            reserve,
-            threads=cpu_threads(argv, flags, est, hw.cpu_cores),
-            engine=engine,
-            model_path=path,
-            model_bytes=model.file_size,
-            estimate=est,
-            reasons=reasons,
-            dropped=cmd.dropped,
-            warnings=warnings,
-            stamp=_stamp(path),
-        )
-
-    def _engine_of(self, cfg: ModelConfig) -> Engine:
-        """The engine ``cfg`` runs on: its ``engine_id``, else its pin, else the default."""
-        return self.engines.get(cfg.engine_id) if cfg.engine_id else self._engine_for(cfg)
-
-    def _engine_for(self, cfg: ModelConfig) -> Engine:
-        for key in (cfg.name, cfg.model):
-            with contextlib.suppress(NotFound):
-                pinned = self.engines.engine_for(key)
-                if not pinned.is_default:
-                    return pinned
-        return self.engines.engine_for(cfg.model)
 
     async def resolve(self, name: str) -> str:
         """The configured name for a requested name, alias or library id (404 when unknown)."""
@@ -329,64 +227,13 @@ class Runtime:
             raise self.errors[found]
         return found
 
+    def prepare(self, cfg: ModelConfig, hw: Hardware | None = None) -> Prepared:
+        """The launch spec of ``cfg`` on this machine (or ``hw``). Blocking: header read."""
+        return self.launcher.prepare(cfg, hw or self.hw)
+
     def preview(self, name: str) -> Prepared:
         """What starting ``name`` would run; raises the reason it cannot be prepared."""
-        cfg = self.configs.get(name)
-        return self.prepare(cfg)
-
-    def smart_auto(
-        self,
-        name: str,
-        hw: Hardware | None = None,
-        goal: Goal = "balanced",
-        ctx: int | None = None,
-        parallel: int | None = None,
-        args: list[str] | None = None,
-    ) -> Plan:
-        """The planner's flags for a model (Smart Auto), with ``args`` kept as its starting point."""
-        model = load_model(str(self.configs.model_path(self.configs.get(name))))
-        return plan(model, hw or self.hw, goal, ctx, parallel, base=parse_server_args(args or []))
-
-    def estimate_for(self, name: str, args: list[str], hw: Hardware | None = None) -> dict[str, Any]:
-        """Per-device memory of a model with these flags, against each device's free memory."""
-        hw = hw or self.hw
-        est = estimate(
-            load_model(str(self.configs.model_path(self.configs.get(name)))), parse_server_args(args), hw.gpus
-        )
-        free = {g.device_name: g.free for g in hw.gpus} | {"CPU": hw.ram_free}
-        devices: list[dict[str, Any]] = [
-            {
-                "name": d.name,
-                "label": d.label,
-                "total": d.total,
-                "free": free.get(d.name, 0),
-                "fits": d.total <= free.get(d.name, 0),
-            }
-            for d in est.devices
-        ]
-        return {
-            "devices": devices,
-            "fits": all(d["fits"] for d in devices),
-            "n_ctx": est.context.n_ctx,
-            "n_gpu_layers": est.n_gpu_layers,
-        }
-
-    def export_configs(self, fmt: str) -> str:
-        """Stored configurations as llama-swap ``config.yaml`` or a ``--models-preset`` INI."""
-        configs = self.configs.stored()
-        if not configs:
-            raise NotFound("no stored model configurations to export")
-        library = self.library.models(with_facts=False)  # listed once for all of them
-        if fmt == "llama-swap":
-            try:
-                argv = {c.name: self.prepare(c, library=library).argv for c in configs}
-            finally:
-                _read_header.cache_clear()
-            return export_llama_swap(configs, argv)
-        if fmt == "preset":
-            paths = {c.name: str(self.configs.model_path(c, library)) for c in configs if c.command is None}
-            return export_preset(configs, paths)
-        raise InvalidInput(f"format {fmt!r}: llama-swap or preset")
+        return self.prepare(self.configs.get(name))
 
     def import_configs(
         self, fmt: str, text: str, permit: Callable[[ModelConfig], None] = lambda _cfg: None
@@ -394,13 +241,7 @@ class Runtime:
         """Parse, check every configuration (and that its model exists; ``permit`` raises for one
         the caller may not store), then store them all or none, in one transaction. Blocking (file
         and database work): callers on the event loop run it in a thread."""
-        if fmt == "llama-swap":
-            configs = import_llama_swap(text, self.engines.all())
-        elif fmt == "preset":
-            default = self.engines.default()
-            configs = import_preset(text, set(default.capabilities) if default else set())
-        else:
-            raise InvalidInput(f"format {fmt!r}: llama-swap or preset")
+        configs = self.launcher.parse_import(fmt, text)
         for cfg in configs:
             permit(cfg)
         return self.configs.put_many(configs)
@@ -624,25 +465,6 @@ class Runtime:
             p.engine is not None and p.engine.id == engine_id and self.status(n)["state"] != "stopped"
             for n, p in self.prepared.items()
         )
-
-
-@functools.lru_cache(maxsize=4)
-def _read_header(path: str, size: int, mtime_ns: int) -> GGUFModel:
-    """The GGUF header of one version of a file (size + mtime in the key), kept while one sync
-    prepares every configuration of it: an import of 300 configurations of one file reads it once."""
-    return load_model(path)
-
-
-def _stamp(path: Path) -> tuple[int, int]:
-    st = path.stat()
-    return st.st_size, st.st_mtime_ns
-
-
-def _with_port_placeholder(argv: list[str]) -> list[str]:
-    out = list(argv)
-    i = out.index("--port")
-    out[i + 1] = PORT
-    return out
 
 
 class _Effects:

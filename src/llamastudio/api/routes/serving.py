@@ -14,8 +14,9 @@ from llamastudio.fit.planner import Goal
 from llamastudio.hardware.devices import Hardware
 from llamastudio.hardware.profiles import resolve_named
 from llamastudio.runtime.logfile import MAX_TAIL
-from llamastudio.runtime.manager import Prepared, Runtime, budgets_of
-from llamastudio.runtime.models import MAX_TTL, ModelConfig, runs_command, validate
+from llamastudio.runtime.manager import Runtime, budgets_of
+from llamastudio.serving.configs import MAX_TTL, ModelConfig, runs_command, validate
+from llamastudio.serving.launch import Prepared
 
 router = APIRouter(prefix="/api", tags=["serving"])
 
@@ -140,7 +141,7 @@ async def auto_config(state: StateDep, id: str, body: AutoIn | None = None) -> d
     rt = _runtime(state)
     hw = await _hardware(rt, body.hardware)
     # the model's header is read and the planner searches: in a thread
-    p = await asyncio.to_thread(rt.smart_auto, id, hw, body.goal, body.ctx, body.parallel, body.args)
+    p = await asyncio.to_thread(rt.launcher.smart_auto, id, hw, body.goal, body.ctx, body.parallel, body.args)
     return {"args": p.flags.to_args(), "reasons": p.reasons, "warnings": p.warnings, "plan": p.to_json()}
 
 
@@ -154,7 +155,9 @@ async def estimate_config(state: StateDep, id: str, body: EstimateIn) -> dict[st
     """Per-device memory for these flags, and whether it fits (for a config editor)."""
     rt = _runtime(state)
     hw = await _hardware(rt, body.hardware)
-    return await asyncio.to_thread(rt.estimate_for, id, body.args, hw)  # header read + estimate
+    return await asyncio.to_thread(
+        rt.launcher.estimate_for, id, body.args, hw or rt.hw
+    )  # header read + estimate
 
 
 @router.get("/models/{id:path}/command")
@@ -259,5 +262,6 @@ async def import_configs(state: StateDep, request: Request, body: ImportIn) -> d
 
 @router.get("/served/export")
 async def export_configs(state: StateDep, format: Format = "llama-swap") -> Response:
-    text = await asyncio.to_thread(_runtime(state).export_configs, format)  # database + headers
+    rt = _runtime(state)
+    text = await asyncio.to_thread(rt.launcher.export_configs, format, rt.hw)  # database + headers
     return Response(text, media_type="application/yaml" if format == "llama-swap" else "text/plain")

@@ -30,8 +30,8 @@ import yaml
 
 from llamastudio.engines.registry import Engine
 from llamastudio.errors import InvalidInput
-from llamastudio.runtime.fields import MAX_TEXT, Fields, kind, load_json, load_yaml
-from llamastudio.runtime.models import MAX_BYTES, MAX_COUNT, MAX_TTL, RESERVED_FLAGS, ModelConfig
+from llamastudio.serving.configs import MAX_BYTES, MAX_COUNT, MAX_TTL, RESERVED_FLAGS, ModelConfig
+from llamastudio.serving.fields import MAX_TEXT, Fields, kind, load_json, load_yaml
 
 _NEG_NUMBER = re.compile(r"^-\d")
 _META = "; llamastudio: "

@@ -23,7 +23,7 @@ from llamastudio.engines.registry import Engine
 from llamastudio.errors import InvalidInput, NotFound, StudioError
 from llamastudio.fit.flags import parse_server_args
 from llamastudio.hub.library import Library, LocalModel, check_gguf
-from llamastudio.runtime.names import check_names, name_index
+from llamastudio.serving.names import check_names, name_index
 from llamastudio.store import Database
 from llamastudio.store.models import ServedModelRow
 

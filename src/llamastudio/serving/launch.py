@@ -1,0 +1,237 @@
+"""Launch specs: what starting a model runs (argv with ``${PORT}``), on which engine, and the
+memory it reserves per device — plus the planner and estimates for one configuration.
+
+A spec is reused while its key holds: the configuration, the engine it resolves to (id *and* the
+binary's size + mtime: switching the default engine, re-pinning or rebuilding changes it), and
+the model file's size + mtime. (Regression, issue 14: the key once ignored the engine, so after
+``PUT /api/engines/{id}/default`` the preview showed the new binary while ``start`` ran the old.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llamastudio.engines.command import build_command
+from llamastudio.engines.registry import Engine, EngineRegistry
+from llamastudio.errors import InvalidInput, NotFound
+from llamastudio.fit.estimator import Estimate, estimate
+from llamastudio.fit.flags import parse_server_args
+from llamastudio.fit.planner import Goal, Plan, plan
+from llamastudio.gguf import GGUFModel, load_model
+from llamastudio.hardware.devices import Hardware
+from llamastudio.hub.library import Library, LocalModel
+from llamastudio.serving.configs import PORT, ModelConfig, ModelConfigs
+from llamastudio.serving.interop import export_llama_swap, export_preset, import_llama_swap, import_preset
+from llamastudio.serving.threads import cpu_threads
+
+Stamp = tuple[int, int]  # a file's size and mtime (ns)
+
+
+@dataclass
+class Prepared:
+    """Everything needed to start one model, computed once per key (see the module docstring)."""
+
+    config: ModelConfig
+    argv: list[str]  # with ${PORT}
+    reserve: dict[str, int]
+    engine: Engine | None = None
+    engine_stamp: tuple[str, Stamp] | None = None  # the engine's id and its binary's stamp
+    model_path: Path | None = None
+    model_bytes: int = 0
+    estimate: Estimate | None = None
+    reasons: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    stamp: Stamp = (0, 0)  # the model file's, when prepared
+    threads: int = 0  # CPU threads it computes with; 0 = wholly on GPUs (threads.cpu_threads)
+
+    def to_json(self) -> dict[str, Any]:
+        est = self.estimate
+        return {
+            "name": self.config.name,
+            "argv": self.argv,
+            "engine": self.engine.id if self.engine else None,
+            "model_path": str(self.model_path) if self.model_path else None,
+            "reserve": self.reserve,
+            "threads": self.threads,
+            "estimate": None
+            if est is None
+            else {
+                "devices": [{"name": d.name, "label": d.label, "total": d.total} for d in est.devices],
+                "n_ctx": est.context.n_ctx,
+                "n_gpu_layers": est.n_gpu_layers,
+            },
+            "reasons": self.reasons,
+            "dropped": self.dropped,
+            "warnings": self.warnings,
+        }
+
+
+class Launcher:
+    """Builds launch specs for configurations (blocking: header reads; call it in a thread)."""
+
+    def __init__(self, configs: ModelConfigs, engines: EngineRegistry, library: Library) -> None:
+        self.configs = configs
+        self.engines = engines
+        self.library = library
+
+    def engine_of(self, cfg: ModelConfig) -> Engine:
+        """The engine ``cfg`` runs on: its ``engine_id``, else its pin, else the default."""
+        if cfg.engine_id:
+            return self.engines.get(cfg.engine_id)
+        for key in (cfg.name, cfg.model):
+            with contextlib.suppress(NotFound):
+                pinned = self.engines.engine_for(key)
+                if not pinned.is_default:
+                    return pinned
+        return self.engines.engine_for(cfg.model)
+
+    def fresh(self, p: Prepared, cfg: ModelConfig) -> bool:
+        """Whether ``p`` is still what starting ``cfg`` would run."""
+        if p.config != cfg:
+            return False
+        if p.model_path is None:  # a command: its own argv
+            return True
+        try:
+            engine = self.engine_of(cfg)
+        except NotFound:
+            return False
+        return (
+            p.model_path.is_file()
+            and _stamp(p.model_path) == p.stamp
+            and p.engine_stamp == _engine_stamp(engine)
+        )
+
+    def prepare(self, cfg: ModelConfig, hw: Hardware, library: list[LocalModel] | None = None) -> Prepared:
+        """The exact argv (with ``${PORT}``) and the per-device reservation for ``cfg``."""
+        if cfg.command is not None:
+            return Prepared(cfg, list(cfg.command), dict(cfg.reserve or {}))
+        path = self.configs.model_path(cfg, library)
+        engine = self.engine_of(cfg)
+        model = read_header(str(path), *_stamp(path))
+        base = parse_server_args(cfg.args)
+        reasons: list[str] = []
+        warnings: list[str] = []
+        if cfg.auto:
+            # flags the user gave are kept; the planner chooses the rest
+            ctx = base.ctx_size or None
+            parallel = base.parallel if base.parallel > 0 else None
+            p = plan(model, hw, ctx=ctx, parallel=parallel, base=base)
+            flags, est, reasons, warnings = p.flags, p.estimate, p.reasons, p.warnings
+        else:
+            flags, est = base, estimate(model, base, hw.gpus)
+        reserve = {d.name: d.total for d in est.devices if d.total}
+        if cfg.reserve:
+            reserve = dict(cfg.reserve)
+        cmd = build_command(engine, str(path), flags, "127.0.0.1", 0)
+        argv = _with_port_placeholder(cmd.argv)
+        if "--alias" in engine.capabilities and "--alias" not in cfg.args and "-a" not in cfg.args:
+            argv += ["--alias", cfg.name]
+        return Prepared(
+            cfg,
+            argv,
+            reserve,
+            threads=cpu_threads(argv, flags, est, hw.cpu_cores),
+            engine=engine,
+            engine_stamp=_engine_stamp(engine),
+            model_path=path,
+            model_bytes=model.file_size,
+            estimate=est,
+            reasons=reasons,
+            dropped=cmd.dropped,
+            warnings=warnings,
+            stamp=_stamp(path),
+        )
+
+    def smart_auto(
+        self,
+        name: str,
+        hw: Hardware,
+        goal: Goal = "balanced",
+        ctx: int | None = None,
+        parallel: int | None = None,
+        args: list[str] | None = None,
+    ) -> Plan:
+        """The planner's flags for a model (Smart Auto), with ``args`` kept as its starting point."""
+        model = load_model(str(self.configs.model_path(self.configs.get(name))))
+        return plan(model, hw, goal, ctx, parallel, base=parse_server_args(args or []))
+
+    def estimate_for(self, name: str, args: list[str], hw: Hardware) -> dict[str, Any]:
+        """Per-device memory of a model with these flags, against each device's free memory."""
+        est = estimate(
+            load_model(str(self.configs.model_path(self.configs.get(name)))), parse_server_args(args), hw.gpus
+        )
+        free = {g.device_name: g.free for g in hw.gpus} | {"CPU": hw.ram_free}
+        devices: list[dict[str, Any]] = [
+            {
+                "name": d.name,
+                "label": d.label,
+                "total": d.total,
+                "free": free.get(d.name, 0),
+                "fits": d.total <= free.get(d.name, 0),
+            }
+            for d in est.devices
+        ]
+        return {
+            "devices": devices,
+            "fits": all(d["fits"] for d in devices),
+            "n_ctx": est.context.n_ctx,
+            "n_gpu_layers": est.n_gpu_layers,
+        }
+
+    def export_configs(self, fmt: str, hw: Hardware) -> str:
+        """Stored configurations as llama-swap ``config.yaml`` or a ``--models-preset`` INI."""
+        configs = self.configs.stored()
+        if not configs:
+            raise NotFound("no stored model configurations to export")
+        library = self.library.models(with_facts=False)  # listed once for all of them
+        if fmt == "llama-swap":
+            try:
+                argv = {c.name: self.prepare(c, hw, library).argv for c in configs}
+            finally:
+                read_header.cache_clear()
+            return export_llama_swap(configs, argv)
+        if fmt == "preset":
+            paths = {c.name: str(self.configs.model_path(c, library)) for c in configs if c.command is None}
+            return export_preset(configs, paths)
+        raise InvalidInput(f"format {fmt!r}: llama-swap or preset")
+
+    def parse_import(self, fmt: str, text: str) -> list[ModelConfig]:
+        """Configurations from a llama-swap ``config.yaml`` or a ``--models-preset`` INI."""
+        if fmt == "llama-swap":
+            return import_llama_swap(text, self.engines.all())
+        if fmt == "preset":
+            default = self.engines.default()
+            return import_preset(text, set(default.capabilities) if default else set())
+        raise InvalidInput(f"format {fmt!r}: llama-swap or preset")
+
+
+@functools.lru_cache(maxsize=4)
+def read_header(path: str, size: int, mtime_ns: int) -> GGUFModel:
+    """The GGUF header of one version of a file (size + mtime in the key), kept while one sync
+    prepares every configuration of it: an import of 300 configurations of one file reads it once.
+    Callers clear it after a batch (headers hold whole vocabularies)."""
+    return load_model(path)
+
+
+def _stamp(path: Path) -> Stamp:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def _engine_stamp(engine: Engine) -> tuple[str, Stamp]:
+    try:
+        return engine.id, _stamp(engine.server)
+    except OSError:  # a deleted binary: never equal to what was prepared with it
+        return engine.id, (-1, -1)
+
+
+def _with_port_placeholder(argv: list[str]) -> list[str]:
+    out = list(argv)
+    i = out.index("--port")
+    out[i + 1] = PORT
+    return out
