@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from llamastudio.config import Settings
+from llamastudio.engines.kinds.threads import cpu_threads
 from llamastudio.fit.estimator import estimate
 from llamastudio.fit.flags import parse_server_args
 from llamastudio.hardware.devices import Gpu, Hardware
@@ -19,7 +20,6 @@ from llamastudio.hub.library import Library
 from llamastudio.runtime import manager
 from llamastudio.runtime.instances import cleanup_orphans, file_stem
 from llamastudio.runtime.manager import Runtime, budgets_of
-from llamastudio.serving.threads import cpu_threads
 from llamastudio.store import Database
 
 GiB = 1 << 30

@@ -24,6 +24,8 @@ from typing import Any
 from llamastudio.aio import cancel_and_wait
 from llamastudio.config import Settings
 from llamastudio.engines import keys as engine_keys
+from llamastudio.engines.kinds import KINDS
+from llamastudio.engines.kinds.base import PORT
 from llamastudio.engines.registry import EngineRegistry
 from llamastudio.engines.validate import add_external, binary_env, engine_env
 from llamastudio.errors import InvalidInput, NotFound, StudioError
@@ -37,7 +39,7 @@ from llamastudio.runtime.instances import cleanup_orphans, file_stem
 from llamastudio.runtime.logfile import tail_lines
 from llamastudio.runtime.process import EngineProcess, StartFailed, State, free_port, load_timeout
 from llamastudio.runtime.scheduler import Lease, ModelSpec, Scheduler, TooBusy
-from llamastudio.serving.configs import MAX_TTL, PORT, ModelConfig, ModelConfigs, valid_ttl
+from llamastudio.serving.configs import MAX_TTL, ModelConfig, ModelConfigs, valid_ttl
 from llamastudio.serving.launch import Launcher, Prepared, read_header
 from llamastudio.serving.names import name_index
 from llamastudio.store import Database
@@ -362,7 +364,13 @@ class Runtime:
         old = self.procs.get(model)
         if old is not None and old.state not in (State.STOPPED, State.FAILED):
             await old.stop()
-        key = engine_keys.issue(prep.engine, self.run_dir, _safe(model))  # only the gateway may call it
+        kind = KINDS[prep.kind]
+        # only the gateway may call it
+        key = (
+            engine_keys.issue(prep.engine, self.run_dir, _safe(model))
+            if kind.takes_key(prep.engine)
+            else None
+        )
         if key is not None:
             argv += key.args
         proc = EngineProcess(
@@ -374,6 +382,8 @@ class Runtime:
             timeout=load_timeout(prep.model_bytes),
             lines_hook=lambda line: self.bus.publish({"type": "log", "model": model, "line": line}),
             api_key=key.key if key else None,
+            fatal=kind.fatal,
+            ready_path=kind.ready_path,
         )
         self.procs[model] = proc
         try:

@@ -6,9 +6,9 @@
 
 Callers await ``ensure_ready()`` instead of checking and then acting; concurrent callers share one
 start. The process is started with an argv list in its own process group; its output goes to a
-ring buffer and a log file rotated at 20 MiB (``runtime/logfile.py``). A line matching a fatal
-pattern (out of memory, failed to load the model, GGML_ASSERT, CUDA errors) turns a start into
-``failed`` with that line as the reason.
+ring buffer and a log file rotated at 20 MiB (``runtime/logfile.py``). A line matching the engine
+kind's fatal pattern (out of memory, failed to load the model, GGML_ASSERT, CUDA errors…) turns a
+start into ``failed`` with that line as the reason.
 ``stop()`` sends SIGTERM, waits ``grace`` seconds, then SIGKILLs the group.
 """
 
@@ -31,13 +31,6 @@ import httpx
 from llamastudio.errors import StudioError
 from llamastudio.runtime import logfile
 from llamastudio.runtime.logfile import RotatingLog
-
-FATAL = re.compile(
-    r"(out of memory|failed to allocate|failed to load model|error loading model|GGML_ASSERT|"
-    r"CUDA error|cudaMalloc failed|exiting due to model loading error|unable to load model)",
-    re.IGNORECASE,
-)
-
 
 _WHY = re.compile(r"\berror\b|failed|invalid|unknown argument|cannot|abort", re.IGNORECASE)
 
@@ -83,11 +76,15 @@ class EngineProcess:
         ring: int = 500,
         lines_hook: Callable[[str], None] | None = None,
         api_key: str | None = None,
+        fatal: re.Pattern[str] | None = None,
+        ready_path: str = "/health",
     ) -> None:
         """``api_key``: the key the engine was started with (see ``engines/keys.py``); clients of
         its port send it as ``Authorization: Bearer``. ``/health`` needs none."""
         self.name = name
         self.api_key = api_key
+        self.fatal = fatal  # the engine kind's fatal lines (``engines/kinds``); None: exit and timeout only
+        self.ready_path = ready_path
         self.argv = list(argv)
         self.host = host
         self.port = port
@@ -154,7 +151,7 @@ class EngineProcess:
                     self.reason = self._fatal or f"exited with code {self.proc.returncode}: {self._tail()}"
                     return
                 with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(f"{self.url}/health")).status_code == 200:
+                    if (await client.get(f"{self.url}{self.ready_path}")).status_code == 200:
                         self.state = State.READY
                         return
                 # poll fast at first (small models are ready in ~100 ms), then back off
@@ -178,7 +175,12 @@ class EngineProcess:
                 self.lines.append(text)
                 if self.lines_hook is not None:
                     self.lines_hook(text)
-                if self._fatal is None and self.state == State.STARTING and FATAL.search(text):
+                if (
+                    self._fatal is None
+                    and self.state == State.STARTING
+                    and self.fatal
+                    and self.fatal.search(text)
+                ):
                     self._fatal = text.strip()
 
     async def stop(self) -> None:

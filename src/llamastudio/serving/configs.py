@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import select
 
 from llamastudio.engines.command import check_flags
+from llamastudio.engines.kinds import COMMAND, ModelRequest
 from llamastudio.engines.registry import Engine
 from llamastudio.errors import InvalidInput, NotFound, StudioError
 from llamastudio.fit.flags import parse_server_args
@@ -30,7 +31,6 @@ from llamastudio.store.models import ServedModelRow
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,255}$")
 # set by the runtime for every instance; a configuration may not choose them
 RESERVED_FLAGS = frozenset({"-m", "--model", "--port", "--host", "-hf", "--hf-repo", "-mu", "--model-url"})
-PORT = "${PORT}"
 MAX_TTL = 10 * 365 * 86400  # seconds; the same bound as the ``default_ttl`` setting
 MAX_COUNT = 1_000_000  # max_concurrency, max_queue
 MAX_BYTES = 1 << 52  # a reservation; JSON numbers stay exact in the UI below 2^53
@@ -98,19 +98,9 @@ def validate(cfg: ModelConfig) -> None:
         if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_BYTES:
             raise InvalidInput(f"reserve[{dev}] must be a byte count from 0 to 2^52")
     if cfg.command is not None:
-        if not cfg.command:
-            raise InvalidInput("command must not be empty")
-        if not any(PORT in a for a in cfg.command):
-            raise InvalidInput(f"command must contain {PORT} where the studio puts the instance's port")
         # another program's own argv: its model and host flags are the user's (only the port is ours)
         _check_flag_list(cfg.command, "command", reserved=frozenset())
-        if not cfg.reserve or not any(cfg.reserve.values()):
-            raise InvalidInput(
-                'a command config needs `reserve` (bytes per device, e.g. {"CPU": 2147483648}): the '
-                "studio cannot estimate another program's memory, and reserving nothing would let it "
-                "be placed next to models it does not fit beside (llama-swap imports: "
-                "metadata.llamastudio.reserve)"
-            )
+        COMMAND.check(ModelRequest(cfg.name, command=cfg.command, reserve=cfg.reserve))
         return
     if not cfg.model:
         raise InvalidInput("model: a library id or the path of a .gguf file is required")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llamastudio.engines.command import build_command
+from llamastudio.engines.kinds import COMMAND, LLAMA_CPP, ModelRequest
 from llamastudio.engines.registry import Engine, EngineRegistry
 from llamastudio.errors import InvalidInput, NotFound
 from llamastudio.fit.estimator import Estimate, estimate
@@ -24,9 +24,8 @@ from llamastudio.fit.planner import Goal, Plan, plan
 from llamastudio.gguf import GGUFModel, load_model
 from llamastudio.hardware.devices import Hardware
 from llamastudio.hub.library import Library, LocalModel
-from llamastudio.serving.configs import PORT, ModelConfig, ModelConfigs
+from llamastudio.serving.configs import ModelConfig, ModelConfigs
 from llamastudio.serving.interop import export_llama_swap, export_preset, import_llama_swap, import_preset
-from llamastudio.serving.threads import cpu_threads
 
 Stamp = tuple[int, int]  # a file's size and mtime (ns)
 
@@ -38,6 +37,7 @@ class Prepared:
     config: ModelConfig
     argv: list[str]  # with ${PORT}
     reserve: dict[str, int]
+    kind: str = "llama.cpp"  # the engine kind (``engines/kinds``)
     engine: Engine | None = None
     engine_stamp: tuple[str, Stamp] | None = None  # the engine's id and its binary's stamp
     model_path: Path | None = None
@@ -47,13 +47,14 @@ class Prepared:
     dropped: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     stamp: Stamp = (0, 0)  # the model file's, when prepared
-    threads: int = 0  # CPU threads it computes with; 0 = wholly on GPUs (threads.cpu_threads)
+    threads: int = 0  # CPU threads it computes with; 0 = wholly on GPUs (kinds/threads.py)
 
     def to_json(self) -> dict[str, Any]:
         est = self.estimate
         return {
             "name": self.config.name,
             "argv": self.argv,
+            "kind": self.kind,
             "engine": self.engine.id if self.engine else None,
             "model_path": str(self.model_path) if self.model_path else None,
             "reserve": self.reserve,
@@ -109,41 +110,29 @@ class Launcher:
     def prepare(self, cfg: ModelConfig, hw: Hardware, library: list[LocalModel] | None = None) -> Prepared:
         """The exact argv (with ``${PORT}``) and the per-device reservation for ``cfg``."""
         if cfg.command is not None:
-            return Prepared(cfg, list(cfg.command), dict(cfg.reserve or {}))
+            request = ModelRequest(cfg.name, command=cfg.command, reserve=cfg.reserve)
+            done = COMMAND.plan(request, None, hw)
+            return Prepared(cfg, done.argv, done.reserve, kind=COMMAND.name)
         path = self.configs.model_path(cfg, library)
         engine = self.engine_of(cfg)
-        model = read_header(str(path), *_stamp(path))
-        base = parse_server_args(cfg.args)
-        reasons: list[str] = []
-        warnings: list[str] = []
-        if cfg.auto:
-            # flags the user gave are kept; the planner chooses the rest
-            ctx = base.ctx_size or None
-            parallel = base.parallel if base.parallel > 0 else None
-            p = plan(model, hw, ctx=ctx, parallel=parallel, base=base)
-            flags, est, reasons, warnings = p.flags, p.estimate, p.reasons, p.warnings
-        else:
-            flags, est = base, estimate(model, base, hw.gpus)
-        reserve = {d.name: d.total for d in est.devices if d.total}
-        if cfg.reserve:
-            reserve = dict(cfg.reserve)
-        cmd = build_command(engine, str(path), flags, "127.0.0.1", 0)
-        argv = _with_port_placeholder(cmd.argv)
-        if "--alias" in engine.capabilities and "--alias" not in cfg.args and "-a" not in cfg.args:
-            argv += ["--alias", cfg.name]
+        header = read_header(str(path), *_stamp(path))
+        kind = LLAMA_CPP
+        request = ModelRequest(cfg.name, cfg.args, cfg.auto, cfg.reserve, None, path, header)
+        done = kind.plan(request, engine, hw)
         return Prepared(
             cfg,
-            argv,
-            reserve,
-            threads=cpu_threads(argv, flags, est, hw.cpu_cores),
+            done.argv,
+            done.reserve,
+            kind=kind.name,
+            threads=done.threads,
             engine=engine,
             engine_stamp=_engine_stamp(engine),
             model_path=path,
-            model_bytes=model.file_size,
-            estimate=est,
-            reasons=reasons,
-            dropped=cmd.dropped,
-            warnings=warnings,
+            model_bytes=header.file_size,
+            estimate=done.estimate,
+            reasons=done.reasons,
+            dropped=done.dropped,
+            warnings=done.warnings,
             stamp=_stamp(path),
         )
 
@@ -228,10 +217,3 @@ def _engine_stamp(engine: Engine) -> tuple[str, Stamp]:
         return engine.id, _stamp(engine.server)
     except OSError:  # a deleted binary: never equal to what was prepared with it
         return engine.id, (-1, -1)
-
-
-def _with_port_placeholder(argv: list[str]) -> list[str]:
-    out = list(argv)
-    i = out.index("--port")
-    out[i + 1] = PORT
-    return out

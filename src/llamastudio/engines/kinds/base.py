@@ -1,0 +1,63 @@
+"""The engine-kind interface (see the package docstring)."""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from llamastudio.engines.registry import Engine
+from llamastudio.fit.usage import Estimate
+from llamastudio.gguf import GGUFModel
+from llamastudio.hardware.devices import Hardware
+
+PORT = "${PORT}"  # where the studio puts an instance's port in an argv
+
+# Lines that end a start, whatever the engine (the seeds' list): out-of-memory in its many
+# spellings, CUDA failures, a KV cache too small for the context, vLLM's engine core.
+COMMON_FATAL = (
+    r"out of memory|OutOfMemoryError|not enough (?:V?RAM|memory)|Cannot allocate|"
+    r"failed to allocate|ggml_cuda_error|CUDA error|cudaMalloc failed|"
+    r"larger than the available KV cache memory|EngineCore failed to start"
+)
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """What serving asks of a kind, as plain data (serving's types live above engines)."""
+
+    name: str
+    args: list[str] = field(default_factory=list)
+    auto: bool = False
+    reserve: dict[str, int] | None = None
+    command: list[str] | None = None
+    model_path: Path | None = None
+    header: GGUFModel | None = None  # the GGUF's header, for kinds that read it
+
+
+@dataclass
+class LaunchPlan:
+    argv: list[str]  # with ${PORT}
+    reserve: dict[str, int]  # bytes per device the load takes
+    threads: int = 0  # CPU threads it computes with (0: none or not known)
+    estimate: Estimate | None = None
+    reasons: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # flags the engine lacks, left out
+
+
+class EngineKind(ABC):
+    name: ClassVar[str]
+    fatal: ClassVar[re.Pattern[str]]  # a line matching it while starting fails the start
+    ready_path: ClassVar[str] = "/health"  # 200 here = ready
+    needs_engine: ClassVar[bool] = True  # runs a registered engine (else its own argv)
+
+    @abstractmethod
+    def plan(self, request: ModelRequest, engine: Engine | None, hw: Hardware) -> LaunchPlan:
+        """The argv and the memory for a model; raises InvalidInput when it cannot run."""
+
+    def takes_key(self, engine: Engine | None) -> bool:
+        """Whether the studio can give it a per-process API key (``engines/keys.py``)."""
+        return False
