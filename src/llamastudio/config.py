@@ -109,6 +109,15 @@ class Settings(BaseSettings):
         le=4096,
         description="Largest request body (MiB) the management API and gateway accept.",
     )
+    hung_after: float = Field(
+        default=30.0,
+        ge=0.5,
+        le=3600,
+        allow_inf_nan=False,
+        description="Seconds a ready engine may leave its health check unanswered before it is "
+        "declared hung, killed and started again on the next request (requests waiting for it are "
+        "kept).",
+    )
     url: str | None = Field(
         default=None,
         description="URL of the studio the CLI talks to (`ps`, `run`, `stop`, `models config`…). "

@@ -20,8 +20,8 @@ import os
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Coroutine
+from types import FrameType
 from typing import Any
 
 log = logging.getLogger("llamastudio.loop")
@@ -94,8 +94,17 @@ class Watchdog:
                 continue
             reported = beat
             frame = sys._current_frames().get(loop_thread)
-            stack = "".join(traceback.format_stack(frame)[-10:]) if frame is not None else "(gone)\n"
-            log.warning("the loop was held %.3f s so far; its thread was at:\n%s", held, stack.rstrip())
+            log.warning("the loop was held %.3f s so far; its thread was at:\n%s", held, _where(frame))
+
+
+def _where(frame: FrameType | None, depth: int = 12) -> str:
+    """The innermost frames, ``file:line in function``: no source lines, so ``linecache`` stays
+    empty (debug mode ``stat``s every cached file on each future and handle it creates)."""
+    lines = []
+    while frame is not None and len(lines) < depth:
+        lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+        frame = frame.f_back
+    return "\n".join(lines) or "  (no frame)"
 
 
 def wanted(setting: bool) -> bool:

@@ -400,9 +400,10 @@ class Runtime:
         record = {"pid": proc.proc.pid, "exe": argv[0], "model": model, "port": port}
         with contextlib.suppress(StudioError):
             write_atomic(self.run_dir / f"{_safe(model)}.json", json.dumps(record).encode())
-        watcher = asyncio.create_task(self._watch(model, proc))
-        self._watchers.add(watcher)
-        watcher.add_done_callback(self._watchers.discard)
+        for job in (self._watch(model, proc), proc.watch_health(self.settings.hung_after)):
+            watcher = asyncio.create_task(job)
+            self._watchers.add(watcher)
+            watcher.add_done_callback(self._watchers.discard)
 
     async def _watch(self, model: str, proc: EngineProcess) -> None:
         assert proc.proc is not None
@@ -430,9 +431,13 @@ class Runtime:
             state, reason = "unavailable", self.errors[name].message
         fail = self.failures.get(name)
         now = time.monotonic()
+        note = entry.note if entry and state in ("stopped", "stopping") else None
+        if state == "starting" and fail and fail.count:
+            note = f"restarting (attempt {fail.count + 1})"
         return {
             "name": name,
             "state": state,
+            "note": note,  # unloaded by TTL, evicted for whom, restarting (attempt n)
             "reason": reason or (fail.reason if fail and fail.count else None),
             "in_flight": entry.in_flight if entry else 0,
             "queued": len(entry.waiters) if entry else 0,

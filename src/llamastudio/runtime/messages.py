@@ -124,6 +124,7 @@ class ModelState:
     last_used: float
     closed: bool
     threads: int
+    note: str | None = None  # why it last stopped (TTL, evicted for whom, on request)
 
 
 class Lease:

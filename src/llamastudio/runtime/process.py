@@ -101,6 +101,7 @@ class EngineProcess:
         self._start_task: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._fatal: str | None = None
+        self._hung: str | None = None  # why the health watch killed it
 
     @property
     def url(self) -> str:
@@ -123,7 +124,7 @@ class EngineProcess:
             raise StartFailed(f"{self.name}: {self.reason}")
 
     async def _start(self) -> None:
-        self.state, self.reason, self._fatal = State.STARTING, None, None
+        self.state, self.reason, self._fatal, self._hung = State.STARTING, None, None, None
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.proc = await asyncio.create_subprocess_exec(
@@ -220,7 +221,34 @@ class EngineProcess:
         """A ready process that died (OOM killer, kill -9) becomes failed with its exit code."""
         if self.state == State.READY and self.proc is not None and self.proc.returncode is not None:
             self.state = State.FAILED
-            self.reason = f"exited with code {self.proc.returncode} while serving: {self._tail()}"
+            self.reason = self._hung or (
+                f"exited with code {self.proc.returncode} while serving: {self._tail()}"
+            )
+
+    async def watch_health(self, hung_after: float) -> None:
+        """While ready, ask ``ready_path`` every ``hung_after / 3`` seconds; an engine that has not
+        answered for ``hung_after`` seconds (deadlocked, SIGSTOPped, a wedged driver) is killed, so
+        its exit is seen like a crash: requests waiting for it are kept and start it again. Returns
+        when the process exits or is stopped."""
+        interval = max(0.2, hung_after / 3)
+        last_ok = time.monotonic()
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        async with httpx.AsyncClient(timeout=interval, headers=headers) as client:
+            while self.state == State.READY and self.proc is not None and self.proc.returncode is None:
+                await asyncio.sleep(interval)
+                if self.state != State.READY:
+                    return
+                try:
+                    answered = (await client.get(f"{self.url}{self.ready_path}")).status_code < 500
+                except httpx.HTTPError:
+                    answered = False
+                now = time.monotonic()
+                if answered:
+                    last_ok = now
+                elif now - last_ok >= hung_after and self.state == State.READY:
+                    self._hung = f"hung: no answer to {self.ready_path} for {now - last_ok:.0f}s; killed"
+                    await self._kill()
+                    return
 
 
 async def _lines(stream: asyncio.StreamReader, limit: int = 64 << 10) -> AsyncIterator[bytes]:

@@ -112,6 +112,7 @@ class _Entry:
     busy_since: float | None = None
     closed: bool = False  # fairness: new requests queue while it drains
     removed: bool = False  # its configuration is gone: unload, then forget
+    note: str | None = None  # why it last stopped ("unloaded after 600s idle (TTL)", "evicted …")
     waiters: deque[_Waiter] = field(default_factory=deque)
     loaders: deque[_Loader] = field(default_factory=deque)  # load() callers: resolved when ready
     draining: list[asyncio.Future[None]] = field(default_factory=list)  # unload() callers
@@ -220,7 +221,9 @@ class Scheduler:
 
     def snapshot(self) -> dict[str, ModelState]:
         return {
-            n: ModelState(n, e.state, e.in_flight, len(e.waiters), e.last_used, e.closed, e.spec.threads)
+            n: ModelState(
+                n, e.state, e.in_flight, len(e.waiters), e.last_used, e.closed, e.spec.threads, e.note
+            )
             for n, e in self.entries.items()
         }
 
@@ -235,6 +238,7 @@ class Scheduler:
                 "in_flight": e.in_flight,
                 "queued": len(e.waiters),
                 "closed": e.closed,
+                "note": e.note,
                 "idle_s": now - e.last_used if e.last_used else None,
             }
             for n, e in self.entries.items()
@@ -365,7 +369,8 @@ class Scheduler:
         now = self.clock()
         for name in policy.expired(self._views(), now):
             self.unloads += 1
-            self._stop(self.entries[name])
+            entry = self.entries[name]
+            self._stop(entry, f"unloaded after {entry.spec.ttl:.0f}s idle (TTL)")
         for entry in self.entries.values():
             if entry.state == "starting":
                 continue  # bounded by the load timeout instead
@@ -411,10 +416,16 @@ class Scheduler:
         for e in self.entries.values():
             e.closed = e.spec.name in d.close
         for name in d.stop:
-            self._stop(self.entries[name])
-        for name in d.evict:
-            self.evictions += 1
-            self._stop(self.entries[name])
+            entry = self.entries[name]
+            self._stop(entry, "configuration removed" if entry.removed else "stopped on request")
+        if d.evict:
+            for_whom = sorted(set(d.start) | {v.name for v in self._views() if v.waiting_since is not None})
+            why = "evicted to make room for " + (
+                ", ".join(n for n in for_whom if n not in d.evict) or "another model"
+            )
+            for name in d.evict:
+                self.evictions += 1
+                self._stop(self.entries[name], why)
         for name, why in d.fail:
             self._fail_waiters(self.entries[name], NoRoom(why))
         for name in d.start:
@@ -446,8 +457,9 @@ class Scheduler:
         self.loads += 1
         self._spawn(self._run_start(entry.spec.name))
 
-    def _stop(self, entry: _Entry) -> None:
-        """Never awaited by the owner: the stop reports ``Stopped`` when done."""
+    def _stop(self, entry: _Entry, note: str) -> None:
+        """Never awaited by the owner: the stop reports ``Stopped`` when done. ``note``: why."""
+        entry.note = note
         self._set(entry, "stopping")
         entry.busy_since = None
         self._spawn(self._run_stop(entry.spec.name))
@@ -479,7 +491,9 @@ class Scheduler:
 
     def _set(self, entry: _Entry, state: State) -> None:
         entry.state = state
-        if state != "ready":
+        if state == "ready":
+            entry.note = None
+        else:
             entry.closed = False
         if self.on_change is not None:
             self.on_change(entry.spec.name, state)
