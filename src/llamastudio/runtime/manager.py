@@ -98,6 +98,7 @@ class Runtime:
         self.names: dict[str, str] = {}  # name, alias, library id → model name
         self.known: list[ModelConfig] = []  # every configuration, as of the last sync
         self.failures: dict[str, _Failures] = {}
+        self.started_with: dict[str, list[str]] = {}  # the launch argv each running engine got
         self.run_dir = settings.data_dir / "run"
         self._watchers: set[asyncio.Task[None]] = set()
         self._ticker: asyncio.Task[None] | None = None
@@ -282,6 +283,22 @@ class Runtime:
             raise StartFailed(f"{model} is not running")
         return proc
 
+    def reload_needed(self, name: str) -> bool:
+        """Whether the running engine of ``name`` was started with another command than its
+        configuration now gives (a saved change waits for ``reload``)."""
+        proc, prep = self.procs.get(name), self.prepared.get(name)
+        running = proc is not None and proc.state in (State.STARTING, State.READY)
+        return running and prep is not None and self.started_with.get(name) != prep.argv
+
+    async def reload(self, name: str) -> dict[str, Any]:
+        """Restart a running model with its current configuration after its requests in flight
+        (requests arriving meanwhile wait for the new engine); a stopped model stays stopped."""
+        model = await self.resolve(name)
+        if self.status(model)["state"] in ("ready", "starting"):
+            await self.scheduler.unload(model)
+            await self.load(model)
+        return self.status(model)
+
     async def unload(self, name: str) -> None:
         await self.scheduler.unload(await self.resolve(name))
 
@@ -386,6 +403,7 @@ class Runtime:
             ready_path=kind.ready_path,
         )
         self.procs[model] = proc
+        self.started_with[model] = list(prep.argv)
         try:
             await proc.ensure_ready()
         except StartFailed as exc:

@@ -10,7 +10,7 @@ export type Schemas = components['schemas']
 export type ConfigIn = Schemas['ConfigIn']
 export type BuildIn = Schemas['BuildIn']
 
-type Method = 'get' | 'post' | 'put' | 'delete'
+type Method = 'get' | 'post' | 'put' | 'patch' | 'delete'
 type PathsWith<M extends Method> = { [P in keyof paths]: paths[P] extends Record<M, object> ? P : never }[keyof paths]
 
 export class ApiError extends Error {
@@ -91,5 +91,6 @@ export const api = {
   get: <T>(path: PathsWith<'get'>, opts?: CallOptions) => call<T>('get', path, opts),
   post: <T>(path: PathsWith<'post'>, opts?: CallOptions) => call<T>('post', path, opts),
   put: <T>(path: PathsWith<'put'>, opts?: CallOptions) => call<T>('put', path, opts),
+  patch: <T>(path: PathsWith<'patch'>, opts?: CallOptions) => call<T>('patch', path, opts),
   delete: <T>(path: PathsWith<'delete'>, opts?: CallOptions) => call<T>('delete', path, opts),
 }

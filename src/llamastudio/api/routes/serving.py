@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from llamastudio.api.deps import StateDep, require_commands
-from llamastudio.errors import InvalidInput, StudioError
+from llamastudio.errors import InvalidInput, NotFound, StudioError
 from llamastudio.fit.planner import Goal
 from llamastudio.hardware.devices import Hardware
 from llamastudio.hardware.profiles import resolve_named
@@ -101,7 +102,65 @@ async def put_config(state: StateDep, request: Request, id: str, body: ConfigIn)
     require_commands(state, request, runs_command(cfg))
     await asyncio.to_thread(rt.configs.put, cfg)
     await rt.sync()
-    return _view(rt, rt.configs.get(id))
+    view = await _view_async(rt, rt.configs.get(id))
+    view["reload_needed"] = rt.reload_needed(cfg.name)
+    return view
+
+
+class ConfigPatch(BaseModel):
+    """The fields to change; every field left out keeps its stored value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    engine_id: str | None = None
+    args: list[str] | None = None
+    auto: bool | None = None
+    command: list[str] | None = None
+    aliases: list[str] | None = None
+    ttl: float | None = None
+    pinned: bool | None = None
+    group: str | None = None
+    max_concurrency: int | None = None
+    max_queue: int | None = None
+    reserve: dict[str, int] | None = None
+    env: dict[str, str] | None = None
+
+
+_NULLABLE = {"engine_id", "command", "ttl", "group", "reserve"}  # null = the default / none
+
+
+@router.patch("/models/{id:path}/config")
+async def patch_config(state: StateDep, request: Request, id: str, body: ConfigPatch) -> dict[str, Any]:
+    """Change only the given fields (``PUT`` replaces the whole configuration). The answer says
+    whether the running engine must be restarted for the change (``reload_needed``; apply it with
+    ``POST …/reload``, which waits for requests in flight)."""
+    rt = _runtime(state)
+    try:
+        current = await asyncio.to_thread(rt.configs.get, id)
+    except NotFound:
+        current = ModelConfig(name=id, model=id)
+    if current.name != id and not current.configured:  # a library id: configure it under that id
+        current = replace(current, name=id)
+    changes = body.model_dump(exclude_unset=True)
+    nulls = sorted(k for k, v in changes.items() if v is None and k not in _NULLABLE)
+    if nulls:
+        raise InvalidInput(f"{', '.join(nulls)} cannot be null (leave a field out to keep it)")
+    cfg = replace(current, **changes, configured=True)
+    require_commands(state, request, runs_command(cfg))
+    await asyncio.to_thread(rt.configs.put, cfg)
+    await rt.sync()
+    view = await _view_async(rt, rt.configs.get(cfg.name))
+    view["reload_needed"] = rt.reload_needed(cfg.name)
+    return view
+
+
+@router.post("/models/{id:path}/reload")
+async def reload(state: StateDep, id: str) -> dict[str, Any]:
+    """Restart a running model with its saved configuration once its requests in flight have
+    finished (new requests wait for the restart); a stopped model is left stopped."""
+    rt = _runtime(state)
+    return await rt.reload(id)
 
 
 @router.post("/models/{id:path}/preview")
