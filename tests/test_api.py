@@ -83,8 +83,11 @@ async def test_every_route_answers_errors_in_one_shape(client: httpx.AsyncClient
     spec = (await client.get("/openapi.json")).json()
     paths = {p for p in spec["paths"] if p.startswith("/api")}
     assert paths
-    for path in paths:
-        assert_error_shape(await client.request("PATCH", path), 405, "method_not_allowed")
+    for path, ops in spec["paths"].items():
+        if not path.startswith("/api"):
+            continue
+        wrong = next(m for m in ("TRACE", "PATCH", "PUT", "DELETE") if m.lower() not in ops)
+        assert_error_shape(await client.request(wrong, path), 405, "method_not_allowed")
 
 
 async def test_api_key_required_when_configured(tmp_path: Path) -> None:
@@ -114,3 +117,12 @@ def test_unwritable_data_dir_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(StorageError, match="cannot create data directory"):
         create_app(Settings(data_dir=blocker / "data"))
+
+
+def test_retry_after_is_rendered_on_the_api_too() -> None:
+    """Issue 14: errors that say when to come back carried Retry-After on the gateway only."""
+    from llamastudio.errors import StartFailed
+
+    exc = StartFailed("m failed to start 3x; next try in 7s", retry_after=6.6)
+    assert exc.headers() == {"Retry-After": "6"}
+    assert StartFailed("no hint").headers() == {}

@@ -12,10 +12,10 @@ import pytest
 from llamastudio.engines.kinds import COMMAND, KINDS, LLAMA_CPP, ModelRequest, kind_named
 from llamastudio.engines.registry import Engine
 from llamastudio.engines.validate import probe
-from llamastudio.errors import InvalidInput
+from llamastudio.errors import InvalidInput, StartFailed
 from llamastudio.gguf import load_model
 from llamastudio.hardware.devices import Hardware
-from llamastudio.runtime.process import EngineProcess, StartFailed, free_port
+from llamastudio.runtime.process import EngineProcess, free_port
 
 GiB = 1 << 30
 CPU = Hardware((), 4, 16 * GiB, 12 * GiB)

@@ -21,13 +21,13 @@ import httpx
 import pytest
 from huggingface_hub import constants
 
-from llamastudio.errors import InvalidInput, RemoteError
+from llamastudio.errors import InvalidInput, RemoteError, ScanLimit
 from llamastudio.gguf import load_model
 from llamastudio.hub import client as hub_client
 from llamastudio.hub import library as hub_library
 from llamastudio.hub.client import HubClient
 from llamastudio.hub.download import download_file
-from llamastudio.hub.library import ScanLimit, find_ggufs, served_name_for
+from llamastudio.hub.library import find_ggufs, served_name_for
 from llamastudio.hub.paths import (
     check_commit,
     check_etag,

@@ -15,9 +15,10 @@ from huggingface_hub import constants
 
 from llamastudio.api.app import create_app
 from llamastudio.config import Settings
+from llamastudio.errors import StartFailed
 from llamastudio.runtime.logfile import MAX_TAIL, RotatingLog, read_tail, rotated, tail_lines
 from llamastudio.runtime.manager import Runtime
-from llamastudio.runtime.process import EngineProcess, StartFailed
+from llamastudio.runtime.process import EngineProcess
 from llamastudio.store.models import ServedModelRow
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from llamastudio.errors import DoesNotFit
 from llamastudio.fit.estimator import HOST
-from llamastudio.fit.planner import DoesNotFit, Plan, plan
+from llamastudio.fit.planner import Plan, plan
 from llamastudio.hardware import Hardware
 from llamastudio.hardware.profiles import parse_profile
 from tests import shapes

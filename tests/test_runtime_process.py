@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from llamastudio.runtime.process import EngineProcess, StartFailed, State, free_port, load_timeout
+from llamastudio.errors import StartFailed
+from llamastudio.runtime.process import EngineProcess, State, free_port, load_timeout
 
 
 def server(rig_bin: Callable[[str], Path], model: Path, tmp_path: Path, **kw: object) -> EngineProcess:

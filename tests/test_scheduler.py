@@ -12,9 +12,9 @@ import contextlib
 
 import pytest
 
-from llamastudio.errors import NotFound, StudioError
+from llamastudio.errors import NoRoom, NotFound, QueueFull, StudioError, TooBusy
 from llamastudio.runtime.policy import FAIR_WAIT
-from llamastudio.runtime.scheduler import Lease, ModelSpec, NoRoom, QueueFull, Scheduler, TooBusy
+from llamastudio.runtime.scheduler import Lease, ModelSpec, Scheduler
 
 GiB = 1 << 30
 

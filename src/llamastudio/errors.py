@@ -7,6 +7,7 @@ where they happen, with ``raise ... from exc``.
 
     StudioError (500, exit 1)
     ├── InvalidInput (400, exit 2)            bad arguments, bad config values
+    │   ├── ScanLimit                         an added directory too large to search
     │   ├── UnsupportedMediaType (415)        a request body that is not JSON (gateway)
     │   └── GGUFError (422, exit 2)           a file or URL that is not a readable GGUF
     │       └── GGUFUnsupported (422, exit 2) a valid-looking GGUF this reader cannot handle
@@ -28,6 +29,12 @@ where they happen, with ``raise ... from exc``.
     │   │                                     the ``X-Studio-Client`` header (CSRF)
     │   └── CommandsNotAllowed                would run a command of the caller's choosing
     ├── TooLarge (413, exit 2)                a request body over ``max_body_mb``
+    ├── DoesNotFit (422, exit 3)              no placement fits the hardware (planner)
+    ├── StartFailed (503)                     an engine did not become ready
+    ├── QueueFull (503), NoRoom (503)         too many waiting; no room freed in time
+    ├── TooBusy (429)                         a model at its ``max_concurrency``
+    ├── DownloadCancelled (exit 130)          a download stopped on request
+    ├── StudioUnreachable (exit 1)            the CLI finds no studio for its data directory
     └── StorageError (500, exit 1)            the database or the data directory failed
 """
 
@@ -47,6 +54,12 @@ class StudioError(Exception):
         super().__init__(message)
         self.message = message
         self.details = details
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the error carries: ``Retry-After`` when it says when to come back (a full
+        queue, a start in backoff, a busy model). Rendered by the API and the gateway alike."""
+        retry = self.details.get("retry_after") if self.details else None
+        return {} if retry is None else {"Retry-After": str(max(1, int(retry)))}
 
     def to_dict(self) -> dict[str, Any]:
         """The body of the project's one error shape (see ``api/errors.py``)."""
@@ -160,6 +173,57 @@ class UpstreamFailed(RemoteError):
     """An engine failed while serving a request (connection refused or reset, died mid-stream)."""
 
     code = "upstream_failed"
+
+
+class ScanLimit(InvalidInput):
+    """An added directory too large to search."""
+
+
+class DoesNotFit(StudioError):
+    """No placement of the model fits the hardware (the planner says why)."""
+
+    status_code = 422
+    code = "does_not_fit"
+    exit_code = 3
+
+
+class StartFailed(StudioError):
+    """A model's engine did not become ready (exit, fatal line, timeout, backoff)."""
+
+    status_code = 503
+    code = "model_failed_to_start"
+
+
+class QueueFull(StudioError):
+    """Too many requests already wait for a model to load."""
+
+    status_code = 503
+    code = "queue_full"
+
+
+class NoRoom(StudioError):
+    """No memory (or CPU) was freed for a model within the wait bound."""
+
+    status_code = 503
+    code = "no_room"
+
+
+class TooBusy(StudioError):
+    """A model is at its ``max_concurrency``."""
+
+    status_code = 429
+    code = "too_many_requests"
+
+
+class DownloadCancelled(StudioError):
+    """A download stopped on request (cancel or pause)."""
+
+    code = "download_cancelled"
+    exit_code = 130
+
+
+class StudioUnreachable(StudioError):
+    """No studio answers for this data directory (CLI)."""
 
 
 class StorageError(StudioError):

@@ -100,7 +100,7 @@ class Watchdog:
 def _where(frame: FrameType | None, depth: int = 12) -> str:
     """The innermost frames, ``file:line in function``: no source lines, so ``linecache`` stays
     empty (debug mode ``stat``s every cached file on each future and handle it creates)."""
-    lines = []
+    lines: list[str] = []
     while frame is not None and len(lines) < depth:
         lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
         frame = frame.f_back

@@ -18,7 +18,15 @@ import typer
 from llamastudio import runinfo
 from llamastudio.cli.context import settings
 from llamastudio.config import Settings
-from llamastudio.errors import Conflict, Forbidden, InvalidInput, NotFound, StudioError, Unauthorized
+from llamastudio.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    StudioError,
+    StudioUnreachable,
+    Unauthorized,
+)
 from llamastudio.guard import CLIENT_HEADER, OWNER_HEADER
 
 _BY_STATUS: dict[int, type[StudioError]] = {
@@ -31,10 +39,6 @@ _BY_STATUS: dict[int, type[StudioError]] = {
     415: InvalidInput,
     422: InvalidInput,
 }
-
-
-class StudioUnreachable(StudioError):
-    """No studio answers for this data directory."""
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 import uuid
 from collections.abc import Callable
@@ -28,22 +29,13 @@ from typing import IO, Any
 from llamastudio.engines import patches as patchlib
 from llamastudio.engines import proc
 from llamastudio.engines.registry import Engine, EngineRegistry
+from llamastudio.engines.treehash import find_cmake_root, skip
 from llamastudio.engines.validate import probe_async, revalidate_async
 from llamastudio.errors import InvalidInput, NotFound, RemoteError, StudioError
 
 BACKENDS = ("cpu", "cuda", "vulkan", "metal", "openblas", "hip")
 BUILD_TYPES = ("Release", "Debug", "RelWithDebInfo")
 DEFAULT_GIT = "https://github.com/ggml-org/llama.cpp"
-_SKIP_DIRS = {".git", "__pycache__", "node_modules"}
-
-
-def _skip(root: Path, directory: Path, name: str) -> bool:
-    """Not part of a source tree: VCS data, caches, model files, and top-level build directories."""
-    if name in _SKIP_DIRS or name.endswith(".gguf"):
-        return True
-    return directory == root and name.startswith("build") and (directory / name).is_dir()
-
-
 LogFn = Callable[[str], None]
 
 
@@ -219,30 +211,13 @@ def foreign_code(spec: BuildSpec, official_repo: str) -> str | None:
     return None
 
 
-def tree_digest(root: Path) -> str:
-    """Content digest of a source tree (the files a build reads; .git, builds and models excluded)."""
-    h = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(root):
-        here = Path(dirpath)
-        dirnames[:] = sorted(d for d in dirnames if not _skip(root, here, d))
-        for name in sorted(filenames):
-            if _skip(root, here, name):
-                continue
-            path = Path(dirpath) / name
-            h.update(str(path.relative_to(root)).encode() + b"\0")
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-    return h.hexdigest()
-
-
 def _find_cmake_root(root: Path) -> Path:
-    """The shallowest directory whose CMakeLists.txt declares the llama.cpp project."""
-    candidates = sorted(root.rglob("CMakeLists.txt"), key=lambda p: len(p.parts))
-    for path in candidates:
-        if 'project("llama.cpp"' in path.read_text(errors="replace"):
-            return path.parent
-    raise InvalidInput(f"no llama.cpp CMakeLists.txt found in {root}")
+    """The shallowest directory whose CMakeLists.txt declares the llama.cpp project. Blocking (a
+    scan of the tree): run it in a thread."""
+    found = find_cmake_root(root)
+    if found is None:
+        raise InvalidInput(f"no llama.cpp CMakeLists.txt found in {root}")
+    return found
 
 
 def _cancelled(cancel: asyncio.Event | None) -> None:
@@ -255,20 +230,33 @@ def _is_git_url(source: str) -> bool:
     return remote and not source.endswith((".tar.gz", ".tgz", ".tar"))
 
 
-def _local_digest(source: str) -> tuple[str, str]:
-    """(kind, digest) of a local source: a tree's content digest or a tarball's sha256. Blocking
-    (a scan and a read of the whole source): run it in a thread."""
+async def _local_digest(source: str) -> tuple[str, str]:
+    """(kind, digest) of a local source: a tree's content digest (in a child process, see
+    ``treehash.py``) or a tarball's sha256 (in a thread: hashlib releases the GIL)."""
     path = Path(source).expanduser()
-    if path.is_dir():
-        _find_cmake_root(path)
-        return "dir", tree_digest(path)
-    if path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar")):
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        return "tarball", h.hexdigest()
+    if await asyncio.to_thread(path.is_dir):
+        argv = [sys.executable, "-m", "llamastudio.engines.treehash", str(path)]
+        try:
+            done = await proc.run(argv, timeout=3600)
+        except (OSError, TimeoutError) as exc:
+            raise BuildFailed(f"digesting the source tree {path}: {exc}") from exc
+        if done.returncode != 0:
+            raise BuildFailed(f"digesting the source tree {path}: {done.stderr.strip()[-300:]}")
+        out = json.loads(done.stdout)
+        if out["digest"] is None:
+            raise InvalidInput(f"no llama.cpp CMakeLists.txt found in {path}")
+        return "dir", str(out["digest"])
+    if await asyncio.to_thread(path.is_file) and path.name.endswith((".tar.gz", ".tgz", ".tar")):
+        return "tarball", await asyncio.to_thread(_file_digest, path)
     raise NotFound(f"source {source!r} is not a directory, a source tarball or a git URL")
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _fetch_all(origins: tuple[str, ...]) -> list[patchlib.Patch]:
@@ -380,7 +368,7 @@ class Builder:
     async def _source_digest(self, spec: BuildSpec) -> tuple[str, str]:
         source = spec.source
         if not _is_git_url(source):
-            return await asyncio.to_thread(_local_digest, source)
+            return await _local_digest(source)
         try:
             out = await proc.run(["git", "ls-remote", source, spec.ref], timeout=60)
         except TimeoutError:
@@ -426,35 +414,31 @@ class Builder:
         cwd: Path | None = None,
     ) -> None:
         """Run one build step, streaming its output line by line; cancel kills its process group."""
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=env,
-            cwd=cwd,
-            start_new_session=True,
-        )
+        process = await proc.spawn(argv, cwd=cwd, env=env, merge_stderr=True)
         assert process.stdout is not None
+        stdout = process.stdout
+
+        async def follow() -> None:
+            async for line in proc.lines(stdout):
+                log(line.decode(errors="replace").rstrip())
+
+        reading = asyncio.ensure_future(follow())
         waiter = asyncio.ensure_future(cancel.wait()) if cancel else None
         try:
-            while True:
-                reader = asyncio.ensure_future(process.stdout.readline())
-                pending = {reader} | ({waiter} if waiter else set())
-                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                if waiter in done:
-                    reader.cancel()
-                    proc.kill_group(process.pid)
-                    await process.wait()
-                    raise BuildCancelled("build cancelled")
-                line = reader.result()
-                if not line:
-                    break
-                log(line.decode(errors="replace").rstrip())
-            code = await process.wait()
+            pending = {reading} | ({waiter} if waiter else set())
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if waiter in done:
+                proc.kill_group(process.pid)
+                reading.cancel()
+                await asyncio.gather(reading, return_exceptions=True)
+                await asyncio.to_thread(process.wait)
+                raise BuildCancelled("build cancelled")
+            reading.result()
+            code = await proc.wait(process)
         except asyncio.CancelledError:
             proc.kill_group(process.pid)
-            await process.wait()
+            reading.cancel()
+            await asyncio.to_thread(process.wait)
             raise
         finally:
             if waiter:
@@ -541,7 +525,7 @@ def _copy_tree(root: Path, dest: Path) -> Path:
         root,
         dest,
         symlinks=True,
-        ignore=lambda d, names: [n for n in names if _skip(root, Path(d), n)],
+        ignore=lambda d, names: [n for n in names if skip(root, Path(d), n)],
     )
     return dest
 

@@ -60,7 +60,7 @@ def main(argv: list[str]) -> int:
     out = {"cmake_root": str(cmake_root) if cmake_root else None, "digest": None}
     if cmake_root is not None:
         out["digest"] = tree_digest(root)
-    print(json.dumps(out))
+    sys.stdout.write(json.dumps(out) + "\n")
     return 0
 
 

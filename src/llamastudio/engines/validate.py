@@ -131,12 +131,13 @@ async def health_check_async(binary: Path, model: Path, timeout: float = 120) ->
     ]
     loop = asyncio.get_running_loop()
     with tempfile.TemporaryFile() as log:
-        try:
-            server = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
+        try:  # started from a thread: fork/exec waits for the child (see proc.py)
+            server = await asyncio.to_thread(
+                subprocess.Popen,
+                argv,
+                stdin=subprocess.DEVNULL,
                 stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
+                stderr=subprocess.STDOUT,
                 env=binary_env(binary),
                 start_new_session=True,
             )
@@ -151,21 +152,20 @@ async def health_check_async(binary: Path, model: Path, timeout: float = 120) ->
                     with contextlib.suppress(httpx.HTTPError):
                         if (await client.get(f"http://127.0.0.1:{port}/health")).status_code == 200:
                             return True, "healthy"
-                    if server.returncode is not None:
+                    if (code := server.poll()) is not None:
                         tail = await asyncio.to_thread(_tail, log)
-                        return False, f"exited with code {server.returncode} before it was ready: {tail}"
+                        return False, f"exited with code {code} before it was ready: {tail}"
                     await asyncio.sleep(0.25)
             return False, f"not healthy within {timeout:.0f} s"
         finally:
-            if server.returncode is None:
+            if server.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(server.pid, signal.SIGTERM)
                 try:
-                    async with asyncio.timeout(10):
-                        await server.wait()
-                except TimeoutError:
+                    await asyncio.to_thread(server.wait, 10)
+                except subprocess.TimeoutExpired:
                     proc.kill_group(server.pid)
-                    await server.wait()
+                    await asyncio.to_thread(server.wait)
 
 
 def _tail(log: IO[bytes], lines: int = 5) -> str:

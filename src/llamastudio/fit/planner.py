@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any, Literal
 
-from llamastudio.errors import StudioError
+from llamastudio.errors import DoesNotFit
 from llamastudio.fit.estimator import HOST, Estimate, estimate, pad
 from llamastudio.fit.flags import GPU_LAYERS_ALL, ServerFlags
 from llamastudio.gguf import GGUFModel, ModelFacts, facts_from_model
@@ -33,12 +33,6 @@ GPU_MARGIN = 1024 * MiB  # like llama.cpp's --fit-target: CUDA context, pools, f
 HOST_MARGIN = 2048 * MiB
 MIN_CTX = 4096
 TARGET_CTX: dict[str, int] = {"balanced": 32768, "max-speed": 8192}
-
-
-class DoesNotFit(StudioError):
-    status_code = 422
-    code = "does_not_fit"
-    exit_code = 3
 
 
 @dataclass

@@ -34,8 +34,7 @@ def error_json(exc: StudioError, source: str = "studio") -> dict[str, Any]:
 
 def retry_after(exc: StudioError) -> list[tuple[bytes, bytes]]:
     """``Retry-After`` for an error that says when to come back (queue full, backoff, busy)."""
-    retry = exc.details.get("retry_after") if exc.details else None
-    return [] if retry is None else [(b"retry-after", str(int(retry)).encode())]
+    return [(k.lower().encode(), v.encode()) for k, v in exc.headers().items()]
 
 
 def upstream_body(status: int, raw: bytes) -> bytes:

@@ -16,7 +16,14 @@ from pathlib import Path
 import httpx
 from huggingface_hub import constants, get_hf_file_metadata
 
-from llamastudio.errors import AuthRequired, InvalidInput, NotFound, RemoteError, StorageError, StudioError
+from llamastudio.errors import (
+    AuthRequired,
+    DownloadCancelled,
+    InvalidInput,
+    NotFound,
+    RemoteError,
+    StorageError,
+)
 from llamastudio.fsutil import write_atomic
 from llamastudio.hub.client import CONNECT_TIMEOUT, HubClient
 from llamastudio.hub.paths import (
@@ -187,11 +194,6 @@ def _fetch_ranges(
         raise RemoteError(
             f"{name}: got {got} of {size} bytes (partial data kept; run the pull again to resume)"
         )
-
-
-class DownloadCancelled(StudioError):
-    code = "download_cancelled"
-    exit_code = 130
 
 
 def pull_files(

@@ -17,7 +17,7 @@ from typing import Any
 from huggingface_hub import constants, scan_cache_dir
 from sqlalchemy import select
 
-from llamastudio.errors import InvalidInput, NotFound, StudioError
+from llamastudio.errors import InvalidInput, NotFound, ScanLimit, StudioError
 from llamastudio.gguf import facts_from_model, load_model
 from llamastudio.hub.quants import quant_label
 from llamastudio.store import Database
@@ -29,10 +29,6 @@ _SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 MAX_DEPTH = 8  # directory levels below an added directory that are searched for GGUF files
 MAX_ENTRIES = 50_000  # directory entries looked at in one added directory before giving up
 GGUF_MAGIC = b"GGUF"
-
-
-class ScanLimit(InvalidInput):
-    """An added directory too large to search (entries looked at beyond :data:`MAX_ENTRIES`)."""
 
 
 def _os_reason(exc: OSError) -> str:

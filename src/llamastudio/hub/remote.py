@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from llamastudio.errors import StudioError
-from llamastudio.fit.planner import DoesNotFit, plan
+from llamastudio.errors import DoesNotFit, StudioError
+from llamastudio.fit.planner import plan
 from llamastudio.fsutil import write_atomic
 from llamastudio.gguf import GGUFModel, load_model
 from llamastudio.gguf.source import ByteSource, BytesSource, HttpSource

@@ -28,7 +28,7 @@ from llamastudio.engines.kinds import KINDS
 from llamastudio.engines.kinds.base import PORT
 from llamastudio.engines.registry import EngineRegistry
 from llamastudio.engines.validate import add_external, binary_env, engine_env
-from llamastudio.errors import InvalidInput, NotFound, StudioError
+from llamastudio.errors import InvalidInput, NotFound, StartFailed, StudioError, TooBusy
 from llamastudio.events import EventBus
 from llamastudio.fit.planner import GPU_MARGIN, HOST_MARGIN
 from llamastudio.fsutil import write_atomic
@@ -37,8 +37,8 @@ from llamastudio.hardware.profiles import resolve
 from llamastudio.hub.library import Library
 from llamastudio.runtime.instances import cleanup_orphans, file_stem
 from llamastudio.runtime.logfile import tail_lines
-from llamastudio.runtime.process import EngineProcess, StartFailed, State, free_port, load_timeout
-from llamastudio.runtime.scheduler import Lease, ModelSpec, Scheduler, TooBusy
+from llamastudio.runtime.process import EngineProcess, State, free_port, load_timeout
+from llamastudio.runtime.scheduler import Lease, ModelSpec, Scheduler
 from llamastudio.serving.configs import MAX_TTL, ModelConfig, ModelConfigs, valid_ttl
 from llamastudio.serving.launch import Launcher, Prepared, read_header
 from llamastudio.serving.names import name_index

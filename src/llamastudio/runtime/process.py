@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from llamastudio.errors import StudioError
+from llamastudio.errors import StartFailed
 from llamastudio.runtime import logfile
 from llamastudio.runtime.logfile import RotatingLog
 
@@ -41,11 +41,6 @@ class State(enum.StrEnum):
     READY = "ready"
     STOPPING = "stopping"
     FAILED = "failed"
-
-
-class StartFailed(StudioError):
-    status_code = 503
-    code = "model_failed_to_start"
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from llamastudio.aio import cancel_and_wait
-from llamastudio.errors import NotFound, StudioError
+from llamastudio.errors import NoRoom, NotFound, QueueFull, StudioError, TooBusy
 from llamastudio.runtime import policy
 from llamastudio.runtime.messages import (
     Acquire,
@@ -66,21 +66,6 @@ from llamastudio.runtime.policy import FAIR_WAIT, State, View
 __all__ = ["Effects", "Lease", "ModelSpec", "ModelState", "NoRoom", "QueueFull", "Scheduler", "TooBusy"]
 
 log = logging.getLogger(__name__)
-
-
-class QueueFull(StudioError):
-    status_code = 503
-    code = "queue_full"
-
-
-class TooBusy(StudioError):
-    status_code = 429
-    code = "too_many_requests"
-
-
-class NoRoom(StudioError):
-    status_code = 503
-    code = "no_room"
 
 
 class Effects(Protocol):
