@@ -131,3 +131,31 @@ def test_cleanup_keeps_the_studio_record_and_drops_stale_keys(tmp_path: Path) ->
     assert cleanup_orphans(run, wait=0) == []
     assert (run / "studio.json").exists()
     assert not list(run.glob("*.key"))
+
+
+async def test_gpu_budgets_follow_free_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14: budgets were computed once and never saw free memory change (another program
+    taking VRAM, or freeing it)."""
+    settings = Settings(data_dir=tmp_path / "data")
+    settings.ensure_dirs()
+    free = [20 * GiB]
+
+    def probe(spec: str | None) -> Hardware:
+        gpu = Gpu(index=0, name="g", backend="CUDA", total=24 * GiB, free=free[0])
+        return Hardware((gpu,), 4, 16 * GiB, 12 * GiB)
+
+    monkeypatch.setattr(manager, "resolve", probe)
+    db = Database(settings.db_path)
+    rt = Runtime(settings, db, library=Library(db, hub_cache=tmp_path / "hf"))
+    await rt.start()
+    try:
+        first = dict(rt.scheduler.budgets)
+        free[0] = 8 * GiB  # another program took 12 GiB
+        await rt.refresh_gpu_budgets()
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert rt.scheduler.budgets["CUDA0"] == first["CUDA0"] - 12 * GiB
+        assert rt.scheduler.budgets["CPU"] == first["CPU"]  # RAM: as measured at start
+    finally:
+        await rt.close()
+        db.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from llamastudio.config import Settings
+from llamastudio.hardware.devices import Hardware
 from llamastudio.store import Database
 
 
@@ -17,3 +18,11 @@ def settings(ctx: typer.Context) -> Settings:
 
 def database(ctx: typer.Context) -> Database:
     return Database(settings(ctx).db_path)
+
+
+def hardware(ctx: typer.Context, override: str | None = None) -> Hardware:
+    """The hardware to plan for: ``--hardware``, else ``LLAMASTUDIO_HARDWARE``, else this machine
+    (the one rule the studio's runtime and Hub fit badges use too)."""
+    from llamastudio.hardware.profiles import resolve
+
+    return resolve(override or settings(ctx).hardware)

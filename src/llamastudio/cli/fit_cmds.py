@@ -12,13 +12,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from llamastudio.cli.context import hardware as machine
 from llamastudio.errors import InvalidInput
 from llamastudio.fit.estimator import Estimate, estimate
 from llamastudio.fit.flags import parse_server_args
 from llamastudio.fit.planner import plan as make_plan
 from llamastudio.gguf import GGUFModel, facts_from_model, load_model
 from llamastudio.hardware import Hardware
-from llamastudio.hardware.profiles import resolve
 
 MiB = 1024 * 1024
 HardwareOpt = Annotated[
@@ -87,7 +87,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Memory per device for a model and llama-server flags (paste them after MODEL)."""
         flags = parse_server_args(list(ctx.args), keep_unknown=False)
-        hw = resolve(hardware)
+        hw = machine(ctx, hardware)
         est = estimate(open_model(model), flags, hw.gpus)
         if as_json:
             out: dict[str, Any] = est.to_json() | {"hardware": hw.to_json(), "args": flags.to_args()}
@@ -130,7 +130,7 @@ def register_plan(app: typer.Typer) -> None:
     ) -> None:
         """Smart Auto: the llama-server flags that fit, with a reason for each choice."""
         base = parse_server_args(list(ctx.args), keep_unknown=False)
-        hw = resolve(hardware)
+        hw = machine(ctx, hardware)
         gmodel = open_model(model)
         result = make_plan(gmodel, hw, goal.value, ctx_size, parallel, parse_reserve(reserve, hw), base)
         if as_json:
@@ -145,9 +145,11 @@ def register_plan(app: typer.Typer) -> None:
         console.print(shlex.join(result.command()), highlight=False, soft_wrap=True)
 
     @app.command()
-    def analyze(model: ModelArg, hardware: HardwareOpt = None, as_json: JsonOpt = False) -> None:
+    def analyze(
+        ctx: typer.Context, model: ModelArg, hardware: HardwareOpt = None, as_json: JsonOpt = False
+    ) -> None:
         """Layers, GPUs by free memory, a layer-to-GPU plan and its --tensor-split."""
-        hw = resolve(hardware)
+        hw = machine(ctx, hardware)
         gmodel = open_model(model)
         report = analysis(gmodel, hw)
         if as_json:

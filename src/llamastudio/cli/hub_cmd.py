@@ -19,8 +19,8 @@ from rich.progress import (
 from rich.table import Table
 
 from llamastudio.cli.context import database, settings
+from llamastudio.cli.context import hardware as machine
 from llamastudio.errors import InvalidInput
-from llamastudio.hardware.profiles import resolve
 from llamastudio.hub.client import HubClient
 from llamastudio.hub.download import pull_files, select_files
 from llamastudio.hub.library import Library
@@ -89,7 +89,7 @@ def register(app: typer.Typer) -> None:
             repo,
             groups,
             sha,
-            resolve(hardware),
+            machine(ctx, hardware),
             HeaderCache(data_dir / "cache" / "headers", client.token),
         )
         if as_json:

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from llamastudio.cli.client import call, running_studio, target
 from llamastudio.cli.context import database, settings
+from llamastudio.cli.context import hardware as machine
 from llamastudio.cli.hub_cmd import models_app
 from llamastudio.errors import InvalidInput
 from llamastudio.events import EventBus
@@ -83,9 +84,7 @@ def _runtime(ctx: typer.Context) -> Runtime:
 
 
 def _hw(ctx: typer.Context) -> Hardware:
-    from llamastudio.hardware.profiles import resolve
-
-    return resolve(settings(ctx).hardware)
+    return machine(ctx)
 
 
 @models_app.command("config", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -156,6 +156,30 @@ class Runtime:
             if n % 5 == 0:  # configurations edited outside this process (CLI), new downloads
                 with contextlib.suppress(StudioError):
                     await self.sync()
+                if self._probe_hardware and self.hw.gpus:
+                    await self.refresh_gpu_budgets()
+
+    async def refresh_gpu_budgets(self) -> None:
+        """Follow the GPUs' free memory (NVML / amdsmi): another program taking or freeing VRAM
+        changes what the scheduler may place. A GPU's budget is its free memory now plus what
+        the studio's own loaded engines reserve on it (their use is not "taken by others"). RAM
+        stays as measured at start: mmap'd weights count as reclaimable cache in "available"."""
+        try:
+            live = await asyncio.to_thread(resolve, None)
+        except Exception:  # a probe that failed once (driver reset): keep the last budgets
+            log.warning("GPU probe failed; keeping the last memory budgets", exc_info=True)
+            return
+        ours: dict[str, int] = {}
+        for name, st in self.scheduler.snapshot().items():
+            prep = self.prepared.get(name)
+            if st.state != "stopped" and prep is not None:
+                for dev, n in prep.reserve.items():
+                    ours[dev] = ours.get(dev, 0) + n
+        budgets = budgets_of(self.hw)
+        for dev, free in budgets_of(live).items():
+            if dev != "CPU" and dev in budgets:
+                budgets[dev] = free + ours.get(dev, 0)
+        self.scheduler.set_budgets(budgets, self.hw.cpu_cores)
 
     def _ensure_engine(self) -> None:
         """Register ``LLAMASTUDIO_LLAMA_SERVER`` as an external engine when none is registered."""

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from llamastudio.api.deps import StateDep
 from llamastudio.errors import InvalidInput
-from llamastudio.hardware.profiles import resolve, resolve_named
+from llamastudio.hardware.profiles import resolve_named
 from llamastudio.hub.client import HubClient
 from llamastudio.hub.library import Library
 from llamastudio.hub.quants import group_files
@@ -38,7 +38,8 @@ def search(
 def quants(
     state: StateDep, owner: str, name: str, hardware: str | None = None, revision: str | None = None
 ) -> dict[str, Any]:
-    hw = resolve_named(hardware) if hardware else resolve(None)
+    # a named profile, else what the runtime plans for (LLAMASTUDIO_HARDWARE or this machine)
+    hw = resolve_named(hardware) if hardware else state.runtime.hw
     c = client(state)
     repo = f"{owner}/{name}"
     sha, files = c.files(repo, revision)
