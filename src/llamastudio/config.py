@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import platformdirs
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from llamastudio.errors import StorageError
@@ -26,7 +26,9 @@ def _default_data_dir() -> Path:
 class Settings(BaseSettings):
     """Studio configuration; environment prefix ``LLAMASTUDIO_``."""
 
-    model_config = SettingsConfigDict(env_prefix="LLAMASTUDIO_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="LLAMASTUDIO_", extra="ignore", frozen=True, populate_by_name=True
+    )
 
     data_dir: Path = Field(
         default_factory=_default_data_dir,
@@ -78,6 +80,7 @@ class Settings(BaseSettings):
     )
     github_token: str | None = Field(
         default=None,
+        validation_alias=AliasChoices("LLAMASTUDIO_GITHUB_TOKEN", "GITHUB_TOKEN", "github_token"),
         description="Token for the GitHub API (rate limits, private forks); GITHUB_TOKEN also works.",
     )
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
@@ -159,6 +162,11 @@ class Settings(BaseSettings):
     @cached_property
     def db_path(self) -> Path:
         return self.data_dir / "studio.db"
+
+    @property
+    def header_cache_dir(self) -> Path:
+        """GGUF headers read from the Hub (fit before download), keyed by file digest."""
+        return self.data_dir / "cache" / "headers"
 
     @property
     def logs_dir(self) -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -34,7 +33,7 @@ def registry(ctx: typer.Context) -> EngineRegistry:
 
 def github(ctx: typer.Context) -> GitHubReleases:
     s = settings(ctx)
-    return GitHubReleases(s.github_api, s.github_repo, s.github_token or os.environ.get("GITHUB_TOKEN"))
+    return GitHubReleases(s.github_api, s.github_repo, s.github_token)  # GITHUB_TOKEN is read by Settings
 
 
 def _row(e: Engine) -> list[str]:

@@ -78,7 +78,6 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Every quant of a repo with its size and whether it fits, read from GGUF headers only."""
-        data_dir = settings(ctx).data_dir
         client = cli_client(ctx)
         sha, files = client.files(repo, revision)
         groups = group_files(files)
@@ -90,7 +89,7 @@ def register(app: typer.Typer) -> None:
             groups,
             sha,
             machine(ctx, hardware),
-            HeaderCache(data_dir / "cache" / "headers", client.token),
+            HeaderCache(settings(ctx).header_cache_dir, client.token),
         )
         if as_json:
             typer.echo(json.dumps({"repo": repo, "revision": sha, "quants": rows}, indent=1))

@@ -4,7 +4,6 @@ updates, default, validate, remove (refused while a model runs on it)."""
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +26,7 @@ def _registry(state: StateDep) -> EngineRegistry:
 
 def _github(state: StateDep) -> GitHubReleases:
     s = state.settings
-    return GitHubReleases(s.github_api, s.github_repo, s.github_token or os.environ.get("GITHUB_TOKEN"))
+    return GitHubReleases(s.github_api, s.github_repo, s.github_token)  # GITHUB_TOKEN is read by Settings
 
 
 def _view(e: Engine, in_use: bool) -> dict[str, Any]:

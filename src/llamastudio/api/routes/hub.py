@@ -46,7 +46,7 @@ def quants(
     groups = group_files(files)
     if not groups:
         raise InvalidInput(f"{repo} has no GGUF files")
-    cache = HeaderCache(state.settings.data_dir / "cache" / "headers", c.token)
+    cache = HeaderCache(state.settings.header_cache_dir, c.token)
     return {
         "repo": repo,
         "revision": sha,
