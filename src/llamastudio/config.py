@@ -112,6 +112,12 @@ class Settings(BaseSettings):
         le=4096,
         description="Largest request body (MiB) the management API and gateway accept.",
     )
+    preload: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Models to start when the studio starts (comma-separated names, in order), "
+        "besides configurations with `preload: true`; each is started if it fits next to those "
+        "before it.",
+    )
     hung_after: float = Field(
         default=30.0,
         ge=0.5,
@@ -144,7 +150,7 @@ class Settings(BaseSettings):
         description="In asyncio debug mode: seconds a callback may hold the loop before it is logged.",
     )
 
-    @field_validator("allowed_hosts", "cors_origins", mode="before")
+    @field_validator("allowed_hosts", "cors_origins", "preload", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):  # env: a comma-separated list (JSON lists work too)

@@ -8,6 +8,9 @@ callbacks, not task steps or I/O callbacks), with ``slow_callback_duration`` fro
 - asyncio's own ``Executing <callback> took N seconds`` for each callback over the threshold;
 - ``the loop was held N s; its thread was at:`` with the loop thread's stack, caught by a watchdog
   thread while the loop is held (asyncio names the callback, the stack shows the blocking line);
+- with each of those, on Linux, how much of the time the loop thread waited for a CPU: a thread
+  that had work but no CPU (the machine busy with other processes) is not held by the studio's
+  code, and on a small machine this tells the two apart;
 - garbage collections that take a quarter of the threshold or more (a pause of every thread).
 """
 
@@ -20,6 +23,7 @@ import os
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Coroutine
 from types import FrameType
 from typing import Any
@@ -58,10 +62,13 @@ def _watch_gc(floor: float) -> None:
 
 
 class Watchdog:
-    """Logs the loop thread's stack when the loop has not come round for ``threshold`` seconds.
+    """Logs the loop thread's stack when the loop has not come round for ``threshold`` seconds,
+    and adds to asyncio's slow-callback warnings how much of the time the loop thread was ready
+    to run but had no CPU (Linux ``schedstat`` run-queue delay: other processes were running).
 
     A task on the loop stamps a heartbeat every ``threshold / 4``; a daemon thread checks it as
-    often, and once per stall takes the loop thread's current frame."""
+    often (once per stall it takes the loop thread's current frame) and samples the loop thread's
+    run-queue delay."""
 
     def __init__(self, threshold: float) -> None:
         self.threshold = threshold
@@ -69,16 +76,38 @@ class Watchdog:
         self._beat = time.monotonic()
         self._stop = threading.Event()
         self._task: asyncio.Task[None] | None = None
+        self._native = 0
+        self._samples: deque[tuple[float, float]] = deque(maxlen=2000)
 
     def start(self) -> None:
         loop_thread = threading.get_ident()
+        self._native = threading.get_native_id()
         self._task = asyncio.get_running_loop().create_task(self._heartbeat(), name="loop-watchdog")
         threading.Thread(target=self._watch, args=(loop_thread,), name="loop-watchdog", daemon=True).start()
+        logging.getLogger("asyncio").addFilter(self._annotate)
 
     def stop(self) -> None:
         self._stop.set()
+        logging.getLogger("asyncio").removeFilter(self._annotate)
         if self._task is not None:
             self._task.cancel()
+
+    def waited_since(self, start: float) -> float | None:
+        """Seconds the loop thread waited for a CPU since ``start`` (from the first sample at or
+        after it, so never more than it waited); None without ``schedstat``."""
+        now = _run_delay(self._native)
+        if now is None:
+            return None
+        then = next((delay for t, delay in list(self._samples) if t >= start), now)
+        return max(0.0, now - then)
+
+    def _annotate(self, record: logging.LogRecord) -> bool:
+        if record.msg == _SLOW and isinstance(record.args, tuple) and len(record.args) == 2:
+            waited = self.waited_since(time.monotonic() - float(record.args[1]))  # type: ignore[arg-type]
+            if waited is not None:
+                record.msg = _SLOW + " (%.3f s of it waiting for a CPU)"
+                record.args = (*record.args, waited)
+        return True
 
     async def _heartbeat(self) -> None:
         while True:
@@ -88,13 +117,30 @@ class Watchdog:
     def _watch(self, loop_thread: int) -> None:
         reported = 0.0
         while not self._stop.wait(self.period):
+            delay = _run_delay(self._native)
+            if delay is not None:
+                self._samples.append((time.monotonic(), delay))
             beat = self._beat
             held = time.monotonic() - beat - self.period
             if held <= self.threshold or beat == reported:
                 continue
             reported = beat
             frame = sys._current_frames().get(loop_thread)
-            log.warning("the loop was held %.3f s so far; its thread was at:\n%s", held, _where(frame))
+            waited = self.waited_since(beat + self.period)
+            cpu = "" if waited is None else f" ({waited:.3f} s of it waiting for a CPU)"
+            log.warning("the loop was held %.3f s so far%s; its thread was at:\n%s", held, cpu, _where(frame))
+
+
+_SLOW = "Executing %s took %.3f seconds"  # asyncio's slow-callback warning (base_events.py)
+
+
+def _run_delay(native_tid: int) -> float | None:
+    """Seconds the thread has spent runnable but not running (Linux schedstat), None elsewhere."""
+    try:
+        with open(f"/proc/self/task/{native_tid}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _where(frame: FrameType | None, depth: int = 12) -> str:

@@ -104,6 +104,7 @@ def config(
     engine: Annotated[
         str | None, typer.Option(help="Engine id (default: the model's pin, else default).")
     ] = None,
+    preload: Annotated[bool, typer.Option(help="Start it when the studio starts.")] = False,
 ) -> None:
     """Configure how a model is served; llama-server flags follow after `--`."""
     cfg = ModelConfig(
@@ -118,6 +119,7 @@ def config(
         group=group,
         max_concurrency=max_concurrency,
         max_queue=max_queue,
+        preload=preload,
     )
     studio = running_studio(ctx)
     if studio is not None:  # the running studio stores it (one writer) and applies it

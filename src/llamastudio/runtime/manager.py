@@ -102,6 +102,7 @@ class Runtime:
         self.run_dir = settings.data_dir / "run"
         self._watchers: set[asyncio.Task[None]] = set()
         self._ticker: asyncio.Task[None] | None = None
+        self._preloader: asyncio.Task[list[str]] | None = None
         self._synced_at = 0.0
         self._sync_lock = asyncio.Lock()
 
@@ -117,8 +118,43 @@ class Runtime:
         await self.sync()
         await self.scheduler.start()
         self._ticker = asyncio.create_task(self._tick())
+        self._preloader = asyncio.create_task(self.preload())
+
+    async def preload(self) -> list[str]:
+        """Start the models to preload (``LLAMASTUDIO_PRELOAD`` in its order, then configurations
+        with ``preload: true``), one after another; a model that does not fit next to those
+        before it is skipped with a warning (preloading never evicts a preloaded model).
+        Returns the models started."""
+        wanted = list(dict.fromkeys([*self.settings.preload, *(c.name for c in self.known if c.preload)]))
+        budgets = budgets_of(self.hw)
+        used: dict[str, int] = {}
+        started: list[str] = []
+        for name in wanted:
+            try:
+                model = await self.resolve(name)
+            except StudioError as exc:
+                log.warning("preload %s: %s", name, exc.message)
+                continue
+            reserve = self.prepared[model].reserve
+            short = [d for d, n in reserve.items() if used.get(d, 0) + n > budgets.get(d, 0)]
+            if short:
+                log.warning(
+                    "preload %s: skipped, it does not fit on %s next to %s", model, ", ".join(short), started
+                )
+                continue
+            log.info("preload %s: starting", model)
+            try:
+                await self.load(model)
+            except StudioError as exc:
+                log.warning("preload %s: %s", model, exc.message)
+                continue
+            for d, n in reserve.items():
+                used[d] = used.get(d, 0) + n
+            started.append(model)
+        return started
 
     async def close(self) -> None:
+        await cancel_and_wait(self._preloader)
         await cancel_and_wait(self._ticker)
         await self.scheduler.close()
         await asyncio.gather(*(self.stop_model(n) for n in list(self.procs)), return_exceptions=True)

@@ -62,6 +62,7 @@ class ModelConfig:
     max_queue: int = 64
     reserve: dict[str, int] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    preload: bool = False  # started when the studio starts (in order, by memory); see LLAMASTUDIO_PRELOAD
     configured: bool = True  # False: a library model served with defaults
 
     def to_json(self) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -112,4 +112,7 @@ class ServedModelRow(Base):
     max_queue: Mapped[int] = mapped_column(Integer, default=64)
     reserve: Mapped[dict[str, int] | None] = mapped_column(JSON, nullable=True)  # manual, per device
     env: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    preload: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )  # start with the studio
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)

@@ -36,6 +36,7 @@ class ConfigIn(BaseModel):
     max_queue: int = 64
     reserve: dict[str, int] | None = None
     env: dict[str, str] = Field(default_factory=dict)
+    preload: bool = Field(False, description="Start it when the studio starts (pin it to keep it).")
 
 
 def _runtime(state: StateDep) -> Runtime:
@@ -125,6 +126,7 @@ class ConfigPatch(BaseModel):
     max_queue: int | None = None
     reserve: dict[str, int] | None = None
     env: dict[str, str] | None = None
+    preload: bool | None = None
 
 
 _NULLABLE = {"engine_id", "command", "ttl", "group", "reserve"}  # null = the default / none
