@@ -44,12 +44,12 @@ from llamastudio.gguf import load_model
 SMALL = ["-c", "512", "-np", "2", "-t", "1"]
 WIDE = ["-c", "16384", "-np", "64", "-t", "2"]
 LONG = ["-c", "8192", "-np", "1", "-t", "1"]
-# A wrapper that ignores SIGTERM itself (SIG_IGN) and runs llama-server as its child in a new
-# session, so the studio's SIGTERM reaches neither: only the SIGKILL after the grace period ends it.
+# A wrapper that ignores SIGTERM (SIG_IGN) and runs llama-server as its child: the studio's SIGTERM
+# to the group ends the child, the wrapper lives on until the SIGKILL after the grace period.
 IGNORE_TERM = (
     "import os, signal, subprocess, sys\n"
     "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-    "child = subprocess.Popen(sys.argv[1:], start_new_session=True)\n"
+    "child = subprocess.Popen(sys.argv[1:])\n"
     "try:\n"
     "    child.wait()\n"
     "finally:\n"
@@ -122,35 +122,36 @@ def scenario_load(studio: Studio, models: dict[str, Path], streams: int) -> Row:
 
 
 def scenario_starvation(root: Path, server: Path, models: dict[str, Path], seconds: float) -> Row:
-    need = max(
-        next(d.total for d in estimate(load_model(str(models[m])), parse_server_args(SMALL)).devices)
+    streams = ["-c", "1024", "-np", "2", "-t", "2"]  # room for two 200-token requests
+    needs = [
+        next(d.total for d in estimate(load_model(str(models[m])), parse_server_args(streams)).devices)
         for m in ("llama", "qwen3")
-    )
-    profile = root / "one-model.json"
-    profile.write_text(json.dumps({"gpus": [], "ram": HOST_MARGIN + need * 3 // 2}))
+    ]
+    profile = root / "one-model.json"  # room for either model alone, one byte short of both
+    profile.write_text(json.dumps({"gpus": [], "ram": HOST_MARGIN + sum(needs) - 1}))
     with Studio(root / "starve", server, hardware=str(profile)) as studio:
-        studio.configure("busy", model=str(models["llama"]), args=SMALL)
-        studio.configure("waiting", model=str(models["qwen3"]), args=SMALL)
+        studio.configure("busy", model=str(models["llama"]), args=streams)
+        studio.configure("waiting", model=str(models["qwen3"]), args=streams)
         gw = studio.gateway()
         complete(gw, "busy")
         stop = threading.Event()
         busy_ok = busy_failed = 0
 
-        def hammer() -> None:  # back-to-back requests: "busy" is never idle
+        def hammer() -> None:  # 4 clients on 2 slots: "busy" is never idle
             nonlocal busy_ok, busy_failed
             c = studio.gateway()
             deadline = time.monotonic() + seconds + 30
             while not stop.is_set() and time.monotonic() < deadline:
                 try:
-                    complete(c, "busy", 8)
+                    complete(c, "busy", 200)
                     busy_ok += 1
                 except httpx.HTTPError:
                     busy_failed += 1
 
-        workers = [threading.Thread(target=hammer) for _ in range(2)]
+        workers = [threading.Thread(target=hammer) for _ in range(4)]
         for w in workers:
             w.start()
-        time.sleep(1.0)
+        time.sleep(2.0)
         t0 = time.perf_counter()
         served = 0
         try:
@@ -163,12 +164,18 @@ def scenario_starvation(root: Path, server: Path, models: dict[str, Path], secon
         except httpx.HTTPError:
             pass
         waited = time.perf_counter() - t0
+        time.sleep(3.0)  # "busy" gets its turn back
         stop.set()
         for w in workers:
             w.join()
-    note = f"B waited {waited:.1f}s (window {seconds:.0f}s); A: {busy_ok} ok, {busy_failed} failed"
+    note = f"B waited {waited:.1f}s (bound: 5 s + requests in flight + swap); A: {busy_ok} ok, {busy_failed} failed"
     return Row(
-        "starvation: A busy, one request for B", served, 1 - served, waited * 1000, waited * 1000, note
+        "starvation: A hammered (4 clients, 2 slots), one request for B",
+        served,
+        1 - served + busy_failed,
+        waited * 1000,
+        waited * 1000,
+        note,
     )
 
 

@@ -139,3 +139,21 @@ async def test_output_lines_over_64_kib_do_not_stop_the_reader() -> None:
     assert got[0] == b"short\n" and got[-2:] == [b"after\n", b"tail"]
     assert b"".join(got) == b"short\n" + b"x" * 200_000 + b"\nafter\ntail"
     assert max(len(line) for line in got) <= 64 << 10
+
+
+async def test_stop_does_not_wait_for_a_grandchild_holding_the_pipe(tmp_path: Path) -> None:
+    """Found by bench/faults: an engine wrapper whose child left the process group (its own
+    session) kept stdout open, so ``stop`` waited on the output reader forever."""
+    (tmp_path / "health").write_text("ok")
+    port = free_port()
+    script = tmp_path / "wrapper.py"
+    script.write_text(
+        "import functools, http.server, subprocess, sys\n"
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], start_new_session=True)\n"
+        f"h = functools.partial(http.server.SimpleHTTPRequestHandler, directory={str(tmp_path)!r})\n"
+        f"http.server.ThreadingHTTPServer(('127.0.0.1', {port}), h).serve_forever()\n"
+    )
+    proc = EngineProcess("wrapped", [sys.executable, str(script)], port, tmp_path / "w.log", grace=1.0)
+    await proc.ensure_ready()
+    await asyncio.wait_for(proc.stop(), 10)  # hung forever before
+    assert proc.state == State.STOPPED

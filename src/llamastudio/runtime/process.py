@@ -28,11 +28,15 @@ from pathlib import Path
 
 import httpx
 
+from llamastudio.aio import cancel_and_wait
 from llamastudio.errors import StartFailed
 from llamastudio.runtime import logfile
 from llamastudio.runtime.logfile import RotatingLog
 
 _WHY = re.compile(r"\berror\b|failed|invalid|unknown argument|cannot|abort", re.IGNORECASE)
+
+
+READER_DRAIN = 2.0  # seconds a stop waits for the output pipe to close once the process is gone
 
 
 class State(enum.StrEnum):
@@ -192,8 +196,14 @@ class EngineProcess:
         except TimeoutError:
             await self._kill()
         if self._reader:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+            # the output is drained to its end; a grandchild that left the process group (its own
+            # session) and keeps the pipe open must not hold the stop forever
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._reader), READER_DRAIN)
+            await cancel_and_wait(self._reader)
+            pipe = self.proc._transport.get_pipe_transport(1) if self.proc._transport else None  # type: ignore[attr-defined]
+            if pipe is not None:
+                pipe.close()  # our end of the pipe: closed now, not by a finalizer later
         self.state = State.STOPPED
 
     async def _kill(self) -> None:
