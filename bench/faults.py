@@ -168,7 +168,7 @@ def scenario_starvation(root: Path, server: Path, models: dict[str, Path], secon
         stop.set()
         for w in workers:
             w.join()
-    note = f"B waited {waited:.1f}s (bound: 5 s + requests in flight + swap); A: {busy_ok} ok, {busy_failed} failed"
+    note = f"B waited {waited:.1f}s (bound: 5 s + in flight + swap); A: {busy_ok} ok, {busy_failed} failed"
     return Row(
         "starvation: A hammered (4 clients, 2 slots), one request for B",
         served,
