@@ -195,7 +195,7 @@ class JobManager(JobTable):
                 here = asyncio.get_running_loop()
             except RuntimeError:
                 here = None
-            if True:
+            if here is rec.loop:
                 rec.cancel.set()
             else:
                 with contextlib.suppress(RuntimeError):  # its loop closed
