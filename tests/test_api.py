@@ -102,12 +102,12 @@ async def test_api_key_required_when_configured(tmp_path: Path) -> None:
 
 async def test_migrations_match_models_and_rerun_is_a_noop(settings: Settings) -> None:
     app = create_app(settings)
-    db = app.state.studio.db
+    db = app.state.studio.service.runtime.db
     with db.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
     app2 = create_app(settings)  # second start: already at head, nothing to do
-    assert app2.state.studio.db.revision == head_revision() == "0006"
+    assert app2.state.studio.service.runtime.db.revision == head_revision() == "0006"
 
 
 def test_unwritable_data_dir_is_a_clear_error(tmp_path: Path) -> None:

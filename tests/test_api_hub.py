@@ -181,7 +181,7 @@ async def test_unfinished_jobs_resume_after_a_restart(
     hub.throttle = 0.0
     from llamastudio.store.models import JobRow
 
-    with first.state.studio.db.session() as s:
+    with first.state.studio.service.runtime.db.session() as s:
         row = s.get(JobRow, job["id"])
         assert row is not None and row.state == "running"  # left for the next start to settle
         assert row.progress_done >= 1_000_000  # how far it got, saved at shutdown

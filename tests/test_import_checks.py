@@ -29,6 +29,7 @@ from llamastudio.config import Settings
 from llamastudio.engines.registry import Engine
 from llamastudio.gguf import GGUFModel, load_model
 from llamastudio.runtime.manager import Runtime
+from llamastudio.services import StudioService
 from llamastudio.serving import launch as launch_module
 from llamastudio.store.models import ServedModelRow, SettingRow
 from tests.rig.factory import BUILDERS, Vocab
@@ -54,7 +55,7 @@ Studio = tuple[httpx.AsyncClient, Runtime]
 async def studio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Studio]:
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     app = create_app(Settings(data_dir=tmp_path / "data", hardware="cpu"))
-    rt: Runtime = app.state.studio.runtime
+    rt: Runtime = app.state.studio.service.runtime
     server = tmp_path / "bin" / "llama-server"
     rt.engines.add(
         Engine(id="fake", name="fake", kind="external", root=str(server.parent),
@@ -259,12 +260,11 @@ async def test_300_model_import_is_one_transaction_one_listing_one_header_read(
         f"  m{i}:\n    cmd: llama-server -m {model_file} --port ${{PORT}} -c 512\n    aliases: [a{i}]\n"
         for i in range(300)
     )
-    configs = rt.import_configs("llama-swap", "models:\n" + body)
-    assert len(configs) == 300
-    assert len(commits) == 1 and len(listings) == 1  # was 300 transactions and 300+ listings
-
-    await rt.sync()
-    assert reads == [str(model_file)]  # was 300 reads of the same header
+    names = await StudioService(rt).import_configs("llama-swap", "models:\n" + body)
+    assert len(names) == 300
+    # was 300 transactions and 300+ listings: now one of each, and one more listing for the sync after
+    assert len(commits) == 1 and len(listings) == 2
+    assert reads == [str(model_file)]  # the sync: was 300 reads of the same header
     served = {m["name"]: m for m in (await client.get("/api/served")).json()}
     assert served["m299"]["state"] == "stopped" and served["m299"]["aliases"] == ["a299"]
     assert sum(1 for m in served.values() if m["configured"]) == 300
@@ -396,8 +396,8 @@ async def test_a_stored_unknown_flag_makes_the_model_unavailable_with_the_reason
     with rt.db.session() as s, s.begin():
         s.add(ServedModelRow(name="old", model=str(model_file), args=["--frobnicate"], aliases=[], env={}))
     await rt.sync()
-    status = rt.status("old")
-    assert status["state"] == "unavailable" and "--frobnicate" in status["reason"]
+    status = await StudioService(rt).status("old")
+    assert status.state == "unavailable" and status.reason and "--frobnicate" in status.reason
 
 
 # -- settings -------------------------------------------------------------------------------------
@@ -418,13 +418,14 @@ async def test_put_settings_refuses_a_ttl_that_is_not_finite_or_in_range(studio:
         "/api/settings", content=f'{{"default_ttl": {raw}}}', headers={"content-type": "application/json"}
     )
     assert _error(r, 422)["code"] == "invalid_input"
-    assert rt.default_ttl == 600
+    assert await StudioService(rt).default_ttl() == 600
 
 
 async def test_put_settings_takes_a_valid_ttl(studio: Studio) -> None:
     client, rt = studio
     r = await client.put("/api/settings", json={"default_ttl": 60})
-    assert r.status_code == 200 and r.json()["default_ttl"] == 60 and rt.default_ttl == 60
+    assert r.status_code == 200 and r.json()["default_ttl"] == 60
+    assert await StudioService(rt).default_ttl() == 60
 
 
 async def test_an_infinity_stored_by_an_older_version_is_ignored_on_read(
@@ -447,7 +448,8 @@ async def test_an_infinity_stored_by_an_older_version_is_ignored_on_read(
             await asyncio.sleep(0)
         served = _strict_json((await client.get("/api/served")).text)
         assert next(m for m in served if m["name"] == "m")["ttl"] == 600, served
-        json.dumps({"type": "hello", "models": rt.models()}, allow_nan=False)  # what /ws sends first
+        models = [m.model_dump(mode="json") for m in await StudioService(rt).served(refresh=False)]
+        json.dumps({"type": "hello", "models": models}, allow_nan=False)  # what /ws sends first
     finally:
         await rt.scheduler.close()
 

@@ -13,6 +13,7 @@ from llamastudio.engines.validate import add_external
 from llamastudio.hardware.devices import Hardware
 from llamastudio.hub.library import Library
 from llamastudio.runtime.manager import Runtime
+from llamastudio.services import StudioService
 from llamastudio.serving.configs import ModelConfig
 from llamastudio.store import Database
 
@@ -43,7 +44,8 @@ async def test_switching_the_default_engine_changes_a_stopped_models_argv(
         rt.engines.set_default(second.id)
         await rt.sync()  # what start runs now ...
         assert rt.prepared["m"].argv[0] == str(second.server)
-        assert rt.preview("m").argv[0] == str(second.server)  # ... is what the preview shows
+        command = await StudioService(rt).command("m")
+        assert command.argv[0] == str(second.server)  # ... is what the preview shows
 
         rebuilt = second.server
         rebuilt.write_bytes(rebuilt.read_bytes())  # a rebuild in place: new mtime, same id

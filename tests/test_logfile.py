@@ -88,7 +88,7 @@ async def client(
     app = create_app(Settings(data_dir=tmp_path / "data", hardware="cpu"))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
-        yield c, app.state.studio.runtime
+        yield c, app.state.studio.service.runtime
 
 
 async def test_the_logs_route_reads_the_tail_and_bounds_it(client: tuple[httpx.AsyncClient, Runtime]) -> None:

@@ -126,6 +126,10 @@ def test_search_download_start_chat_stop_delete(page: object, studio: Studio, hu
     name = f"{REPO}:Q4_K_M"
     pg.locator("[data-nav=Library]").click()  # type: ignore[attr-defined]
     expect(pg.get_by_test_id("library")).to_contain_text(name)  # type: ignore[attr-defined]
+    # fields the editor does not show (issue 14: saving from the UI wiped env, group, max_queue)
+    kept = {"env": {"LLAMA_ARG_N_PREDICT": "64"}, "group": "ui-group", "max_queue": 9}
+    with studio.api() as api:
+        assert api.patch(f"/api/models/{name}/config", json=kept).status_code == 200
     pg.get_by_test_id(f"configure-{name}").click()  # type: ignore[attr-defined]
     preview = pg.get_by_test_id("command-preview")  # type: ignore[attr-defined]
     expect(preview).to_contain_text("llama-server")
@@ -147,6 +151,10 @@ def test_search_download_start_chat_stop_delete(page: object, studio: Studio, hu
     expect(preview).to_contain_text("-c 1024")
     pg.get_by_test_id("save-config").click()  # type: ignore[attr-defined]
     expect(pg.get_by_test_id("config-editor")).to_have_count(0)  # type: ignore[attr-defined]
+    with studio.api() as api:
+        saved = api.get(f"/api/models/{name}/config").json()["config"]
+    assert saved["args"] == ["-c", "1024", "-np", "1"]  # the editor's change ...
+    assert {k: saved[k] for k in kept} == kept  # ... and nothing else
     assert studio.status(name)["state"] == "stopped"
     pg.get_by_test_id(f"start-{name}").click()  # type: ignore[attr-defined]
     expect(pg.get_by_test_id(f"state-{name}")).to_have_text("ready", timeout=60_000)  # type: ignore[attr-defined]

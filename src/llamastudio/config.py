@@ -138,9 +138,10 @@ class Settings(BaseSettings):
     )
     asyncio_debug: bool = Field(
         default=False,
-        description="Run the serving loop in asyncio debug mode (so does `PYTHONASYNCIODEBUG=1`): "
-        "every callback that holds the loop longer than `slow_callback_s` is logged as "
-        "`Executing … took N seconds`. Uses the stdlib loop (uvloop times only timer callbacks).",
+        description="Run the serving loop in asyncio debug mode (so do `PYTHONASYNCIODEBUG=1` and "
+        "`python -X dev`): every callback that holds the loop longer than `slow_callback_s` is "
+        "logged as `Executing … took N seconds`, with the loop thread's stack (`loopdebug.py`). "
+        "Uses the stdlib loop (uvloop times only timer callbacks).",
     )
     slow_callback_s: float = Field(
         default=0.1,

@@ -8,7 +8,7 @@ callbacks, not task steps or I/O callbacks), with ``slow_callback_duration`` fro
 - asyncio's own ``Executing <callback> took N seconds`` for each callback over the threshold;
 - ``the loop was held N s; its thread was at:`` with the loop thread's stack, caught by a watchdog
   thread while the loop is held (asyncio names the callback, the stack shows the blocking line);
-- with each of those, on Linux, how much of the time the loop thread waited for a CPU: a thread
+- with each of those, on Linux, how much of the time the loop thread waited for a CPU: a loop
   that had work but no CPU (the machine busy with other processes) is not held by the studio's
   code, and on a small machine this tells the two apart;
 - garbage collections that take a quarter of the threshold or more (a pause of every thread).
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import linecache
 import logging
 import os
 import sys
@@ -63,12 +64,12 @@ def _watch_gc(floor: float) -> None:
 
 class Watchdog:
     """Logs the loop thread's stack when the loop has not come round for ``threshold`` seconds,
-    and adds to asyncio's slow-callback warnings how much of the time the loop thread was ready
-    to run but had no CPU (Linux ``schedstat`` run-queue delay: other processes were running).
+    and adds to asyncio's slow-callback warnings how much of the time the loop thread was ready to
+    run but had no CPU (Linux ``schedstat`` run-queue delay: other processes ran).
 
     A task on the loop stamps a heartbeat every ``threshold / 4``; a daemon thread checks it as
-    often (once per stall it takes the loop thread's current frame) and samples the loop thread's
-    run-queue delay."""
+    often (once per stall it takes the loop thread's current frame) and samples the run-queue
+    delay."""
 
     def __init__(self, threshold: float) -> None:
         self.threshold = threshold
@@ -94,30 +95,34 @@ class Watchdog:
 
     def waited_since(self, start: float) -> float | None:
         """Seconds the loop thread waited for a CPU since ``start`` (from the first sample at or
-        after it, so never more than it waited); None without ``schedstat``."""
-        now = _run_delay(self._native)
+        after it, so not more than it waited); None without ``schedstat``."""
+        now = _cpu_wait(self._native)
         if now is None:
             return None
         then = next((delay for t, delay in list(self._samples) if t >= start), now)
-        return max(0.0, now - then)
+        return min(max(0.0, now - then), time.monotonic() - start)
 
     def _annotate(self, record: logging.LogRecord) -> bool:
         if record.msg == _SLOW and isinstance(record.args, tuple) and len(record.args) == 2:
             waited = self.waited_since(time.monotonic() - float(record.args[1]))  # type: ignore[arg-type]
             if waited is not None:
-                record.msg = _SLOW + " (%.3f s of it waiting for a CPU)"
+                record.msg = _SLOW + " (%.3f s of it the loop waited for a CPU)"
                 record.args = (*record.args, waited)
         return True
 
     async def _heartbeat(self) -> None:
+        n = 0
         while True:
             self._beat = time.monotonic()
+            if n % 40 == 0:
+                _settle_linecache()
+            n += 1
             await asyncio.sleep(self.period)
 
     def _watch(self, loop_thread: int) -> None:
         reported = 0.0
         while not self._stop.wait(self.period):
-            delay = _run_delay(self._native)
+            delay = _cpu_wait(self._native)
             if delay is not None:
                 self._samples.append((time.monotonic(), delay))
             beat = self._beat
@@ -127,15 +132,32 @@ class Watchdog:
             reported = beat
             frame = sys._current_frames().get(loop_thread)
             waited = self.waited_since(beat + self.period)
-            cpu = "" if waited is None else f" ({waited:.3f} s of it waiting for a CPU)"
+            cpu = "" if waited is None else f" ({waited:.3f} s of it the loop waited for a CPU)"
             log.warning("the loop was held %.3f s so far%s; its thread was at:\n%s", held, cpu, _where(frame))
+
+
+def _settle_linecache() -> None:
+    """Mark the source files ``linecache`` holds as not to be checked again.
+
+    Debug mode extracts a stack for every future and handle it creates, and ``traceback`` then
+    ``stat``s each file of that stack ``linecache`` holds whole (any traceback formatted with
+    source lines puts them there): thousands of ``stat`` calls a second while streaming, each one
+    letting another thread take the GIL. That is the debugger's cost, not the studio's, and the
+    studio's source does not change while it runs. (Assigning an entry is atomic: other threads
+    see the old entry or the new one.)"""
+    for name, entry in list(linecache.cache.items()):
+        if len(entry) == 4 and entry[1] is not None:
+            size, _mtime, lines, fullname = entry
+            linecache.cache[name] = (size, None, lines, fullname)
 
 
 _SLOW = "Executing %s took %.3f seconds"  # asyncio's slow-callback warning (base_events.py)
 
 
-def _run_delay(native_tid: int) -> float | None:
-    """Seconds the thread has spent runnable but not running (Linux schedstat), None elsewhere."""
+def _cpu_wait(native_tid: int) -> float | None:
+    """Seconds the thread has spent runnable but not running (Linux schedstat run-queue delay),
+    None elsewhere. The loop thread's only: threads waiting for the GIL wake up every few
+    milliseconds, so all threads together would count the loop's own work as waiting."""
     try:
         with open(f"/proc/self/task/{native_tid}/schedstat") as f:
             return int(f.read().split()[1]) / 1e9

@@ -7,6 +7,9 @@ then the API, whose lifespan stops every engine process.
 Both listeners time out requests whose headers or body stall (``http_protocol.py``). An address
 other than loopback is refused while either listener has no API key, unless ``--insecure``
 (``check_exposure``).
+
+The loop is uvloop's when installed; in asyncio debug mode (``LLAMASTUDIO_ASYNCIO_DEBUG``,
+``PYTHONASYNCIODEBUG``) it is the stdlib loop, with slow-callback detection (``loopdebug.py``).
 """
 
 from __future__ import annotations
@@ -101,7 +104,7 @@ def check_exposure(settings: Settings) -> None:
 async def serve(settings: Settings) -> None:
     app = create_app(settings)
     state: AppState = app.state.studio
-    gateway = Gateway(state.runtime, settings, state.metrics)
+    gateway = Gateway(state.service, settings, state.metrics)
     api = _Server(_config(app, settings.host, settings.port, settings.log_level))
     guarded = guard_gateway(gateway, settings, error_json)  # Host check and body limit
     gw = _Server(_config(guarded, settings.host, settings.gateway_port, settings.log_level))

@@ -25,6 +25,7 @@ from llamastudio.hub.jobs import Downloads, download_kind
 from llamastudio.hub.token import effective_token
 from llamastudio.jobs import JobManager
 from llamastudio.runtime.manager import Runtime
+from llamastudio.services import StudioService
 from llamastudio.store import Database
 
 
@@ -41,17 +42,18 @@ def create_app(settings: Settings) -> FastAPI:
         jobs.register(kind)
     downloads_ = Downloads(jobs, hub_client)
     runtime = Runtime(settings, db, bus)
+    service = StudioService(runtime)
     engine_jobs = EngineJobs(jobs)
     monitor = SystemMonitor(bus, settings.data_dir)
     metrics = Metrics()
     # the UI's playground talks to the gateway through this same origin; the management key or
     # the gateway key opens it (the guard checks first, before the body is read)
-    ui_gateway = Gateway(runtime, settings, metrics, keys=[settings.api_key, settings.gateway_api_key])
+    ui_gateway = Gateway(service, settings, metrics, keys=[settings.api_key, settings.gateway_api_key])
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await jobs.start()  # resumes downloads a previous run left unfinished, fails builds
-        await runtime.start()  # cleans up engine processes a killed studio left behind
+        await service.start()  # cleans up engine processes a killed studio left behind
         await monitor.start()
         try:
             yield
@@ -59,16 +61,16 @@ def create_app(settings: Settings) -> FastAPI:
             await monitor.close()
             await ui_gateway.close()
             await jobs.close()
-            await runtime.close()
+            await service.close()
             db.close()
 
     app = FastAPI(title="llama.cpp Studio", version=__version__, lifespan=lifespan)
     app.state.studio = AppState(
         settings=settings,
-        db=db,
+        service=service,
+        engines=runtime.engines,
         jobs=jobs,
         downloads=downloads_,
-        runtime=runtime,
         bus=bus,
         engine_jobs=engine_jobs,
         monitor=monitor,

@@ -13,6 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from llamastudio.config import Settings
 from llamastudio.engines.jobs import EngineJobs
+from llamastudio.engines.registry import EngineRegistry
 from llamastudio.errors import CommandsNotAllowed, Unauthorized
 from llamastudio.events import EventBus
 from llamastudio.gateway.metrics import Metrics
@@ -20,17 +21,18 @@ from llamastudio.guard import OWNER_HEADER, key_ok
 from llamastudio.hardware.monitor import SystemMonitor
 from llamastudio.hub.jobs import Downloads
 from llamastudio.jobs import JobManager
-from llamastudio.runtime.manager import Runtime
-from llamastudio.store import Database
+from llamastudio.services import StudioService
 
 
 @dataclass
 class AppState:
+    """The long-lived objects routes use, built once by the composition root (``app.py``)."""
+
     settings: Settings
-    db: Database
+    service: StudioService  # serving: configurations, models, status snapshots (the façade)
+    engines: EngineRegistry  # the runtime's registry: builds and installs add to it
     jobs: JobManager
     downloads: Downloads
-    runtime: Runtime
     bus: EventBus
     engine_jobs: EngineJobs
     monitor: SystemMonitor

@@ -1,12 +1,15 @@
-"""What subcommands need from the global options: the settings, and the database they name."""
+"""What subcommands need from the global options: the settings, the hardware to plan for, and
+the repositories of the data directory they name (opened by ``services/local.py``)."""
 
 from __future__ import annotations
 
 import typer
 
 from llamastudio.config import Settings
+from llamastudio.engines.registry import EngineRegistry
 from llamastudio.hardware.devices import Hardware
-from llamastudio.store import Database
+from llamastudio.hub.library import Library
+from llamastudio.services import local
 
 
 def settings(ctx: typer.Context) -> Settings:
@@ -16,8 +19,12 @@ def settings(ctx: typer.Context) -> Settings:
     return loaded
 
 
-def database(ctx: typer.Context) -> Database:
-    return Database(settings(ctx).db_path)
+def library(ctx: typer.Context) -> Library:
+    return local.library(settings(ctx))
+
+
+def engines(ctx: typer.Context) -> EngineRegistry:
+    return local.engines(settings(ctx))
 
 
 def hardware(ctx: typer.Context, override: str | None = None) -> Hardware:

@@ -12,23 +12,18 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
+from llamastudio.cli.context import engines as registry
 from llamastudio.cli.context import settings
 from llamastudio.engines.build import Builder, BuildSpec
-from llamastudio.engines.registry import Engine, EngineRegistry
+from llamastudio.engines.registry import Engine
 from llamastudio.engines.releases import GitHubReleases, install, updates
 from llamastudio.engines.validate import add_external, revalidate
 from llamastudio.errors import InvalidInput
-from llamastudio.store import Database
 
 app = typer.Typer(
     help="llama.cpp builds: build from source, install releases, add binaries.", no_args_is_help=True
 )
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-
-
-def registry(ctx: typer.Context) -> EngineRegistry:
-    loaded = settings(ctx)
-    return EngineRegistry(Database(loaded.db_path), loaded.engines_dir)
 
 
 def github(ctx: typer.Context) -> GitHubReleases:

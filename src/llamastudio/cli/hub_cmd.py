@@ -18,12 +18,11 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from llamastudio.cli.context import database, settings
 from llamastudio.cli.context import hardware as machine
+from llamastudio.cli.context import library, settings
 from llamastudio.errors import InvalidInput
 from llamastudio.hub.client import HubClient
 from llamastudio.hub.download import pull_files, select_files
-from llamastudio.hub.library import Library
 from llamastudio.hub.quants import RepoFile, group_files
 from llamastudio.hub.remote import HeaderCache, quant_table
 from llamastudio.hub.token import effective_token
@@ -146,10 +145,6 @@ def _pull_with_bar(client: HubClient, repo: str, revision: str, files: list[Repo
                 progress.update(task, completed=done, total=total or None)
 
         return pull_files(client, repo, revision, files, on_progress)
-
-
-def library(ctx: typer.Context) -> Library:
-    return Library(database(ctx))
 
 
 models_app = typer.Typer(help="Models on disk used in place.", no_args_is_help=True)

@@ -1,13 +1,15 @@
 """Serving from the CLI: ``ps``, ``run``, ``stop`` talk to the studio serving the data directory
 (``cli/client.py`` finds it); ``models config|show|unconfig|import|export`` go through that
-studio's API while it runs (one writer of the database), and edit the data directory directly
-when no studio runs."""
+studio's API while it runs (one writer of the database), and through the same service façade in
+this process when no studio runs (``services/local.py``: nothing is started or stopped)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 from urllib.parse import quote
 
 import typer
@@ -15,14 +17,13 @@ from rich.console import Console
 from rich.table import Table
 
 from llamastudio.cli.client import call, running_studio, target
-from llamastudio.cli.context import database, settings
 from llamastudio.cli.context import hardware as machine
+from llamastudio.cli.context import settings
 from llamastudio.cli.hub_cmd import models_app
 from llamastudio.errors import InvalidInput
-from llamastudio.events import EventBus
 from llamastudio.fsutil import write_atomic
-from llamastudio.hardware.devices import Hardware
-from llamastudio.runtime.manager import Runtime
+from llamastudio.services import StudioService
+from llamastudio.services.local import offline_service
 from llamastudio.serving.configs import ModelConfig
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
@@ -79,12 +80,26 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"{st['name']} is {st['state']}")
 
 
-def _runtime(ctx: typer.Context) -> Runtime:
-    return Runtime(settings(ctx), database(ctx), EventBus(), hardware=_hw(ctx))
+T = TypeVar("T")
 
 
-def _hw(ctx: typer.Context) -> Hardware:
-    return machine(ctx)
+def _offline(ctx: typer.Context, op: Callable[[StudioService], Coroutine[Any, Any, T]]) -> T:
+    """Run one façade operation on the data directory itself (no studio serves it)."""
+    service = offline_service(settings(ctx), machine(ctx))
+    return asyncio.run(op(service))
+
+
+def _view(ctx: typer.Context, name: str) -> dict[str, Any]:
+    """A model's configuration view (``GET /api/models/{name}/config``): from the running studio,
+    else from the data directory; its ``error`` raised (why it cannot run)."""
+    studio = running_studio(ctx)
+    if studio is not None:
+        view: dict[str, Any] = call(ctx, "GET", f"/api/models/{quote(name)}/config", studio)
+    else:
+        view = _offline(ctx, lambda svc: svc.get_config(name)).model_dump(mode="json")
+    if view.get("error"):
+        raise InvalidInput(view["error"])
+    return view
 
 
 @models_app.command("config", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -126,28 +141,25 @@ def config(
         body = cfg.to_json()
         body.pop("name", None)
         view = call(ctx, "PUT", f"/api/models/{quote(name)}/config", studio, json=body)
-        if view.get("error"):
-            raise InvalidInput(view["error"])
-        typer.echo(" ".join(view["prepared"]["argv"]))
-        return
-    rt = _runtime(ctx)
-    rt.configs.put(cfg)
-    typer.echo(" ".join(rt.prepare(cfg).argv))
+    else:
+        view = _offline(ctx, lambda svc: svc.put_config(cfg)).model_dump(mode="json")
+    if view.get("error"):
+        raise InvalidInput(view["error"])
+    typer.echo(" ".join(view["prepared"]["argv"]))
 
 
 @models_app.command("show")
 def show(ctx: typer.Context, name: str, as_json: JsonOpt = False) -> None:
     """A model's configuration, the exact command and its memory per device."""
-    rt = _runtime(ctx)
-    cfg = rt.configs.get(name)
-    p = rt.prepare(cfg)
+    view = _view(ctx, name)
+    cfg, p = view["config"], view["prepared"]
     if as_json:
-        typer.echo(json.dumps({"config": cfg.to_json(), "prepared": p.to_json()}, indent=1))
+        typer.echo(json.dumps({"config": cfg, "prepared": p}, indent=1))
         return
-    typer.echo(f"{cfg.name}{' (library default)' if not cfg.configured else ''}: {cfg.model}")
-    typer.echo("command: " + " ".join(p.argv))
-    typer.echo("memory:  " + ", ".join(f"{d} {_mib(n)}" for d, n in p.reserve.items()))
-    for reason in p.reasons:
+    typer.echo(f"{cfg['name']}{' (library default)' if not cfg['configured'] else ''}: {cfg['model']}")
+    typer.echo("command: " + " ".join(p["argv"]))
+    typer.echo("memory:  " + ", ".join(f"{d} {_mib(n)}" for d, n in p["reserve"].items()))
+    for reason in p["reasons"]:
         typer.echo(f"  - {reason}")
 
 
@@ -158,7 +170,7 @@ def unconfig(ctx: typer.Context, name: str) -> None:
     if studio is not None:
         call(ctx, "DELETE", f"/api/models/{quote(name)}/config", studio)
         return
-    _runtime(ctx).configs.delete(name)
+    _offline(ctx, lambda svc: svc.delete_config(name))
 
 
 FormatOpt = Annotated[str, typer.Option("--format", help="llama-swap (config.yaml) or preset (INI).")]
@@ -177,7 +189,7 @@ def import_(ctx: typer.Context, file: Path, fmt: FormatOpt = "") -> None:
         done = call(ctx, "POST", "/api/served/import", studio, json={"format": fmt, "text": text})
         names = list(done["imported"])
     else:
-        names = [cfg.name for cfg in _runtime(ctx).import_configs(fmt, text)]
+        names = _offline(ctx, lambda svc: svc.import_configs(fmt, text))
     for name in names:
         typer.echo(f"imported {name}")
 
@@ -195,8 +207,7 @@ def export(
     if studio is not None:
         text = str(call(ctx, "GET", "/api/served/export", studio, params={"format": fmt}))
     else:
-        rt = _runtime(ctx)
-        text = rt.launcher.export_configs(fmt, rt.hw)
+        text = _offline(ctx, lambda svc: svc.export_configs(fmt))
     if output is None:
         typer.echo(text, nl=False)
         return

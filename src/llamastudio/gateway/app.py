@@ -7,6 +7,10 @@ engine (``relay.py``). Errors have the OpenAI shape plus ``source`` (``shapes.py
 the gateway's own CORS policy, never the engine's, and bodies must be JSON (``cors.py``,
 ``body.py``). Each engine answers only requests bearing its per-process key
 (``engines/keys.py``), which the relay adds; the client's own credentials are never relayed.
+
+Everything it knows it asks the service façade (``services/``): the model list, names, the
+metrics snapshot. A request's lease comes from ``service.acquire`` — the runtime's own method, so
+the relay's hot path has nothing in between.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import time
 from typing import Any
 
 from llamastudio.config import Settings
-from llamastudio.errors import GatewayUnauthorized, InvalidInput, NotFound, StudioError
+from llamastudio.errors import GatewayUnauthorized, InvalidInput, StudioError
 from llamastudio.gateway.asgi import (
     Disconnected,
     Receive,
@@ -36,7 +40,7 @@ from llamastudio.gateway.metrics import UNKNOWN, Metrics, path_label
 from llamastudio.gateway.relay import GONE, HOP, Relay
 from llamastudio.gateway.shapes import error_json, retry_after
 from llamastudio.guard import key_ok
-from llamastudio.runtime.manager import Runtime
+from llamastudio.services import StudioService
 
 __all__ = ["Gateway", "error_json"]
 log = logging.getLogger(__name__)
@@ -45,16 +49,17 @@ log = logging.getLogger(__name__)
 class Gateway:
     def __init__(
         self,
-        runtime: Runtime,
+        service: StudioService,
         settings: Settings,
         metrics: Metrics | None = None,
         keys: list[str | None] | None = None,
     ) -> None:
         """``keys``: accepted API keys (default: the gateway key, when set)."""
-        self.runtime = runtime
+        self.service = service
+        self.acquire = service.acquire  # the runtime's own: nothing between a request and its lease
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.relay = Relay(self.metrics, runtime.died)
+        self.relay = Relay(self.metrics, service.died)
         self.cors = CorsPolicy(settings)
         self.max_body = settings.max_body_mb << 20
         self._keys = {k.encode() for k in (keys if keys is not None else [settings.gateway_api_key]) if k}
@@ -83,11 +88,13 @@ class Gateway:
                 return
             self._check_key(scope)
             if path == "/metrics":
-                await send_bytes(send, 200, self._render_metrics().encode(), b"text/plain; version=0.0.4")
+                text = await self._render_metrics()
+                await send_bytes(send, 200, text.encode(), b"text/plain; version=0.0.4")
             elif path in ("/v1/models", "/models") and method == "GET":
-                await send_json(send, 200, self._models())
+                await send_json(send, 200, await self._models())
             elif path.startswith("/v1/models/") and method == "GET":
-                await send_json(send, 200, self._model(path.removeprefix("/v1/models/")))
+                model = await self.service.gateway_model(path.removeprefix("/v1/models/"))
+                await send_json(send, 200, model.model_dump(mode="json"))
             else:
                 await self._proxy(scope, receive, send)
         except StudioError as exc:
@@ -116,41 +123,22 @@ class Gateway:
         raise GatewayUnauthorized("missing or wrong API key (send `Authorization: Bearer <key>`)")
 
     # -- own endpoints -------------------------------------------------------------------------
-    def _models(self) -> dict[str, Any]:
-        return {"object": "list", "data": [self._model_entry(m) for m in self.runtime.models()]}
+    async def _models(self) -> dict[str, Any]:
+        data = [m.model_dump(mode="json") for m in await self.service.gateway_models()]
+        return {"object": "list", "data": data}
 
-    def _model(self, name: str) -> dict[str, Any]:
-        for m in self.runtime.models():
-            if m["name"] == name or name in m["aliases"]:
-                return self._model_entry(m)
-        raise NotFound(f"model {name!r} not found")
-
-    @staticmethod
-    def _model_entry(m: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "id": m["name"],
-            "object": "model",
-            "created": 0,
-            "owned_by": "llamastudio",
-            "aliases": m["aliases"],
-            "status": {k: m[k] for k in ("state", "reason", "in_flight", "queued", "idle_s", "memory")},
-        }
-
-    def _render_metrics(self) -> str:
-        sched = self.runtime.scheduler
-        in_flight = {n: float(e.in_flight) for n, e in sched.entries.items()}
-        loaded = {n: float(e.state == "ready") for n, e in sched.entries.items()}
-        queue = {n: float(v) for n, v in sched.queue_depth().items()}
+    async def _render_metrics(self) -> str:
+        snap = await self.service.metrics()
         return self.metrics.render(
             {
-                "llamastudio_in_flight_requests": in_flight,
-                "llamastudio_queue_depth": queue,
-                "llamastudio_model_loaded": loaded,
+                "llamastudio_in_flight_requests": {n: float(v) for n, v in snap.in_flight.items()},
+                "llamastudio_queue_depth": {n: float(v) for n, v in snap.queue_depth.items()},
+                "llamastudio_model_loaded": {n: float(v) for n, v in snap.loaded.items()},
             },
             {
-                "llamastudio_loads_total": sched.loads,
-                "llamastudio_evictions_total": sched.evictions,
-                "llamastudio_ttl_unloads_total": sched.unloads,
+                "llamastudio_loads_total": snap.loads,
+                "llamastudio_evictions_total": snap.evictions,
+                "llamastudio_ttl_unloads_total": snap.ttl_unloads,
             },
         )
 
@@ -167,14 +155,14 @@ class Gateway:
         query = scope.get("query_string", b"")
         name = model_name(body, query, media)
         if name is None:
-            names = [m["name"] for m in self.runtime.models()]
+            names = await self.service.model_names()
             if len(names) != 1:
                 raise InvalidInput("request names no model: set `model` in the JSON body (or ?model=)")
             name = names[0]
         try:
-            lease, proc = await self.runtime.acquire(name)
+            lease, proc = await self.acquire(name)
         except StudioError as exc:  # the client's name is no label unless it is configured
-            self.metrics.requests[(self.runtime.names.get(name, UNKNOWN), label, exc.status_code)] += 1
+            self.metrics.requests[(await self.service.label(name) or UNKNOWN, label, exc.status_code)] += 1
             raise
         model = lease.model
         upstream = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers_in if k not in HOP]
@@ -188,7 +176,7 @@ class Gateway:
                 status = 502  # what it would have been, until the retry says otherwise
                 log.warning("%s: the engine was gone before answering; starting it again", model)
                 try:
-                    lease, proc = await self.runtime.acquire(name)
+                    lease, proc = await self.acquire(name)
                 except StudioError as exc:
                     status = exc.status_code
                     raise

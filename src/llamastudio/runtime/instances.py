@@ -22,12 +22,25 @@ import time
 from pathlib import Path
 
 from llamastudio import runinfo
+from llamastudio.errors import StudioError
+from llamastudio.fsutil import write_atomic
 
 
 def file_stem(name: str) -> str:
     """A file name for ``name``: readable, and distinct for distinct names."""
     readable = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:64].lstrip(".") or "model"
     return f"{readable}-{hashlib.sha256(name.encode()).hexdigest()[:10]}"
+
+
+def write_record(run_dir: Path, model: str, pid: int, exe: str, port: int) -> None:
+    """Record a ready engine, for the next start to clean up if this studio is killed."""
+    record = {"pid": pid, "exe": exe, "model": model, "port": port}
+    with contextlib.suppress(StudioError):  # no record: only a kill -9 of the studio would miss it
+        write_atomic(run_dir / f"{file_stem(model)}.json", json.dumps(record).encode())
+
+
+def remove_record(run_dir: Path, model: str) -> None:
+    (run_dir / f"{file_stem(model)}.json").unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:

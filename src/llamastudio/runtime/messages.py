@@ -125,6 +125,18 @@ class ModelState:
     closed: bool
     threads: int
     note: str | None = None  # why it last stopped (TTL, evicted for whom, on request)
+    pinned: bool = False
+    ttl: float = 0.0  # seconds idle before unloading; 0 = never
+    max_concurrency: int = 0
+
+
+@dataclass(frozen=True)
+class Counters:
+    """What the scheduler did since it started (for metrics)."""
+
+    loads: int
+    evictions: int  # stopped to make room
+    ttl_unloads: int  # stopped after their idle TTL
 
 
 class Lease:

@@ -37,16 +37,17 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from llamastudio.aio import cancel_and_wait
 from llamastudio.errors import NoRoom, NotFound, QueueFull, StudioError, TooBusy
 from llamastudio.runtime import policy
+from llamastudio.runtime.entries import Entry, Loader, Waiter, fail
 from llamastudio.runtime.messages import (
     Acquire,
     Budgets,
     Configure,
+    Counters,
     Died,
     Lease,
     Load,
@@ -63,7 +64,17 @@ from llamastudio.runtime.messages import (
 )
 from llamastudio.runtime.policy import FAIR_WAIT, State, View
 
-__all__ = ["Effects", "Lease", "ModelSpec", "ModelState", "NoRoom", "QueueFull", "Scheduler", "TooBusy"]
+__all__ = [
+    "Counters",
+    "Effects",
+    "Lease",
+    "ModelSpec",
+    "ModelState",
+    "NoRoom",
+    "QueueFull",
+    "Scheduler",
+    "TooBusy",
+]
 
 log = logging.getLogger(__name__)
 
@@ -74,33 +85,6 @@ class Effects(Protocol):
 
     async def stop(self, model: str) -> None:
         """Stop the model; may take its grace period (it runs beside the owner, not in it)."""
-
-
-@dataclass
-class _Waiter:
-    fut: asyncio.Future[Lease]
-    since: float
-
-
-@dataclass
-class _Loader:
-    fut: asyncio.Future[None]
-    since: float
-
-
-@dataclass
-class _Entry:
-    spec: ModelSpec
-    state: State = "stopped"
-    in_flight: int = 0
-    last_used: float = 0.0
-    busy_since: float | None = None
-    closed: bool = False  # fairness: new requests queue while it drains
-    removed: bool = False  # its configuration is gone: unload, then forget
-    note: str | None = None  # why it last stopped ("unloaded after 600s idle (TTL)", "evicted …")
-    waiters: deque[_Waiter] = field(default_factory=deque)
-    loaders: deque[_Loader] = field(default_factory=deque)  # load() callers: resolved when ready
-    draining: list[asyncio.Future[None]] = field(default_factory=list)  # unload() callers
 
 
 class Scheduler:
@@ -118,7 +102,7 @@ class Scheduler:
         self.effects = effects
         self.budgets = dict(budgets)
         self.cores = cores  # 0: CPU threads are not gated
-        self.entries = {m.name: _Entry(m) for m in models}
+        self.entries = {m.name: Entry(m) for m in models}
         self.clock = clock
         self.wait_for_room = wait_for_room
         self.fair_wait = fair_wait
@@ -205,15 +189,15 @@ class Scheduler:
         self._post(Tick())
 
     def snapshot(self) -> dict[str, ModelState]:
-        return {
-            n: ModelState(
-                n, e.state, e.in_flight, len(e.waiters), e.last_used, e.closed, e.spec.threads, e.note
-            )
-            for n, e in self.entries.items()
-        }
+        return {n: e.snapshot() for n, e in self.entries.items()}
 
-    def queue_depth(self) -> dict[str, int]:
-        return {n: len(e.waiters) for n, e in self.entries.items()}
+    def snapshot_of(self, model: str) -> ModelState | None:
+        """One model's snapshot (None: the scheduler does not know it)."""
+        entry = self.entries.get(model)
+        return None if entry is None else entry.snapshot()
+
+    def counters(self) -> Counters:
+        return Counters(self.loads, self.evictions, self.unloads)
 
     def state(self) -> dict[str, dict[str, object]]:
         now = self.clock()
@@ -245,11 +229,11 @@ class Scheduler:
     def _on_acquire(self, m: Acquire) -> None:
         entry = self.entries.get(m.model)
         if entry is None or entry.removed:
-            _fail(m.fut, NotFound(f"model {m.model!r} is not configured"))
+            fail(m.fut, NotFound(f"model {m.model!r} is not configured"))
             return
         spec = entry.spec
         if spec.max_concurrency and entry.in_flight >= spec.max_concurrency:
-            _fail(
+            fail(
                 m.fut,
                 TooBusy(
                     f"{m.model}: {entry.in_flight} requests in flight (limit {spec.max_concurrency})",
@@ -257,22 +241,22 @@ class Scheduler:
                 ),
             )
             return
-        waiter = _Waiter(m.fut, self.clock())
+        waiter = Waiter(m.fut, self.clock())
         entry.waiters.append(waiter)
         self._reconcile()
         if waiter in entry.waiters and len(entry.waiters) > spec.max_queue:
             entry.waiters.remove(waiter)
             why = "wait for it to load" if entry.state != "ready" else "wait for their turn"
-            _fail(m.fut, QueueFull(f"{m.model}: {spec.max_queue} requests already {why}", retry_after=5))
+            fail(m.fut, QueueFull(f"{m.model}: {spec.max_queue} requests already {why}", retry_after=5))
 
     def _on_load(self, m: Load) -> None:
         entry = self.entries.get(m.model)
         if entry is None or entry.removed:
-            _fail(m.fut, NotFound(f"model {m.model!r} is not configured"))
+            fail(m.fut, NotFound(f"model {m.model!r} is not configured"))
         elif entry.state == "ready" and not entry.draining:
             m.fut.set_result(None)
         else:
-            entry.loaders.append(_Loader(m.fut, self.clock()))
+            entry.loaders.append(Loader(m.fut, self.clock()))
 
     def _on_withdraw(self, m: Withdraw) -> None:
         entry = self.entries.get(m.model)
@@ -293,7 +277,7 @@ class Scheduler:
     def _on_unload(self, m: Unload) -> None:
         entry = self.entries.get(m.model)
         if entry is None:
-            _fail(m.fut, NotFound(f"model {m.model!r} is not configured"))
+            fail(m.fut, NotFound(f"model {m.model!r} is not configured"))
         elif entry.state == "stopped":
             m.fut.set_result(None)
         else:
@@ -338,7 +322,7 @@ class Scheduler:
         for spec in m.specs:
             entry = self.entries.get(spec.name)
             if entry is None:
-                self.entries[spec.name] = _Entry(spec)
+                self.entries[spec.name] = Entry(spec)
             else:
                 entry.spec, entry.removed = spec, False
         for entry in list(self.entries.values()):
@@ -362,7 +346,7 @@ class Scheduler:
             for queue in (entry.waiters, entry.loaders):
                 while queue and now - queue[0].since > self.wait_for_room:
                     why = f"{entry.spec.name}: no room was freed within {self.wait_for_room:.0f}s"
-                    _fail(queue.popleft().fut, NoRoom(why))
+                    fail(queue.popleft().fut, NoRoom(why))
 
     # -- applying the policy ----------------------------------------------------------------------
     def _views(self) -> list[View]:
@@ -375,25 +359,7 @@ class Scheduler:
                 e.loaders = deque(w for w in e.loaders if not w.fut.done())
             if e.state == "stopped" and not e.waiters and not e.loaders:
                 continue
-            since = [q[0].since for q in (e.waiters, e.loaders) if q]
-            s = e.spec
-            out.append(
-                View(
-                    name=s.name,
-                    state=e.state,
-                    reserve=s.reserve,
-                    threads=s.threads,
-                    in_flight=e.in_flight,
-                    last_used=e.last_used,
-                    busy_since=e.busy_since,
-                    waiting_since=min(since) if since else None,
-                    pinned=s.pinned,
-                    group=s.group,
-                    draining=bool(e.draining) or e.removed,
-                    closed=e.closed,
-                    ttl=s.ttl,
-                )
-            )
+            out.append(e.view())
         return out
 
     def _reconcile(self) -> None:
@@ -424,7 +390,7 @@ class Scheduler:
             delay = max(0.0, d.wake_at - self.clock())
             self._wake = asyncio.get_running_loop().call_later(delay, self.tick)
 
-    def _admit(self, entry: _Entry) -> None:
+    def _admit(self, entry: Entry) -> None:
         limit = entry.spec.max_concurrency
         now = self.clock()
         while entry.waiters and not (limit and entry.in_flight >= limit):
@@ -437,12 +403,12 @@ class Scheduler:
                 entry.busy_since = now
             fut.set_result(Lease(self._post, entry.spec.name))
 
-    def _start(self, entry: _Entry) -> None:
+    def _start(self, entry: Entry) -> None:
         self._set(entry, "starting")
         self.loads += 1
         self._spawn(self._run_start(entry.spec.name))
 
-    def _stop(self, entry: _Entry, note: str) -> None:
+    def _stop(self, entry: Entry, note: str) -> None:
         """Never awaited by the owner: the stop reports ``Stopped`` when done. ``note``: why."""
         entry.note = note
         self._set(entry, "stopping")
@@ -474,7 +440,7 @@ class Scheduler:
         finally:
             self._post(Stopped(model))
 
-    def _set(self, entry: _Entry, state: State) -> None:
+    def _set(self, entry: Entry, state: State) -> None:
         entry.state = state
         if state == "ready":
             entry.note = None
@@ -483,24 +449,19 @@ class Scheduler:
         if self.on_change is not None:
             self.on_change(entry.spec.name, state)
 
-    def _finish_drain(self, entry: _Entry) -> None:
+    def _finish_drain(self, entry: Entry) -> None:
         for f in entry.draining:
             if not f.done():
                 f.set_result(None)
         entry.draining.clear()
 
-    def _fail_waiters(self, entry: _Entry, exc: StudioError) -> None:
+    def _fail_waiters(self, entry: Entry, exc: StudioError) -> None:
         for queue in (entry.waiters, entry.loaders):
             for w in queue:
-                _fail(w.fut, exc)
+                fail(w.fut, exc)
             queue.clear()
 
-    def _forget_if_gone(self, entry: _Entry) -> None:
+    def _forget_if_gone(self, entry: Entry) -> None:
         if entry.removed and entry.state == "stopped" and not entry.in_flight:
             self._finish_drain(entry)
             self.entries.pop(entry.spec.name, None)
-
-
-def _fail(fut: asyncio.Future[Any], exc: StudioError) -> None:
-    if not fut.done():
-        fut.set_exception(exc)

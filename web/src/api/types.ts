@@ -1,22 +1,10 @@
 /** Shapes of the studio's JSON responses the UI reads (routes returning free-form objects). */
 import type { components } from './schema'
 
-export interface ModelStatus {
-  name: string
-  state: string
-  reason: string | null
-  in_flight: number
-  queued: number
-  idle_s: number | null
-  pid: number | null
-  port: number | null
-  engine: string | null
-  memory: Record<string, number>
-  pinned: boolean
-  ttl: number | null
-  aliases?: string[]
-  configured?: boolean
-}
+/** A model's status (`/api/running`, `…/start`, `…/stop`, the live store); from `/api/served` it
+ * also says what it serves. From the OpenAPI spec (the service's snapshots). */
+export type ModelStatus = components['schemas']['ModelStatus'] &
+  Partial<Pick<components['schemas']['ServedModel'], 'model' | 'aliases' | 'configured'>>
 
 export interface LocalModel {
   id: string
@@ -58,37 +46,9 @@ export interface Stats {
   gpus: { index: number; name: string; device: string; total: number; used: number; utilization_pct: number | null; temperature_c: number | null }[]
 }
 
-export interface Prepared {
-  argv: string[]
-  engine: string | null
-  reserve: Record<string, number>
-  estimate: { devices: { name: string; label: string; total: number }[]; n_ctx: number; n_gpu_layers: number } | null
-  reasons: string[]
-  dropped: string[]
-  warnings: string[]
-}
-
-export interface ConfigView {
-  config: {
-    name: string
-    model: string
-    engine_id: string | null
-    args: string[]
-    auto: boolean
-    aliases: string[]
-    ttl: number | null
-    pinned: boolean
-    group: string | null
-    max_concurrency: number
-    max_queue: number
-    configured: boolean
-  }
-  status: ModelStatus
-  prepared: Prepared | null
-  error: string | null
-  budgets: Record<string, number>
-  fits: boolean
-}
+/** What starting a model runs and reserves, and a configuration's view (`/api/models/{id}/config`). */
+export type Prepared = components['schemas']['PreparedView']
+export type ConfigView = components['schemas']['ConfigView']
 
 export interface Quant {
   quant: string

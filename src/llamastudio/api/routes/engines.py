@@ -21,7 +21,7 @@ router = APIRouter(prefix="/api/engines", tags=["engines"])
 
 
 def _registry(state: StateDep) -> EngineRegistry:
-    return state.runtime.engines
+    return state.engines
 
 
 def _github(state: StateDep) -> GitHubReleases:
@@ -39,8 +39,8 @@ def _view(e: Engine, in_use: bool) -> dict[str, Any]:
 @router.get("")
 async def list_engines(state: StateDep) -> list[dict[str, Any]]:
     engines = await asyncio.to_thread(_registry(state).all)
-    rt = state.runtime  # its state is read here, on the loop that owns it
-    return [_view(e, rt.engine_in_use(e.id)) for e in engines]
+    in_use = await state.service.engines_in_use()
+    return [_view(e, e.id in in_use) for e in engines]
 
 
 class BuildIn(BaseModel):
@@ -83,7 +83,7 @@ async def build(state: StateDep, request: Request, body: BuildIn) -> dict[str, A
         if body.default:
             await asyncio.to_thread(reg.set_default, result.engine.id)
         log(("reused" if result.reused else "built") + f" engine {result.engine.id}")
-        await state.runtime.sync()
+        await state.service.refresh()
         return result.engine
 
     title = f"build {body.source} ({', '.join(spec.backends)})"
@@ -117,7 +117,7 @@ async def install_release(state: StateDep, body: InstallIn) -> dict[str, Any]:
         log(f"installing release {body.tag or 'latest'} ({body.backend})")
         engine = await asyncio.to_thread(run)
         log(f"installed engine {engine.id}")
-        await state.runtime.sync()
+        await state.service.refresh()
         return engine
 
     title = f"install {body.tag or 'latest'} ({body.backend})"
@@ -150,23 +150,23 @@ async def check_updates(state: StateDep) -> list[dict[str, Any]]:
 @router.put("/{engine_id}/default")
 async def set_default(state: StateDep, engine_id: str) -> dict[str, Any]:
     engine = await asyncio.to_thread(_registry(state).set_default, engine_id)
-    await state.runtime.sync()
-    return _view(engine, state.runtime.engine_in_use(engine.id))
+    await state.service.refresh()
+    return _view(engine, await state.service.engine_in_use(engine.id))
 
 
 @router.post("/{engine_id}/validate")
 async def validate(state: StateDep, engine_id: str) -> dict[str, Any]:
     reg = _registry(state)
     engine = await revalidate_async(reg, await asyncio.to_thread(reg.get, engine_id))
-    return _view(engine, state.runtime.engine_in_use(engine.id))
+    return _view(engine, await state.service.engine_in_use(engine.id))
 
 
 @router.delete("/{engine_id}", status_code=204)
 async def remove(state: StateDep, engine_id: str) -> Response:
     reg = _registry(state)
     await asyncio.to_thread(reg.get, engine_id)  # 404 for an unknown engine
-    if state.runtime.engine_in_use(engine_id):  # runtime state: read on the loop
+    if await state.service.engine_in_use(engine_id):
         raise Conflict(f"engine {engine_id!r} is running a model: stop it first")
     await asyncio.to_thread(reg.remove, engine_id)  # the database and the engine's files
-    await state.runtime.sync()
+    await state.service.refresh()
     return Response(status_code=204)

@@ -11,9 +11,7 @@ from pydantic import BaseModel, Field
 
 from llamastudio.api.deps import StateDep
 from llamastudio.errors import InvalidInput
-from llamastudio.hardware.profiles import resolve_named
 from llamastudio.hub.client import HubClient
-from llamastudio.hub.library import Library
 from llamastudio.hub.quants import group_files
 from llamastudio.hub.remote import HeaderCache, quant_table
 from llamastudio.hub.token import effective_token, store_token, token_source
@@ -35,23 +33,23 @@ def search(
 
 
 @router.get("/hub/repos/{owner}/{name}/quants")
-def quants(
+async def quants(
     state: StateDep, owner: str, name: str, hardware: str | None = None, revision: str | None = None
 ) -> dict[str, Any]:
     # a named profile, else what the runtime plans for (LLAMASTUDIO_HARDWARE or this machine)
-    hw = resolve_named(hardware) if hardware else state.runtime.hw
-    c = client(state)
+    hw = await state.service.hardware(hardware)
     repo = f"{owner}/{name}"
-    sha, files = c.files(repo, revision)
-    groups = group_files(files)
-    if not groups:
-        raise InvalidInput(f"{repo} has no GGUF files")
-    cache = HeaderCache(state.settings.header_cache_dir, c.token)
-    return {
-        "repo": repo,
-        "revision": sha,
-        "quants": quant_table(c, repo, groups, sha, hw, cache),
-    }
+
+    def table() -> dict[str, Any]:  # the token file, the Hub's file list, remote GGUF headers
+        c = client(state)
+        sha, files = c.files(repo, revision)
+        groups = group_files(files)
+        if not groups:
+            raise InvalidInput(f"{repo} has no GGUF files")
+        cache = HeaderCache(state.settings.header_cache_dir, c.token)
+        return {"repo": repo, "revision": sha, "quants": quant_table(c, repo, groups, sha, hw, cache)}
+
+    return await asyncio.to_thread(table)
 
 
 class AddPath(BaseModel):
@@ -59,8 +57,8 @@ class AddPath(BaseModel):
 
 
 @router.get("/models")
-def models(state: StateDep) -> list[dict[str, Any]]:
-    return [m.to_json() for m in Library(state.db).models()]
+async def models(state: StateDep) -> list[dict[str, Any]]:
+    return [m.to_json() for m in await state.service.library_models()]
 
 
 @router.post("/models", status_code=201)
@@ -68,18 +66,13 @@ async def add_model(state: StateDep, body: AddPath) -> list[dict[str, Any]]:
     path = Path(body.path)
     if not path.is_absolute() or "\0" in body.path:
         raise InvalidInput("path must be absolute")
-    # a directory is searched (bounded, but still disk I/O): never on the serving loop
-    found = await asyncio.to_thread(Library(state.db).add, path)
-    await state.runtime.sync()
-    return [m.to_json() for m in found]
+    return [m.to_json() for m in await state.service.add_to_library(path)]
 
 
 @router.delete("/models")
 async def remove_model(state: StateDep, id: str, delete_files: bool = False) -> dict[str, list[str]]:
-    await state.runtime.stop_users_of(id)  # no engine outlives its file (drained, then stopped)
-    removed = Library(state.db).remove(id, delete_files)
-    await state.runtime.sync()
-    return {"removed": removed}
+    """Models running its files are stopped first (after their requests in flight)."""
+    return {"removed": await state.service.remove_from_library(id, delete_files)}
 
 
 class TokenBody(BaseModel):

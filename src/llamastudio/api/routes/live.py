@@ -36,7 +36,7 @@ async def ws(socket: WebSocket) -> None:
         await socket.send_json(
             {
                 "type": "hello",
-                "models": state.runtime.models(),
+                "models": [m.model_dump(mode="json") for m in await state.service.served(refresh=False)],
                 "jobs": [j.model_dump(mode="json") for j in state.jobs.list(limit=HELLO_JOBS)],
                 "stats": list(state.monitor.history)[-60:],
             }
@@ -50,7 +50,8 @@ async def ws(socket: WebSocket) -> None:
                 break
             event = get.result()
             if event.get("type") == "model":
-                event = {**event, "status": state.runtime.status(event["model"])}
+                status = await state.service.status(event["model"])
+                event = {**event, "status": status.model_dump(mode="json")}
             await socket.send_json(event)
     except (WebSocketDisconnect, RuntimeError):
         pass

@@ -1,23 +1,27 @@
-"""Serving: model configurations, start/stop, running models, logs, import/export."""
+"""Serving: model configurations, start/stop, running models, logs, import/export — each route
+one call of the service façade (``services/``), answering with its typed snapshot."""
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import replace
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Literal
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from llamastudio.api.deps import StateDep, require_commands
-from llamastudio.errors import InvalidInput, NotFound, StudioError
+from llamastudio.api.deps import AppState, StateDep, require_commands
 from llamastudio.fit.planner import Goal
-from llamastudio.hardware.devices import Hardware
-from llamastudio.hardware.profiles import resolve_named
-from llamastudio.runtime.logfile import MAX_TAIL
-from llamastudio.runtime.manager import Runtime, budgets_of
-from llamastudio.serving.configs import MAX_TTL, ModelConfig, runs_command, validate
-from llamastudio.serving.launch import Prepared
+from llamastudio.services.snapshots import (
+    AutoConfig,
+    CommandView,
+    ConfigView,
+    LogTail,
+    MemoryEstimate,
+    ModelStatus,
+    SavedConfigView,
+    ServedModel,
+)
+from llamastudio.serving.configs import MAX_TTL, ModelConfig, runs_command
 
 router = APIRouter(prefix="/api", tags=["serving"])
 
@@ -39,40 +43,14 @@ class ConfigIn(BaseModel):
     preload: bool = Field(False, description="Start it when the studio starts (pin it to keep it).")
 
 
-def _runtime(state: StateDep) -> Runtime:
-    return state.runtime
+def _permit(state: AppState, request: Request) -> Callable[[ModelConfig], None]:
+    """Refuses (403) a configuration that runs a command of the caller's choosing unless the
+    caller may (``require_commands``)."""
 
+    def permit(cfg: ModelConfig) -> None:
+        require_commands(state, request, runs_command(cfg))
 
-def _view(rt: Runtime, cfg: ModelConfig) -> dict[str, Any]:
-    """A configuration with what it would run, its memory per device against the budgets, and
-    the reason it cannot run (shown next to the config so it can be fixed)."""
-    return _shaped(cfg, rt.status(cfg.name), budgets_of(rt.hw), _prepare(rt, cfg))
-
-
-async def _view_async(rt: Runtime, cfg: ModelConfig) -> dict[str, Any]:
-    """:func:`_view` for async routes: the runtime's state is read here, on the loop that owns
-    it; the preparation (model header, estimate, engine lookup) runs in a thread."""
-    status, budgets = rt.status(cfg.name), budgets_of(rt.hw)
-    return _shaped(cfg, status, budgets, await asyncio.to_thread(_prepare, rt, cfg))
-
-
-def _prepare(rt: Runtime, cfg: ModelConfig) -> Prepared | StudioError:
-    try:
-        return rt.prepare(cfg)
-    except StudioError as exc:
-        return exc
-
-
-def _shaped(
-    cfg: ModelConfig, status: dict[str, Any], budgets: dict[str, int], prepared: Prepared | StudioError
-) -> dict[str, Any]:
-    out: dict[str, Any] = {"config": cfg.to_json(), "status": status, "error": None, "budgets": budgets}
-    if isinstance(prepared, StudioError):
-        out["prepared"], out["error"], out["fits"] = None, prepared.message, False
-        return out
-    out["prepared"] = prepared.to_json()
-    out["fits"] = all(n <= budgets.get(dev, 0) for dev, n in prepared.reserve.items())
-    return out
+    return permit
 
 
 def _config_from(id: str, body: ConfigIn) -> ModelConfig:
@@ -83,29 +61,20 @@ def _config_from(id: str, body: ConfigIn) -> ModelConfig:
 
 
 @router.get("/served")
-async def served(state: StateDep) -> list[dict[str, Any]]:
+async def served(state: StateDep) -> list[ServedModel]:
     """Every model the gateway serves, with its state (the library is re-read: new downloads)."""
-    rt = _runtime(state)
-    await rt.sync()
-    return rt.models()
+    return await state.service.served()
 
 
 @router.get("/models/{id:path}/config")
-async def get_config(state: StateDep, id: str) -> dict[str, Any]:
-    rt = _runtime(state)
-    return await _view_async(rt, await asyncio.to_thread(rt.configs.get, id))
+async def get_config(state: StateDep, id: str) -> ConfigView:
+    return await state.service.get_config(id)
 
 
 @router.put("/models/{id:path}/config")
-async def put_config(state: StateDep, request: Request, id: str, body: ConfigIn) -> dict[str, Any]:
-    rt = _runtime(state)
-    cfg = _config_from(id, body)
-    require_commands(state, request, runs_command(cfg))
-    await asyncio.to_thread(rt.configs.put, cfg)
-    await rt.sync()
-    view = await _view_async(rt, rt.configs.get(id))
-    view["reload_needed"] = rt.reload_needed(cfg.name)
-    return view
+async def put_config(state: StateDep, request: Request, id: str, body: ConfigIn) -> SavedConfigView:
+    """Replace the whole configuration (fields left out take their defaults; ``PATCH`` keeps them)."""
+    return await state.service.put_config(_config_from(id, body), _permit(state, request))
 
 
 class ConfigPatch(BaseModel):
@@ -129,56 +98,32 @@ class ConfigPatch(BaseModel):
     preload: bool | None = None
 
 
-_NULLABLE = {"engine_id", "command", "ttl", "group", "reserve"}  # null = the default / none
-
-
 @router.patch("/models/{id:path}/config")
-async def patch_config(state: StateDep, request: Request, id: str, body: ConfigPatch) -> dict[str, Any]:
+async def patch_config(state: StateDep, request: Request, id: str, body: ConfigPatch) -> SavedConfigView:
     """Change only the given fields (``PUT`` replaces the whole configuration). The answer says
     whether the running engine must be restarted for the change (``reload_needed``; apply it with
     ``POST …/reload``, which waits for requests in flight)."""
-    rt = _runtime(state)
-    try:
-        current = await asyncio.to_thread(rt.configs.get, id)
-    except NotFound:
-        current = ModelConfig(name=id, model=id)
-    if current.name != id and not current.configured:  # a library id: configure it under that id
-        current = replace(current, name=id)
     changes = body.model_dump(exclude_unset=True)
-    nulls = sorted(k for k, v in changes.items() if v is None and k not in _NULLABLE)
-    if nulls:
-        raise InvalidInput(f"{', '.join(nulls)} cannot be null (leave a field out to keep it)")
-    cfg = replace(current, **changes, configured=True)
-    require_commands(state, request, runs_command(cfg))
-    await asyncio.to_thread(rt.configs.put, cfg)
-    await rt.sync()
-    view = await _view_async(rt, rt.configs.get(cfg.name))
-    view["reload_needed"] = rt.reload_needed(cfg.name)
-    return view
+    return await state.service.patch_config(id, changes, _permit(state, request))
 
 
 @router.post("/models/{id:path}/reload")
-async def reload(state: StateDep, id: str) -> dict[str, Any]:
+async def reload(state: StateDep, id: str) -> ModelStatus:
     """Restart a running model with its saved configuration once its requests in flight have
     finished (new requests wait for the restart); a stopped model is left stopped."""
-    rt = _runtime(state)
-    return await rt.reload(id)
+    return await state.service.reload(id)
 
 
 @router.post("/models/{id:path}/preview")
-async def preview(state: StateDep, id: str, body: ConfigIn) -> dict[str, Any]:
+async def preview(state: StateDep, id: str, body: ConfigIn) -> ConfigView:
     """What a configuration would run and cost, without saving it (for a config editor)."""
-    cfg = _config_from(id, body)
-    validate(cfg)
-    # an unknown flag is a 400, as when saving (the engine's flags come from the database)
-    await asyncio.to_thread(_runtime(state).configs.check_flags, cfg)
-    return await _view_async(_runtime(state), cfg)
+    return await state.service.preview(_config_from(id, body))
 
 
 @router.delete("/models/{id:path}/config", status_code=204)
 async def delete_config(state: StateDep, id: str) -> Response:
     """Stops the model's engine first (its requests in flight finish), then deletes."""
-    await _runtime(state).delete_config(id)
+    await state.service.delete_config(id)
     return Response(status_code=204)
 
 
@@ -190,20 +135,11 @@ class AutoIn(BaseModel):
     hardware: str | None = None
 
 
-async def _hardware(rt: Runtime, spec: str | None) -> Hardware:
-    """A named profile (it may be a JSON file: read in a thread), else the runtime's hardware."""
-    return await asyncio.to_thread(resolve_named, spec) if spec else rt.hw
-
-
 @router.post("/models/{id:path}/auto-config")
-async def auto_config(state: StateDep, id: str, body: AutoIn | None = None) -> dict[str, Any]:
+async def auto_config(state: StateDep, id: str, body: AutoIn | None = None) -> AutoConfig:
     """Smart Auto: the planner's flags for this model, with one reason per choice (not saved)."""
-    body = body or AutoIn()
-    rt = _runtime(state)
-    hw = await _hardware(rt, body.hardware)
-    # the model's header is read and the planner searches: in a thread
-    p = await asyncio.to_thread(rt.launcher.smart_auto, id, hw, body.goal, body.ctx, body.parallel, body.args)
-    return {"args": p.flags.to_args(), "reasons": p.reasons, "warnings": p.warnings, "plan": p.to_json()}
+    b = body or AutoIn()
+    return await state.service.smart_auto(id, b.goal, b.ctx, b.parallel, b.args, b.hardware)
 
 
 class EstimateIn(BaseModel):
@@ -212,45 +148,31 @@ class EstimateIn(BaseModel):
 
 
 @router.post("/models/{id:path}/estimate")
-async def estimate_config(state: StateDep, id: str, body: EstimateIn) -> dict[str, Any]:
+async def estimate_config(state: StateDep, id: str, body: EstimateIn) -> MemoryEstimate:
     """Per-device memory for these flags, and whether it fits (for a config editor)."""
-    rt = _runtime(state)
-    hw = await _hardware(rt, body.hardware)
-    return await asyncio.to_thread(
-        rt.launcher.estimate_for, id, body.args, hw or rt.hw
-    )  # header read + estimate
+    return await state.service.estimate(id, body.args, body.hardware)
 
 
 @router.get("/models/{id:path}/command")
-async def command(state: StateDep, id: str) -> dict[str, Any]:
+async def command(state: StateDep, id: str) -> CommandView:
     """The exact argv that starting this model runs (``${PORT}`` is chosen at start)."""
-    p = await asyncio.to_thread(_runtime(state).preview, id)  # configuration, engine, header
-    return {"argv": p.argv, "dropped": p.dropped, "engine": p.engine.id if p.engine else None}
+    return await state.service.command(id)
 
 
 @router.post("/models/{id:path}/start")
-async def start(state: StateDep, id: str) -> dict[str, Any]:
-    rt = _runtime(state)
-    proc = await rt.load(id)
-    return rt.status(proc.name)
+async def start(state: StateDep, id: str) -> ModelStatus:
+    return await state.service.start_model(id)
 
 
 @router.post("/models/{id:path}/stop")
-async def stop(state: StateDep, id: str) -> dict[str, Any]:
-    rt = _runtime(state)
-    name = await rt.resolve(id)
-    await rt.unload(name)
-    return rt.status(name)
+async def stop(state: StateDep, id: str) -> ModelStatus:
+    return await state.service.stop_model(id)
 
 
 @router.get("/models/{id:path}/logs")
-async def logs(state: StateDep, id: str, tail: int = 200) -> dict[str, Any]:
+async def logs(state: StateDep, id: str, tail: int = 200) -> LogTail:
     """The last ``tail`` lines (at most 5000) of the model's engine log, rotated files included."""
-    if not 1 <= tail <= MAX_TAIL:
-        raise InvalidInput(f"tail must be between 1 and {MAX_TAIL}")
-    rt = _runtime(state)
-    name = await rt.resolve(id)
-    return {"model": name, "lines": await rt.logs(name, tail)}
+    return await state.service.logs(id, tail)
 
 
 class SettingsIn(BaseModel):
@@ -266,39 +188,49 @@ class SettingsIn(BaseModel):
     )
 
 
+class SettingsPublic(BaseModel):
+    host: str
+    port: int
+    gateway_port: int
+    lmdeploy_port: int
+    default_ttl: float
+    api_key_set: bool
+    gateway_api_key_set: bool
+    hardware: str | None
+    data_dir: str
+
+
 @router.get("/settings")
-def get_settings(state: StateDep) -> dict[str, Any]:
+async def get_settings(state: StateDep) -> SettingsPublic:
     s = state.settings
-    return {
-        "host": s.host,
-        "port": s.port,
-        "gateway_port": s.gateway_port,
-        "lmdeploy_port": s.lmdeploy_port,
-        "default_ttl": _runtime(state).default_ttl,
-        "api_key_set": bool(s.api_key),
-        "gateway_api_key_set": bool(s.gateway_api_key),
-        "hardware": s.hardware,
-        "data_dir": str(s.data_dir),
-    }
+    return SettingsPublic(
+        host=s.host,
+        port=s.port,
+        gateway_port=s.gateway_port,
+        lmdeploy_port=s.lmdeploy_port,
+        default_ttl=await state.service.default_ttl(),
+        api_key_set=bool(s.api_key),
+        gateway_api_key_set=bool(s.gateway_api_key),
+        hardware=s.hardware,
+        data_dir=str(s.data_dir),
+    )
 
 
 @router.put("/settings")
-async def put_settings(state: StateDep, body: SettingsIn) -> dict[str, Any]:
-    rt = _runtime(state)
+async def put_settings(state: StateDep, body: SettingsIn) -> SettingsPublic:
     if body.default_ttl is not None:
-        await asyncio.to_thread(rt.set_default_ttl, body.default_ttl)
-        await rt.sync()
-    return get_settings(state)
+        await state.service.set_default_ttl(body.default_ttl)
+    return await get_settings(state)
 
 
 @router.get("/running")
-async def running(state: StateDep) -> list[dict[str, Any]]:
-    return _runtime(state).running()  # scheduler state: read on the loop that owns it
+async def running(state: StateDep) -> list[ModelStatus]:
+    return await state.service.running()
 
 
 @router.post("/running/unload-all")
 async def unload_all(state: StateDep) -> dict[str, list[str]]:
-    return {"unloaded": await _runtime(state).unload_all()}
+    return {"unloaded": await state.service.unload_all()}
 
 
 Format = Literal["llama-swap", "preset"]
@@ -311,18 +243,11 @@ class ImportIn(BaseModel):
 
 @router.post("/served/import")
 async def import_configs(state: StateDep, request: Request, body: ImportIn) -> dict[str, list[str]]:
-    rt = _runtime(state)
-
-    def permit(cfg: ModelConfig) -> None:
-        require_commands(state, request, runs_command(cfg))
-
-    configs = await asyncio.to_thread(rt.import_configs, body.format, body.text, permit)
-    await rt.sync()
-    return {"imported": [c.name for c in configs]}
+    names = await state.service.import_configs(body.format, body.text, _permit(state, request))
+    return {"imported": names}
 
 
 @router.get("/served/export")
 async def export_configs(state: StateDep, format: Format = "llama-swap") -> Response:
-    rt = _runtime(state)
-    text = await asyncio.to_thread(rt.launcher.export_configs, format, rt.hw)  # database + headers
+    text = await state.service.export_configs(format)
     return Response(text, media_type="application/yaml" if format == "llama-swap" else "text/plain")

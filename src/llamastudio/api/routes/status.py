@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
@@ -11,7 +10,6 @@ from pydantic import BaseModel
 
 from llamastudio import __version__
 from llamastudio.api.deps import StateDep
-from llamastudio.store.db import ping
 
 router = APIRouter(prefix="/api", tags=["status"])
 
@@ -29,13 +27,13 @@ class StatusPublic(BaseModel):
 
 @router.get("/status")
 async def get_status(state: StateDep) -> StatusPublic:
-    db_ok = await asyncio.to_thread(ping, state.db.engine)  # waits while a writer holds the lock
+    db = await state.service.database_status()  # waits while a writer holds the lock
     return StatusPublic(
         version=__version__,
         uptime_s=round(time.monotonic() - state.started, 3),
         data_dir=state.settings.data_dir,
-        db_ok=db_ok,
-        db_revision=state.db.revision,
+        db_ok=db.ok,
+        db_revision=db.revision,
         llama_server=state.settings.llama_server,
         gateway_port=state.settings.gateway_port,
     )

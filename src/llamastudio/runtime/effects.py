@@ -1,0 +1,148 @@
+"""The scheduler's effects: start a model's supervised engine process, stop it.
+
+A start takes the model's launch spec, picks a free port, gives the engine its environment (never
+the studio's keys or tokens) and, where its kind takes one, a per-process key only the gateway
+holds; it waits until the engine is ready. Failed starts back off (0, 1, 3, 7 … 60 s). A ready
+engine is recorded in ``<data>/run/`` (``instances.py``) and watched: its exit while serving is
+reported at once (``died``), and its health is polled (``process.watch_health``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from llamastudio.config import Settings
+from llamastudio.engines import keys as engine_keys
+from llamastudio.engines.kinds import KINDS
+from llamastudio.engines.kinds.base import PORT
+from llamastudio.engines.validate import binary_env, engine_env
+from llamastudio.errors import StartFailed
+from llamastudio.events import EventBus
+from llamastudio.runtime.instances import file_stem, remove_record, write_record
+from llamastudio.runtime.process import EngineProcess, State, free_port, load_timeout
+from llamastudio.serving.launch import Prepared
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Failures:
+    """Failed starts in a row of one model, and the last reason."""
+
+    count: int = 0
+    at: float = 0.0
+    reason: str = ""
+
+    def backoff(self) -> float:
+        return 0.0 if self.count <= 1 else min(60.0, 2.0 ** (self.count - 1) - 1)
+
+
+class ProcessEffects:
+    """Implements the scheduler's ``Effects``; owns the process table. Called only by the
+    scheduler's owner task (and ``close`` at shutdown)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        bus: EventBus,
+        run_dir: Path,
+        spec_of: Callable[[str], Prepared],
+        died: Callable[[str], None],
+    ) -> None:
+        """``spec_of(model)``: its launch spec (raises why there is none); ``died(model)``: tell
+        the scheduler a ready engine is gone."""
+        self.settings = settings
+        self.bus = bus
+        self.run_dir = run_dir
+        self.spec_of = spec_of
+        self.died = died
+        self.procs: dict[str, EngineProcess] = {}
+        self.failures: dict[str, Failures] = {}
+        self.started_with: dict[str, list[str]] = {}  # the launch argv each running engine got
+        self._watchers: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        """Stop every engine (the studio is shutting down)."""
+        await asyncio.gather(*(self.stop(n) for n in list(self.procs)), return_exceptions=True)
+        for t in list(self._watchers):
+            t.cancel()
+
+    async def stop(self, model: str) -> None:
+        proc = self.procs.get(model)
+        if proc is None:
+            return
+        await proc.stop()
+        remove_record(self.run_dir, model)
+
+    async def start(self, model: str) -> None:
+        """Start ``model``'s engine on a free port and wait until it is ready; raises why not."""
+        fail = self.failures.setdefault(model, Failures())
+        wait = fail.at + fail.backoff() - time.monotonic()
+        if fail.count and wait > 0:
+            raise StartFailed(
+                f"{model} failed to start {fail.count}× (last: {fail.reason}); next try in {wait:.0f}s",
+                retry_after=max(1, round(wait)),
+            )
+        prep = self.spec_of(model)
+        port = free_port()
+        argv = [a.replace(PORT, str(port)) for a in prep.argv]
+        # engines get neither the studio's keys nor its tokens; the configuration's env still applies
+        env = binary_env(Path(argv[0])) if prep.engine else engine_env()
+        env.update(prep.config.env)
+        old = self.procs.get(model)
+        if old is not None and old.state not in (State.STOPPED, State.FAILED):
+            await old.stop()
+        kind = KINDS[prep.kind]
+        # only the gateway may call it
+        key = (
+            engine_keys.issue(prep.engine, self.run_dir, file_stem(model))
+            if kind.takes_key(prep.engine)
+            else None
+        )
+        if key is not None:
+            argv += key.args
+        proc = EngineProcess(
+            model,
+            argv,
+            port,
+            self.settings.logs_dir / f"{file_stem(model)}.log",
+            env=env,
+            timeout=load_timeout(prep.model_bytes),
+            lines_hook=lambda line: self.bus.publish({"type": "log", "model": model, "line": line}),
+            api_key=key.key if key else None,
+            fatal=kind.fatal,
+            ready_path=kind.ready_path,
+        )
+        self.procs[model] = proc
+        self.started_with[model] = list(prep.argv)
+        try:
+            await proc.ensure_ready()
+        except StartFailed as exc:
+            fail.count, fail.at, fail.reason = fail.count + 1, time.monotonic(), proc.reason or exc.message
+            self.bus.publish({"type": "model", "model": model, "state": "failed", "reason": fail.reason})
+            raise
+        finally:  # read while llama-server parsed its arguments, long before /health said ready
+            if key is not None:
+                key.remove()
+        fail.count = 0
+        assert proc.proc is not None
+        write_record(self.run_dir, model, proc.proc.pid, argv[0], port)
+        for job in (self._watch(model, proc), proc.watch_health(self.settings.hung_after)):
+            watcher = asyncio.create_task(job)
+            self._watchers.add(watcher)
+            watcher.add_done_callback(self._watchers.discard)
+
+    async def _watch(self, model: str, proc: EngineProcess) -> None:
+        assert proc.proc is not None
+        await proc.proc.wait()
+        if proc.state == State.READY:  # not stopped by us: it died while serving
+            proc.check_alive()
+            log.warning("%s: %s", model, proc.reason)
+            self.bus.publish({"type": "model", "model": model, "state": "failed", "reason": proc.reason})
+            remove_record(self.run_dir, model)
+            self.died(model)

@@ -1,0 +1,174 @@
+"""The typed snapshots the faces read: pydantic models, built on the event loop by the façade.
+
+Their JSON is the API's (``/api/served``, ``/api/running``, ``/api/models/{id}/config`` …), the
+gateway's (``/v1/models``, ``/metrics``) and the CLI's (``ps --json``, ``models show --json``);
+field order is the JSON's key order.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SkipValidation
+
+from llamastudio.serving.configs import ModelConfig
+
+# stopped → starting → ready → stopping (the scheduler's), plus failed (its process died or did not
+# start) and unavailable (its configuration cannot be prepared: ``reason`` says why)
+StateName = Literal["stopped", "starting", "ready", "stopping", "failed", "unavailable"]
+
+
+class Snapshot(BaseModel):
+    """A response: every field is always sent (required in the OpenAPI schema, so the UI's
+    generated types need no optional checks)."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
+
+class ModelStatus(Snapshot):
+    """One model's state as the scheduler and its supervised process see it now."""
+
+    name: str
+    state: StateName
+    note: str | None = Field(
+        None,
+        description="Why it last stopped (TTL, evicted for whom, on request), or 'restarting (attempt n)'.",
+    )
+    reason: str | None = Field(None, description="Why it failed or cannot run.")
+    in_flight: int = 0
+    queued: int = 0
+    idle_s: float | None = None
+    pid: int | None = None
+    port: int | None = None
+    engine: str | None = None
+    memory: dict[str, int] = Field(default_factory=dict, description="Bytes it reserves per device.")
+    pinned: bool = False
+    ttl: float | None = None
+    max_concurrency: int = 0
+
+
+class ServedModel(ModelStatus):
+    """A model the gateway serves: its status, what it runs and the names it answers to."""
+
+    model: str = Field(description="Library id or GGUF path ('' for a command).")
+    aliases: list[str] = Field(default_factory=list)
+    configured: bool = Field(description="False: a library model served with defaults.")
+
+
+class DeviceBytes(Snapshot):
+    name: str
+    label: str
+    total: int
+
+
+class EstimateView(Snapshot):
+    devices: list[DeviceBytes]
+    n_ctx: int
+    n_gpu_layers: int
+
+
+class PreparedView(Snapshot):
+    """What starting a model runs (``${PORT}`` is chosen at start) and the memory it reserves."""
+
+    name: str
+    argv: list[str]
+    kind: str
+    engine: str | None
+    model_path: str | None
+    reserve: dict[str, int]
+    threads: int
+    estimate: EstimateView | None
+    reasons: list[str]
+    dropped: list[str]
+    warnings: list[str]
+
+
+class ConfigView(Snapshot):
+    """A configuration with its status, what it would run, its memory per device against the
+    budgets, and the reason it cannot run (shown next to the config so it can be fixed)."""
+
+    config: Annotated[ModelConfig, SkipValidation]  # checked when it was stored
+    status: ModelStatus
+    error: str | None
+    budgets: dict[str, int]
+    prepared: PreparedView | None
+    fits: bool
+
+
+class SavedConfigView(ConfigView):
+    reload_needed: bool = Field(
+        description="The running engine runs an older command: `POST …/reload` applies the change."
+    )
+
+
+class CommandView(Snapshot):
+    argv: list[str]
+    dropped: list[str]
+    engine: str | None
+
+
+class AutoConfig(Snapshot):
+    """Smart Auto: the planner's flags for a model, one reason per choice (not saved)."""
+
+    args: list[str]
+    reasons: list[str]
+    warnings: list[str]
+    plan: dict[str, Any]
+
+
+class DeviceFit(Snapshot):
+    name: str
+    label: str
+    total: int
+    free: int
+    fits: bool
+
+
+class MemoryEstimate(Snapshot):
+    """Per-device memory of a model with some flags, against each device's free memory."""
+
+    devices: list[DeviceFit]
+    fits: bool
+    n_ctx: int
+    n_gpu_layers: int
+
+
+class LogTail(Snapshot):
+    model: str
+    lines: list[str]
+
+
+class GatewayModelStatus(Snapshot):
+    state: StateName
+    reason: str | None
+    in_flight: int
+    queued: int
+    idle_s: float | None
+    memory: dict[str, int]
+
+
+class GatewayModel(Snapshot):
+    """One entry of the gateway's ``/v1/models`` (OpenAI's shape plus aliases and status)."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "llamastudio"
+    aliases: list[str]
+    status: GatewayModelStatus
+
+
+class MetricsSnapshot(Snapshot):
+    """The scheduler's numbers for the gateway's ``/metrics`` (per model, and since start)."""
+
+    in_flight: dict[str, int]
+    queue_depth: dict[str, int]
+    loaded: dict[str, bool]
+    loads: int
+    evictions: int
+    ttl_unloads: int
+
+
+class DatabaseStatus(Snapshot):
+    ok: bool
+    revision: str
