@@ -41,7 +41,7 @@ def create_app(settings: Settings) -> FastAPI:
     for kind in (download_kind(hub_client), *ENGINE_KINDS, LOAD_KIND):
         jobs.register(kind)
     downloads_ = Downloads(jobs, hub_client)
-    runtime = Runtime(settings, db, bus)
+    runtime = Runtime(settings, db, bus, jobs=jobs)
     service = StudioService(runtime)
     engine_jobs = EngineJobs(jobs)
     monitor = SystemMonitor(bus, settings.data_dir)

@@ -18,11 +18,13 @@ from pathlib import Path
 
 from llamastudio.config import Settings
 from llamastudio.engines import keys as engine_keys
-from llamastudio.engines.kinds import KINDS
+from llamastudio.engines.kinds import KINDS, LLAMA_CPP
 from llamastudio.engines.kinds.base import PORT
+from llamastudio.engines.load_progress import LOAD, LoadProgress
 from llamastudio.engines.validate import binary_env, engine_env
 from llamastudio.errors import StartFailed
 from llamastudio.events import EventBus
+from llamastudio.jobs import JobManager
 from llamastudio.runtime.instances import file_stem, remove_record, write_record
 from llamastudio.runtime.process import EngineProcess, State, free_port, load_timeout
 from llamastudio.serving.launch import Prepared
@@ -53,11 +55,13 @@ class ProcessEffects:
         run_dir: Path,
         spec_of: Callable[[str], Prepared],
         died: Callable[[str], None],
+        jobs: JobManager | None = None,
     ) -> None:
         """``spec_of(model)``: its launch spec (raises why there is none); ``died(model)``: tell
         the scheduler a ready engine is gone."""
         self.settings = settings
         self.bus = bus
+        self.jobs = jobs  # each start is a ``load`` job whose progress the UI shows as a load bar
         self.run_dir = run_dir
         self.spec_of = spec_of
         self.died = died
@@ -106,6 +110,17 @@ class ProcessEffects:
         )
         if key is not None:
             argv += key.args
+        job = None
+        if self.jobs is not None:
+            params = {"model": model, "engine": prep.engine.id if prep.engine else None}
+            job = self.jobs.track(LOAD, f"load {model}", params)
+        steps = LoadProgress(job) if job is not None and prep.kind == LLAMA_CPP.name else None
+
+        def on_line(line: str) -> None:
+            self.bus.publish({"type": "log", "model": model, "line": line})
+            if steps is not None:
+                steps.feed(line)
+
         proc = EngineProcess(
             model,
             argv,
@@ -113,7 +128,7 @@ class ProcessEffects:
             self.settings.logs_dir / f"{file_stem(model)}.log",
             env=env,
             timeout=load_timeout(prep.model_bytes),
-            lines_hook=lambda line: self.bus.publish({"type": "log", "model": model, "line": line}),
+            lines_hook=on_line,
             api_key=key.key if key else None,
             fatal=kind.fatal,
             ready_path=kind.ready_path,
@@ -125,15 +140,23 @@ class ProcessEffects:
         except StartFailed as exc:
             fail.count, fail.at, fail.reason = fail.count + 1, time.monotonic(), proc.reason or exc.message
             self.bus.publish({"type": "model", "model": model, "state": "failed", "reason": fail.reason})
+            if job is not None:
+                job.fail(fail.reason)
+            raise
+        except asyncio.CancelledError:
+            if job is not None:
+                job.cancelled("start abandoned")
             raise
         finally:  # read while llama-server parsed its arguments, long before /health said ready
             if key is not None:
                 key.remove()
+        if job is not None:
+            job.finish({"port": port, "pid": proc.pid})
         fail.count = 0
         assert proc.proc is not None
         write_record(self.run_dir, model, proc.proc.pid, argv[0], port)
-        for job in (self._watch(model, proc), proc.watch_health(self.settings.hung_after)):
-            watcher = asyncio.create_task(job)
+        for watch in (self._watch(model, proc), proc.watch_health(self.settings.hung_after)):
+            watcher = asyncio.create_task(watch)
             self._watchers.add(watcher)
             watcher.add_done_callback(self._watchers.discard)
 

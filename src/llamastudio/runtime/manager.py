@@ -27,6 +27,7 @@ from llamastudio.events import EventBus
 from llamastudio.hardware.devices import Hardware
 from llamastudio.hardware.profiles import resolve
 from llamastudio.hub.library import Library
+from llamastudio.jobs import JobManager
 from llamastudio.runtime.budgets import budgets_of, follow_gpus, short_of
 from llamastudio.runtime.effects import ProcessEffects
 from llamastudio.runtime.facts import ModelFacts
@@ -51,7 +52,9 @@ class Runtime:
         bus: EventBus | None = None,
         hardware: Hardware | None = None,
         library: Library | None = None,
+        jobs: JobManager | None = None,
     ) -> None:
+        """``jobs``: where each model load is tracked as a ``load`` job (None: not tracked)."""
         self.settings = settings
         self.db = db
         self.bus = bus or EventBus()
@@ -62,7 +65,7 @@ class Runtime:
         self.configs = ModelConfigs(db, self.library, engine_of=lambda cfg: self.launcher.engine_of(cfg))
         self.launcher = Launcher(self.configs, self.engines, self.library)
         self.run_dir = settings.data_dir / "run"
-        self.effects = ProcessEffects(settings, self.bus, self.run_dir, self._spec_of, self._died)
+        self.effects = ProcessEffects(settings, self.bus, self.run_dir, self._spec_of, self._died, jobs)
         self.scheduler = Scheduler(
             self.effects, budgets_of(self.hw), [], on_change=self._state_changed, cores=self.hw.cpu_cores
         )
