@@ -41,6 +41,7 @@ HOP = {
 # while the process's exit is not reaped yet. The relay waits this long for the exit; if the
 # process is gone, the caller starts the model again and sends the request once more.
 EXIT_WAIT = 1.0
+STALE_RETRIES = 3  # sends again of a request that met a keep-alive connection being closed
 GONE = -1  # status when the engine died before answering (the request may be retried)
 CLIENT_GONE = 499
 
@@ -55,7 +56,9 @@ class Relay:
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, keepalive_timeout=30),
+                connector=aiohttp.TCPConnector(
+                    limit=0, ttl_dns_cache=None, keepalive_timeout=4
+                ),  # < httplib's 5 s
                 timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10, sock_read=None),
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent", "Accept-Encoding"),
@@ -184,12 +187,19 @@ class Relay:
     async def _open(
         self, method: str, url: str, body: bytes, headers: list[tuple[str, str]]
     ) -> aiohttp.ClientResponse:
-        """Send upstream; a pooled keep-alive connection the engine had just closed is retried once
-        on a new connection (the engine never saw that request)."""
-        try:
-            return await self.session().request(method, url, data=body, headers=headers)
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-            return await self.session().request(method, url, data=body, headers=headers)
+        """Send upstream. llama-server (cpp-httplib) closes a keep-alive connection after 100
+        requests or 5 s idle (the pool drops idle ones after 4 s); a request sent on one it is
+        closing fails before it was read ("Server disconnected", "Can not write request") and is
+        sent again on another connection, up to ``STALE_RETRIES`` times (under load the next
+        pooled one may be closing too). A refused connection (the engine is gone) is not
+        retried here."""
+        for attempt in range(STALE_RETRIES + 1):
+            try:
+                return await self.session().request(method, url, data=body, headers=headers)
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                if attempt == STALE_RETRIES or isinstance(exc, aiohttp.ClientConnectorError):
+                    raise
+        raise AssertionError("unreachable")
 
 
 async def _exited(proc: EngineProcess) -> bool:

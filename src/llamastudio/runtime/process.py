@@ -139,7 +139,8 @@ class EngineProcess:
         self.started_at = time.monotonic()
         self._reader = asyncio.create_task(self._read_output())
         deadline = time.monotonic() + self.timeout
-        async with httpx.AsyncClient(timeout=2.0) as client:
+        # loopback, plain HTTP: no TLS context or proxy lookup (building those blocks the loop)
+        async with httpx.AsyncClient(timeout=2.0, verify=False, trust_env=False) as client:
             while time.monotonic() < deadline:
                 if self._fatal:
                     await self._kill()
@@ -238,7 +239,9 @@ class EngineProcess:
         interval = max(0.2, hung_after / 3)
         last_ok = time.monotonic()
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        async with httpx.AsyncClient(timeout=interval, headers=headers) as client:
+        async with httpx.AsyncClient(
+            timeout=interval, headers=headers, verify=False, trust_env=False
+        ) as client:
             while self.state == State.READY and self.proc is not None and self.proc.returncode is None:
                 await asyncio.sleep(interval)
                 if self.state != State.READY:
