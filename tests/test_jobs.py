@@ -676,7 +676,12 @@ async def test_a_real_llama_server_load_reports_progress(
                     steps.feed(raw.decode(errors="replace").rstrip())
         finally:
             proc.terminate()
-            await proc.wait()
+            try:  # drain: an engine blocked writing to a full pipe would never exit
+                async with asyncio.timeout(30):
+                    await proc.communicate()
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
         assert steps.done, jobs.detail(job.id, 50).log
         job.finish()
         await events.state(job.id, S.DONE)
