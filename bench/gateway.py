@@ -61,7 +61,8 @@ def start_direct(server: Path, model: Path, log: Path) -> tuple[subprocess.Popen
 async def latency(url: str, model: str, n: int) -> list[float]:
     body = {"model": model, "prompt": "x", "max_tokens": 1, "temperature": 0}
     out = []
-    async with aiohttp.ClientSession() as s:
+    # idle connections dropped before llama-server's 5 s keep-alive timeout closes them under us
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(keepalive_timeout=4)) as s:
         for i in range(n + 10):
             t0 = time.perf_counter()
             async with s.post(f"{url}/v1/completions", json=body) as r:
@@ -74,7 +75,7 @@ async def latency(url: str, model: str, n: int) -> list[float]:
 
 async def throughput(url: str, model: str, streams: int, tokens: int, rounds: int = 3) -> float:
     body = {"model": model, "prompt": "x", "max_tokens": tokens, "stream": True, "ignore_eos": True}
-    conn = aiohttp.TCPConnector(limit=0)
+    conn = aiohttp.TCPConnector(limit=0, keepalive_timeout=4)
     async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=600)) as s:
 
         async def one() -> int:
