@@ -47,13 +47,11 @@ LONG = ["-c", "8192", "-np", "1", "-t", "1"]
 # A wrapper that ignores SIGTERM (SIG_IGN) and runs llama-server as its child: the studio's SIGTERM
 # to the group ends the child, the wrapper lives on until the SIGKILL after the grace period.
 IGNORE_TERM = (
-    "import os, signal, subprocess, sys\n"
+    "import signal, subprocess, sys, time\n"
     "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
     "child = subprocess.Popen(sys.argv[1:])\n"
-    "try:\n"
-    "    child.wait()\n"
-    "finally:\n"
-    "    child.kill()\n"
+    "child.wait()\n"
+    "time.sleep(3600)  # the engine is gone; the wrapper lingers until SIGKILL\n"
 )
 
 
@@ -82,15 +80,20 @@ def complete(gw: httpx.Client, model: str, tokens: int = 4) -> float:
 
 
 def stream(gw: httpx.Client, model: str, tokens: int) -> tuple[float, int]:
+    """One streamed completion: seconds, and the tokens it generated (from the final event's
+    usage; events are not tokens: llama-server holds a token that ends inside a UTF-8 sequence
+    and sends it with the next), 0 unless the stream ended with ``[DONE]``."""
     body = {"model": model, "prompt": "x", "max_tokens": tokens, "stream": True, "ignore_eos": True}
     t0 = time.perf_counter()
-    events = 0
+    generated, done = 0, False
     with gw.stream("POST", "/v1/completions", json=body) as r:
         r.raise_for_status()
         for line in r.iter_lines():
-            if line.startswith("data: {"):
-                events += 1
-    return time.perf_counter() - t0, events
+            if line == "data: [DONE]":
+                done = True
+            elif line.startswith("data: {") and '"usage"' in line:
+                generated = int(json.loads(line[6:])["usage"]["completion_tokens"])
+    return time.perf_counter() - t0, generated if done else 0
 
 
 def scenario_load(studio: Studio, models: dict[str, Path], streams: int) -> Row:
@@ -102,22 +105,31 @@ def scenario_load(studio: Studio, models: dict[str, Path], streams: int) -> Row:
     )
     times: list[float] = []
     failed = 0
+    why: dict[str, int] = {}
 
     def one(_: int) -> None:
         nonlocal failed
         try:
-            took, events = stream(gw, "load", 32)
-            if events >= 32:
+            took, generated = stream(gw, "load", 32)
+            if generated == 32:
                 times.append(took)
             else:
                 failed += 1
-        except httpx.HTTPError:
+                why[f"{generated} tokens"] = why.get(f"{generated} tokens", 0) + 1
+        except httpx.HTTPError as exc:
             failed += 1
+            reason = f"{type(exc).__name__}: {str(exc)[:80]}"
+            why[reason] = why.get(reason, 0) + 1
 
     with ThreadPoolExecutor(streams) as pool:
         list(pool.map(one, range(streams)))
     return Row(
-        f"load: {streams} streams × 32 tokens", len(times), failed, pct(times, 0.5), pct(times, 0.99), ""
+        f"load: {streams} streams × 32 tokens",
+        len(times),
+        failed,
+        pct(times, 0.5),
+        pct(times, 0.99),
+        "; ".join(f"{n}× {w}" for w, n in why.items()),
     )
 
 
