@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from llamastudio.engines.build import Builder, BuildSpec
+from llamastudio.engines.build import Builder
+from llamastudio.engines.buildspec import BuildSpec
 from llamastudio.engines.command import build_command
 from llamastudio.engines.registry import Engine, EngineRegistry
 from llamastudio.engines.releases import Asset, GitHubReleases, Release, install, select_asset, updates
@@ -256,7 +257,7 @@ def test_two_engines_side_by_side_pins_and_removal(
 
 
 def test_cancelled_build_leaves_nothing(registry: EngineRegistry) -> None:
-    from llamastudio.engines.build import BuildCancelled
+    from llamastudio.errors import BuildCancelled
 
     async def run() -> None:
         cancel = asyncio.Event()

@@ -28,7 +28,7 @@ from websockets.typing import Origin
 
 from llamastudio.api.app import create_app
 from llamastudio.config import Settings
-from llamastudio.engines.build import BuildSpec, foreign_code
+from llamastudio.engines.buildspec import BuildSpec, foreign_code
 from llamastudio.gateway.app import error_json
 from llamastudio.guard import HostRule, Message, guard_gateway, key_ok, same_origin
 from llamastudio.procs import stop_process

@@ -34,6 +34,7 @@ where they happen, with ``raise ... from exc``.
     ├── QueueFull (503), NoRoom (503)         too many waiting; no room freed in time
     ├── TooBusy (429)                         a model at its ``max_concurrency``
     ├── DownloadCancelled (exit 130)          a download stopped on request
+    ├── BuildFailed, BuildCancelled (exit 130) a source build failed or stopped on request
     ├── StudioUnreachable (exit 1)            the CLI finds no studio for its data directory
     └── StorageError (500, exit 1)            the database or the data directory failed
 """
@@ -224,6 +225,19 @@ class DownloadCancelled(StudioError):
 
 class StudioUnreachable(StudioError):
     """No studio answers for this data directory (CLI)."""
+
+
+class BuildFailed(StudioError):
+    """A source build did not produce a working llama-server."""
+
+    code = "build_failed"
+
+
+class BuildCancelled(StudioError):
+    """A build stopped on request."""
+
+    code = "build_cancelled"
+    exit_code = 130
 
 
 class StorageError(StudioError):

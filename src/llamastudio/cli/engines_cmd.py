@@ -14,7 +14,8 @@ from rich.table import Table
 
 from llamastudio.cli.context import engines as registry
 from llamastudio.cli.context import settings
-from llamastudio.engines.build import Builder, BuildSpec
+from llamastudio.engines.build import Builder
+from llamastudio.engines.buildspec import BuildSpec
 from llamastudio.engines.registry import Engine
 from llamastudio.engines.releases import GitHubReleases, install, updates
 from llamastudio.engines.validate import add_external, revalidate

@@ -11,7 +11,8 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from llamastudio.api.deps import StateDep, require_commands
-from llamastudio.engines.build import Builder, BuildSpec, foreign_code
+from llamastudio.engines.build import Builder
+from llamastudio.engines.buildspec import BuildSpec, foreign_code
 from llamastudio.engines.registry import Engine, EngineRegistry
 from llamastudio.engines.releases import GitHubReleases, install, updates
 from llamastudio.engines.validate import revalidate_async
