@@ -77,12 +77,12 @@ async def settle() -> None:
 async def test_requests_during_a_load_share_one_start() -> None:
     s, fx, _ = await make([spec("a", 10)])
     leases = await asyncio.gather(*(s.acquire("a") for _ in range(5)))
-    assert fx.log == ["start a"] and s.state()["a"]["in_flight"] == 5
+    assert fx.log == ["start a"] and s.snapshot()["a"].in_flight == 5
     for lease in leases:
         lease.release()
         lease.release()  # idempotent
     await settle()
-    assert s.state()["a"]["in_flight"] == 0
+    assert s.snapshot()["a"].in_flight == 0
     await s.close()
 
 
@@ -145,7 +145,7 @@ async def test_idle_ttl_unloads_but_not_pinned() -> None:
     clock.now += 2
     s.tick()
     await settle()
-    assert fx.running == {"p", "z"} and s.state()["a"]["state"] == "stopped" and s.unloads == 1
+    assert fx.running == {"p", "z"} and s.snapshot()["a"].state == "stopped" and s.unloads == 1
     await s.close()
 
 
@@ -206,7 +206,7 @@ async def test_a_slow_stop_does_not_delay_a_neighbour() -> None:
     fx.hold_stop["slow"] = asyncio.Event()  # its stop takes "10 s": until the test lets it go
     unloading = asyncio.create_task(s.unload("slow"))
     await settle()
-    assert s.state()["slow"]["state"] == "stopping" and not unloading.done()
+    assert s.snapshot()["slow"].state == "stopping" and not unloading.done()
 
     loop = asyncio.get_running_loop()
     t0 = loop.time()
@@ -277,7 +277,7 @@ async def test_starvation_a_waiting_model_gets_its_turn_within_the_fair_wait() -
     b, queued_a = await hammer(s, "a", "b", clock, at_step=10)
     assert b.done(), "b starved"
     lease_b = b.result()
-    assert s.state()["a"]["state"] == "stopped" and s.state()["b"]["in_flight"] == 1
+    assert s.snapshot()["a"].state == "stopped" and s.snapshot()["b"].in_flight == 1
     assert queued_a and not any(t.done() for t in queued_a)  # a's new requests queued, not failed
     lease_b.release()
     for lease in await asyncio.wait_for(asyncio.gather(*queued_a), 2):  # a's turn comes back
@@ -304,7 +304,7 @@ async def test_two_cpu_models_compute_one_at_a_time_and_both_stay_loaded() -> No
     lease_x = await s.acquire("x")
     y = asyncio.create_task(s.acquire("y"))
     await settle()
-    assert not y.done() and s.state()["y"]["queued"] == 1
+    assert not y.done() and s.snapshot()["y"].queued == 1
     (await asyncio.wait_for(s.acquire("gpu"), 0.1)).release()  # a GPU-only model is not held back
     lease_x.release()
     (await asyncio.wait_for(y, 2)).release()
@@ -318,8 +318,8 @@ async def test_a_users_start_loads_without_waiting_for_cpu_threads() -> None:
     s, fx, _ = await make([cpu_spec("x"), cpu_spec("y")], cores=2)
     lease_x = await s.acquire("x")
     await asyncio.wait_for(s.load("y"), 0.1)
-    assert fx.log == ["start x", "start y"] and s.state()["y"]["in_flight"] == 0
-    assert not s.state()["x"]["closed"]
+    assert fx.log == ["start x", "start y"] and s.snapshot()["y"].in_flight == 0
+    assert not s.snapshot()["x"].closed
     lease_x.release()
     await s.close()
 
@@ -351,13 +351,13 @@ async def test_a_caller_cancelled_while_waiting_leaves_nothing_behind() -> None:
     fx.hold_start["a"] = asyncio.Event()
     waiting = asyncio.create_task(s.acquire("a"))
     await settle()
-    assert s.state()["a"]["queued"] == 1
+    assert s.snapshot()["a"].queued == 1
     waiting.cancel()
     await settle()
-    assert s.state()["a"]["queued"] == 0
+    assert s.snapshot()["a"].queued == 0
     fx.hold_start["a"].set()
     await settle()
-    assert s.state()["a"] == {**s.state()["a"], "state": "ready", "in_flight": 0}
+    assert (s.snapshot()["a"].state, s.snapshot()["a"].in_flight) == ("ready", 0)
     await s.close()
 
 
@@ -367,7 +367,7 @@ async def test_a_lease_granted_as_its_caller_is_cancelled_is_given_back() -> Non
     s, _, _ = await make([spec("a", 4)])
     (await s.acquire("a")).release()
     caller = asyncio.create_task(s.acquire("a"))
-    while s.state()["a"]["in_flight"] == 0:
+    while s.snapshot()["a"].in_flight == 0:
         await asyncio.sleep(0)
     assert not caller.done()  # granted, not yet resumed: the race is on
     caller.cancel()
@@ -375,7 +375,7 @@ async def test_a_lease_granted_as_its_caller_is_cancelled_is_given_back() -> Non
         await caller
     assert caller.cancelled()
     await settle()
-    assert s.state()["a"]["in_flight"] == 0
+    assert s.snapshot()["a"].in_flight == 0
     await s.close()
 
 
@@ -390,7 +390,7 @@ async def test_a_removed_model_is_drained_stopped_and_forgotten() -> None:
     assert "stop a" not in fx.log  # its request in flight finishes first
     lease.release()
     await settle()
-    assert fx.log == ["start a", "stop a"] and "a" not in s.state() and fx.running == set()
+    assert fx.log == ["start a", "stop a"] and "a" not in s.snapshot() and fx.running == set()
     await s.close()
 
 
@@ -402,5 +402,5 @@ async def test_unload_waits_for_requests_in_flight() -> None:
     assert not unloading.done() and "stop a" not in fx.log
     lease.release()
     await asyncio.wait_for(unloading, 2)
-    assert fx.log == ["start a", "stop a"] and s.state()["a"]["state"] == "stopped"
+    assert fx.log == ["start a", "stop a"] and s.snapshot()["a"].state == "stopped"
     await s.close()

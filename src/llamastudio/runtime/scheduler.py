@@ -64,17 +64,7 @@ from llamastudio.runtime.messages import (
 )
 from llamastudio.runtime.policy import FAIR_WAIT, State, View
 
-__all__ = [
-    "Counters",
-    "Effects",
-    "Lease",
-    "ModelSpec",
-    "ModelState",
-    "NoRoom",
-    "QueueFull",
-    "Scheduler",
-    "TooBusy",
-]
+__all__ = ["Counters", "Effects", "Lease", "ModelSpec", "ModelState", "Scheduler"]
 
 log = logging.getLogger(__name__)
 
@@ -198,20 +188,6 @@ class Scheduler:
 
     def counters(self) -> Counters:
         return Counters(self.loads, self.evictions, self.unloads)
-
-    def state(self) -> dict[str, dict[str, object]]:
-        now = self.clock()
-        return {
-            n: {
-                "state": e.state,
-                "in_flight": e.in_flight,
-                "queued": len(e.waiters),
-                "closed": e.closed,
-                "note": e.note,
-                "idle_s": now - e.last_used if e.last_used else None,
-            }
-            for n, e in self.entries.items()
-        }
 
     # -- the owner task -------------------------------------------------------------------------
     def _post(self, message: Message) -> None:
