@@ -22,19 +22,12 @@ from llamastudio.fit.planner import HOST_MARGIN
 from llamastudio.gguf import load_model
 from llamastudio.runtime.instances import file_stem
 from llamastudio.runtime.policy import FAIR_WAIT
+from tests.rig.pids import alive
 from tests.rig.studio import Studio
 
 SMALL = ["-c", "512", "-np", "2", "-t", "2"]  # -t 2 on this 2-core machine: CPU-bound, all cores
 STREAMS = ["-c", "1024", "-np", "2", "-t", "2"]  # room for two 200-token requests
 BODY = {"prompt": "x", "max_tokens": 8}
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 15) -> bool:

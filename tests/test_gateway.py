@@ -21,6 +21,7 @@ from llamastudio.fit.estimator import estimate
 from llamastudio.fit.flags import parse_server_args
 from llamastudio.fit.planner import HOST_MARGIN
 from llamastudio.gguf import load_model
+from tests.rig.pids import alive
 from tests.rig.studio import Studio
 
 KEY = "gw-secret"
@@ -328,17 +329,9 @@ def test_orphans_of_a_killed_studio_are_cleaned_up(
         assert Path(f"/proc/{pid}").exists()  # left behind
         s.start()
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() < deadline and alive(pid):
             time.sleep(0.1)
-        assert not _alive(pid)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.split(")")[-1].split()[0] != "Z"
+        assert not alive(pid)
 
 
 def test_a_model_that_cannot_start_says_why_and_backs_off(

@@ -19,6 +19,7 @@ import pytest
 from llamastudio.engines import keys
 from llamastudio.engines.registry import Engine
 from llamastudio.engines.validate import engine_env
+from tests.rig.pids import alive
 from tests.rig.studio import Studio
 
 KEY = "gw-secret"
@@ -271,13 +272,6 @@ def test_metrics_labels_are_bounded(studio: Studio) -> None:
     assert unknown >= 2000
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_a_request_right_after_kill_9_restarts_the_engine(
     studio: Studio, tiny_models: dict[str, Path]
 ) -> None:
@@ -305,7 +299,7 @@ def test_a_request_right_after_kill_9_restarts_the_engine(
             os.kill(pid, signal.SIGKILL)
             r = gw.post("/v1/chat/completions", json={"model": "k9", **CHAT})  # at once
             assert r.status_code == 200, r.text
-            assert not _alive(pid) and studio.status("k9")["pid"] not in (None, pid)
+            assert not alive(pid) and studio.status("k9")["pid"] not in (None, pid)
     finally:
         stop.set()
         worker.join(30)
