@@ -469,6 +469,7 @@ class _Served:
             "LLAMASTUDIO_LOG_LEVEL": "warning",
             "LLAMASTUDIO_PORT": str(self.port),
             "LLAMASTUDIO_GATEWAY_PORT": str(self.gateway_port),
+            "LLAMASTUDIO_LMDEPLOY_PORT": str(free_port()),
             "HF_HOME": str(root / "hf"),
         }
 

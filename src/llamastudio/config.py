@@ -43,7 +43,18 @@ class Settings(BaseSettings):
         default=2000, ge=0, le=65535, description="Port of the OpenAI-compatible gateway."
     )
     lmdeploy_port: int = Field(
-        default=2001, ge=0, le=65535, description="Port of the LMDeploy (safetensors) endpoint."
+        default=2001,
+        ge=-1,
+        le=65535,
+        validation_alias=AliasChoices("LLAMASTUDIO_LMDEPLOY_PORT", "LMDEPLOY_PORT", "lmdeploy_port"),
+        description="Port of the second OpenAI-compatible listener, which serves only the models "
+        "running on LMDeploy (the seed's safetensors runner); LMDEPLOY_PORT also works; -1 turns it off.",
+    )
+    lmdeploy_bin: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("LLAMASTUDIO_LMDEPLOY_BIN", "LMDEPLOY_BIN", "lmdeploy_bin"),
+        description="An `lmdeploy` CLI to register as an LMDeploy engine at start (LMDEPLOY_BIN also "
+        "works); without it, an `lmdeploy` on PATH is registered when no LMDeploy engine is.",
     )
     llama_server: Path | None = Field(
         default=None,

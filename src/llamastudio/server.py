@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import gc
 import ipaddress
+import logging
 import os
 import signal
 import socket
@@ -33,6 +34,8 @@ from llamastudio.errors import Conflict, InvalidInput
 from llamastudio.gateway.app import Gateway, error_json
 from llamastudio.guard import guard_gateway
 from llamastudio.http_protocol import BODY_TIMEOUT, HEADER_TIMEOUT, with_timeouts
+
+log = logging.getLogger(__name__)
 
 
 class _Server(uvicorn.Server):
@@ -122,6 +125,7 @@ async def serve(settings: Settings) -> None:
     gw_task = asyncio.create_task(gw.serve())
     while not gw.started and not gw_task.done():
         await asyncio.sleep(0.02)
+    lm, lm_task = await _lmdeploy_listener(state, settings)
     if api.started and gw.started:  # the CLI finds this studio through its data directory
         runinfo.write(
             settings.data_dir,
@@ -136,13 +140,41 @@ async def serve(settings: Settings) -> None:
     finally:
         runinfo.remove(settings.data_dir)
     gw.should_exit = True
-    await asyncio.gather(gw_task, return_exceptions=True)
+    if lm is not None:
+        lm.should_exit = True
+    await asyncio.gather(gw_task, *([lm_task] if lm_task else []), return_exceptions=True)
     api.should_exit = True
     await asyncio.gather(api_task, return_exceptions=True)
     stopper.cancel()
     for task in (api_task, gw_task):
         if task.done() and not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
+
+
+async def _lmdeploy_listener(
+    state: AppState, settings: Settings
+) -> tuple[_Server | None, asyncio.Task[None] | None]:
+    """The seed's second endpoint (``LMDEPLOY_PORT``, default 2001): the gateway, serving only
+    the models that run on LMDeploy. A port already taken there is logged, not fatal: port 2000
+    serves the same models."""
+    if settings.lmdeploy_port < 0:
+        return None, None
+    app = Gateway(state.service, settings, state.metrics, kinds=frozenset({"lmdeploy"}))
+    server = _Server(
+        _config(
+            guard_gateway(app, settings, error_json),
+            settings.host,
+            settings.lmdeploy_port,
+            settings.log_level,
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started and not task.done():
+        await asyncio.sleep(0.02)
+    if not server.started:
+        log.warning("the LMDeploy listener could not bind %s:%s: off", settings.host, settings.lmdeploy_port)
+        return None, None
+    return server, task
 
 
 def _bound_port(server: uvicorn.Server, configured: int) -> int:

@@ -6,6 +6,9 @@
 - ``HEAD``/``GET /{repo}/resolve/{rev}/{path}`` with ``X-Repo-Commit``, ``ETag`` (the LFS sha256),
   ``Content-Length``, ``Accept-Ranges`` and ``Range`` → 206.
 
+Repos hold any files: GGUF quants, or a transformers checkpoint (``config.json`` + safetensors
+shards, ``tags=["safetensors"]``, ``library="transformers"``; see ``tests/rig/checkpoints.py``).
+
 Test knobs: ``throttle`` slows every body;
 gated repos answer 401 (no token) or 403 (wrong token) with ``X-Error-Code: GatedRepo``;
 ``drop_after[path] = n`` closes the connection after n body bytes (once); ``corrupt`` serves bytes
@@ -47,7 +50,8 @@ class Repo:
     gated: bool = False
     downloads: int = 0
     likes: int = 0
-    tags: list[str] = field(default_factory=lambda: ["gguf"])
+    tags: list[str] = field(default_factory=lambda: ["gguf"])  # safetensors repos: ["safetensors", ...]
+    library: str = "gguf"  # the card's library_name ("transformers" for a checkpoint)
     license: str = "mit"
     corrupt: set[str] = field(default_factory=set)
     digests: dict[str, str] = field(default_factory=dict)
@@ -167,7 +171,7 @@ class _Handler(BaseHTTPRequestHandler):
             "id": repo.id, "modelId": repo.id, "author": repo.id.split("/")[0], "sha": repo.sha,
             "downloads": repo.downloads, "likes": repo.likes, "tags": repo.tags, "private": False,
             "gated": "manual" if repo.gated else False, "pipeline_tag": "text-generation",
-            "library_name": "gguf", "lastModified": "2026-11-01T00:00:00.000Z",
+            "library_name": repo.library, "lastModified": "2026-11-01T00:00:00.000Z",
             "createdAt": "2026-10-01T00:00:00.000Z", "cardData": {"license": repo.license},
         }  # fmt: skip
 

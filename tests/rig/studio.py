@@ -39,6 +39,7 @@ class Studio:
         self.log_path = root / "studio.log"
         self.port = free_port()
         self.gateway_port = free_port()
+        self.lmdeploy_port = free_port()
         self.gateway_key = gateway_key
         self.api_key = api_key
         self.timeout = timeout
@@ -85,6 +86,7 @@ class Studio:
             **self.env,
             "LLAMASTUDIO_PORT": str(self.port),
             "LLAMASTUDIO_GATEWAY_PORT": str(self.gateway_port),
+            "LLAMASTUDIO_LMDEPLOY_PORT": str(self.lmdeploy_port),
         }
         done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=180)
         if check and done.returncode != 0:

@@ -6,7 +6,8 @@ carries ``Authorization: Bearer <key>``, which only the gateway knows. Local use
 that find the port cannot use it. The key travels in a 0600 file under ``<data>/run/``, never in
 argv (``/proc/<pid>/cmdline`` is world-readable); llama-server reads the file while parsing its
 arguments, and the caller removes it once the process is ready or has failed. Engines without the
-flag (``command`` configurations, other kinds) get no key.
+flag (``command`` configurations) get no key. vLLM takes its key from ``VLLM_API_KEY`` in its
+environment (readable only by the same user, like the file): :func:`issue_env`.
 """
 
 from __future__ import annotations
@@ -25,14 +26,25 @@ FLAG = "--api-key-file"
 @dataclass(frozen=True)
 class EngineKey:
     key: str
-    file: Path
+    file: Path | None = None  # given as ``--api-key-file`` (else as ``env_var``)
+    env_var: str | None = None
 
     @property
     def args(self) -> list[str]:
-        return [FLAG, str(self.file)]
+        return [FLAG, str(self.file)] if self.file is not None else []
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {self.env_var: self.key} if self.env_var else {}
 
     def remove(self) -> None:
-        self.file.unlink(missing_ok=True)
+        if self.file is not None:
+            self.file.unlink(missing_ok=True)
+
+
+def issue_env(var: str) -> EngineKey:
+    """A new key for one start of an engine that reads it from the environment variable ``var``."""
+    return EngineKey(secrets.token_urlsafe(32), env_var=var)
 
 
 def issue(engine: Engine | None, run_dir: Path, stem: str) -> EngineKey | None:

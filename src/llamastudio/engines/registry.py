@@ -15,12 +15,14 @@ from llamastudio.errors import Conflict, NotFound
 from llamastudio.store import Database
 from llamastudio.store.models import EngineRow, ModelPinRow
 
+LLAMA_CPP = "llama.cpp"
+
 
 @dataclass
 class Engine:
     id: str
     name: str
-    kind: str  # release | source | external
+    kind: str  # release | source | external | venv (a Python environment the studio made)
     root: str
     binaries: dict[str, str]
     version: str = ""
@@ -32,11 +34,13 @@ class Engine:
     build_key: str = ""
     validation: dict[str, Any] = field(default_factory=dict)
     capabilities: list[str] = field(default_factory=list)
-    is_default: bool = False
+    is_default: bool = False  # the default of its family
+    family: str = LLAMA_CPP  # the server it runs: llama.cpp | vllm | sglang | lmdeploy
 
     @property
     def server(self) -> Path:
-        return Path(self.binaries["llama-server"])
+        """The program a start runs: llama-server, or the Python (or CLI) of another family."""
+        return Path(self.binaries["llama-server" if self.family == LLAMA_CPP else "entry"])
 
     def supports(self, flag: str) -> bool:
         return flag in self.capabilities
@@ -79,10 +83,11 @@ class EngineRegistry:
         with self.db.session() as s, s.begin():
             if s.get(EngineRow, engine.id) is not None:
                 raise Conflict(f"an engine {engine.id!r} is already registered")
-            first = s.scalars(select(EngineRow).limit(1)).first() is None
+            family = select(EngineRow).where(EngineRow.family == engine.family)
+            first = s.scalars(family.limit(1)).first() is None
             engine.is_default = engine.is_default or first
             if engine.is_default:
-                for row in s.scalars(select(EngineRow).where(EngineRow.is_default)):
+                for row in s.scalars(family.where(EngineRow.is_default)):
                     row.is_default = False
             data = asdict(engine)
             s.add(EngineRow(**data))
@@ -97,16 +102,26 @@ class EngineRegistry:
                 setattr(row, key, value)
 
     def set_default(self, engine_id: str) -> Engine:
-        self.get(engine_id)
+        """Make it the default of its family (each family has one: llama.cpp, vllm, ...)."""
+        family = self.get(engine_id).family
         with self.db.session() as s, s.begin():
-            for row in s.scalars(select(EngineRow)):
+            for row in s.scalars(select(EngineRow).where(EngineRow.family == family)):
                 row.is_default = row.id == engine_id
         return self.get(engine_id)
 
-    def default(self) -> Engine | None:
+    def default(self, family: str = LLAMA_CPP) -> Engine | None:
         with self.db.session() as s:
-            row = s.scalars(select(EngineRow).where(EngineRow.is_default)).first()
+            query = select(EngineRow).where(EngineRow.is_default, EngineRow.family == family)
+            row = s.scalars(query).first()
             return Engine.from_row(row) if row else None
+
+    def default_of(self, families: tuple[str, ...]) -> Engine | None:
+        """The default engine of the first of ``families`` that has one registered."""
+        for family in families:
+            engine = self.default(family)
+            if engine is not None:
+                return engine
+        return None
 
     def pin(self, model: str, engine_id: str | None) -> None:
         """Pin ``model`` to an engine; ``None`` unpins (the default engine applies again)."""
@@ -122,15 +137,21 @@ class EngineRegistry:
             else:
                 row.engine_id = engine_id
 
-    def engine_for(self, model: str) -> Engine:
-        """The engine a model runs with: its pin, else the default."""
+    def engine_for(self, model: str, families: tuple[str, ...] = (LLAMA_CPP,)) -> Engine:
+        """The engine a model runs with: its pin, else the default of the first of ``families``
+        (the ones that can serve its format) that has an engine."""
         with self.db.session() as s:
             pin = s.get(ModelPinRow, model)
         if pin is not None:
             return self.get(pin.engine_id)
-        default = self.default()
+        default = self.default_of(families)
         if default is None:
-            raise NotFound("no engine registered: build one (`llamastudio engines build`) or add one")
+            if families == (LLAMA_CPP,):
+                raise NotFound("no engine registered: build one (`llamastudio engines build`) or add one")
+            raise NotFound(
+                f"no {' / '.join(families)} engine registered to serve it: install one "
+                f"(`llamastudio engines install --family {families[0]}`) or add one"
+            )
         return default
 
     def pins(self, engine_id: str) -> list[str]:
@@ -151,7 +172,7 @@ class EngineRegistry:
         if engine.kind != "external" and root.is_relative_to(self.dir) and root.exists():
             shutil.rmtree(root)
         if engine.is_default:
-            rest = self.all()
+            rest = [e for e in self.all() if e.family == engine.family]
             if rest:
                 self.set_default(rest[-1].id)
         return engine

@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from llamastudio.config import Settings
-from llamastudio.errors import GatewayUnauthorized, InvalidInput, StudioError
+from llamastudio.errors import GatewayUnauthorized, InvalidInput, NotFound, StudioError
 from llamastudio.gateway.asgi import (
     Disconnected,
     Receive,
@@ -53,9 +53,12 @@ class Gateway:
         settings: Settings,
         metrics: Metrics | None = None,
         keys: list[str | None] | None = None,
+        kinds: frozenset[str] | None = None,
     ) -> None:
-        """``keys``: accepted API keys (default: the gateway key, when set)."""
+        """``keys``: accepted API keys (default: the gateway key, when set); ``kinds``: serve
+        only models on these engine kinds (the LMDeploy listener on port 2001)."""
         self.service = service
+        self.kinds = kinds
         self.acquire = service.acquire  # the runtime's own: nothing between a request and its lease
         self.settings = settings
         self.metrics = metrics or Metrics()
@@ -124,7 +127,7 @@ class Gateway:
 
     # -- own endpoints -------------------------------------------------------------------------
     async def _models(self) -> dict[str, Any]:
-        data = [m.model_dump(mode="json") for m in await self.service.gateway_models()]
+        data = [m.model_dump(mode="json") for m in await self.service.gateway_models(self.kinds)]
         return {"object": "list", "data": data}
 
     async def _render_metrics(self) -> str:
@@ -159,6 +162,11 @@ class Gateway:
             if len(names) != 1:
                 raise InvalidInput("request names no model: set `model` in the JSON body (or ?model=)")
             name = names[0]
+        if self.kinds is not None and await self.service.kind_of(name) not in self.kinds:
+            raise NotFound(
+                f"model {name!r} is not served on this port: it serves {', '.join(sorted(self.kinds))} "
+                f"models only (every model is on port {self.settings.gateway_port})"
+            )
         try:
             lease, proc = await self.acquire(name)
         except StudioError as exc:  # the client's name is no label unless it is configured

@@ -32,6 +32,7 @@ from llamastudio.hub.quants import RepoFile
 from llamastudio.hub.token import check_token
 
 T = TypeVar("T")
+FORMATS = ("gguf", "safetensors")  # what a search looks for, and the formats a repo is read in
 SortKey = Literal["downloads", "likes", "trending_score", "last_modified"]
 SORTS: dict[str, SortKey] = {
     "downloads": "downloads",
@@ -142,13 +143,22 @@ class HubClient:
         self.api = HfApi(endpoint=self.endpoint, token=self.token or False)
 
     def search(
-        self, query: str = "", sort: str = "downloads", limit: int = 20, author: str | None = None
+        self,
+        query: str = "",
+        sort: str = "downloads",
+        limit: int = 20,
+        author: str | None = None,
+        fmt: str = "gguf",
     ) -> list[dict[str, Any]]:
+        """Repos holding ``fmt`` weights: ``gguf`` files, or ``safetensors`` (transformers
+        checkpoints: the Hub's ``safetensors`` filter)."""
         if sort not in SORTS:
             raise InvalidInput(f"sort {sort!r}: choose from {', '.join(SORTS)}")
+        if fmt not in FORMATS:
+            raise InvalidInput(f"format {fmt!r}: choose from {', '.join(FORMATS)}")
         with hub_errors(query or "search"):
             models = self.api.list_models(
-                search=query or None, author=author, filter="gguf", sort=SORTS[sort], limit=limit, full=True
+                search=query or None, author=author, filter=fmt, sort=SORTS[sort], limit=limit, full=True
             )
             out = []
             for m in models:
@@ -166,6 +176,7 @@ class HubClient:
                         "last_modified": m.last_modified.isoformat() if m.last_modified else None,
                         "parameters": getattr(safetensors, "total", None) if safetensors else None,
                         "gated": bool(getattr(m, "gated", False)),
+                        "format": fmt,
                     }
                 )
             return out

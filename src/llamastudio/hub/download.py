@@ -25,6 +25,7 @@ from llamastudio.errors import (
     StorageError,
 )
 from llamastudio.fsutil import write_atomic
+from llamastudio.hub.checkpoints import check_format, find_checkpoint, select_checkpoint
 from llamastudio.hub.client import CONNECT_TIMEOUT, HubClient
 from llamastudio.hub.paths import (
     check_commit,
@@ -54,13 +55,35 @@ def files_to_pull(group: QuantGroup) -> list[RepoFile]:
     return [*group.files, *extra]
 
 
-def select_files(repo: str, files: list[RepoFile], quant: str | None, file: str | None) -> list[RepoFile]:
-    """What ``pull REPO[:QUANT]`` / ``--file`` means: one named file, or a quant's shards + mmproj."""
+def repo_format(files: list[RepoFile], fmt: str | None = None) -> str:
+    """The format a repo is pulled or listed in: the one asked for, else GGUF when it has GGUF
+    files, else safetensors when it holds a transformers checkpoint, else GGUF (which says so)."""
+    asked = check_format(fmt)
+    if asked is not None:
+        return asked
+    if not group_files(files) and find_checkpoint(files) is not None:
+        return "safetensors"
+    return "gguf"
+
+
+def select_files(
+    repo: str,
+    files: list[RepoFile],
+    quant: str | None,
+    file: str | None,
+    fmt: str | None = None,
+    label: Callable[[], str] | None = None,
+) -> list[RepoFile]:
+    """What ``pull REPO[:QUANT]`` / ``--file`` means: one named file, a GGUF quant's shards +
+    mmproj, or a safetensors checkpoint's shards + configs + tokenizer (``fmt``: see
+    :func:`repo_format`; ``label``: a safetensors checkpoint's label, read only to match a quant)."""
     if file:
         wanted = [f for f in files if f.path == file]
         if not wanted:
             raise NotFound(f"{repo} has no file {file!r}")
         return wanted
+    if repo_format(files, fmt) == "safetensors":
+        return select_checkpoint(repo, files, quant, label)
     groups = group_files(files)
     if not groups:
         raise InvalidInput(f"{repo} has no GGUF files")

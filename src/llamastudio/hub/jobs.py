@@ -12,8 +12,11 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from llamastudio.checkpoint import CONFIG
+from llamastudio.checkpoint.config import checkpoint_label
+from llamastudio.checkpoint.remote import MAX_JSON, fetch_bytes, parse_json_object
 from llamastudio.hub.client import HubClient
-from llamastudio.hub.download import pull_files, select_files
+from llamastudio.hub.download import pull_files, repo_format, select_files
 from llamastudio.hub.quants import RepoFile
 from llamastudio.jobs import Job, JobContext, JobKind, JobManager, JobState, Recovery
 
@@ -56,6 +59,7 @@ def download_view(job: Job) -> dict[str, Any]:
         "progress": 1.0 if job.state == JobState.DONE else (job.progress.fraction or 0.0),
         "error": job.error,
         "repo": job.params.get("repo"),
+        "format": job.params.get("format"),
         "files": [f["path"] for f in job.params.get("files", [])],
         "bytes_total": total,
         "bytes_done": done,
@@ -74,19 +78,38 @@ class Downloads:
         self.client_factory = client_factory
 
     async def submit(
-        self, repo: str, quant: str | None = None, file: str | None = None, revision: str | None = None
+        self,
+        repo: str,
+        quant: str | None = None,
+        file: str | None = None,
+        revision: str | None = None,
+        fmt: str | None = None,
     ) -> dict[str, Any]:
+        """``fmt``: ``gguf`` or ``safetensors`` (a transformers checkpoint: its shards, configs
+        and tokenizer); None: GGUF when the repo has GGUF files, else its checkpoint."""
         client = self.client_factory()
-        _, files = await asyncio.to_thread(client.files, repo, revision)
-        wanted = select_files(repo, files, quant, file)
+
+        def resolve() -> tuple[str, list[RepoFile]]:  # the Hub's file list; config.json for a quant
+            sha, files = client.files(repo, revision)
+            kind = repo_format(files, fmt)
+
+            def label() -> str:
+                config = fetch_bytes(client.url(repo, CONFIG, sha), client.token, most=MAX_JSON)
+                return checkpoint_label(parse_json_object(f"{repo}/{CONFIG}", config), repo)
+
+            return kind, select_files(repo, files, quant, file, kind, label)
+
+        kind, wanted = await asyncio.to_thread(resolve)
         params = {
             "repo": repo,
             "revision": revision or "main",
             "quant": quant,
+            "format": None if file else kind,
             "bytes_total": sum(f.size for f in wanted),
             "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in wanted],
         }
-        return download_view(self.jobs.submit(DOWNLOAD, f"{repo}:{quant or file or ''}", params))
+        title = f"{repo}:{quant or file}" if quant or file else repo
+        return download_view(self.jobs.submit(DOWNLOAD, title, params))
 
     def get(self, job_id: str) -> dict[str, Any]:
         return download_view(self.jobs.get(job_id, KINDS))

@@ -1,5 +1,8 @@
 """Every local model: the Hugging Face cache (shared with llama.cpp ``-hf``, huggingface_hub and
-other tools, never duplicated) plus files and directories the user added (used in place)."""
+other tools, never duplicated) plus files and directories the user added (used in place).
+
+Two formats: GGUF files (one model per quant, split parts together) and transformers checkpoints
+(``config.json`` + ``*.safetensors`` shards: one model per snapshot or added directory)."""
 
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ from typing import Any
 from huggingface_hub import constants, scan_cache_dir
 from sqlalchemy import select
 
+from llamastudio.checkpoint import CONFIG, INDEX, is_checkpoint, read_checkpoint, read_config
+from llamastudio.checkpoint.config import checkpoint_label
 from llamastudio.errors import InvalidInput, NotFound, ScanLimit, StudioError
 from llamastudio.gguf import facts_from_model, load_model
 from llamastudio.hub.quants import quant_label
@@ -128,11 +133,15 @@ def served_name_for(path: Path) -> str:
 
 @dataclass
 class LocalModel:
-    id: str  # "repo:QUANT" for the HF cache, the first file's path for added models
-    path: str  # the file to pass to llama-server -m (first shard of a split model)
+    # GGUF: "repo:QUANT" for the HF cache, the first file's path for added models;
+    # safetensors: "repo" for the HF cache, the directory for added checkpoints
+    id: str
+    # GGUF: the file to pass to llama-server -m (first shard of a split model);
+    # safetensors: the checkpoint's directory (the snapshot, or the added directory)
+    path: str
     files: list[str]
     size: int
-    quant: str
+    quant: str  # GGUF: the quant; safetensors: the quantization (AWQ, FP8, ...) or the dtype
     source: str  # "hf-cache" | "added"
     repo: str | None = None
     revision: str | None = None
@@ -140,6 +149,7 @@ class LocalModel:
     facts: dict[str, Any] = field(default_factory=dict)
     other_quants: list[str] = field(default_factory=list)  # of the same repo, present locally
     served_name: str = ""  # added models: a gateway name derived from the file name (see served_name_for)
+    format: str = "gguf"  # "gguf" | "safetensors"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -183,6 +193,37 @@ def _facts(path: Path) -> dict[str, Any]:
     }
 
 
+def _checkpoint_facts(directory: Path) -> dict[str, Any]:
+    try:
+        return read_checkpoint(directory).facts()
+    except StudioError as exc:
+        return {"error": exc.message}
+
+
+def _checkpoint_label(directory: Path, name: str) -> str:
+    """The checkpoint's "quant": from config.json alone (cheap, on every listing); a config that
+    cannot be read gets the generic label, and its facts say why."""
+    try:
+        return checkpoint_label(read_config(directory), name)
+    except StudioError:
+        return checkpoint_label({}, name)
+
+
+def _checkpoint_files(directory: Path) -> tuple[list[str], int]:
+    """(the checkpoint directory's own files, their total size): not GGUFs beside it, nor
+    subdirectories."""
+    files, size = [], 0
+    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+        try:
+            if entry.name.endswith(".gguf") or not entry.is_file():
+                continue
+            size += entry.stat().st_size
+        except OSError:
+            continue
+        files.append(entry.path)
+    return files, size
+
+
 class Library:
     def __init__(self, db: Database, hub_cache: Path | None = None) -> None:
         self.db = db
@@ -193,13 +234,24 @@ class Library:
         target = resolve_local(path)
         if target.is_file():
             if target.suffix != ".gguf":
-                raise InvalidInput(f"{path} is not a .gguf file")
+                hint = (
+                    " (add a safetensors checkpoint by its directory)"
+                    if target.suffix == ".safetensors"
+                    else ""
+                )
+                raise InvalidInput(f"{path} is not a .gguf file{hint}")
             check_gguf(target)
         elif not target.is_dir():
             raise InvalidInput(f"{path} is neither a file nor a directory")
+        elif (target / CONFIG).is_file() and (
+            any(target.glob("*.safetensors")) or (target / INDEX).is_file()
+        ):
+            read_checkpoint(target)  # a checkpoint is refused, with the reason, unless every header reads
         found = self._added_models(target)
+        if not found and target.is_dir() and any(target.glob("*.safetensors")):
+            read_config(target)  # safetensors weights without config.json: says so
         if not found:
-            raise InvalidInput(f"{path}: no GGUF model found")
+            raise InvalidInput(f"{path}: no GGUF model or transformers checkpoint found")
         with self.db.session() as s, s.begin():
             if s.get(LibraryPathRow, str(target)) is None:
                 s.add(LibraryPathRow(path=str(target)))
@@ -207,7 +259,7 @@ class Library:
 
     def _added_models(self, root: Path) -> list[LocalModel]:
         paths = ([root] if is_gguf(root) else []) if root.is_file() else find_ggufs(root)
-        out = []
+        out = [self._added_checkpoint(root)] if root.is_dir() and is_checkpoint(root) else []
         for parts in _group(paths):
             try:
                 size = sum(p.stat().st_size for p in parts)
@@ -228,6 +280,36 @@ class Library:
                 )
             )
         return out
+
+    def _added_checkpoint(self, root: Path) -> LocalModel:
+        files, size = _checkpoint_files(root)
+        return LocalModel(
+            id=str(root),
+            path=str(root),
+            files=files,
+            size=size,
+            quant=_checkpoint_label(root, root.name),
+            source="added",
+            served_name=served_name_for(root),
+            format="safetensors",
+        )
+
+    def _cache_checkpoint(self, repo_id: str, commit: str, snapshot: Path) -> LocalModel | None:
+        """The snapshot's checkpoint (``config.json`` + every shard at its root), or None."""
+        if not is_checkpoint(snapshot):
+            return None
+        files, size = _checkpoint_files(snapshot)
+        return LocalModel(
+            id=repo_id,
+            path=str(snapshot),
+            files=files,
+            size=size,
+            quant=_checkpoint_label(snapshot, repo_id),
+            source="hf-cache",
+            repo=repo_id,
+            revision=commit,
+            format="safetensors",
+        )
 
     def _cache_models(self) -> list[LocalModel]:
         if not self.hub_cache.exists():
@@ -254,6 +336,9 @@ class Library:
                             mmproj=mm,
                         )
                     )
+                checkpoint = self._cache_checkpoint(repo.repo_id, rev.commit_hash, rev.snapshot_path)
+                if checkpoint is not None:
+                    out.append(checkpoint)
         return out
 
     def models(self, with_facts: bool = True) -> list[LocalModel]:
@@ -266,14 +351,15 @@ class Library:
                     models += self._added_models(root)
             except (StudioError, OSError) as exc:  # one bad added path must not hide the others
                 log.warning("library: skipping %s: %s", root, getattr(exc, "message", exc))
-        by_repo: dict[str, list[str]] = {}
+        by_repo: dict[tuple[str, str], list[str]] = {}
         for m in models:
             if m.repo:
-                by_repo.setdefault(m.repo, []).append(m.quant)
+                by_repo.setdefault((m.repo, m.format), []).append(m.quant)
         for m in models:
-            m.other_quants = [q for q in by_repo.get(m.repo or "", []) if q != m.quant]
+            m.other_quants = [q for q in by_repo.get((m.repo or "", m.format), []) if q != m.quant]
             if with_facts:
-                m.facts = _facts(Path(m.path))
+                checkpoint = m.format == "safetensors"
+                m.facts = _checkpoint_facts(Path(m.path)) if checkpoint else _facts(Path(m.path))
         return models
 
     def added_paths(self) -> list[str]:

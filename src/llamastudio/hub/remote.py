@@ -19,7 +19,8 @@ from llamastudio.hub.quants import QuantGroup
 
 
 class HeaderCache:
-    """Fetched header prefixes on disk, keyed by URL (which names repo, revision and file)."""
+    """Fetched header prefixes on disk — GGUF headers, safetensors headers, small files such as a
+    checkpoint's config.json — keyed by URL (which names repo, revision and file)."""
 
     def __init__(self, root: Path, token: str | None) -> None:
         self.root = root
@@ -28,11 +29,18 @@ class HeaderCache:
     def _path(self, url: str) -> Path:
         return self.root / hashlib.sha256(url.encode()).hexdigest()
 
-    def open(self, url: str) -> ByteSource:
+    def get(self, url: str) -> tuple[bytes, int] | None:
+        """(the bytes saved for ``url``, the whole file's size), or None when not cached."""
         path = self._path(url)
         meta = path.with_suffix(".json")
         if path.exists() and meta.exists():
-            return BytesSource(url, path.read_bytes(), int(json.loads(meta.read_text())["size"]))
+            return path.read_bytes(), int(json.loads(meta.read_text())["size"])
+        return None
+
+    def open(self, url: str) -> ByteSource:
+        hit = self.get(url)
+        if hit is not None:
+            return BytesSource(url, *hit)
         return _SavingSource(url, self.token, self)
 
     def save(self, url: str, data: bytes, size: int) -> None:

@@ -97,19 +97,24 @@ class ProcessEffects:
         argv = [a.replace(PORT, str(port)) for a in prep.argv]
         # engines get neither the studio's keys nor its tokens; the configuration's env still applies
         env = binary_env(Path(argv[0])) if prep.engine else engine_env()
+        env.update(prep.env)  # the kind's (VLLM_CPU_KVCACHE_SPACE ...)
         env.update(prep.config.env)
         old = self.procs.get(model)
         if old is not None and old.state not in (State.STOPPED, State.FAILED):
             await old.stop()
         kind = KINDS[prep.kind]
         # only the gateway may call it
-        key = (
-            engine_keys.issue(prep.engine, self.run_dir, file_stem(model))
-            if kind.takes_key(prep.engine)
-            else None
-        )
+        key = None
+        if kind.takes_key(prep.engine):
+            var = kind.key_env(prep.engine)
+            key = (
+                engine_keys.issue_env(var)
+                if var
+                else engine_keys.issue(prep.engine, self.run_dir, file_stem(model))
+            )
         if key is not None:
             argv += key.args
+            env.update(key.env)
         job = None
         if self.jobs is not None:
             params = {"model": model, "engine": prep.engine.id if prep.engine else None}
@@ -127,7 +132,7 @@ class ProcessEffects:
             port,
             self.settings.logs_dir / f"{file_stem(model)}.log",
             env=env,
-            timeout=load_timeout(prep.model_bytes),
+            timeout=load_timeout(prep.model_bytes, base=kind.start_seconds),
             lines_hook=on_line,
             api_key=key.key if key else None,
             fatal=kind.fatal,

@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import time
 from pathlib import Path
 
 from llamastudio.aio import cancel_and_wait
 from llamastudio.config import Settings
-from llamastudio.engines.registry import EngineRegistry
+from llamastudio.engines import pyengines
+from llamastudio.engines.registry import LLAMA_CPP, EngineRegistry
 from llamastudio.engines.validate import add_external
 from llamastudio.errors import NotFound, StartFailed, StudioError, TooBusy
 from llamastudio.events import EventBus
@@ -156,13 +158,22 @@ class Runtime:
 
     def _ensure_engine(self) -> None:
         """Register ``LLAMASTUDIO_LLAMA_SERVER`` as an external engine when none is registered."""
+        families = {e.family for e in self.engines.all()}
         binary = self.settings.llama_server
-        if binary is None or self.engines.all():
-            return
-        try:
-            add_external(self.engines, binary.expanduser().resolve(), name="llama-server (settings)")
-        except StudioError as exc:
-            log.warning("LLAMASTUDIO_LLAMA_SERVER=%s is not usable: %s", binary, exc.message)
+        if binary is not None and LLAMA_CPP not in families:
+            try:
+                add_external(self.engines, binary.expanduser().resolve(), name="llama-server (settings)")
+            except StudioError as exc:
+                log.warning("LLAMASTUDIO_LLAMA_SERVER=%s is not usable: %s", binary, exc.message)
+        # the seed's LMDEPLOY_BIN, else an `lmdeploy` on PATH
+        cli = self.settings.lmdeploy_bin or (Path(found) if (found := shutil.which("lmdeploy")) else None)
+        if cli is not None and "lmdeploy" not in families:
+            try:
+                python = pyengines.python_of(cli)
+                family = pyengines.FAMILIES["lmdeploy"]
+                pyengines.register(self.engines, family, python, "external", cli.parent, cli=cli)
+            except StudioError as exc:
+                log.warning("LMDEPLOY_BIN=%s is not usable: %s", cli, exc.message)
 
     def cleanup_orphans(self) -> list[int]:
         """Kill engine processes a previous (killed) studio left running and wait for them to

@@ -106,9 +106,19 @@ class StudioService:
         """The configured name a requested name, alias or library id stands for (no re-sync)."""
         return self.runtime.lookup(name)
 
+    async def kind_of(self, name: str) -> str | None:
+        """The engine kind a model (by name, alias or library id) runs on, when it is prepared."""
+        label = self.runtime.lookup(name)
+        prep = self.runtime.prepared.get(label) if label else None
+        return prep.kind if prep else None
+
     # -- the gateway's own endpoints -------------------------------------------------------------
-    async def gateway_models(self) -> list[GatewayModel]:
-        return [views.gateway_model(m) for m in await self.served(refresh=False)]
+    async def gateway_models(self, kinds: frozenset[str] | None = None) -> list[GatewayModel]:
+        """The models the gateway lists (``kinds``: only those running on these engine kinds)."""
+        served = await self.served(refresh=False)
+        if kinds is not None:
+            served = [m for m in served if await self.kind_of(m.name) in kinds]
+        return [views.gateway_model(m) for m in served]
 
     async def gateway_model(self, name: str) -> GatewayModel:
         for c in self.runtime.known:
@@ -323,7 +333,8 @@ class StudioService:
         return await asyncio.to_thread(self.runtime.library.models)
 
     async def add_to_library(self, path: Path) -> list[LocalModel]:
-        """Add a GGUF file, or the GGUF files under a directory (searched in a thread)."""
+        """Add a GGUF file, the GGUF files under a directory, or a transformers checkpoint
+        directory (config.json + *.safetensors, every header read); searched in a thread."""
         found = await asyncio.to_thread(self.runtime.library.add, path)
         await self.refresh()
         return found

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from llamastudio.checkpoint import read_config, shard_names
 from llamastudio.engines.command import check_flags
 from llamastudio.engines.kinds import COMMAND, ModelRequest
 from llamastudio.engines.registry import Engine
@@ -30,7 +31,11 @@ from llamastudio.store.models import ServedModelRow
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,255}$")
 # set by the runtime for every instance; a configuration may not choose them
-RESERVED_FLAGS = frozenset({"-m", "--model", "--port", "--host", "-hf", "--hf-repo", "-mu", "--model-url"})
+RESERVED_FLAGS = frozenset(
+    {"-m", "--model", "--port", "--host", "-hf", "--hf-repo", "-mu", "--model-url"}
+    # vLLM, SGLang, LMDeploy: the checkpoint, the name the gateway routes by, the address
+    | {"--model-path", "--served-model-name", "--model-name", "--server-name", "--server-port"}
+)
 MAX_TTL = 10 * 365 * 86400  # seconds; the same bound as the ``default_ttl`` setting
 MAX_COUNT = 1_000_000  # max_concurrency, max_queue
 MAX_BYTES = 1 << 52  # a reservation; JSON numbers stay exact in the UI below 2^53
@@ -226,7 +231,9 @@ class ModelConfigs:
             engine = self.engine_of(cfg)
         except NotFound:
             return
-        check_flags(engine, parse_server_args(cfg.args).extra)
+        # llama-server flags the estimator models are rewritten, not passed through; other engines'
+        # flags all go to the engine as given
+        check_flags(engine, parse_server_args(cfg.args).extra if engine.family == "llama.cpp" else cfg.args)
 
     def delete(self, name: str) -> None:
         with self.db.session() as s, s.begin():
@@ -236,20 +243,39 @@ class ModelConfigs:
             s.delete(row)
 
     def model_path(self, cfg: ModelConfig, library: list[LocalModel] | None = None) -> Path:
-        """The GGUF file to pass to ``-m`` (first shard of a split model); ``library``: a listing
-        already made (else the library is listed)."""
+        """The GGUF file to pass to ``-m`` (first shard of a split model), or a safetensors
+        checkpoint's directory; ``library``: a listing already made (else the library is listed)."""
+        return self.model_source(cfg, library)[0]
+
+    def model_source(self, cfg: ModelConfig, library: list[LocalModel] | None = None) -> tuple[Path, str]:
+        """The model's path and format (``gguf`` | ``safetensors``)."""
         if library is None:
             local = self.local(cfg)
         else:
             local = next((m for m in library if cfg.model in (m.id, m.path)), None)
         if local is not None:
-            return Path(local.path)
+            return Path(local.path), local.format
         path = Path(cfg.model).expanduser()
         if not path.is_absolute():
             raise NotFound(f"{cfg.model!r} is neither a library model nor an absolute path")
+        if path.is_dir():
+            read_config(path)  # a clear error for a directory that is not a checkpoint
+            if not shard_names(path):
+                raise InvalidInput(f"{cfg.model}: no *.safetensors weights in this directory")
+            return path, "safetensors"
         if not path.is_file():
             raise NotFound(f"{cfg.model}: no such file")
-        return check_gguf(path)  # not any readable file: a GGUF (its bytes are never quoted)
+        return check_gguf(path), "gguf"  # not any readable file: a GGUF (its bytes are never quoted)
+
+    def gguf_path(self, cfg: ModelConfig) -> Path:
+        """The GGUF file of a model, refusing a checkpoint (the estimator and planner read GGUF)."""
+        path, fmt = self.model_source(cfg)
+        if fmt != "gguf":
+            raise InvalidInput(
+                f"{cfg.name}: a safetensors checkpoint; the llama.cpp estimator and Smart Auto read GGUF "
+                "files (the start preview shows what vLLM / SGLang / LMDeploy will reserve)"
+            )
+        return path
 
     def local(self, cfg: ModelConfig) -> LocalModel | None:
         try:

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llamastudio.engines.kinds import COMMAND, LLAMA_CPP, ModelRequest
+from llamastudio.checkpoint import Checkpoint, read_checkpoint
+from llamastudio.engines.kinds import COMMAND, FOR_FORMAT, ModelRequest, kind_named
 from llamastudio.engines.registry import Engine, EngineRegistry
 from llamastudio.errors import InvalidInput, NotFound
 from llamastudio.fit.estimator import Estimate, estimate
@@ -48,6 +49,7 @@ class Prepared:
     warnings: list[str] = field(default_factory=list)
     stamp: Stamp = (0, 0)  # the model file's, when prepared
     threads: int = 0  # CPU threads it computes with; 0 = wholly on GPUs (kinds/threads.py)
+    env: dict[str, str] = field(default_factory=dict)  # the kind's engine environment
 
     def to_json(self) -> dict[str, Any]:
         est = self.estimate
@@ -59,6 +61,7 @@ class Prepared:
             "model_path": str(self.model_path) if self.model_path else None,
             "reserve": self.reserve,
             "threads": self.threads,
+            "env": self.env,
             "estimate": None
             if est is None
             else {
@@ -80,16 +83,22 @@ class Launcher:
         self.engines = engines
         self.library = library
 
-    def engine_of(self, cfg: ModelConfig) -> Engine:
-        """The engine ``cfg`` runs on: its ``engine_id``, else its pin, else the default."""
+    def engine_of(self, cfg: ModelConfig, fmt: str | None = None) -> Engine:
+        """The engine ``cfg`` runs on: its ``engine_id``, else its pin, else the default of the
+        first family that serves its format (``fmt``; looked up when not given)."""
         if cfg.engine_id:
             return self.engines.get(cfg.engine_id)
+        if fmt is None:
+            fmt = "gguf"
+            with contextlib.suppress(NotFound, InvalidInput):
+                fmt = self.configs.model_source(cfg)[1]
+        families = FOR_FORMAT.get(fmt, FOR_FORMAT["gguf"])
         for key in (cfg.name, cfg.model):
             with contextlib.suppress(NotFound):
-                pinned = self.engines.engine_for(key)
+                pinned = self.engines.engine_for(key, families)
                 if not pinned.is_default:
                     return pinned
-        return self.engines.engine_for(cfg.model)
+        return self.engines.engine_for(cfg.model, families)
 
     def fresh(self, p: Prepared, cfg: ModelConfig) -> bool:
         """Whether ``p`` is still what starting ``cfg`` would run."""
@@ -102,7 +111,7 @@ class Launcher:
         except NotFound:
             return False
         return (
-            p.model_path.is_file()
+            p.model_path.exists()
             and _stamp(p.model_path) == p.stamp
             and p.engine_stamp == _engine_stamp(engine)
         )
@@ -113,10 +122,33 @@ class Launcher:
             request = ModelRequest(cfg.name, command=cfg.command, reserve=cfg.reserve)
             done = COMMAND.plan(request, None, hw)
             return Prepared(cfg, done.argv, done.reserve, kind=COMMAND.name)
-        path = self.configs.model_path(cfg, library)
-        engine = self.engine_of(cfg)
+        path, fmt = self.configs.model_source(cfg, library)
+        engine = self.engine_of(cfg, fmt)
+        kind = kind_named(engine.family)
+        if fmt not in kind.formats:
+            raise InvalidInput(_wrong_format(cfg, fmt, engine))
+        if fmt == "safetensors":
+            ck = read_checkpoint_cached(str(path), *_stamp(path))
+            request = ModelRequest(
+                cfg.name, cfg.args, cfg.auto, cfg.reserve, None, path, checkpoint=ck, env=cfg.env
+            )
+            done = kind.plan(request, engine, hw)
+            return Prepared(
+                cfg,
+                done.argv,
+                dict(cfg.reserve) if cfg.reserve else done.reserve,
+                kind=kind.name,
+                threads=done.threads,
+                engine=engine,
+                engine_stamp=_engine_stamp(engine),
+                model_path=path,
+                model_bytes=ck.weight_bytes,
+                reasons=done.reasons,
+                warnings=done.warnings,
+                stamp=_stamp(path),
+                env=done.env,
+            )
         header = read_header(str(path), *_stamp(path))
-        kind = LLAMA_CPP
         request = ModelRequest(cfg.name, cfg.args, cfg.auto, cfg.reserve, None, path, header)
         done = kind.plan(request, engine, hw)
         return Prepared(
@@ -146,13 +178,13 @@ class Launcher:
         args: list[str] | None = None,
     ) -> Plan:
         """The planner's flags for a model (Smart Auto), with ``args`` kept as its starting point."""
-        model = load_model(str(self.configs.model_path(self.configs.get(name))))
+        model = load_model(str(self.configs.gguf_path(self.configs.get(name))))
         return plan(model, hw, goal, ctx, parallel, base=parse_server_args(args or []))
 
     def estimate_for(self, name: str, args: list[str], hw: Hardware) -> dict[str, Any]:
         """Per-device memory of a model with these flags, against each device's free memory."""
         est = estimate(
-            load_model(str(self.configs.model_path(self.configs.get(name)))), parse_server_args(args), hw.gpus
+            load_model(str(self.configs.gguf_path(self.configs.get(name)))), parse_server_args(args), hw.gpus
         )
         free = {g.device_name: g.free for g in hw.gpus} | {"CPU": hw.ram_free}
         devices: list[dict[str, Any]] = [
@@ -185,8 +217,10 @@ class Launcher:
                 read_header.cache_clear()
             return export_llama_swap(configs, argv)
         if fmt == "preset":
-            paths = {c.name: str(self.configs.model_path(c, library)) for c in configs if c.command is None}
-            return export_preset(configs, paths)
+            sources = {c.name: self.configs.model_source(c, library) for c in configs if c.command is None}
+            # llama-server's presets hold GGUF models only
+            paths = {name: str(path) for name, (path, fmt) in sources.items() if fmt == "gguf"}
+            return export_preset([c for c in configs if c.command is not None or c.name in paths], paths)
         raise InvalidInput(f"format {fmt!r}: llama-swap or preset")
 
     def parse_import(self, fmt: str, text: str) -> list[ModelConfig]:
@@ -205,6 +239,25 @@ def read_header(path: str, size: int, mtime_ns: int) -> GGUFModel:
     prepares every configuration of it: an import of 300 configurations of one file reads it once.
     Callers clear it after a batch (headers hold whole vocabularies)."""
     return load_model(path)
+
+
+@functools.lru_cache(maxsize=8)
+def read_checkpoint_cached(path: str, size: int, mtime_ns: int) -> Checkpoint:
+    """A checkpoint directory's facts (config + every shard header), per version of the directory."""
+    return read_checkpoint(Path(path))
+
+
+def _wrong_format(cfg: ModelConfig, fmt: str, engine: Engine) -> str:
+    if fmt == "gguf":
+        return (
+            f"{cfg.name}: {cfg.model} is a GGUF file and engine {engine.id} is {engine.family}, which "
+            "serves safetensors checkpoints: run it on a llama.cpp engine, or give the checkpoint directory"
+        )
+    return (
+        f"{cfg.name}: {cfg.model} is a safetensors checkpoint and engine {engine.id} is llama.cpp, which "
+        "runs GGUF files: install vLLM, SGLang or LMDeploy (`llamastudio engines install --family vllm`) "
+        "or download a GGUF of the model"
+    )
 
 
 def _stamp(path: Path) -> Stamp:

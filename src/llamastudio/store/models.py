@@ -59,7 +59,9 @@ class EngineRow(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(128))
-    kind: Mapped[str] = mapped_column(String(16))  # release | source | external
+    kind: Mapped[str] = mapped_column(String(16))  # release | source | external | venv
+    # the server it runs: llama.cpp | vllm | sglang | lmdeploy (``engines/kinds``)
+    family: Mapped[str] = mapped_column(String(16), default="llama.cpp", server_default="llama.cpp")
     version: Mapped[str] = mapped_column(String(64), default="")
     commit: Mapped[str] = mapped_column(String(64), default="")
     backends: Mapped[list[str]] = mapped_column(JSON, default=list)

@@ -59,6 +59,13 @@ export interface Quant {
   detail: string
   max_context: number
   args: string[]
+  // safetensors checkpoints: memory from config.json and the shard headers
+  format?: 'gguf' | 'safetensors'
+  weight_bytes?: number
+  params?: number
+  dtype?: string
+  kv_bytes_per_token?: number
+  architecture?: string
 }
 
 export interface RepoHit {

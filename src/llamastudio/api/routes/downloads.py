@@ -3,7 +3,7 @@ shape the UI and CLI have always read: bytes, speed, ETA, paths)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
@@ -19,13 +19,18 @@ class DownloadCreate(BaseModel):
     quant: str | None = None
     file: str | None = None
     revision: str | None = None
+    format: Literal["gguf", "safetensors"] | None = Field(
+        None,
+        description="gguf: a quant's files; safetensors: the transformers checkpoint (shards, configs, "
+        "tokenizer). Default: gguf when the repo has GGUF files, else its checkpoint.",
+    )
 
 
 @router.post("", status_code=201)
 async def create(state: StateDep, body: DownloadCreate) -> dict[str, Any]:
     if body.file and body.quant:
         raise InvalidInput("give a quant or a file, not both")
-    return await state.downloads.submit(body.repo, body.quant, body.file, body.revision)
+    return await state.downloads.submit(body.repo, body.quant, body.file, body.revision, body.format)
 
 
 @router.get("")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
@@ -12,8 +12,8 @@ from pydantic import BaseModel, Field
 from llamastudio.api.deps import StateDep
 from llamastudio.errors import InvalidInput
 from llamastudio.hub.client import HubClient
-from llamastudio.hub.quants import group_files
-from llamastudio.hub.remote import HeaderCache, quant_table
+from llamastudio.hub.detail import repo_detail
+from llamastudio.hub.remote import HeaderCache
 from llamastudio.hub.token import effective_token, store_token, token_source
 
 router = APIRouter(prefix="/api", tags=["hub"])
@@ -23,37 +23,52 @@ def client(state: StateDep) -> HubClient:
     return HubClient(token=effective_token(state.settings.data_dir) or "")
 
 
+Format = Literal["gguf", "safetensors"]
+
+
 @router.get("/hub/search")
 def search(
-    state: StateDep, q: str = "", sort: str = "downloads", limit: int = 20, author: str | None = None
+    state: StateDep,
+    q: str = "",
+    sort: str = "downloads",
+    limit: int = 20,
+    author: str | None = None,
+    format: Format = "gguf",
 ) -> list[dict[str, Any]]:
+    """Repos with GGUF files, or with ``format=safetensors`` transformers checkpoints."""
     if not 1 <= limit <= 100:
         raise InvalidInput("limit must be between 1 and 100")
-    return client(state).search(q, sort, limit, author)
+    return client(state).search(q, sort, limit, author, format)
 
 
 @router.get("/hub/repos/{owner}/{name}/quants")
 async def quants(
-    state: StateDep, owner: str, name: str, hardware: str | None = None, revision: str | None = None
+    state: StateDep,
+    owner: str,
+    name: str,
+    hardware: str | None = None,
+    revision: str | None = None,
+    format: Format | None = None,
 ) -> dict[str, Any]:
+    """Every GGUF quant, or the safetensors checkpoint (``format``; default: GGUF when the repo
+    has GGUF files), with size, memory and fit — read from headers, nothing downloaded."""
     # a named profile, else what the runtime plans for (LLAMASTUDIO_HARDWARE or this machine)
     hw = await state.service.hardware(hardware)
     repo = f"{owner}/{name}"
 
-    def table() -> dict[str, Any]:  # the token file, the Hub's file list, remote GGUF headers
+    def table() -> dict[str, Any]:  # the token file, the Hub's file list, remote headers
         c = client(state)
-        sha, files = c.files(repo, revision)
-        groups = group_files(files)
-        if not groups:
-            raise InvalidInput(f"{repo} has no GGUF files")
         cache = HeaderCache(state.settings.header_cache_dir, c.token)
-        return {"repo": repo, "revision": sha, "quants": quant_table(c, repo, groups, sha, hw, cache)}
+        return repo_detail(c, repo, revision, hw, cache, format)
 
     return await asyncio.to_thread(table)
 
 
 class AddPath(BaseModel):
-    path: str = Field(description="Absolute path of a .gguf file or a directory on the studio's machine.")
+    path: str = Field(
+        description="Absolute path of a .gguf file, a directory of them, or a transformers checkpoint "
+        "directory (config.json + *.safetensors) on the studio's machine."
+    )
 
 
 @router.get("/models")

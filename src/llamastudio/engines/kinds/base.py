@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from llamastudio.checkpoint import Checkpoint
 from llamastudio.engines.registry import Engine
 from llamastudio.fit.usage import Estimate
 from llamastudio.gguf import GGUFModel
@@ -33,8 +34,10 @@ class ModelRequest:
     auto: bool = False
     reserve: dict[str, int] | None = None
     command: list[str] | None = None
-    model_path: Path | None = None
+    model_path: Path | None = None  # a GGUF file, or a checkpoint's directory
     header: GGUFModel | None = None  # the GGUF's header, for kinds that read it
+    checkpoint: Checkpoint | None = None  # a safetensors checkpoint's facts (vLLM, SGLang, LMDeploy)
+    env: dict[str, str] = field(default_factory=dict)  # the configuration's engine environment
 
 
 @dataclass
@@ -46,6 +49,7 @@ class LaunchPlan:
     reasons: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # flags the engine lacks, left out
+    env: dict[str, str] = field(default_factory=dict)  # set in the engine's environment
 
 
 class EngineKind(ABC):
@@ -53,11 +57,18 @@ class EngineKind(ABC):
     fatal: ClassVar[re.Pattern[str]]  # a line matching it while starting fails the start
     ready_path: ClassVar[str] = "/health"  # 200 here = ready
     needs_engine: ClassVar[bool] = True  # runs a registered engine (else its own argv)
+    start_seconds: ClassVar[float] = 60.0  # a start's time limit before the model's size is added
 
     @abstractmethod
     def plan(self, request: ModelRequest, engine: Engine | None, hw: Hardware) -> LaunchPlan:
         """The argv and the memory for a model; raises InvalidInput when it cannot run."""
 
+    formats: ClassVar[tuple[str, ...]] = ("gguf",)  # the model formats it serves
+
     def takes_key(self, engine: Engine | None) -> bool:
         """Whether the studio can give it a per-process API key (``engines/keys.py``)."""
         return False
+
+    def key_env(self, engine: Engine | None) -> str | None:
+        """The environment variable it reads its key from (None: ``--api-key-file``)."""
+        return None
