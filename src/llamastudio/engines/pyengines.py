@@ -40,7 +40,7 @@ from llamastudio.errors import BuildCancelled, BuildFailed, InvalidInput, NotFou
 PROBE_TIMEOUT = 180.0  # importing vLLM with torch takes ~10 s on 2 cores; its help ~15 s
 INSTALL_TIMEOUT = 3600.0
 _VERSION = re.compile(r"^\d{1,4}(\.\d{1,4}){1,3}(\.post\d{1,3})?$")
-_DEFAULT = re.compile(r"\(default:\s*([^)\s]+)\)")
+_DEFAULT = re.compile(r"(?:\(d|\bD)efault:\s*([^)\s]+)")  # vLLM's "(default: X)", LMDeploy's "Default: X."
 
 
 @dataclass(frozen=True)
@@ -102,17 +102,24 @@ def family_named(name: str) -> Family:
 
 
 def help_defaults(text: str, flags: tuple[str, ...]) -> dict[str, str]:
-    """The ``(default: X)`` the help states for each of ``flags`` (the first one after the flag)."""
+    """The default the help states for each of ``flags``: in the lines of the flag's own entry
+    (the line that starts with it, up to the next line that starts with a flag)."""
     out: dict[str, str] = {}
     lines = text.splitlines()
     for flag in flags:
+        own = re.compile(rf"^\s*(?:-[\w-]+(?:\s+\S+)?,\s*)*{re.escape(flag)}(?![\w-])")
         for i, line in enumerate(lines):
-            if re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", line) and line.lstrip().startswith("-"):
-                block = " ".join(lines[i : i + 12])
-                m = _DEFAULT.search(block)
-                if m:
-                    out[flag] = m.group(1).rstrip(".,")
-                break
+            if not own.match(line):
+                continue
+            entry = [line]
+            for nxt in lines[i + 1 : i + 40]:
+                if nxt.lstrip().startswith("-"):
+                    break
+                entry.append(nxt)
+            m = _DEFAULT.search(" ".join(entry))
+            if m:
+                out[flag] = m.group(1).rstrip(".,")
+            break
     return out
 
 
@@ -253,7 +260,7 @@ def register(
 
 def check_install(family: Family, version: str, package: str) -> None:
     """Refuse what pip must never be given: another package, or a version that is not one."""
-    if not _VERSION.match(version):
+    if not _VERSION.fullmatch(version):
         raise InvalidInput(f"version {version!r}: give a release number such as 0.32.0")
     if package not in family.packages:
         raise InvalidInput(f"package {package!r}: {family.name} is one of {', '.join(family.packages)}")

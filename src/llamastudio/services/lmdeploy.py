@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import Field
 
-from llamastudio.engines.kinds.hfserve import flag_value
+from llamastudio.engines.kinds.base import flag_value
 from llamastudio.errors import InvalidInput, NotFound
 from llamastudio.services.snapshots import Snapshot
 from llamastudio.services.studio import Permit, StudioService, allow_all
@@ -87,12 +87,15 @@ class LmdeployService:
     def __init__(self, service: StudioService) -> None:
         self.service = service
 
-    def _library_model(self, model_id: str) -> None:
+    def _library_model(self, model_id: str) -> str:
+        """Check it is a safetensors library model; its default gateway name (the library's rule:
+        the repo id from the HF cache, an added directory's served name)."""
         local = self.service.runtime.library.get(model_id)  # NotFound for an unknown id
         if local.format != "safetensors":
             raise InvalidInput(
                 f"{model_id} is a {local.format.upper()} model: LMDeploy runs safetensors checkpoints"
             )
+        return local.id if local.source == "hf-cache" else local.served_name or local.id
 
     def _stored(self, model_id: str) -> ModelConfig | None:
         """The stored configuration of ``model_id`` on an LMDeploy engine (its name first)."""
@@ -105,11 +108,11 @@ class LmdeployService:
         mine.sort(key=lambda c: c.name != model_id)
         return mine[0] if mine else None
 
-    def _view(self, model_id: str, cfg: ModelConfig | None) -> LmdeployConfig:
+    def _view(self, model_id: str, cfg: ModelConfig | None, name: str) -> LmdeployConfig:
         default = self.service.runtime.engines.default(FAMILY)
         if cfg is None:
             return LmdeployConfig(
-                model_id=model_id, name=model_id, engine_id=default.id if default else None, configured=False
+                model_id=model_id, name=name, engine_id=default.id if default else None, configured=False
             )
         fields, rest = _split(cfg.args)
         return LmdeployConfig(
@@ -124,8 +127,8 @@ class LmdeployService:
 
     async def get_config(self, model_id: str) -> LmdeployConfig:
         def read() -> LmdeployConfig:
-            self._library_model(model_id)
-            return self._view(model_id, self._stored(model_id))
+            name = self._library_model(model_id)
+            return self._view(model_id, self._stored(model_id), name)
 
         return await asyncio.to_thread(read)
 
@@ -135,7 +138,7 @@ class LmdeployService:
         """Store the model's LMDeploy configuration (fields left out take LMDeploy's defaults)."""
 
         def build() -> ModelConfig:
-            self._library_model(model_id)
+            name = self._library_model(model_id)
             engine_id = body.get("engine_id")
             if engine_id:
                 engine = self.service.runtime.engines.get(engine_id)
@@ -160,7 +163,7 @@ class LmdeployService:
             if flag_value(extra, tuple(FIELDS.values())) is not None:
                 raise InvalidInput("set backend, tp, session_len ... as fields, not again in args")
             stored = self._stored(model_id)
-            base = stored or ModelConfig(name=body.get("name") or model_id, model=model_id)
+            base = stored or ModelConfig(name=str(body.get("name") or name), model=model_id)
             return replace(
                 base, engine_id=engine_id, args=args + extra, ttl=body.get("ttl", base.ttl), auto=False
             )

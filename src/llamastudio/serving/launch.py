@@ -132,24 +132,11 @@ class Launcher:
             request = ModelRequest(
                 cfg.name, cfg.args, cfg.auto, cfg.reserve, None, path, checkpoint=ck, env=cfg.env
             )
-            done = kind.plan(request, engine, hw)
-            return Prepared(
-                cfg,
-                done.argv,
-                dict(cfg.reserve) if cfg.reserve else done.reserve,
-                kind=kind.name,
-                threads=done.threads,
-                engine=engine,
-                engine_stamp=_engine_stamp(engine),
-                model_path=path,
-                model_bytes=ck.weight_bytes,
-                reasons=done.reasons,
-                warnings=done.warnings,
-                stamp=_stamp(path),
-                env=done.env,
-            )
-        header = read_header(str(path), *_stamp(path))
-        request = ModelRequest(cfg.name, cfg.args, cfg.auto, cfg.reserve, None, path, header)
+            size = ck.weight_bytes
+        else:
+            header = read_header(str(path), *_stamp(path))
+            request = ModelRequest(cfg.name, cfg.args, cfg.auto, cfg.reserve, None, path, header)
+            size = header.file_size
         done = kind.plan(request, engine, hw)
         return Prepared(
             cfg,
@@ -160,12 +147,13 @@ class Launcher:
             engine=engine,
             engine_stamp=_engine_stamp(engine),
             model_path=path,
-            model_bytes=header.file_size,
+            model_bytes=size,
             estimate=done.estimate,
             reasons=done.reasons,
             dropped=done.dropped,
             warnings=done.warnings,
             stamp=_stamp(path),
+            env=done.env,
         )
 
     def smart_auto(

@@ -14,6 +14,7 @@ export interface LocalModel {
   quant: string
   source: string
   repo: string | null
+  format?: 'gguf' | 'safetensors'
   facts: { architecture?: string; parameter_count?: number; context_length?: number; license?: string; name?: string; error?: string }
 }
 
@@ -25,6 +26,7 @@ export interface Engine {
   id: string
   name: string
   kind: string
+  family: string
   version: string
   commit: string
   backends: string[]

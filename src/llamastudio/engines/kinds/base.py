@@ -72,3 +72,14 @@ class EngineKind(ABC):
     def key_env(self, engine: Engine | None) -> str | None:
         """The environment variable it reads its key from (None: ``--api-key-file``)."""
         return None
+
+
+def flag_value(args: list[str], names: tuple[str, ...]) -> str | None:
+    """The last value given to any of ``names`` (``--flag v`` or ``--flag=v``)."""
+    value: str | None = None
+    it = iter(args)
+    for token in it:
+        flag, eq, inline = token.partition("=")
+        if flag in names:
+            value = inline if eq else next(it, None)
+    return value

@@ -26,7 +26,14 @@ import re
 from typing import ClassVar
 
 from llamastudio.checkpoint import Checkpoint
-from llamastudio.engines.kinds.base import COMMON_FATAL, PORT, EngineKind, LaunchPlan, ModelRequest
+from llamastudio.engines.kinds.base import (
+    COMMON_FATAL,
+    PORT,
+    EngineKind,
+    LaunchPlan,
+    ModelRequest,
+    flag_value,
+)
 from llamastudio.engines.registry import Engine
 from llamastudio.errors import InvalidInput
 from llamastudio.hardware.devices import Gpu, Hardware
@@ -35,17 +42,6 @@ GIB = 1 << 30
 CPU_RUNTIME = 2 * GIB  # vLLM's three processes with torch, before weights and KV (measured, above)
 ACTIVATIONS = GIB // 2  # per GPU, beside weights and KV, in a suggested fraction
 _PY_FATAL = r"Traceback \(most recent call last\)|RuntimeError: |ValueError: |ImportError: |No module named"
-
-
-def flag_value(args: list[str], names: tuple[str, ...]) -> str | None:
-    """The last value given to any of ``names`` (``--flag v`` or ``--flag=v``)."""
-    value: str | None = None
-    it = iter(args)
-    for token in it:
-        flag, eq, inline = token.partition("=")
-        if flag in names:
-            value = inline if eq else next(it, None)
-    return value
 
 
 def _number(args: list[str], names: tuple[str, ...], default: float, what: str) -> float:
@@ -89,9 +85,13 @@ class HFServerKind(EngineKind):
     tp_flags: ClassVar[tuple[str, ...]]
     runs_on_cpu: ClassVar[bool] = False
 
+    model_flag: ClassVar[str] = "--model"
+
     # ---- what each family says differently
     def model_args(self, request: ModelRequest) -> list[str]:
-        raise NotImplementedError
+        """The checkpoint, the name the gateway routes by, and the address (vLLM's and SGLang's spelling)."""
+        model = [self.model_flag, str(request.model_path), "--served-model-name", request.name]
+        return [*model, "--host", "127.0.0.1", "--port", PORT]
 
     def gpu_reserve(self, fraction: float, gpu: Gpu, weights_per_gpu: int) -> int:
         return int(fraction * gpu.total)
@@ -132,6 +132,8 @@ class HFServerKind(EngineKind):
             reserve, env = self.cpu_plan(ck, ctx, request, reasons)
         else:
             reserve = self.gpu_plan(ck, gpus, tp, kv, args, request, engine, reasons, warnings)
+        if request.reserve:  # the user's own figure wins
+            reserve = dict(request.reserve)
         argv = [*self.entry(engine), *self.model_args(request), *args]
         if self.ctx_flags[0] in engine.capabilities and ctx_given is None and ck.arch.ctx_train:
             argv += [self.ctx_flags[0], str(ctx)]
@@ -209,23 +211,11 @@ class VllmKind(HFServerKind):
         r"are not supported for now)",
         re.IGNORECASE,
     )
-    fraction_flags = ("--gpu-memory-utilization",)
+    fraction_flags = ("--gpu-memory-utilization", "--device-memory-utilization")
     fraction_default = 0.92  # vLLM 0.32's; the engine's own --help default is used when it states one
     ctx_flags = ("--max-model-len",)
     tp_flags = ("--tensor-parallel-size", "-tp")
     runs_on_cpu = True
-
-    def model_args(self, request: ModelRequest) -> list[str]:
-        return [
-            "--model",
-            str(request.model_path),
-            "--served-model-name",
-            request.name,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            PORT,
-        ]
 
     def cpu_plan(
         self, ck: Checkpoint, ctx: int, request: ModelRequest, reasons: list[str]
@@ -262,17 +252,7 @@ class SglangKind(HFServerKind):
     ctx_flags = ("--context-length",)
     tp_flags = ("--tp-size", "--tensor-parallel-size", "--tp")
 
-    def model_args(self, request: ModelRequest) -> list[str]:
-        return [
-            "--model-path",
-            str(request.model_path),
-            "--served-model-name",
-            request.name,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            PORT,
-        ]
+    model_flag = "--model-path"
 
 
 class LmdeployKind(HFServerKind):

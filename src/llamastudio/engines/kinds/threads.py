@@ -5,20 +5,16 @@ from __future__ import annotations
 
 import contextlib
 
+from llamastudio.engines.kinds.base import flag_value
 from llamastudio.fit.flags import ServerFlags
 from llamastudio.fit.usage import Estimate
 
 
 def _flag_int(argv: list[str], names: tuple[str, ...]) -> int | None:
-    value: int | None = None
-    it = iter(argv)
-    for token in it:
-        flag, eq, inline = token.partition("=")
-        if flag in names:
-            raw = inline if eq else next(it, "")
-            with contextlib.suppress(ValueError):
-                value = int(raw)
-    return value
+    raw = flag_value(argv, names)
+    with contextlib.suppress(ValueError, TypeError):
+        return int(raw)  # type: ignore[arg-type]
+    return None
 
 
 def cpu_threads(argv: list[str], flags: ServerFlags, est: Estimate, cores: int) -> int:
