@@ -64,7 +64,9 @@ class Runtime:
         self._probe_hardware = hardware is None  # re-read at start, once orphans are gone
         self.library = library or Library(db)
         self.engines = EngineRegistry(db, settings.engines_dir)
-        self.configs = ModelConfigs(db, self.library, engine_of=lambda cfg: self.launcher.engine_of(cfg))
+        self.configs = ModelConfigs(
+            db, self.library, engine_of=lambda cfg, fmt: self.launcher.engine_of(cfg, fmt)
+        )
         self.launcher = Launcher(self.configs, self.engines, self.library)
         self.run_dir = settings.data_dir / "run"
         self.effects = ProcessEffects(settings, self.bus, self.run_dir, self._spec_of, self._died, jobs)

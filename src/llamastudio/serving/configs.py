@@ -146,7 +146,10 @@ def runs_command(cfg: ModelConfig) -> str | None:
 
 class ModelConfigs:
     def __init__(
-        self, db: Database, library: Library, engine_of: Callable[[ModelConfig], Engine] | None = None
+        self,
+        db: Database,
+        library: Library,
+        engine_of: Callable[[ModelConfig, str | None], Engine] | None = None,
     ) -> None:
         """``engine_of``: the engine a configuration runs on (its ``engine_id``, pin or the
         default); its ``--help`` decides which flags a configuration may pass."""
@@ -221,30 +224,34 @@ class ModelConfigs:
         flags (``check_flags``)."""
         validate(cfg)
         if cfg.command is None:
-            self.model_path(cfg, library)
-            self.check_flags(cfg)
+            source = self.model_source(cfg, library)
+            self.check_flags(cfg, source)
 
-    def check_flags(self, cfg: ModelConfig) -> None:
+    def check_flags(self, cfg: ModelConfig, source: tuple[Path, str] | None = None) -> None:
         """Refuse a flag ``cfg`` passes through that its engine's ``--help`` does not list (with
-        no engine registered yet there is nothing to check against: the start will say)."""
+        no engine registered yet there is nothing to check against: the start will say), and a
+        model its engine cannot run (``check_engine``). ``source``: the model's path and format,
+        when already found."""
         if cfg.command is not None or self.engine_of is None:
             return
+        if source is None:
+            try:
+                source = self.model_source(cfg)
+            except NotFound:
+                source = None
         try:
-            engine = self.engine_of(cfg)
+            engine = self.engine_of(cfg, source[1] if source else None)
         except NotFound:
             return
-        self.check_engine(cfg, engine)
+        if source is not None:
+            self.check_engine(cfg, engine, *source)
         # llama-server flags the estimator models are rewritten, not passed through; other engines'
         # flags all go to the engine as given
         check_flags(engine, parse_server_args(cfg.args).extra if engine.family == "llama.cpp" else cfg.args)
 
-    def check_engine(self, cfg: ModelConfig, engine: Engine) -> None:
+    def check_engine(self, cfg: ModelConfig, engine: Engine, path: Path, fmt: str) -> None:
         """Refuse a model its engine cannot run: a GGUF on vLLM / SGLang / LMDeploy, a checkpoint
         on llama.cpp, or an architecture the engine does not list (read from config.json)."""
-        try:
-            path, fmt = self.model_source(cfg)
-        except NotFound:
-            return  # the model file is checked (and named) on its own
         if (fmt == "gguf") != (engine.family == LLAMA_CPP):
             what = "a GGUF file" if fmt == "gguf" else "a safetensors checkpoint"
             serves = "GGUF files" if engine.family == LLAMA_CPP else "safetensors checkpoints"
