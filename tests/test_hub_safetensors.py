@@ -326,3 +326,19 @@ def test_cli_pull_of_a_safetensors_repo(hub: HubServer, tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert {Path(p).name for p in out.stdout.split()} == WANTED
+
+
+def test_a_repo_listing_thousands_of_shards_is_refused_before_any_header_read() -> None:
+    """A hostile listing must not turn into thousands of range requests."""
+    from llamastudio.errors import InvalidInput
+    from llamastudio.hub.checkpoints import MAX_SHARDS, find_checkpoint
+    from llamastudio.hub.quants import RepoFile
+
+    def listing(n: int) -> list[RepoFile]:
+        shards = [RepoFile(f"model-{i:05d}-of-{n:05d}.safetensors", 10) for i in range(1, n + 1)]
+        return [RepoFile("config.json", 2), *shards]
+
+    found = find_checkpoint(listing(MAX_SHARDS))
+    assert found is not None and len(found.shards) == MAX_SHARDS
+    with pytest.raises(InvalidInput, match="shards"):
+        find_checkpoint(listing(MAX_SHARDS + 1))

@@ -242,3 +242,26 @@ class BuildCancelled(StudioError):
 
 class StorageError(StudioError):
     code = "storage_error"
+
+
+def check_remote_status(url: str, status: int, too_short: StudioError, ranged: bool = True) -> None:
+    """Raise the studio's error for a Hub answer that is not the bytes asked for (206 to a range
+    request, else 200): the whole file instead of a range, access denied, missing, or
+    ``too_short`` (416: the file ends before the header it should hold)."""
+    if status == (206 if ranged else 200):
+        return
+    if ranged and status == 200:
+        raise RangeNotSupported(
+            f"{url}: the server ignores HTTP range requests; refusing to download the whole file "
+            "just to read its header"
+        )
+    if status in (401, 403):
+        raise AuthRequired(
+            f"{url}: access denied (HTTP {status}). The repository may be gated or private: "
+            "accept its terms on the Hub and set HF_TOKEN to a token with access."
+        )
+    if status == 404:
+        raise NotFound(f"{url}: not found (HTTP 404)")
+    if ranged and status == 416:
+        raise too_short
+    raise RemoteError(f"{url}: HTTP {status}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -22,6 +23,7 @@ from llamastudio.hardware.monitor import SystemMonitor
 from llamastudio.hub.jobs import Downloads
 from llamastudio.jobs import JobManager
 from llamastudio.services import StudioService
+from llamastudio.serving.configs import ModelConfig, runs_command
 
 
 @dataclass
@@ -77,3 +79,13 @@ def require_commands(state: AppState, request: Request, what: str | None) -> Non
         f"{what}: running commands of the caller's choosing is off for the API; enable it "
         "with LLAMASTUDIO_ALLOW_COMMANDS=1 (or use the CLI on the studio's machine)"
     )
+
+
+def config_permit(state: AppState, request: Request) -> Callable[[ModelConfig], None]:
+    """A permit that refuses (403) a configuration that runs a command of the caller's choosing
+    unless the caller may (``require_commands``)."""
+
+    def permit(cfg: ModelConfig) -> None:
+        require_commands(state, request, runs_command(cfg))
+
+    return permit

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from llamastudio.checkpoint.safetensors import ShardHeader, header_length, parse_header
-from llamastudio.errors import AuthRequired, InvalidInput, NotFound, RangeNotSupported, RemoteError
+from llamastudio.errors import InvalidInput, RemoteError, check_remote_status
 
 FIRST_RANGE = 64 * 1024  # the first request: most shard headers fit in it
 MAX_REMOTE_HEADER = 1024 * 1024  # bytes of a remote shard read at most, over both requests
@@ -45,23 +45,8 @@ def _client(client: httpx.Client | None) -> httpx.Client:
 
 
 def _check_status(url: str, status: int, ranged: bool) -> None:
-    if status == (206 if ranged else 200):
-        return
-    if ranged and status == 200:
-        raise RangeNotSupported(
-            f"{url}: the server ignores HTTP range requests; refusing to download the whole "
-            "shard just to read its header"
-        )
-    if status in (401, 403):
-        raise AuthRequired(
-            f"{url}: access denied (HTTP {status}). The repository may be gated or private: "
-            "accept its terms on the Hub and set HF_TOKEN to a token with access."
-        )
-    if status == 404:
-        raise NotFound(f"{url}: not found (HTTP 404)")
-    if ranged and status == 416:
-        raise InvalidInput(f"{url}: the file is empty, too short for a safetensors file (HTTP 416)")
-    raise RemoteError(f"{url}: HTTP {status}")
+    short = InvalidInput(f"{url}: the file is empty, too short for a safetensors file (HTTP 416)")
+    check_remote_status(url, status, short, ranged)
 
 
 def _body(url: str, resp: httpx.Response, most: int) -> bytes:

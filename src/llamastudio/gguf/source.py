@@ -16,11 +16,10 @@ from typing import Protocol
 import httpx
 
 from llamastudio.errors import (
-    AuthRequired,
     GGUFError,
     NotFound,
-    RangeNotSupported,
     RemoteError,
+    check_remote_status,
 )
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
@@ -117,24 +116,8 @@ class HttpSource:
         self._buf += chunk
 
     def _check_status(self, resp: httpx.Response) -> None:
-        status = resp.status_code
-        if status == 206:
-            return
-        if status == 200:
-            raise RangeNotSupported(
-                f"{self._url}: the server ignores HTTP range requests; refusing to download the "
-                "whole file just to read its header"
-            )
-        if status in (401, 403):
-            raise AuthRequired(
-                f"{self._url}: access denied (HTTP {status}). The repository may be gated or "
-                "private: accept its terms on the Hub and set HF_TOKEN to a token with access."
-            )
-        if status == 404:
-            raise NotFound(f"{self._url}: not found (HTTP 404)")
-        if status == 416:
-            raise GGUFError(f"{self._url}: file is shorter than a GGUF header (HTTP 416)")
-        raise RemoteError(f"{self._url}: HTTP {status}")
+        short = GGUFError(f"{self._url}: file is shorter than a GGUF header (HTTP 416)")
+        check_remote_status(self._url, resp.status_code, short)
 
     def _parse_content_range(self, resp: httpx.Response, start: int) -> int:
         match = _CONTENT_RANGE.fullmatch(resp.headers.get("content-range", "").strip())

@@ -34,6 +34,8 @@ from llamastudio.hub.remote import HeaderCache
 
 GPU_SHARE = 0.9  # of each GPU's memory a safetensors engine takes by default (vLLM's utilization)
 GiB = 1 << 30
+MAX_SHARDS = 2000  # a remote checkpoint's shards read before download (DeepSeek V3: 163); a list
+# longer than this is refused, not answered with thousands of range requests
 
 # what a pull of a checkpoint takes besides its shards: configs, tokenizer, chat template — never
 # other weight formats (*.bin, *.pt, *.gguf, onnx/), nor code (*.py)
@@ -76,6 +78,8 @@ def find_checkpoint(files: list[RepoFile]) -> RepoCheckpoint | None:
     shards = [by_name[n] for n in choose_shards(by_name)]
     if config is None or not shards:
         return None
+    if len(shards) > MAX_SHARDS:
+        raise InvalidInput(f"{len(shards):,} shards: more than the {MAX_SHARDS:,} a checkpoint is read with")
     companions = sorted((f for f in root if _COMPANION.fullmatch(f.path)), key=lambda f: f.path)
     return RepoCheckpoint(config, shards, companions)
 

@@ -200,8 +200,15 @@ class LmdeployService:
         )
 
     async def status(self) -> LmdeployStatus:
-        default = await asyncio.to_thread(self.service.runtime.engines.default, FAMILY)
-        names = [c.name for c in self.service.runtime.known if await self.service.kind_of(c.name) == FAMILY]
+        engines = await asyncio.to_thread(self.service.runtime.engines.all)
+        default = next((e for e in engines if e.family == FAMILY and e.is_default), None)
+        ours = {e.id for e in engines if e.family == FAMILY}
+        # prepared on LMDeploy, or configured for it (a model that cannot be prepared is listed too)
+        names = [
+            c.name
+            for c in self.service.runtime.known
+            if c.engine_id in ours or await self.service.kind_of(c.name) == FAMILY
+        ]
         return LmdeployStatus(
             engine_id=default.id if default else None,
             engine_version=default.version if default else None,

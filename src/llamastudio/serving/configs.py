@@ -149,7 +149,7 @@ class ModelConfigs:
         self,
         db: Database,
         library: Library,
-        engine_of: Callable[[ModelConfig, str | None], Engine] | None = None,
+        engine_of: Callable[[ModelConfig, str], Engine] | None = None,
     ) -> None:
         """``engine_of``: the engine a configuration runs on (its ``engine_id``, pin or the
         default); its ``--help`` decides which flags a configuration may pass."""
@@ -240,7 +240,7 @@ class ModelConfigs:
             except NotFound:
                 source = None
         try:
-            engine = self.engine_of(cfg, source[1] if source else None)
+            engine = self.engine_of(cfg, source[1] if source else "gguf")
         except NotFound:
             return
         if source is not None:

@@ -83,15 +83,11 @@ class Launcher:
         self.engines = engines
         self.library = library
 
-    def engine_of(self, cfg: ModelConfig, fmt: str | None = None) -> Engine:
+    def engine_of(self, cfg: ModelConfig, fmt: str = "gguf") -> Engine:
         """The engine ``cfg`` runs on: its ``engine_id``, else its pin, else the default of the
-        first family that serves its format (``fmt``; looked up when not given)."""
+        first family that serves its model's format."""
         if cfg.engine_id:
             return self.engines.get(cfg.engine_id)
-        if fmt is None:
-            fmt = "gguf"
-            with contextlib.suppress(NotFound, InvalidInput):
-                fmt = self.configs.model_source(cfg)[1]
         families = FOR_FORMAT.get(fmt, FOR_FORMAT["gguf"])
         for key in (cfg.name, cfg.model):
             with contextlib.suppress(NotFound):
@@ -106,8 +102,8 @@ class Launcher:
             return False
         if p.model_path is None:  # a command: its own argv
             return True
-        try:
-            engine = self.engine_of(cfg)
+        try:  # the format it was prepared for (no library listing on every sync)
+            engine = self.engine_of(cfg, kind_named(p.kind).formats[0])
         except NotFound:
             return False
         return (

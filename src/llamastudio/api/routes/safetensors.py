@@ -9,8 +9,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from llamastudio.api.deps import StateDep
-from llamastudio.api.routes.serving import _permit
+from llamastudio.api.deps import StateDep, config_permit
 from llamastudio.services.lmdeploy import LmdeployConfig, LmdeployModel, LmdeployService, LmdeployStatus
 
 router = APIRouter(prefix="/api/models/safetensors", tags=["lmdeploy"])
@@ -54,7 +53,7 @@ async def put_config(
     state: StateDep, request: Request, model_id: str, body: LmdeployConfigIn
 ) -> LmdeployConfig:
     return await _svc(state).put_config(
-        model_id, body.model_dump(exclude_unset=True), _permit(state, request)
+        model_id, body.model_dump(exclude_unset=True), config_permit(state, request)
     )
 
 

@@ -3,13 +3,12 @@ one call of the service façade (``services/``), answering with its typed snapsh
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Literal
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from llamastudio.api.deps import AppState, StateDep, require_commands
+from llamastudio.api.deps import StateDep, config_permit
 from llamastudio.fit.planner import Goal
 from llamastudio.services.snapshots import (
     AutoConfig,
@@ -21,7 +20,7 @@ from llamastudio.services.snapshots import (
     SavedConfigView,
     ServedModel,
 )
-from llamastudio.serving.configs import MAX_TTL, ModelConfig, runs_command
+from llamastudio.serving.configs import MAX_TTL, ModelConfig
 
 router = APIRouter(prefix="/api", tags=["serving"])
 
@@ -41,16 +40,6 @@ class ConfigIn(BaseModel):
     reserve: dict[str, int] | None = None
     env: dict[str, str] = Field(default_factory=dict)
     preload: bool = Field(False, description="Start it when the studio starts (pin it to keep it).")
-
-
-def _permit(state: AppState, request: Request) -> Callable[[ModelConfig], None]:
-    """Refuses (403) a configuration that runs a command of the caller's choosing unless the
-    caller may (``require_commands``)."""
-
-    def permit(cfg: ModelConfig) -> None:
-        require_commands(state, request, runs_command(cfg))
-
-    return permit
 
 
 def _config_from(id: str, body: ConfigIn) -> ModelConfig:
@@ -74,7 +63,7 @@ async def get_config(state: StateDep, id: str) -> ConfigView:
 @router.put("/models/{id:path}/config")
 async def put_config(state: StateDep, request: Request, id: str, body: ConfigIn) -> SavedConfigView:
     """Replace the whole configuration (fields left out take their defaults; ``PATCH`` keeps them)."""
-    return await state.service.put_config(_config_from(id, body), _permit(state, request))
+    return await state.service.put_config(_config_from(id, body), config_permit(state, request))
 
 
 class ConfigPatch(BaseModel):
@@ -104,7 +93,7 @@ async def patch_config(state: StateDep, request: Request, id: str, body: ConfigP
     whether the running engine must be restarted for the change (``reload_needed``; apply it with
     ``POST …/reload``, which waits for requests in flight)."""
     changes = body.model_dump(exclude_unset=True)
-    return await state.service.patch_config(id, changes, _permit(state, request))
+    return await state.service.patch_config(id, changes, config_permit(state, request))
 
 
 @router.post("/models/{id:path}/reload")
@@ -243,7 +232,7 @@ class ImportIn(BaseModel):
 
 @router.post("/served/import")
 async def import_configs(state: StateDep, request: Request, body: ImportIn) -> dict[str, list[str]]:
-    names = await state.service.import_configs(body.format, body.text, _permit(state, request))
+    names = await state.service.import_configs(body.format, body.text, config_permit(state, request))
     return {"imported": names}
 
 
