@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import stat
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -32,21 +33,33 @@ def hub(tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path:
             )
         )
         srv.add_repo(Repo("tiny/gated-GGUF", {"g-Q8_0.gguf": tiny_models["llama-Q8_0"]}, gated=True))
-        monkeypatch.setenv("HF_ENDPOINT", srv.url)
-        monkeypatch.delenv("HF_TOKEN", raising=False)
-        monkeypatch.delenv("HUGGINGFACE_API_KEY", raising=False)
-        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+        use_hub(srv, monkeypatch, tmp_path)
         yield srv
 
 
-@pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+def use_hub(srv: HubServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Point huggingface_hub and the studio at the local Hub, with no token and a fresh cache."""
+    monkeypatch.setenv("HF_ENDPOINT", srv.url)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGINGFACE_API_KEY", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+
+
+@contextlib.asynccontextmanager
+async def studio_api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """The management API in process, as the UI calls it."""
     app = create_app(Settings(data_dir=tmp_path / "data"))
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1", headers=CLIENT
     ) as client:
         yield client
     await app.state.studio.jobs.close()
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    async with studio_api(tmp_path) as client:
+        yield client
 
 
 async def wait_for(

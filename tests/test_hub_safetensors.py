@@ -15,15 +15,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from huggingface_hub import constants, scan_cache_dir
+from huggingface_hub import scan_cache_dir
 
-from llamastudio.api.app import create_app
 from llamastudio.checkpoint.remote import FIRST_RANGE, MAX_REMOTE_HEADER
-from llamastudio.config import Settings
 from tests.rig import checkpoints as rig
 from tests.rig.hub import HubServer, Repo, hub_server
-from tests.test_api import CLIENT, assert_error_shape
-from tests.test_api_hub import wait_for
+from tests.test_api import assert_error_shape
+from tests.test_api_hub import studio_api, use_hub, wait_for
 
 ST = {"tags": ["transformers", "safetensors"], "library": "transformers"}
 # what a pull of tiny/llama-st must take, and nothing else
@@ -94,21 +92,14 @@ def hub(files: Files, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterat
             srv.add_repo(Repo(repo_id, _files(files.root / name), **ST))  # type: ignore[arg-type]
         srv.add_repo(Repo("tiny/mixed", _files(files.root / "mixed"), tags=["gguf", "safetensors"]))
         srv.add_repo(Repo("tiny/llama-GGUF", _files(files.root / "gguf")))
-        monkeypatch.setenv("HF_ENDPOINT", srv.url)
-        monkeypatch.delenv("HF_TOKEN", raising=False)
-        monkeypatch.delenv("HUGGINGFACE_API_KEY", raising=False)
-        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+        use_hub(srv, monkeypatch, tmp_path)
         yield srv
 
 
 @pytest.fixture
 async def api(hub: HubServer, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(Settings(data_dir=tmp_path / "data"))
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1", headers=CLIENT
-    ) as client:
+    async with studio_api(tmp_path) as client:
         yield client
-    await app.state.studio.jobs.close()
 
 
 def _resolved(hub: HubServer, repo: str) -> dict[str, int]:
