@@ -304,19 +304,34 @@ async def test_an_added_checkpoint_directory(api: httpx.AsyncClient, tmp_path: P
     assert not (await api.get("/api/models")).json()
 
 
-def test_cli_pull_of_a_safetensors_repo(hub: HubServer, tmp_path: Path) -> None:
-    """``llamastudio pull owner/name`` of a repo with no GGUF takes its checkpoint."""
+def _cli(hub: HubServer, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGINGFACE_API_KEY")}
     env |= {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_XET": "1"}
-    out = subprocess.run(
-        [sys.executable, "-m", "llamastudio", "--data-dir", str(tmp_path / "d"), "pull", "tiny/llama-st"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    argv = [sys.executable, "-m", "llamastudio", "--data-dir", str(tmp_path / "d"), *args]
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_cli_pull_of_a_safetensors_repo(hub: HubServer, tmp_path: Path) -> None:
+    """``llamastudio pull owner/name`` of a repo with no GGUF takes its checkpoint."""
+    out = _cli(hub, tmp_path, "pull", "tiny/llama-st")
     assert out.returncode == 0, out.stderr
     assert {Path(p).name for p in out.stdout.split()} == WANTED
+
+
+def test_cli_search_and_quants_by_format(hub: HubServer, tmp_path: Path) -> None:
+    """The CLI shows what the API shows: the same search filter and the same repo detail."""
+    found = _cli(hub, tmp_path, "search", "tiny", "--format", "safetensors", "--json")
+    assert found.returncode == 0, found.stderr
+    ids = {r["id"] for r in json.loads(found.stdout)}
+    assert "tiny/llama-st" in ids and "tiny/llama-GGUF" not in ids
+    detail = _cli(
+        hub, tmp_path, "quants", "tiny/mixed", "--format", "safetensors", "--hardware", "cpu", "--json"
+    )
+    assert detail.returncode == 0, detail.stderr
+    data = json.loads(detail.stdout)
+    assert data["format"] == "safetensors" and len(data["quants"]) == 1
+    bad = _cli(hub, tmp_path, "quants", "tiny/llama-st", "--format", "onnx")
+    assert bad.returncode != 0 and "format 'onnx'" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_a_repo_listing_thousands_of_shards_is_refused_before_any_header_read() -> None:

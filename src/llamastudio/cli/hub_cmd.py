@@ -20,14 +20,16 @@ from rich.table import Table
 
 from llamastudio.cli.context import hardware as machine
 from llamastudio.cli.context import library, settings
-from llamastudio.errors import InvalidInput
+from llamastudio.hub.checkpoints import check_format
 from llamastudio.hub.client import HubClient
+from llamastudio.hub.detail import repo_detail
 from llamastudio.hub.download import pull_files, select_files
-from llamastudio.hub.quants import RepoFile, group_files
-from llamastudio.hub.remote import HeaderCache, quant_table
+from llamastudio.hub.quants import RepoFile
+from llamastudio.hub.remote import HeaderCache
 from llamastudio.hub.token import effective_token
 
 MiB = 1 << 20
+FormatOpt = Annotated[str, typer.Option("--format", help="gguf or safetensors.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
@@ -48,10 +50,11 @@ def register(app: typer.Typer) -> None:
         sort: Annotated[str, typer.Option(help="downloads, likes, trending or updated.")] = "downloads",
         limit: Annotated[int, typer.Option(help="How many repos.")] = 20,
         author: Annotated[str | None, typer.Option(help="Only this author's repos.")] = None,
+        fmt: FormatOpt = "gguf",
         as_json: JsonOpt = False,
     ) -> None:
-        """Search the Hub for GGUF models."""
-        rows = cli_client(ctx).search(query, sort, limit, author)
+        """Search the Hub for GGUF models (or, with --format safetensors, transformers checkpoints)."""
+        rows = cli_client(ctx).search(query, sort, limit, author, check_format(fmt) or "gguf")
         if as_json:
             typer.echo(json.dumps(rows, indent=1))
             return
@@ -74,24 +77,22 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option(help="Hardware profile (default: this machine).")
         ] = None,
         revision: Annotated[str | None, typer.Option(help="Branch, tag or commit.")] = None,
+        fmt: Annotated[
+            str | None,
+            typer.Option(
+                "--format", help="gguf or safetensors (default: GGUF when the repo has GGUF files)."
+            ),
+        ] = None,
         as_json: JsonOpt = False,
     ) -> None:
-        """Every quant of a repo with its size and whether it fits, read from GGUF headers only."""
+        """Every quant of a repo (or its safetensors checkpoint) with its size and whether it fits,
+        read from file headers only."""
         client = cli_client(ctx)
-        sha, files = client.files(repo, revision)
-        groups = group_files(files)
-        if not groups:
-            raise InvalidInput(f"{repo} has no GGUF files")
-        rows = quant_table(
-            client,
-            repo,
-            groups,
-            sha,
-            machine(ctx, hardware),
-            HeaderCache(settings(ctx).header_cache_dir, client.token),
-        )
+        cache = HeaderCache(settings(ctx).header_cache_dir, client.token)
+        detail = repo_detail(client, repo, revision, machine(ctx, hardware), cache, check_format(fmt))
+        rows = detail["quants"]
         if as_json:
-            typer.echo(json.dumps({"repo": repo, "revision": sha, "quants": rows}, indent=1))
+            typer.echo(json.dumps(detail, indent=1))
             return
         table = Table("quant", "size", "fit", "max context", "files")
         for r in rows:
