@@ -9,9 +9,12 @@ from dataclasses import dataclass, field
 
 from llamastudio.engines.registry import Engine
 from llamastudio.errors import InvalidInput
-from llamastudio.fit.flags import ServerFlags
+from llamastudio.fit.flags import SPELLINGS, ServerFlags
 
 _NUMBER = re.compile(r"^-(\d|\.\d)")
+# flags without which the model does something else (no images, no draft, chat instead of
+# embeddings): an engine lacking them cannot run the configuration; never dropped silently
+ESSENTIAL = frozenset({"-mm", "-md", "--embedding", "--reranking", "--pooling"})
 
 
 @dataclass
@@ -59,8 +62,16 @@ def build_command(engine: Engine, model: str, flags: ServerFlags, host: str, por
     argv = [str(engine.server), "-m", model, "--host", host, "--port", str(port)]
     dropped: list[str] = []
     for flag, values in flags.with_(n_cpu_moe=0, cpu_moe=False).to_pairs():
-        if flag in caps:
-            argv += [flag, *values]
+        spelling = next((f for f in SPELLINGS.get(flag, (flag,)) if f in caps), None)
+        if spelling is not None:
+            argv += [spelling, *values]
+        elif flag in ESSENTIAL:
+            raise InvalidInput(
+                f"engine {engine.id} has no {flag} (not in its --help): it cannot run this model "
+                "as configured; choose a newer llama.cpp build",
+                flag=flag,
+                engine=engine.id,
+            )
         else:
             dropped.append(" ".join([flag, *values]))
     check_flags(engine, flags.extra)

@@ -15,6 +15,7 @@ import gguf
 
 from llamastudio.errors import InvalidInput
 from llamastudio.fit.arch import attention_layers, recurrent_layers, recurrent_state_floats, swa_layers
+from llamastudio.fit.companions import Companions, draft_flags, projector_compute, projector_weights
 from llamastudio.fit.compute import compute_bytes
 from llamastudio.fit.flags import GPU_LAYERS_ALL, GPU_LAYERS_AUTO, ServerFlags, cache_row_bytes, validate
 from llamastudio.fit.usage import Context as Context
@@ -115,10 +116,12 @@ def estimate(
     gpus: tuple[Gpu, ...] = (),
     facts: ModelFacts | None = None,
     repack: frozenset[str] | None = None,
+    companions: Companions | None = None,
 ) -> Estimate:
     """Bytes per device per category for ``llama-server -m model <flags>`` on ``gpus`` (+ host).
 
-    ``repack``: ggml type names the host CPU backend repacks (default: detected on this host).
+    ``repack``: ggml type names the host CPU backend repacks (default: detected on this host);
+    ``companions``: the projector and draft model loaded beside it (``companions.py``).
     """
     repack = repack_types() if repack is None else repack
     flags = flags or ServerFlags()
@@ -198,11 +201,33 @@ def estimate(
     for dev_usage, cb in compute_bytes(f, ctx, placement, usage, gpus).items():
         usage[dev_usage].compute = cb
 
+    if companions is not None:
+        _add_companions(companions, flags, ctx, gpus, usage, repack)
+
     ngl_eff = sum(1 for d in placement if d != HOST)
     if gpus and flags.n_gpu_layers == GPU_LAYERS_AUTO:
         notes.append("-ngl auto: estimated with every layer on the GPUs (llama.cpp's --fit may lower it)")
     devices = [usage[g.device_name] for g in gpus] + [host]
     return Estimate(devices, ctx, ngl_eff, host_mapped, notes)
+
+
+def _add_companions(
+    extra: Companions,
+    flags: ServerFlags,
+    ctx: Context,
+    gpus: tuple[Gpu, ...],
+    usage: dict[str, DeviceUsage],
+    repack: frozenset[str],
+) -> None:
+    if extra.mmproj is not None:
+        offload = [g for g in gpus if not flags.device or g.device_name in flags.device]
+        dev = offload[0].device_name if offload and flags.mmproj_offload else HOST
+        backend = next((g.backend for g in gpus if g.device_name == dev), HOST)
+        usage[dev].mmproj += projector_weights(extra.mmproj) + projector_compute(extra.mmproj, backend)
+    if extra.draft is not None:
+        draft = estimate(extra.draft, draft_flags(flags, ctx.n_ctx), gpus, repack=repack)
+        for d in draft.devices:
+            usage[d.name].draft += d.total
 
 
 def _check_cache_blocks(f: ModelFacts, flags: ServerFlags) -> None:

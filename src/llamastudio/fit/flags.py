@@ -17,6 +17,7 @@ FlashAttn = Literal["on", "off", "auto"]
 SplitMode = Literal["none", "layer", "row"]
 GPU_LAYERS_AUTO = -1
 GPU_LAYERS_ALL = -2
+POOLING_TYPES = ("none", "mean", "cls", "last", "rank")
 CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 
 
@@ -40,6 +41,23 @@ class ServerFlags:
     swa_full: bool = False
     no_mmap: bool = False
     device: tuple[str, ...] = ()  # -dev: restrict to these devices (CUDA0,CUDA1); () = all
+    # a vision model's projector: a path or library id (serving resolves it); auto = the model's
+    # companion mmproj file; offload = on the first GPU (else the host)
+    mmproj: str | None = None
+    mmproj_auto: bool = True
+    mmproj_offload: bool = True
+    # speculative decoding: the draft model (a path or library id) and where it runs
+    draft_model: str | None = None
+    draft_gpu_layers: int = GPU_LAYERS_AUTO
+    draft_device: tuple[str, ...] = ()
+    cache_type_k_draft: str = "f16"
+    cache_type_v_draft: str = "f16"
+    draft_max: int | None = None
+    draft_min: int | None = None
+    # embedding / reranking models (set by the studio from the model's purpose, or by hand)
+    embedding: bool = False
+    reranking: bool = False
+    pooling: str | None = None
     extra: tuple[str, ...] = field(default=())  # flags we pass through untouched
 
     @property
@@ -90,6 +108,31 @@ class ServerFlags:
         for flag, name in (("-nkvo", "no_kv_offload"), ("--swa-full", "swa_full"), ("--no-mmap", "no_mmap")):
             if getattr(self, name):
                 out.append((flag, []))
+        if self.mmproj:
+            out.append(("-mm", [self.mmproj]))
+        elif not self.mmproj_auto:
+            out.append(("--no-mmproj", []))
+        if not self.mmproj_offload:
+            out.append(("--no-mmproj-offload", []))
+        if self.draft_model:
+            out.append(("-md", [self.draft_model]))
+            if self.draft_gpu_layers != d.draft_gpu_layers:
+                ngl = self.draft_gpu_layers
+                out.append(("-ngld", ["all" if ngl == GPU_LAYERS_ALL else str(ngl)]))
+            if self.draft_device:
+                out.append(("-devd", [",".join(self.draft_device)]))
+            for flag, name in (("-ctkd", "cache_type_k_draft"), ("-ctvd", "cache_type_v_draft")):
+                if getattr(self, name) != getattr(d, name):
+                    out.append((flag, [str(getattr(self, name))]))
+            for flag, name in (("--spec-draft-n-max", "draft_max"), ("--spec-draft-n-min", "draft_min")):
+                if getattr(self, name) is not None:
+                    out.append((flag, [str(getattr(self, name))]))
+        if self.embedding:
+            out.append(("--embedding", []))
+        if self.reranking:
+            out.append(("--reranking", []))
+        if self.pooling:
+            out.append(("--pooling", [self.pooling]))
         return out
 
     def to_args(self) -> list[str]:
@@ -126,6 +169,47 @@ _VALUE_FLAGS: dict[str, str] = {
     "-ncmoe": "n_cpu_moe",
     "-dev": "device",
     "--device": "device",
+    "-mm": "mmproj",
+    "--mmproj": "mmproj",
+    "-md": "draft_model",
+    "--model-draft": "draft_model",
+    "--spec-draft-model": "draft_model",
+    "-ngld": "draft_gpu_layers",
+    "--gpu-layers-draft": "draft_gpu_layers",
+    "--n-gpu-layers-draft": "draft_gpu_layers",
+    "--spec-draft-ngl": "draft_gpu_layers",
+    "-devd": "draft_device",
+    "--device-draft": "draft_device",
+    "--spec-draft-device": "draft_device",
+    "-ctkd": "cache_type_k_draft",
+    "--cache-type-k-draft": "cache_type_k_draft",
+    "--spec-draft-type-k": "cache_type_k_draft",
+    "-ctvd": "cache_type_v_draft",
+    "--cache-type-v-draft": "cache_type_v_draft",
+    "--spec-draft-type-v": "cache_type_v_draft",
+    "--spec-draft-n-max": "draft_max",
+    "--draft-max": "draft_max",
+    "--draft-n": "draft_max",
+    "--draft": "draft_max",
+    "--spec-draft-n-min": "draft_min",
+    "--draft-min": "draft_min",
+    "--draft-n-min": "draft_min",
+    "--pooling": "pooling",
+}
+# the spellings of one flag, newest first: ``build_command`` uses the first an engine lists (this
+# llama.cpp still lists --draft-max, only to say it was removed)
+SPELLINGS: dict[str, tuple[str, ...]] = {
+    "-mm": ("-mm", "--mmproj"),
+    "--no-mmproj": ("--no-mmproj", "--no-mmproj-auto"),
+    "-md": ("-md", "--model-draft", "--spec-draft-model"),
+    "-ngld": ("-ngld", "--spec-draft-ngl", "--gpu-layers-draft", "--n-gpu-layers-draft"),
+    "-devd": ("-devd", "--spec-draft-device", "--device-draft"),
+    "-ctkd": ("-ctkd", "--spec-draft-type-k", "--cache-type-k-draft"),
+    "-ctvd": ("-ctvd", "--spec-draft-type-v", "--cache-type-v-draft"),
+    "--spec-draft-n-max": ("--spec-draft-n-max", "--draft-max"),
+    "--spec-draft-n-min": ("--spec-draft-n-min", "--draft-min"),
+    "--embedding": ("--embedding", "--embeddings"),
+    "--reranking": ("--reranking", "--rerank"),
 }
 _BOOL_FLAGS: dict[str, tuple[str, bool]] = {
     "-kvu": ("kv_unified", True),
@@ -139,19 +223,33 @@ _BOOL_FLAGS: dict[str, tuple[str, bool]] = {
     "--swa-full": ("swa_full", True),
     "--no-mmap": ("no_mmap", True),
     "--mmap": ("no_mmap", False),
+    "--no-mmproj": ("mmproj_auto", False),
+    "--no-mmproj-auto": ("mmproj_auto", False),
+    "--mmproj-auto": ("mmproj_auto", True),
+    "--no-mmproj-offload": ("mmproj_offload", False),
+    "--mmproj-offload": ("mmproj_offload", True),
+    "--embedding": ("embedding", True),
+    "--embeddings": ("embedding", True),
+    "--rerank": ("reranking", True),
+    "--reranking": ("reranking", True),
 }
 _INT_FIELDS = {f.name for f in fields(ServerFlags) if f.type == "int"}
 
 
 def _convert(name: str, flag: str, raw: str) -> object:
     try:
-        if name == "n_gpu_layers":
+        if name in ("n_gpu_layers", "draft_gpu_layers"):
             return {"auto": GPU_LAYERS_AUTO, "all": GPU_LAYERS_ALL}.get(raw) or int(raw)
         if name in _INT_FIELDS:
             value = int(raw)
             if name in ("batch_size", "ubatch_size") and value < 1:
                 raise ValueError
             if name in ("ctx_size", "n_cpu_moe") and value < 0:
+                raise ValueError
+            return value
+        if name in ("draft_max", "draft_min"):
+            value = int(raw)
+            if value < 0:
                 raise ValueError
             return value
         if name == "tensor_split":
@@ -161,7 +259,7 @@ def _convert(name: str, flag: str, raw: str) -> object:
             return parts
     except ValueError:
         raise InvalidInput(f"{flag}: invalid value {raw!r}") from None
-    if name == "device":
+    if name in ("device", "draft_device"):
         return () if raw == "none" else tuple(d.strip() for d in raw.split(",") if d.strip())
     if name == "flash_attn":
         value_fa = {"1": "on", "0": "off", "true": "on", "false": "off"}.get(raw, raw)
@@ -172,7 +270,15 @@ def _convert(name: str, flag: str, raw: str) -> object:
         if raw not in ("none", "layer", "row"):
             raise InvalidInput(f"{flag}: expected none, layer or row, got {raw!r}")
         return raw
-    if name in ("cache_type_k", "cache_type_v"):
+    if name == "pooling":
+        if raw not in POOLING_TYPES:
+            raise InvalidInput(f"{flag}: expected one of {', '.join(POOLING_TYPES)}, got {raw!r}")
+        return raw
+    if name in ("mmproj", "draft_model"):
+        if not raw or "\0" in raw:
+            raise InvalidInput(f"{flag}: a path or library id is required")
+        return raw
+    if name in ("cache_type_k", "cache_type_v", "cache_type_k_draft", "cache_type_v_draft"):
         if raw not in CACHE_TYPES:
             raise InvalidInput(f"{flag}: unknown cache type {raw!r} (one of {', '.join(CACHE_TYPES)})")
         return raw

@@ -21,6 +21,7 @@ from itertools import combinations
 from typing import Any, Literal
 
 from llamastudio.errors import DoesNotFit
+from llamastudio.fit.companions import Companions
 from llamastudio.fit.estimator import HOST, Estimate, estimate, pad
 from llamastudio.fit.flags import GPU_LAYERS_ALL, ServerFlags
 from llamastudio.gguf import GGUFModel, ModelFacts, facts_from_model
@@ -65,9 +66,10 @@ class _Search:
     facts: ModelFacts
     budgets: dict[str, int]
     base: ServerFlags
+    companions: Companions | None = None
 
     def fits(self, flags: ServerFlags, gpus: tuple[Gpu, ...]) -> Estimate | None:
-        est = estimate(self.model, flags, gpus, self.facts)
+        est = estimate(self.model, flags, gpus, self.facts, companions=self.companions)
         for d in est.devices:
             if d.total > self.budgets.get(d.name, 0):
                 return None
@@ -133,8 +135,10 @@ def plan(
     parallel: int | None = None,
     reserve: dict[str, int] | None = None,
     base: ServerFlags | None = None,
+    companions: Companions | None = None,
 ) -> Plan:
-    """Flags for ``model`` on ``hw``; raises DoesNotFit (exit code 3) when nothing fits."""
+    """Flags for ``model`` on ``hw``; raises DoesNotFit (exit code 3) when nothing fits.
+    ``companions``: its projector and draft model, which take memory beside it."""
     facts = facts_from_model(model)
     reserve = reserve or {}
     budgets = {g.device_name: g.free - reserve.get(g.device_name, 0) - GPU_MARGIN for g in hw.gpus}
@@ -157,7 +161,7 @@ def plan(
     if parallel:
         flags = flags.with_(parallel=parallel)
         reasons.append(f"{parallel} parallel slot(s) as asked")
-    search = _Search(model, facts, budgets, flags)
+    search = _Search(model, facts, budgets, flags, companions)
     result = _search_placement(search, hw, goal, lo, hi, reasons)
     if result is None:
         raise DoesNotFit(_no_fit_message(search, hw, lo, facts), needed_ctx=lo)

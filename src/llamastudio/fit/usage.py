@@ -23,13 +23,15 @@ class DeviceUsage:
     rs: int = 0
     output: int = 0
     compute: int = 0
+    mmproj: int = 0  # the multimodal projector: weights + its compute buffer
+    draft: int = 0  # the draft model of speculative decoding: all of its categories
     layers: list[int] = field(default_factory=list)
     kv_swa: int = 0  # part of kv held by sliding-window layers
     model_logged: int | None = None  # the model buffers as llama.cpp logs them (host: mapped range)
 
     @property
     def total(self) -> int:
-        return self.model + self.kv + self.rs + self.output + self.compute
+        return self.model + self.kv + self.rs + self.output + self.compute + self.mmproj + self.draft
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -42,6 +44,8 @@ class DeviceUsage:
             "rs": self.rs,
             "output": self.output,
             "compute": self.compute,
+            "mmproj": self.mmproj,
+            "draft": self.draft,
             "total": self.total,
             "layers": self.layers,
         }

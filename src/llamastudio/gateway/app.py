@@ -37,6 +37,7 @@ from llamastudio.gateway.asgi import (
 from llamastudio.gateway.body import declares_body, media_type, model_name
 from llamastudio.gateway.cors import CorsPolicy, preflight, with_cors
 from llamastudio.gateway.metrics import UNKNOWN, Metrics, path_label
+from llamastudio.gateway.purpose import check_purpose
 from llamastudio.gateway.relay import GONE, HOP, Relay
 from llamastudio.gateway.shapes import error_json, retry_after
 from llamastudio.guard import key_ok
@@ -167,6 +168,9 @@ class Gateway:
                 f"model {name!r} is not served on this port: it serves {', '.join(sorted(self.kinds))} "
                 f"models only (every model is on port {self.settings.gateway_port})"
             )
+        traits = await self.service.traits_of(name)
+        if traits is not None:
+            check_purpose(name, path, traits, body)
         try:
             lease, proc = await self.acquire(name)
         except StudioError as exc:  # the client's name is no label unless it is configured

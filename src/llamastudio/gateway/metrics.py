@@ -18,6 +18,8 @@ BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 
 _PREDICTED_N = re.compile(rb'"predicted_n"\s*:\s*([0-9]+)')
 _PREDICTED_PS = re.compile(rb'"predicted_per_second"\s*:\s*([0-9.eE+-]+)')
 _PROMPT_N = re.compile(rb'"prompt_n"\s*:\s*([0-9]+)')
+_DRAFT_N = re.compile(rb'"draft_n"\s*:\s*([0-9]+)')
+_DRAFT_ACCEPTED = re.compile(rb'"draft_n_accepted"\s*:\s*([0-9]+)')
 UNKNOWN = "_unknown"  # the model label of requests naming no configured model
 OTHER = "_other"  # the path label of routes not listed below
 PATHS = frozenset(
@@ -86,6 +88,8 @@ class Metrics:
         self.tokens: dict[str, int] = defaultdict(int)
         self.prompt_tokens: dict[str, int] = defaultdict(int)
         self.tokens_per_second: dict[str, float] = {}
+        self.draft_tokens: dict[str, int] = defaultdict(int)  # speculative decoding: drafted
+        self.draft_accepted: dict[str, int] = defaultdict(int)  # ... and accepted by the model
         self.upstream_errors: dict[str, int] = defaultdict(int)
         self.disconnects: dict[str, int] = defaultdict(int)
 
@@ -98,6 +102,12 @@ class Metrics:
             self.tokens[model] += int(n.group(1))
         if pn:
             self.prompt_tokens[model] += int(pn.group(1))
+        dn = _DRAFT_N.search(chunk)
+        if dn:
+            self.draft_tokens[model] += int(dn.group(1))
+            da = _DRAFT_ACCEPTED.search(chunk)
+            if da:
+                self.draft_accepted[model] += int(da.group(1))
         if ps:
             with contextlib.suppress(ValueError):
                 self.tokens_per_second[model] = float(ps.group(1))
@@ -137,6 +147,24 @@ class Metrics:
                 self.tokens_per_second,
                 "gauge",
                 "Generation speed of the last request, from llama-server's timings.",
+            ),
+            (
+                "llamastudio_draft_tokens_total",
+                self.draft_tokens,
+                "counter",
+                "Speculative decoding: tokens the draft model proposed.",
+            ),
+            (
+                "llamastudio_draft_accepted_tokens_total",
+                self.draft_accepted,
+                "counter",
+                "Speculative decoding: drafted tokens the model accepted.",
+            ),
+            (
+                "llamastudio_draft_acceptance_ratio",
+                {m: self.draft_accepted[m] / n for m, n in self.draft_tokens.items() if n},
+                "gauge",
+                "Speculative decoding: accepted / drafted tokens since start.",
             ),
             ("llamastudio_upstream_errors_total", self.upstream_errors, "counter", "Upstream failures."),
             (

@@ -17,6 +17,7 @@ import gguf
 
 from llamastudio.errors import GGUFError
 from llamastudio.gguf.model import GGUFModel
+from llamastudio.gguf.roles import purpose
 
 _LAYER_RE = re.compile(r"^blk\.(\d+)\.")
 _ARRAY_PREVIEW = 16
@@ -67,6 +68,10 @@ class ModelFacts:
     layer_bytes: list[int] = field(default_factory=list)
     non_layer_bytes: dict[str, int] = field(default_factory=dict)
     chat_template: bool = False
+    template_family: str | None = None  # chatml, llama3, gemma, ... (roles.py)
+    tools: bool = False  # the chat template renders tools
+    role: str = "chat"  # chat | embedding | rerank | mmproj (roles.py)
+    pooling: str | None = None
     tokenizer_model: str | None = None
     general: dict[str, Any] = field(default_factory=dict)
     arch_keys: dict[str, Any] = field(default_factory=dict)
@@ -183,6 +188,7 @@ def facts_from_model(model: GGUFModel) -> ModelFacts:
         return arch_keys.get(name)
 
     swa_pattern = meta.get(a.SLIDING_WINDOW_PATTERN.format(arch=arch))
+    use = purpose(meta, {t.name for t in tensors})
     return ModelFacts(
         architecture=arch,
         block_count=n_layer,
@@ -218,7 +224,11 @@ def facts_from_model(model: GGUFModel) -> ModelFacts:
         quant_bytes=dict(sorted(quant.items(), key=lambda kv: -kv[1])),
         layer_bytes=[layers.get(i, 0) for i in range(n_blocks)],
         non_layer_bytes=dict(non_layer),
-        chat_template=gguf.Keys.Tokenizer.CHAT_TEMPLATE in meta,
+        chat_template=use.chat_template,
+        template_family=use.template_family,
+        tools=use.tools,
+        role=use.role,
+        pooling=use.pooling,
         tokenizer_model=meta.get(gguf.Keys.Tokenizer.MODEL),
         general=_general(meta),
         arch_keys=arch_keys,

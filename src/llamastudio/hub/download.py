@@ -36,7 +36,7 @@ from llamastudio.hub.paths import (
     contained,
     is_commit,
 )
-from llamastudio.hub.quants import QuantGroup, RepoFile, find_group, group_files
+from llamastudio.hub.quants import QuantGroup, RepoFile, find_group, group_files, mmproj_preference
 
 ProgressFn = Callable[[str, int, int], None]  # file, bytes done, bytes total
 
@@ -51,7 +51,7 @@ def sha256_file(path: Path) -> str:
 
 def files_to_pull(group: QuantGroup) -> list[RepoFile]:
     """All shards, plus one mmproj companion (F16 preferred) when the repo has any."""
-    extra = sorted(group.mmproj, key=lambda f: ("f16" not in f.path.lower(), f.path))[:1]
+    extra = sorted(group.mmproj, key=lambda f: mmproj_preference(f.path))[:1]
     return [*group.files, *extra]
 
 

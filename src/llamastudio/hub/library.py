@@ -190,6 +190,12 @@ def _facts(path: Path) -> dict[str, Any]:
         "file_type": f.file_type_name,
         "name": f.general.get("name"),
         "license": f.general.get("license"),
+        "role": f.role,
+        "pooling": f.pooling,
+        "chat_template": f.chat_template,
+        "template_family": f.template_family,
+        "tools": f.tools,
+        "embedding_length": f.embedding_length,
     }
 
 

@@ -67,6 +67,12 @@ def group_files(files: list[RepoFile]) -> list[QuantGroup]:
     return sorted(out, key=lambda g: g.size)
 
 
+def mmproj_preference(path: str) -> tuple[bool, str]:
+    """Sort key of a repo's projector files: F16 first (full quality, what a pull fetches), then by
+    name."""
+    return ("f16" not in path.rsplit("/", 1)[-1].lower(), path)
+
+
 def find_group(groups: list[QuantGroup], label: str) -> QuantGroup:
     from llamastudio.errors import NotFound
 

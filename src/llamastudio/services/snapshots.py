@@ -47,12 +47,29 @@ class ModelStatus(Snapshot):
     max_concurrency: int = 0
 
 
+class ModelTraits(Snapshot):
+    """What a model does (known once it is prepared): the gateway routes and refuses by it, the
+    playground picks chat or completion by it."""
+
+    role: Literal["chat", "embedding", "rerank"] = "chat"
+    vision: bool | None = Field(
+        None, description="Takes images (llama.cpp: a multimodal projector is loaded); null: not known."
+    )
+    chat_template: bool | None = Field(
+        None, description="Has a chat template (False: a base model, use completions); null: not known."
+    )
+    template_family: str | None = None
+    tools: bool = Field(False, description="Its chat template renders tool definitions.")
+    draft: str | None = Field(None, description="The draft model's file, with speculative decoding.")
+
+
 class ServedModel(ModelStatus):
     """A model the gateway serves: its status, what it runs and the names it answers to."""
 
     model: str = Field(description="Library id or GGUF path ('' for a command).")
     aliases: list[str] = Field(default_factory=list)
     configured: bool = Field(description="False: a library model served with defaults.")
+    traits: ModelTraits = Field(default_factory=ModelTraits)
 
 
 class DeviceBytes(Snapshot):
@@ -84,6 +101,7 @@ class PreparedView(Snapshot):
     reasons: list[str]
     dropped: list[str]
     warnings: list[str]
+    traits: ModelTraits = Field(default_factory=ModelTraits)
 
 
 class ConfigView(Snapshot):
@@ -125,6 +143,20 @@ class DeviceFit(Snapshot):
     total: int
     free: int
     fits: bool
+    parts: dict[str, int] = Field(
+        default_factory=dict,
+        description="Bytes by category: model, kv, rs, output, compute, mmproj (the projector), "
+        "draft (the draft model, all of it).",
+    )
+
+
+class DraftCandidate(Snapshot):
+    """A library model that can draft for another (same vocabulary, smaller)."""
+
+    id: str
+    path: str
+    size: int
+    quant: str
 
 
 class MemoryEstimate(Snapshot):
@@ -159,6 +191,13 @@ class GatewayModel(Snapshot):
     owned_by: str = "llamastudio"
     aliases: list[str]
     status: GatewayModelStatus
+    capabilities: list[str] = Field(
+        default_factory=list,
+        description="What it answers: chat, completion, vision, tools, embedding, rerank.",
+    )
+    chat_template: bool | None = Field(
+        None, description="False: a base model without a chat template (use /v1/completions)."
+    )
 
 
 class MetricsSnapshot(Snapshot):

@@ -4,6 +4,7 @@ loop), so what a face shows for a model is decided here once."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import asdict
 
 from llamastudio.runtime.facts import ModelFacts
 from llamastudio.runtime.process import State
@@ -13,6 +14,7 @@ from llamastudio.services.snapshots import (
     GatewayModelStatus,
     MetricsSnapshot,
     ModelStatus,
+    ModelTraits,
     PreparedView,
     ServedModel,
     StateName,
@@ -53,10 +55,23 @@ def model_status(f: ModelFacts, now: float) -> ModelStatus:
     )
 
 
-def served_model(cfg: ModelConfig, status: ModelStatus) -> ServedModel:
+def served_model(cfg: ModelConfig, status: ModelStatus, prepared: Prepared | None = None) -> ServedModel:
+    traits = ModelTraits(**asdict(prepared.traits)) if prepared is not None else ModelTraits()
     return ServedModel(
-        **status.model_dump(), model=cfg.model, aliases=list(cfg.aliases), configured=cfg.configured
+        **status.model_dump(),
+        model=cfg.model,
+        aliases=list(cfg.aliases),
+        configured=cfg.configured,
+        traits=traits,
     )
+
+
+def capabilities(t: ModelTraits) -> list[str]:
+    """The gateway's words for what a model answers (``/v1/models``)."""
+    if t.role != "chat":
+        return [t.role]
+    out = ["chat", "completion"] if t.chat_template is not False else ["completion"]
+    return out + [c for c, on in (("vision", t.vision is True), ("tools", t.tools)) if on]
 
 
 def running(facts: Iterable[ModelFacts], now: float) -> list[ModelStatus]:
@@ -95,7 +110,13 @@ def gateway_model(m: ServedModel) -> GatewayModel:
         idle_s=m.idle_s,
         memory=m.memory,
     )
-    return GatewayModel(id=m.name, aliases=m.aliases, status=status)
+    return GatewayModel(
+        id=m.name,
+        aliases=m.aliases,
+        status=status,
+        capabilities=capabilities(m.traits),
+        chat_template=m.traits.chat_template,
+    )
 
 
 def metrics(facts: Iterable[ModelFacts], loads: int, evictions: int, ttl_unloads: int) -> MetricsSnapshot:

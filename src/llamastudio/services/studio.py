@@ -26,6 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from llamastudio.engines.kinds import Traits
 from llamastudio.errors import InvalidInput, NotFound, StudioError
 from llamastudio.fit.planner import Goal
 from llamastudio.hardware.devices import Hardware
@@ -40,6 +41,7 @@ from llamastudio.services.snapshots import (
     CommandView,
     ConfigView,
     DatabaseStatus,
+    DraftCandidate,
     GatewayModel,
     LogTail,
     MemoryEstimate,
@@ -94,7 +96,8 @@ class StudioService:
         configurations first: new downloads)."""
         if refresh:
             await self.refresh()
-        return [views.served_model(c, self._status(c.name)) for c in self.runtime.known]
+        prepared = self.runtime.prepared
+        return [views.served_model(c, self._status(c.name), prepared.get(c.name)) for c in self.runtime.known]
 
     async def running(self) -> list[ModelStatus]:
         return views.running(self.runtime.snapshot(), time.monotonic())
@@ -105,6 +108,12 @@ class StudioService:
     async def label(self, name: str) -> str | None:
         """The configured name a requested name, alias or library id stands for (no re-sync)."""
         return self.runtime.lookup(name)
+
+    async def traits_of(self, name: str) -> Traits | None:
+        """What a model (by name, alias or library id) does, when it is prepared (no re-sync)."""
+        label = self.runtime.lookup(name)
+        prep = self.runtime.prepared.get(label) if label else None
+        return prep.traits if prep else None
 
     async def kind_of(self, name: str) -> str | None:
         """The engine kind a model (by name, alias or library id) runs on, when it is prepared."""
@@ -123,7 +132,8 @@ class StudioService:
     async def gateway_model(self, name: str) -> GatewayModel:
         for c in self.runtime.known:
             if c.name == name or name in c.aliases:
-                return views.gateway_model(views.served_model(c, self._status(c.name)))
+                prep = self.runtime.prepared.get(c.name)
+                return views.gateway_model(views.served_model(c, self._status(c.name), prep))
         raise NotFound(f"model {name!r} not found")
 
     async def metrics(self) -> MetricsSnapshot:
@@ -225,6 +235,11 @@ class StudioService:
         hw = await self.hardware(hardware)
         found = await asyncio.to_thread(self.runtime.launcher.estimate_for, name, args, hw)
         return MemoryEstimate.model_validate(found)
+
+    async def draft_candidates(self, name: str) -> list[DraftCandidate]:
+        """Library models that can be ``name``'s draft model (speculative decoding)."""
+        found = await asyncio.to_thread(self.runtime.launcher.draft_candidates, name)
+        return [DraftCandidate(id=m.id, path=m.path, size=m.size, quant=m.quant) for m in found]
 
     async def import_configs(self, fmt: str, text: str, permit: Permit = allow_all) -> list[str]:
         """Parse, check every configuration (``permit`` refuses one the caller may not store),

@@ -11,20 +11,23 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from llamastudio.checkpoint import Checkpoint, read_checkpoint
-from llamastudio.engines.kinds import COMMAND, FOR_FORMAT, ModelRequest, kind_named
+from llamastudio.engines.kinds import COMMAND, FOR_FORMAT, ModelRequest, Traits, kind_named
 from llamastudio.engines.registry import Engine, EngineRegistry
-from llamastudio.errors import InvalidInput, NotFound
+from llamastudio.errors import InvalidInput, NotFound, StudioError
+from llamastudio.fit.companions import Companions
 from llamastudio.fit.estimator import Estimate, estimate
 from llamastudio.fit.flags import parse_server_args
 from llamastudio.fit.planner import Goal, Plan, plan
-from llamastudio.gguf import GGUFModel, load_model
+from llamastudio.gguf import GGUFModel, facts_from_model, load_model
+from llamastudio.gguf.roles import draft_mismatch
 from llamastudio.hardware.devices import Hardware
-from llamastudio.hub.library import Library, LocalModel
+from llamastudio.hub.library import Library, LocalModel, check_gguf
+from llamastudio.hub.quants import mmproj_preference
 from llamastudio.serving.configs import ModelConfig, ModelConfigs
 from llamastudio.serving.interop import export_llama_swap, export_preset, import_llama_swap, import_preset
 
@@ -50,6 +53,8 @@ class Prepared:
     stamp: Stamp = (0, 0)  # the model file's, when prepared
     threads: int = 0  # CPU threads it computes with; 0 = wholly on GPUs (kinds/threads.py)
     env: dict[str, str] = field(default_factory=dict)  # the kind's engine environment
+    traits: Traits = field(default_factory=Traits)
+    companions: dict[str, Stamp] = field(default_factory=dict)  # projector and draft files, stamped
 
     def to_json(self) -> dict[str, Any]:
         est = self.estimate
@@ -62,6 +67,7 @@ class Prepared:
             "reserve": self.reserve,
             "threads": self.threads,
             "env": self.env,
+            "traits": asdict(self.traits),
             "estimate": None
             if est is None
             else {
@@ -110,6 +116,7 @@ class Launcher:
             p.model_path.exists()
             and _stamp(p.model_path) == p.stamp
             and p.engine_stamp == _engine_stamp(engine)
+            and all(_stamp_or_none(Path(c)) == st for c, st in p.companions.items())
         )
 
     def prepare(self, cfg: ModelConfig, hw: Hardware, library: list[LocalModel] | None = None) -> Prepared:
@@ -131,7 +138,10 @@ class Launcher:
             size = ck.weight_bytes
         else:
             header = read_header(str(path), *_stamp(path))
-            request = ModelRequest(cfg.name, cfg.args, cfg.auto, cfg.reserve, None, path, header)
+            mmproj, draft = self._companions(cfg, path, library)
+            request = ModelRequest(
+                cfg.name, cfg.args, cfg.auto, cfg.reserve, None, path, header, mmproj=mmproj, draft=draft
+            )
             size = header.file_size
         done = kind.plan(request, engine, hw)
         return Prepared(
@@ -150,7 +160,57 @@ class Launcher:
             warnings=done.warnings,
             stamp=_stamp(path),
             env=done.env,
+            traits=done.traits,
+            companions={
+                m.location: _stamp(Path(m.location)) for m in (request.mmproj, request.draft) if m is not None
+            },
         )
+
+    def _companions(
+        self, cfg: ModelConfig, path: Path, library: list[LocalModel] | None
+    ) -> tuple[GGUFModel | None, GGUFModel | None]:
+        """The projector (``--mmproj``: a path; else the model's mmproj file unless ``--no-mmproj``)
+        and the draft model (``-md``: a library id or a path) of a GGUF configuration, read."""
+        flags = parse_server_args(cfg.args)
+        mm_path: Path | None = None
+        if flags.mmproj:
+            mm_path = self._companion_path(cfg, flags.mmproj, "--mmproj", library, models=False)
+        elif flags.mmproj_auto:
+            mm_path = self._auto_mmproj(cfg, path, library)
+        draft_path = (
+            self._companion_path(cfg, flags.draft_model, "-md", library, models=True)
+            if flags.draft_model
+            else None
+        )
+        if draft_path is not None and draft_path == path:
+            raise InvalidInput(f"{cfg.name}: -md names the model itself; a draft model is a smaller one")
+        return tuple(  # type: ignore[return-value]
+            read_header(str(p), *_stamp(p)) if p is not None else None for p in (mm_path, draft_path)
+        )
+
+    def _companion_path(
+        self, cfg: ModelConfig, value: str, flag: str, library: list[LocalModel] | None, models: bool
+    ) -> Path:
+        """A companion's GGUF file: a library model's (``models``), or an absolute path."""
+        if models:
+            listing = self.library.models(with_facts=False) if library is None else library
+            local = next((m for m in listing if value in (m.id, m.path) and m.format == "gguf"), None)
+            if local is not None:
+                return Path(local.path)
+        path = Path(value).expanduser()
+        if not path.is_absolute():
+            what = "a library id or an absolute path" if models else "an absolute path"
+            raise InvalidInput(f"{cfg.name}: {flag} {value!r}: give {what} of a .gguf file")
+        if not path.is_file():
+            raise NotFound(f"{cfg.name}: {flag} {value}: no such file")
+        return check_gguf(path)
+
+    def _auto_mmproj(self, cfg: ModelConfig, path: Path, library: list[LocalModel] | None) -> Path | None:
+        """The model's own projector: an mmproj file of its repository (HF cache) or directory."""
+        listing = self.library.models(with_facts=False) if library is None else library
+        local = next((m for m in listing if cfg.model in (m.id, m.path)), None)
+        found = local.mmproj if local is not None else [str(p) for p in path.parent.glob("mmproj*.gguf")]
+        return Path(sorted(found, key=mmproj_preference)[0]) if found else None
 
     def smart_auto(
         self,
@@ -162,14 +222,13 @@ class Launcher:
         args: list[str] | None = None,
     ) -> Plan:
         """The planner's flags for a model (Smart Auto), with ``args`` kept as its starting point."""
-        model = load_model(str(self.configs.gguf_path(self.configs.get(name))))
-        return plan(model, hw, goal, ctx, parallel, base=parse_server_args(args or []))
+        model, extra = self._with_companions(name, args or [])
+        return plan(model, hw, goal, ctx, parallel, base=parse_server_args(args or []), companions=extra)
 
     def estimate_for(self, name: str, args: list[str], hw: Hardware) -> dict[str, Any]:
         """Per-device memory of a model with these flags, against each device's free memory."""
-        est = estimate(
-            load_model(str(self.configs.gguf_path(self.configs.get(name)))), parse_server_args(args), hw.gpus
-        )
+        model, extra = self._with_companions(name, args)
+        est = estimate(model, parse_server_args(args), hw.gpus, companions=extra)
         free = {g.device_name: g.free for g in hw.gpus} | {"CPU": hw.ram_free}
         devices: list[dict[str, Any]] = [
             {
@@ -178,6 +237,9 @@ class Launcher:
                 "total": d.total,
                 "free": free.get(d.name, 0),
                 "fits": d.total <= free.get(d.name, 0),
+                "parts": {
+                    k: getattr(d, k) for k in ("model", "kv", "rs", "output", "compute", "mmproj", "draft")
+                },
             }
             for d in est.devices
         ]
@@ -187,6 +249,37 @@ class Launcher:
             "n_ctx": est.context.n_ctx,
             "n_gpu_layers": est.n_gpu_layers,
         }
+
+    def _with_companions(self, name: str, args: list[str]) -> tuple[GGUFModel, Companions]:
+        """A model's GGUF header and the companions these flags load beside it."""
+        cfg = self.configs.get(name)
+        path = self.configs.gguf_path(cfg)
+        mmproj, draft = self._companions(replace(cfg, args=list(args)), path, None)
+        return load_model(str(path)), Companions(mmproj, draft)
+
+    def draft_candidates(self, name: str, limit: int = 20) -> list[LocalModel]:
+        """Library models that can draft for ``name``: GGUF chat models with the same vocabulary
+        (llama.cpp's compatibility checks), smaller than it; smallest first."""
+        cfg = self.configs.get(name)
+        path = self.configs.gguf_path(cfg)
+        target = load_model(str(path))
+        size = target.file_size
+        out: list[LocalModel] = []
+        for m in sorted(self.library.models(with_facts=False), key=lambda m: m.size):
+            if m.format != "gguf" or m.size >= size or Path(m.path) == path:
+                continue
+            try:
+                draft = load_model(m.path)
+            except StudioError:
+                continue
+            if (
+                facts_from_model(draft).role == "chat"
+                and draft_mismatch(target.metadata, draft.metadata) is None
+            ):
+                out.append(m)
+                if len(out) >= limit:
+                    break
+        return out
 
     def export_configs(self, fmt: str, hw: Hardware) -> str:
         """Stored configurations as llama-swap ``config.yaml`` or a ``--models-preset`` INI."""
@@ -247,6 +340,13 @@ def _wrong_format(cfg: ModelConfig, fmt: str, engine: Engine) -> str:
 def _stamp(path: Path) -> Stamp:
     st = path.stat()
     return st.st_size, st.st_mtime_ns
+
+
+def _stamp_or_none(path: Path) -> Stamp | None:
+    try:
+        return _stamp(path)
+    except OSError:
+        return None
 
 
 def _engine_stamp(engine: Engine) -> tuple[str, Stamp]:

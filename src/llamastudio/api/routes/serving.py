@@ -14,6 +14,7 @@ from llamastudio.services.snapshots import (
     AutoConfig,
     CommandView,
     ConfigView,
+    DraftCandidate,
     LogTail,
     MemoryEstimate,
     ModelStatus,
@@ -140,6 +141,13 @@ class EstimateIn(BaseModel):
 async def estimate_config(state: StateDep, id: str, body: EstimateIn) -> MemoryEstimate:
     """Per-device memory for these flags, and whether it fits (for a config editor)."""
     return await state.service.estimate(id, body.args, body.hardware)
+
+
+@router.get("/models/{id:path}/drafts")
+async def drafts(state: StateDep, id: str) -> list[DraftCandidate]:
+    """Library models that can draft for this one (speculative decoding, ``-md``): GGUF chat
+    models with the same vocabulary, smaller than it, smallest first."""
+    return await state.service.draft_candidates(id)
 
 
 @router.get("/models/{id:path}/command")

@@ -14,7 +14,7 @@ failed, what memory a load reserves, and whether it takes a per-process API key.
 
 from __future__ import annotations
 
-from llamastudio.engines.kinds.base import EngineKind, LaunchPlan, ModelRequest
+from llamastudio.engines.kinds.base import EngineKind, LaunchPlan, ModelRequest, Traits
 from llamastudio.engines.kinds.command import COMMAND
 from llamastudio.engines.kinds.hfserve import LMDEPLOY, SGLANG, VLLM, HFServerKind
 from llamastudio.engines.kinds.llamacpp import LLAMA_CPP
@@ -39,6 +39,7 @@ __all__ = [
     "HFServerKind",
     "LaunchPlan",
     "ModelRequest",
+    "Traits",
     "kind_named",
 ]
 

@@ -38,6 +38,22 @@ class ModelRequest:
     header: GGUFModel | None = None  # the GGUF's header, for kinds that read it
     checkpoint: Checkpoint | None = None  # a safetensors checkpoint's facts (vLLM, SGLang, LMDeploy)
     env: dict[str, str] = field(default_factory=dict)  # the configuration's engine environment
+    # llama.cpp companions, found and read by serving: the projector (an explicit --mmproj, else the
+    # model's mmproj file unless --no-mmproj) and the draft model (-md)
+    mmproj: GGUFModel | None = None
+    draft: GGUFModel | None = None
+
+
+@dataclass
+class Traits:
+    """What a model does, for the gateway and the faces: its role, and what its chat needs."""
+
+    role: str = "chat"  # chat | embedding | rerank
+    vision: bool | None = None  # takes images (a projector is loaded); None: not known
+    chat_template: bool | None = None  # None: not known (engines that do not say)
+    template_family: str | None = None
+    tools: bool = False  # its chat template renders tool definitions
+    draft: str | None = None  # the draft model's file, with speculative decoding
 
 
 @dataclass
@@ -50,6 +66,7 @@ class LaunchPlan:
     warnings: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # flags the engine lacks, left out
     env: dict[str, str] = field(default_factory=dict)  # set in the engine's environment
+    traits: Traits = field(default_factory=Traits)
 
 
 class EngineKind(ABC):

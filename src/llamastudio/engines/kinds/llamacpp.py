@@ -11,13 +11,16 @@ from __future__ import annotations
 import re
 
 from llamastudio.engines.command import build_command
-from llamastudio.engines.kinds.base import COMMON_FATAL, PORT, EngineKind, LaunchPlan, ModelRequest
+from llamastudio.engines.kinds.base import COMMON_FATAL, PORT, EngineKind, LaunchPlan, ModelRequest, Traits
 from llamastudio.engines.kinds.threads import cpu_threads
 from llamastudio.engines.registry import Engine
 from llamastudio.errors import InvalidInput
+from llamastudio.fit.companions import MAX_EMBED_BATCH, Companions
 from llamastudio.fit.estimator import estimate
-from llamastudio.fit.flags import parse_server_args
+from llamastudio.fit.flags import ServerFlags, parse_server_args
 from llamastudio.fit.planner import plan
+from llamastudio.gguf import ModelFacts, facts_from_model
+from llamastudio.gguf.roles import draft_mismatch, projector_mismatch
 from llamastudio.hardware.devices import Hardware
 
 
@@ -32,17 +35,19 @@ class LlamaCppKind(EngineKind):
     def plan(self, request: ModelRequest, engine: Engine | None, hw: Hardware) -> LaunchPlan:
         if engine is None or request.model_path is None or request.header is None:
             raise InvalidInput(f"{request.name}: a llama.cpp model needs an engine and a GGUF file")
-        base = parse_server_args(request.args)
+        facts = facts_from_model(request.header)
+        base, traits, warnings = _purpose_flags(request, engine, facts)
         reasons: list[str] = []
-        warnings: list[str] = []
+        extra = Companions(request.mmproj if traits.vision else None, request.draft)
         if request.auto:
             # flags the user gave are kept; the planner chooses the rest
             ctx = base.ctx_size or None
             parallel = base.parallel if base.parallel > 0 else None
-            p = plan(request.header, hw, ctx=ctx, parallel=parallel, base=base)
-            flags, est, reasons, warnings = p.flags, p.estimate, p.reasons, p.warnings
+            p = plan(request.header, hw, ctx=ctx, parallel=parallel, base=base, companions=extra)
+            flags, est, reasons = p.flags, p.estimate, p.reasons
+            warnings += p.warnings
         else:
-            flags, est = base, estimate(request.header, base, hw.gpus)
+            flags, est = base, estimate(request.header, base, hw.gpus, facts=facts, companions=extra)
         reserve = {d.name: d.total for d in est.devices if d.total}
         if request.reserve:  # the user's own figure wins
             reserve = dict(request.reserve)
@@ -59,6 +64,7 @@ class LlamaCppKind(EngineKind):
             reasons=reasons,
             warnings=warnings,
             dropped=cmd.dropped,
+            traits=traits,
         )
 
     def takes_key(self, engine: Engine | None) -> bool:
@@ -66,3 +72,77 @@ class LlamaCppKind(EngineKind):
 
 
 LLAMA_CPP = LlamaCppKind()
+# flags that give a model a chat template other than the one in its file
+_TEMPLATE_FLAGS = ("--chat-template", "--chat-template-file")
+
+
+def _purpose_flags(
+    request: ModelRequest, engine: Engine, facts: ModelFacts
+) -> tuple[ServerFlags, Traits, list[str]]:
+    """The flags a model's purpose needs (embedding, reranking, its projector and draft, jinja for
+    tools), what it does for the gateway, and warnings for the faces."""
+    base = parse_server_args(request.args)
+    warnings: list[str] = []
+    name = request.name
+    facts_meta = request.header.metadata if request.header is not None else {}
+    if facts.role == "mmproj":
+        raise InvalidInput(
+            f"{name}: {request.model_path} is a multimodal projector (mmproj), not a model: it is "
+            "loaded beside its text model (set it with --mmproj in that model's flags)"
+        )
+    role = "rerank" if base.reranking else "embedding" if base.embedding else facts.role
+    if role == "rerank":
+        base = base.with_(reranking=True, embedding=False)
+    elif role == "embedding":
+        base = base.with_(embedding=True)
+    if role != "chat":
+        # bidirectional models see a whole input in one micro-batch: llama-server refuses an input
+        # longer than -ub, so the batch sizes cover the context the model was trained for
+        n = min(facts.context_length or 512, base.ctx_size or 1 << 30, MAX_EMBED_BATCH)
+        if base.ubatch_size < n or base.batch_size < n:
+            base = base.with_(batch_size=max(base.batch_size, n), ubatch_size=max(base.ubatch_size, n))
+    mmproj = request.mmproj
+    if mmproj is not None and role != "chat":
+        warnings.append(f"{name} is an {role} model: its projector {mmproj.location} is left out")
+        mmproj = None
+    if mmproj is not None:
+        problem = projector_mismatch(
+            mmproj.metadata, {t.name: t.shape for t in mmproj.tensors}, facts.embedding_length
+        )
+        if problem:
+            raise InvalidInput(f"{name}: the projector {mmproj.location} does not fit this model: {problem}")
+    base = base.with_(mmproj=mmproj.location if mmproj is not None else None)
+    draft = request.draft
+    if draft is not None:
+        problem = draft_mismatch(facts_meta, draft.metadata)
+        if problem:
+            raise InvalidInput(f"{name}: the draft model {draft.location} cannot draft for it: {problem}")
+        base = base.with_(draft_model=draft.location)
+    templated = facts.chat_template or any(f in _TEMPLATE_FLAGS for f in _flag_names(base.extra))
+    jinja_default = "--no-jinja" in engine.capabilities  # builds that can turn it off have it on
+    if (
+        role == "chat"
+        and facts.tools
+        and not jinja_default
+        and "--jinja" in engine.capabilities
+        and "--jinja" not in base.extra
+    ):
+        base = base.with_(extra=(*base.extra, "--jinja"))  # tool calls need the jinja renderer
+    if role == "chat" and not templated:
+        warnings.append(
+            f"{name} has no chat template (a base model): chat requests get llama-server's fallback "
+            "template and rambling answers; use /v1/completions, or set --chat-template"
+        )
+    traits = Traits(
+        role=role,
+        vision=mmproj is not None,
+        chat_template=templated if role == "chat" else None,
+        template_family=facts.template_family,
+        tools=facts.tools,
+        draft=draft.location if draft is not None else None,
+    )
+    return base, traits, warnings
+
+
+def _flag_names(tokens: tuple[str, ...]) -> list[str]:
+    return [t.partition("=")[0] for t in tokens if t.startswith("-")]
