@@ -10,7 +10,19 @@ from fastapi import Depends, FastAPI
 from llamastudio import __version__
 from llamastudio.api.deps import AppState, require_api_key
 from llamastudio.api.errors import install_error_handlers
-from llamastudio.api.routes import downloads, engines, hardware, hub, live, safetensors, serving, status, ui
+from llamastudio.api.routes import (
+    downloads,
+    engines,
+    hardware,
+    hub,
+    live,
+    safetensors,
+    seed,
+    seed_versions,
+    serving,
+    status,
+    ui,
+)
 from llamastudio.api.routes import jobs as jobs_routes
 from llamastudio.config import Settings
 from llamastudio.engines.jobs import ENGINE_KINDS, EngineJobs
@@ -80,7 +92,8 @@ def create_app(settings: Settings) -> FastAPI:
     # Host, cross-site, key, CSRF-header and body-size checks before any route or the mount
     app.add_middleware(Guard, settings=settings, gateway_render=error_json)
     routers = (status, hardware, hub, downloads, jobs_routes, safetensors, serving, engines, live)
-    for module in routers:
+    seed_api = (seed, seed_versions)  # after the studio's: its DELETE /api/models/{id} would match theirs
+    for module in (*routers, *seed_api):
         app.include_router(module.router, dependencies=[Depends(require_api_key)])
     app.include_router(live.ws_router)  # its key and Origin are checked by the guard
     app.mount("/gateway", ui_gateway)

@@ -49,6 +49,11 @@ def install_error_handlers(app: FastAPI) -> None:
         details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
         first = details[0] if details else {"loc": [], "msg": "invalid request"}
         message = f"invalid request: {'.'.join(map(str, first['loc']))}: {first['msg']}"
+        unknown = [
+            ".".join(map(str, e.get("loc", ()))) for e in exc.errors() if e.get("type") == "extra_forbidden"
+        ]
+        if unknown:  # name every key the body should not have, not only the first
+            message = f"invalid request: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}"
         return JSONResponse(error_body("invalid_input", message, details), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)

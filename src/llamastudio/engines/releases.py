@@ -40,6 +40,7 @@ class Asset:
     url: str
     size: int = 0
     digest: str | None = None  # "sha256:<hex>" when the API gives one
+    id: int | None = None  # the API's asset id
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,14 @@ class Release:
     name: str
     published_at: str
     assets: tuple[Asset, ...] = field(default=())
+    html_url: str = ""
+
+
+@dataclass(frozen=True)
+class Commit:
+    sha: str
+    date: str
+    message: str
 
 
 def host_platform() -> tuple[str, str]:
@@ -92,13 +101,23 @@ class GitHubReleases:
     def release(self, tag: str | None = None) -> Release:
         return _release(self._get(f"releases/tags/{tag}" if tag else "releases/latest"))
 
+    def latest_commit(self) -> Commit:
+        """The newest commit of the default branch."""
+        data = self._get("commits", per_page=1)
+        try:
+            c = data[0]
+            return Commit(str(c["sha"]), str(c["commit"]["committer"]["date"]), str(c["commit"]["message"]))
+        except (IndexError, KeyError, TypeError) as exc:
+            raise RemoteError(f"GitHub API {self.repo} commits: unexpected answer ({exc!r})") from exc
+
 
 def _release(r: dict[str, Any]) -> Release:
     assets = tuple(
-        Asset(a["name"], a["browser_download_url"], int(a.get("size") or 0), a.get("digest"))
+        Asset(a["name"], a["browser_download_url"], int(a.get("size") or 0), a.get("digest"), a.get("id"))
         for a in r.get("assets", [])
     )
-    return Release(r["tag_name"], r.get("name") or r["tag_name"], r.get("published_at") or "", assets)
+    name, published = r.get("name") or r["tag_name"], r.get("published_at") or ""
+    return Release(r["tag_name"], name, published, assets, r.get("html_url") or "")
 
 
 def _tokens(name: str) -> set[str]:

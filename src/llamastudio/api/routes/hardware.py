@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from llamastudio.api.routes import seed_info
 from llamastudio.hardware.discover import discover
 from llamastudio.hardware.topology import classify, nvlink_groups
 
@@ -16,8 +17,9 @@ router = APIRouter(prefix="/api", tags=["hardware"])
 @router.get("/gpu-info")
 async def gpu_info() -> dict[str, Any]:
     hw = await asyncio.to_thread(discover)  # NVML and vulkaninfo calls block
-    return hw.to_json() | {
+    studio = hw.to_json() | {
         "topology": classify(hw.gpus),
         "nvlink_groups": nvlink_groups(hw.gpus),
         "cuda_available": any(g.backend == "CUDA" for g in hw.gpus),
     }
+    return seed_info.gpu_info(studio)  # and the seed's fields beside the studio's

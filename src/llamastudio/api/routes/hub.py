@@ -10,6 +10,7 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, Field
 
 from llamastudio.api.deps import StateDep
+from llamastudio.api.routes import seed_info
 from llamastudio.errors import InvalidInput
 from llamastudio.hub.client import HubClient
 from llamastudio.hub.detail import repo_detail
@@ -73,7 +74,8 @@ class AddPath(BaseModel):
 
 @router.get("/models")
 async def models(state: StateDep) -> list[dict[str, Any]]:
-    return [m.to_json() for m in await state.service.library_models()]
+    """The library; each entry also carries the seed's group keys (``seed_info.py``)."""
+    return await seed_info.library_entries(state, await state.service.library_models())
 
 
 @router.post("/models", status_code=201)

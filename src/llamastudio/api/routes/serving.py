@@ -3,15 +3,15 @@ one call of the service façade (``services/``), answering with its typed snapsh
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Body, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from llamastudio.api.deps import StateDep, config_permit
+from llamastudio.api.routes import seed_views
 from llamastudio.fit.planner import Goal
 from llamastudio.services.snapshots import (
-    AutoConfig,
     CommandView,
     ConfigView,
     DraftCandidate,
@@ -57,14 +57,22 @@ async def served(state: StateDep) -> list[ServedModel]:
 
 
 @router.get("/models/{id:path}/config")
-async def get_config(state: StateDep, id: str) -> ConfigView:
-    return await state.service.get_config(id)
+async def get_config(state: StateDep, id: str) -> seed_views.SeedConfigView:
+    """The configuration's view; its flags also as the seed's parameters (``seed_views.py``)."""
+    return seed_views.config_view(await state.service.get_config(id))
 
 
-@router.put("/models/{id:path}/config")
-async def put_config(state: StateDep, request: Request, id: str, body: ConfigIn) -> SavedConfigView:
-    """Replace the whole configuration (fields left out take their defaults; ``PATCH`` keeps them)."""
-    return await state.service.put_config(_config_from(id, body), config_permit(state, request))
+@router.put("/models/{id:path}/config", openapi_extra=seed_views.put_config_doc(ConfigIn))
+async def put_config(
+    state: StateDep, request: Request, id: str, body: Annotated[dict[str, Any], Body()]
+) -> seed_views.SeedSavedView:
+    """Replace the whole configuration (fields left out take their defaults; ``PATCH`` keeps them).
+    The seed's body, its llama.cpp parameters (``ctx_size`` …), replaces only the flags."""
+    permit = config_permit(state, request)
+    if seed_views.is_seed_body(body, ConfigIn):
+        return await seed_views.put_params(state, id, body, permit)
+    cfg = _config_from(id, seed_views.parse_body(ConfigIn, body))
+    return seed_views.saved(await state.service.put_config(cfg, permit))
 
 
 class ConfigPatch(BaseModel):
@@ -126,10 +134,12 @@ class AutoIn(BaseModel):
 
 
 @router.post("/models/{id:path}/auto-config")
-async def auto_config(state: StateDep, id: str, body: AutoIn | None = None) -> AutoConfig:
-    """Smart Auto: the planner's flags for this model, with one reason per choice (not saved)."""
+async def auto_config(state: StateDep, id: str, body: AutoIn | None = None) -> seed_views.SeedAutoConfig:
+    """Smart Auto: the planner's flags for this model, with one reason per choice (not saved);
+    also as the seed's parameters."""
     b = body or AutoIn()
-    return await state.service.smart_auto(id, b.goal, b.ctx, b.parallel, b.args, b.hardware)
+    auto = await state.service.smart_auto(id, b.goal, b.ctx, b.parallel, b.args, b.hardware)
+    return seed_views.auto_config(auto)
 
 
 class EstimateIn(BaseModel):
@@ -157,13 +167,14 @@ async def command(state: StateDep, id: str) -> CommandView:
 
 
 @router.post("/models/{id:path}/start")
-async def start(state: StateDep, id: str) -> ModelStatus:
-    return await state.service.start_model(id)
+async def start(state: StateDep, id: str) -> seed_views.SeedStarted:
+    """Start (waits until ready); also the seed's ``proxy_model_name`` and ``api_endpoint``."""
+    return seed_views.started(await state.service.start_model(id), id, state.settings)
 
 
 @router.post("/models/{id:path}/stop")
-async def stop(state: StateDep, id: str) -> ModelStatus:
-    return await state.service.stop_model(id)
+async def stop(state: StateDep, id: str) -> seed_views.SeedStopped:
+    return seed_views.stopped(await state.service.stop_model(id))
 
 
 @router.get("/models/{id:path}/logs")
