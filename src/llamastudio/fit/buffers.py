@@ -23,6 +23,11 @@ _KV_SIZE = re.compile(
 _CTX = re.compile(r"llama_context: (n_ctx|n_ctx_seq|n_seq_max|n_batch|n_ubatch)\s+= (\d+)")
 _FA = re.compile(r"flash_attn\s+= (\w+)|Flash Attention was auto, set to (\w+)")
 _CATEGORY = {"model": "model", "KV": "kv", "RS": "rs", "output": "output", "compute": "compute"}
+# the projector (tools/mtmd/clip.cpp): its weights in one line, its compute buffer per backend
+_CLIP_BACKEND = re.compile(r"clip_ctx: CLIP using (\S+) backend")
+_CLIP_WEIGHTS = re.compile(r"load_hparams: model size:\s+([\d.]+) MiB")
+_CLIP_COMPUTE = re.compile(r"reserve_compute_meta:\s+(\S+) compute buffer size =\s+([\d.]+) MiB")
+_DRAFT = "loading draft model"  # common_speculative_init_result: the draft's own load follows
 
 
 def host_device(name: str) -> str:
@@ -47,7 +52,40 @@ class LoggedBuffers:
 
 
 def parse_log(text: str) -> LoggedBuffers:
+    """Buffers per device and category; a projector's as ``mmproj``, a draft model's (all of its
+    buffers) as ``draft``."""
     lines = text.splitlines()
+    cut = next((i for i, ln in enumerate(lines) if _DRAFT in ln), None)
+    out = _parse_model(lines if cut is None else lines[:cut])
+    if cut is not None:
+        draft = _parse_model(lines[cut:])
+        for dev, cats in draft.mib.items():
+            out.mib[dev]["draft"] += sum(cats.values())
+            out.lines["draft"] += sum(draft.lines.values())
+    _parse_projector(lines, out)
+    return out
+
+
+def _parse_projector(lines: list[str], out: LoggedBuffers) -> None:
+    backend = "CPU"
+    compute: dict[str, float] = {}  # the last reserve per backend counts (FA off re-reserves)
+    weights = 0.0
+    for line in lines:
+        if m := _CLIP_BACKEND.search(line):
+            backend = host_device(m.group(1))
+        elif m := _CLIP_WEIGHTS.search(line):
+            weights = float(m.group(1))
+        elif m := _CLIP_COMPUTE.search(line):
+            compute[host_device(m.group(1))] = float(m.group(2))
+    if weights:
+        out.mib[backend]["mmproj"] += weights
+        out.lines["mmproj"] += 1
+    for dev, value in compute.items():
+        out.mib[dev]["mmproj"] += value
+        out.lines["mmproj"] += 1
+
+
+def _parse_model(lines: list[str]) -> LoggedBuffers:
     last_load = max(
         (i for i, ln in enumerate(lines) if "load_tensors: loading model tensors" in ln), default=0
     )

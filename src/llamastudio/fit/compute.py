@@ -78,7 +78,7 @@ def graph_peak(f: ModelFacts, ctx: Context) -> int:
         extra = 2 * n_embd if f.architecture.startswith("gemma") else 0
         candidates.append(4 * n_ub * (3 * ffn + 3 * n_embd) + 4 * n_ub * extra)
     # the masks are freed after the last attention, before the logits are computed
-    output = 4 * n_ub * 7 * n_embd + 4 * min(n_ub, ctx.n_seq) * f.vocab_size
+    output = 4 * n_ub * 7 * n_embd + 4 * min(n_ub, ctx.n_outputs or ctx.n_seq) * f.vocab_size
     return max(masks + max(candidates), output)
 
 

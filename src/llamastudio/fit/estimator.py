@@ -27,6 +27,7 @@ from llamastudio.hardware import Gpu
 from llamastudio.hardware.cpu import repack_types
 
 HOST = "CPU"
+DRAFT_MAX_DEFAULT = 3  # llama-server's --spec-draft-n-max
 CUDA_ALIGN = 128
 MATRIX_ROW_PADDING = 512  # ggml-cuda pads the last row of quantized matrices to this many values
 _LAYER = re.compile(r"^blk\.(\d+)\.")
@@ -46,6 +47,13 @@ def resolve_context(f: ModelFacts, flags: ServerFlags, gpus: tuple[Gpu, ...] = (
         n_ctx, n_stream = n_ctx_seq * n_seq, n_seq
     n_batch = min(n_ctx, flags.batch_size)
     n_ubatch = min(n_batch, flags.ubatch_size)
+    if flags.embedding or flags.reranking:
+        n_batch = n_ubatch  # llama-server: "embeddings enabled ... setting n_batch = n_ubatch"
+    n_outputs = n_seq
+    if flags.embedding or flags.reranking:
+        n_outputs = n_ubatch
+    elif flags.draft_model:
+        n_outputs = n_seq * ((flags.draft_max if flags.draft_max is not None else DRAFT_MAX_DEFAULT) + 1)
     fa = flags.flash_attn == "on" or (flags.flash_attn == "auto" and all(g.flash_attn for g in gpus))
     swa = any(swa_layers(f))
     cells_swa = 0
@@ -55,7 +63,9 @@ def resolve_context(f: ModelFacts, flags: ServerFlags, gpus: tuple[Gpu, ...] = (
             if flags.swa_full
             else pad(min(n_ctx_seq, (f.sliding_window or 0) * (n_seq if unified else 1) + n_ubatch), 256)
         )
-    return Context(n_ctx, n_ctx_seq, n_seq, n_stream, unified, n_batch, n_ubatch, n_ctx_seq, cells_swa, fa)
+    return Context(
+        n_ctx, n_ctx_seq, n_seq, n_stream, unified, n_batch, n_ubatch, n_ctx_seq, cells_swa, fa, n_outputs
+    )
 
 
 def layer_devices(n_layer: int, flags: ServerFlags, gpus: tuple[Gpu, ...]) -> list[str]:
@@ -171,7 +181,8 @@ def estimate(
     host.model_logged = repack_bytes + (host_mapped if not flags.no_mmap else host.model - repack_bytes)
 
     # KV cache and recurrent state, each on its layer's device (or the host with -nkvo)
-    attn = attention_layers(f)
+    # bidirectional (encoder) models keep no KV cache: each input is one micro-batch
+    attn = attention_layers(f) if f.arch_keys.get("causal") is not False else [False] * n_layer
     swa = swa_layers(f)
     is_mla = f.key_length_mla is not None and f.kv_lora_rank is not None
     v_dims = [f.value_length * f.n_head_kv(il) for il in range(n_layer) if attn[il]]
@@ -222,8 +233,7 @@ def _add_companions(
     if extra.mmproj is not None:
         offload = [g for g in gpus if not flags.device or g.device_name in flags.device]
         dev = offload[0].device_name if offload and flags.mmproj_offload else HOST
-        backend = next((g.backend for g in gpus if g.device_name == dev), HOST)
-        usage[dev].mmproj += projector_weights(extra.mmproj) + projector_compute(extra.mmproj, backend)
+        usage[dev].mmproj += projector_weights(extra.mmproj) + projector_compute(extra.mmproj, ctx.flash_attn)
     if extra.draft is not None:
         draft = estimate(extra.draft, draft_flags(flags, ctx.n_ctx), gpus, repack=repack)
         for d in draft.devices:

@@ -63,6 +63,9 @@ class Context:
     kv_cells: int  # cells per stream of full-attention layers
     kv_cells_swa: int  # cells per stream of sliding-window layers (0 if none)
     flash_attn: bool
+    # logits rows the graph reserves (llama.cpp's n_outputs_max): one per sequence; every token of
+    # a micro-batch with embeddings on; n_seq·(draft max + 1) for a model verifying drafts
+    n_outputs: int = 0
 
 
 @dataclass

@@ -36,6 +36,7 @@ from llamastudio.gateway.asgi import (
 )
 from llamastudio.gateway.body import declares_body, media_type, model_name
 from llamastudio.gateway.cors import CorsPolicy, preflight, with_cors
+from llamastudio.gateway.images import has_remote_image, inline_images
 from llamastudio.gateway.metrics import UNKNOWN, Metrics, path_label
 from llamastudio.gateway.purpose import check_purpose
 from llamastudio.gateway.relay import GONE, HOP, Relay
@@ -171,6 +172,8 @@ class Gateway:
         traits = await self.service.traits_of(name)
         if traits is not None:
             check_purpose(name, path, traits, body)
+            if traits.vision is not False and has_remote_image(body):
+                body = await inline_images(body)  # never fetched by the engine (SSRF): images.py
         try:
             lease, proc = await self.acquire(name)
         except StudioError as exc:  # the client's name is no label unless it is configured

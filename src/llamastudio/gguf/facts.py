@@ -72,6 +72,7 @@ class ModelFacts:
     tools: bool = False  # the chat template renders tools
     role: str = "chat"  # chat | embedding | rerank | mmproj (roles.py)
     pooling: str | None = None
+    classifier: bool = False  # has a classification head (cls.*): can rerank
     tokenizer_model: str | None = None
     general: dict[str, Any] = field(default_factory=dict)
     arch_keys: dict[str, Any] = field(default_factory=dict)
@@ -229,6 +230,7 @@ def facts_from_model(model: GGUFModel) -> ModelFacts:
         tools=use.tools,
         role=use.role,
         pooling=use.pooling,
+        classifier=use.classifier,
         tokenizer_model=meta.get(gguf.Keys.Tokenizer.MODEL),
         general=_general(meta),
         arch_keys=arch_keys,

@@ -46,6 +46,7 @@ class Purpose:
     chat_template: bool = False
     template_family: str | None = None  # chatml, llama3, gemma, ... "other" when unrecognised
     tools: bool = False  # the template renders a ``tools`` list
+    classifier: bool = False  # a classification head (``cls.*``): what a reranker scores with
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -54,6 +55,7 @@ class Purpose:
             "chat_template": self.chat_template,
             "template_family": self.template_family,
             "tools": self.tools,
+            "classifier": self.classifier,
         }
 
 
@@ -77,13 +79,13 @@ def purpose(meta: dict[str, Any], tensor_names: set[str] | frozenset[str]) -> Pu
     raw = meta.get(f"{arch}.pooling_type")
     pooling = POOLING.get(raw) if isinstance(raw, int) and not isinstance(raw, bool) else None
     classifier = any(n in tensor_names for n in CLASSIFIER_TENSORS)
-    causal = meta.get(f"{arch}.attention.causal")
     role: Role = "chat"
-    if pooling == "rank" or (classifier and (arch in ENCODER_ARCHS or causal is False)):
+    # not ``attention.causal == false`` alone: diffusion LMs (dream, llada) are bidirectional chat models
+    if pooling == "rank" or (classifier and arch in ENCODER_ARCHS):
         role = "rerank"
-    elif (pooling not in (None, "none")) or arch in ENCODER_ARCHS or causal is False:
+    elif pooling not in (None, "none") or arch in ENCODER_ARCHS:
         role = "embedding"
-    return Purpose(role, pooling, has_template, family, tools)
+    return Purpose(role, pooling, has_template, family, tools, classifier)
 
 
 def vocab_digest(meta: dict[str, Any]) -> str | None:

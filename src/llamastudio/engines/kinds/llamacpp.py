@@ -91,6 +91,12 @@ def _purpose_flags(
             "loaded beside its text model (set it with --mmproj in that model's flags)"
         )
     role = "rerank" if base.reranking else "embedding" if base.embedding else facts.role
+    if role == "rerank" and not (facts.classifier or facts.pooling == "rank"):
+        # llama-server starts it with a warning and answers with meaningless scores
+        raise InvalidInput(
+            f"{name}: --reranking needs a reranker (a model with a classification head, cls.*, or "
+            "rank pooling); this model has neither: use an embedding model's /v1/embeddings instead"
+        )
     if role == "rerank":
         base = base.with_(reranking=True, embedding=False)
     elif role == "embedding":
@@ -118,6 +124,9 @@ def _purpose_flags(
         if problem:
             raise InvalidInput(f"{name}: the draft model {draft.location} cannot draft for it: {problem}")
         base = base.with_(draft_model=draft.location)
+        if "--spec-type" in engine.capabilities and "--spec-type" not in _flag_names(base.extra):
+            # this llama.cpp loads -md without --spec-type but never drafts with it
+            base = base.with_(extra=(*base.extra, "--spec-type", "draft-simple"))
     templated = facts.chat_template or any(f in _TEMPLATE_FLAGS for f in _flag_names(base.extra))
     jinja_default = "--no-jinja" in engine.capabilities  # builds that can turn it off have it on
     if (
