@@ -1,8 +1,12 @@
 """The studio's one settings object.
 
 Every field can be set by an environment variable ``LLAMASTUDIO_<FIELD>`` (upper case) and, for
-the few that have one, by a CLI flag, which wins. The README's settings table is checked against
-this class by ``tests/test_docs.py``: a field added here must be documented there.
+the few that have one, by a CLI flag, which wins. Some also read the name the seeds' Docker images
+use (``PORT``, ``HF_TOKEN``, ``MODEL``, ``CTX_SIZE`` …, see ``SEED_NAMES``): the ``LLAMASTUDIO_``
+name wins over it when both are set. A ``.env`` file in the working directory is read too; the
+real environment wins over it. The README's settings table and ``.env.example`` are checked
+against this class (``tests/test_docs.py``, ``tests/test_env.py``): a field added here must be
+documented in both.
 """
 
 from __future__ import annotations
@@ -23,11 +27,49 @@ def _default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("llamastudio", appauthor=False))
 
 
+def _names(field: str, *seed: str) -> AliasChoices:
+    """The environment names of a field: ``LLAMASTUDIO_<FIELD>`` first (it wins), then the seeds'
+    names, then the field's own name (keyword arguments: CLI flags)."""
+    return AliasChoices(f"LLAMASTUDIO_{field.upper()}", *seed, field)
+
+
+# field → the seeds' environment names it also reads (README "Settings", ``.env.example``)
+SEED_NAMES: dict[str, tuple[str, ...]] = {
+    "host": ("HOST",),
+    "port": ("PORT",),
+    "lmdeploy_port": ("LMDEPLOY_PORT",),
+    "lmdeploy_bin": ("LMDEPLOY_BIN",),
+    "llama_server": ("LLAMA_SERVER_PATH",),
+    "github_token": ("GITHUB_TOKEN",),
+    "hf_token": ("HF_TOKEN", "HUGGINGFACE_API_KEY"),
+    "hf_endpoint": ("HF_ENDPOINT",),
+    "cuda_visible_devices": ("CUDA_VISIBLE_DEVICES",),
+    "model": ("MODEL",),
+    "model_path": ("MODEL_PATH",),
+    "ctx_size": ("CTX_SIZE", "CONTEXT_SIZE"),
+    "n_gpu_layers": ("N_GPU_LAYERS",),
+    "parallel": ("PARALLEL",),
+    "batch_size": ("BATCH_SIZE",),
+    "ubatch_size": ("UBATCH_SIZE",),
+    "max_tokens": ("MAX_TOKENS",),
+}
+
+
+def _seed(field: str) -> AliasChoices:
+    return _names(field, *SEED_NAMES[field])
+
+
 class Settings(BaseSettings):
     """Studio configuration; environment prefix ``LLAMASTUDIO_``."""
 
     model_config = SettingsConfigDict(
-        env_prefix="LLAMASTUDIO_", extra="ignore", frozen=True, populate_by_name=True
+        env_prefix="LLAMASTUDIO_",
+        extra="ignore",
+        frozen=True,
+        populate_by_name=True,
+        env_file=".env",  # in the working directory; the real environment wins over it
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,  # `MODEL=` in a compose file or .env means unset
     )
 
     data_dir: Path = Field(
@@ -36,9 +78,18 @@ class Settings(BaseSettings):
     )
     host: str = Field(
         default="127.0.0.1",
-        description="Address the UI + management API binds to. Loopback unless you mean it.",
+        validation_alias=_seed("host"),
+        description="Address the UI + management API and the gateway bind to (HOST also works). "
+        "Loopback unless you mean it.",
     )
-    port: int = Field(default=8080, ge=0, le=65535, description="Port of the UI + management API.")
+    port: int = Field(
+        default=8080,
+        ge=0,
+        le=65535,
+        validation_alias=_seed("port"),
+        description="Port of the UI + management API (PORT also works); in one-model mode it "
+        "also answers the OpenAI API (`/v1/…`) and `/health`, as the seeds' single-model images do.",
+    )
     gateway_port: int = Field(
         default=2000, ge=0, le=65535, description="Port of the OpenAI-compatible gateway."
     )
@@ -46,20 +97,21 @@ class Settings(BaseSettings):
         default=2001,
         ge=-1,
         le=65535,
-        validation_alias=AliasChoices("LLAMASTUDIO_LMDEPLOY_PORT", "LMDEPLOY_PORT", "lmdeploy_port"),
+        validation_alias=_seed("lmdeploy_port"),
         description="Port of the second OpenAI-compatible listener, which serves only the models "
         "running on LMDeploy (the seed's safetensors runner); LMDEPLOY_PORT also works; -1 turns it off.",
     )
     lmdeploy_bin: Path | None = Field(
         default=None,
-        validation_alias=AliasChoices("LLAMASTUDIO_LMDEPLOY_BIN", "LMDEPLOY_BIN", "lmdeploy_bin"),
+        validation_alias=_seed("lmdeploy_bin"),
         description="An `lmdeploy` CLI to register as an LMDeploy engine at start (LMDEPLOY_BIN also "
         "works); without it, an `lmdeploy` on PATH is registered when no LMDeploy engine is.",
     )
     llama_server: Path | None = Field(
         default=None,
-        description="Path of the llama-server binary to use until engines are registered "
-        "(`make run` points it at the rig's build).",
+        validation_alias=_seed("llama_server"),
+        description="A llama-server binary registered as the llama.cpp engine at start when none is "
+        "(LLAMA_SERVER_PATH also works; `make run` points it at the rig's build).",
     )
     api_key: str | None = Field(
         default=None,
@@ -91,8 +143,27 @@ class Settings(BaseSettings):
     )
     github_token: str | None = Field(
         default=None,
-        validation_alias=AliasChoices("LLAMASTUDIO_GITHUB_TOKEN", "GITHUB_TOKEN", "github_token"),
+        validation_alias=_seed("github_token"),
         description="Token for the GitHub API (rate limits, private forks); GITHUB_TOKEN also works.",
+    )
+    hf_token: str | None = Field(
+        default=None,
+        validation_alias=_seed("hf_token"),
+        description="Hugging Face token for gated and private models (HF_TOKEN and "
+        "HUGGINGFACE_API_KEY also work); set this way it is read-only in the UI.",
+    )
+    hf_endpoint: str = Field(
+        default="https://huggingface.co",
+        validation_alias=_seed("hf_endpoint"),
+        description="Base URL of the Hugging Face Hub (HF_ENDPOINT also works): a mirror, or a "
+        "local server speaking its protocol.",
+    )
+    cuda_visible_devices: str | None = Field(
+        default=None,
+        validation_alias=_seed("cuda_visible_devices"),
+        description="The NVIDIA GPUs the studio plans for and its engines see (CUDA_VISIBLE_DEVICES "
+        "also works): indices or UUIDs, comma-separated; `all` = every GPU; `none` = no GPU (so does "
+        "an empty CUDA_VISIBLE_DEVICES in the environment).",
     )
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -161,6 +232,75 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
         description="In asyncio debug mode: seconds a callback may hold the loop before it is logged.",
     )
+    # -- one-model mode (the seeds' single-model images): ``serve`` downloads, configures, loads
+    # and pins this one model at start; ``services/onemodel.py``
+    model: str | None = Field(
+        default=None,
+        validation_alias=_seed("model"),
+        description="One-model mode (MODEL also works): `org/repo:QUANT`, or `org/repo` to pick "
+        "the largest quant that fits this machine fully; downloaded if missing, then loaded and "
+        "pinned when `serve` starts.",
+    )
+    model_path: Path | None = Field(
+        default=None,
+        validation_alias=_seed("model_path"),
+        description="One-model mode with a local GGUF file instead (MODEL_PATH also works); it wins "
+        "over `model`.",
+    )
+    model_name: str | None = Field(
+        default=None,
+        description="One-model mode: the name the model is served under (default: `model` as "
+        "given, or the file's name for `model_path`).",
+    )
+    ctx_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=1 << 24,
+        validation_alias=_seed("ctx_size"),
+        description="One-model mode: context size, all slots together (CTX_SIZE and CONTEXT_SIZE "
+        "also work); default: the planner's choice for this machine.",
+    )
+    n_gpu_layers: str | None = Field(
+        default=None,
+        pattern=r"^(\d{1,6}|all|auto)$",
+        validation_alias=_seed("n_gpu_layers"),
+        description="One-model mode: layers on the GPUs, a number, `all` or `auto` (N_GPU_LAYERS "
+        "also works; 99 = all); default: the planner's choice.",
+    )
+    parallel: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        validation_alias=_seed("parallel"),
+        description="One-model mode: parallel slots (PARALLEL also works); default: llama-server's.",
+    )
+    batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=1 << 20,
+        validation_alias=_seed("batch_size"),
+        description="One-model mode: logical batch size (BATCH_SIZE also works); default: the planner's.",
+    )
+    ubatch_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=1 << 20,
+        validation_alias=_seed("ubatch_size"),
+        description="One-model mode: physical batch size (UBATCH_SIZE also works); default: the planner's.",
+    )
+    max_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        le=1 << 24,
+        validation_alias=_seed("max_tokens"),
+        description="One-model mode: tokens generated for a request that sets no `max_tokens` "
+        "(MAX_TOKENS also works; llama-server's `-n`); default: until the context is full.",
+    )
+
+    @property
+    def one_model(self) -> bool:
+        """Whether ``serve`` runs in one-model mode (``model`` or ``model_path`` set)."""
+        return bool(self.model or self.model_path)
 
     @field_validator("allowed_hosts", "cors_origins", "preload", mode="before")
     @classmethod

@@ -10,6 +10,15 @@ other than loopback is refused while either listener has no API key, unless ``--
 
 The loop is uvloop's when installed; in asyncio debug mode (``LLAMASTUDIO_ASYNCIO_DEBUG``,
 ``PYTHONASYNCIODEBUG``) it is the stdlib loop, with slow-callback detection (``loopdebug.py``).
+
+One-model mode (``MODEL`` / ``MODEL_PATH``, ``services/onemodel.py``): the model is resolved and
+its fit checked before either port opens (a model that cannot fit ends the start, exit 3); once
+they answer it is downloaded, configured and loaded, and ``/health`` says 503 until it is. The
+UI + API port then also answers the OpenAI API (``/v1/…``) and ``/health``, as the seeds'
+single-model images do on their one ``PORT``; the gateway port serves it too. A failure of that
+start stops the studio with the error (exit non-zero).
+
+The studio's own log lines go to stderr in uvicorn's format (``INFO:     …``), one plain line each.
 """
 
 from __future__ import annotations
@@ -22,20 +31,34 @@ import logging
 import os
 import signal
 import socket
+import sys
 from collections.abc import Generator
+from typing import Any
 
 import uvicorn
+from uvicorn.logging import DefaultFormatter
 
 from llamastudio import loopdebug, runinfo
 from llamastudio.api.app import create_app
 from llamastudio.api.deps import AppState
 from llamastudio.config import Settings
-from llamastudio.errors import Conflict, InvalidInput
+from llamastudio.errors import Conflict, InvalidInput, NotFound
 from llamastudio.gateway.app import Gateway, error_json
+from llamastudio.gateway.asgi import Receive, Scope, Send, local_path, send_json
 from llamastudio.guard import guard_gateway
 from llamastudio.http_protocol import BODY_TIMEOUT, HEADER_TIMEOUT, with_timeouts
+from llamastudio.services.onemodel import OneModel
 
 log = logging.getLogger(__name__)
+ASGI = Any  # an ASGI 3 application
+NO_ENGINE = (
+    "no llama.cpp engine is registered yet: models cannot start until one is.",
+    "  install a release build:    llamastudio engines install [--backend cuda|vulkan|hip]  "
+    "(or the Engines page of the UI)",
+    "  build one from source:      llamastudio engines build --backend cpu|cuda|vulkan|metal",
+    "  use a llama-server you have: LLAMA_SERVER_PATH=/path/to/llama-server "
+    "(or llamastudio engines add PATH)",
+)
 
 
 class _Server(uvicorn.Server):
@@ -98,7 +121,8 @@ def check_exposure(settings: Settings) -> None:
         open_.append(f"the gateway (port {settings.gateway_port}: load and use every model)")
     if open_:
         raise InvalidInput(
-            f"refusing to listen on {settings.host} without a key on each port: anyone on the network could "
+            f"refusing to listen on {settings.host} (--host, LLAMASTUDIO_HOST or HOST) without a key on "
+            "each port: anyone on the network could "
             f"use {' and '.join(open_)}. Set LLAMASTUDIO_API_KEY and LLAMASTUDIO_GATEWAY_API_KEY, "
             "bind 127.0.0.1, or pass --insecure (LLAMASTUDIO_INSECURE=1) if you mean it."
         )
@@ -107,9 +131,14 @@ def check_exposure(settings: Settings) -> None:
 async def serve(settings: Settings) -> None:
     app = create_app(settings)
     state: AppState = app.state.studio
+    one = OneModel(settings, state.service, state.downloads, state.bus) if settings.one_model else None
+    if one is not None:  # which file, and does it fit: a model that cannot fit ends the start here
+        await one.resolve()
     gateway = Gateway(state.service, settings, state.metrics)
-    api = _Server(_config(app, settings.host, settings.port, settings.log_level))
-    guarded = guard_gateway(gateway, settings, error_json)  # Host check and body limit
+    # Host check and body limit; in one-model mode /health waits for the model
+    guarded = guard_gateway(_health_gate(gateway, one), settings, error_json)
+    front: ASGI = app if one is None else _with_openai(app, guarded)
+    api = _Server(_config(front, settings.host, settings.port, settings.log_level))
     gw = _Server(_config(guarded, settings.host, settings.gateway_port, settings.log_level))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -135,10 +164,32 @@ async def serve(settings: Settings) -> None:
             state.owner_key,
         )
     stopper = asyncio.create_task(stop.wait())
+    one_task = None
+    if api.started:
+        has_engine = await asyncio.to_thread(_has_llama_cpp, state)
+        if not has_engine:
+            for line in NO_ENGINE:
+                log.warning("%s", line)
+        if one is not None:
+            one_task = asyncio.create_task(_run_one(one, has_engine))
+    failure: BaseException | None = None
     try:
-        await asyncio.wait({api_task, gw_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        waiting: set[asyncio.Task[Any]] = {api_task, gw_task, stopper}
+        if one_task is not None:
+            waiting.add(one_task)
+        while True:
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if one_task is None or done != {one_task}:
+                break
+            waiting.discard(one_task)  # the model is ready: serve on
+            if not one_task.cancelled() and one_task.exception() is not None:
+                failure = one_task.exception()  # the studio stops with it: exit non-zero
+                break
     finally:
         runinfo.remove(settings.data_dir)
+    if one_task is not None and not one_task.done():
+        one_task.cancel()
+        await asyncio.gather(one_task, return_exceptions=True)
     gw.should_exit = True
     if lm is not None:
         lm.should_exit = True
@@ -146,9 +197,56 @@ async def serve(settings: Settings) -> None:
     api.should_exit = True
     await asyncio.gather(api_task, return_exceptions=True)
     stopper.cancel()
+    if failure is not None:
+        raise failure
     for task in (api_task, gw_task):
         if task.done() and not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
+
+
+def _has_llama_cpp(state: AppState) -> bool:
+    """Whether a llama.cpp engine is registered (blocking: the engine table)."""
+    return any(e.family == "llama.cpp" for e in state.engines.all())
+
+
+async def _run_one(one: OneModel, has_engine: bool) -> None:
+    if not has_engine:
+        raise NotFound(
+            "one-model mode needs a llama.cpp engine and none is registered: install a release "
+            "(`llamastudio engines install`), build one (`llamastudio engines build`), or set "
+            "LLAMA_SERVER_PATH to a llama-server binary"
+        )
+    await one.run()
+
+
+def _health_gate(app: ASGI, one: OneModel | None) -> ASGI:
+    """In one-model mode ``/health`` answers 503 (with what it is doing) until the model is
+    loaded, then 200: what a container's health check and a load balancer wait for."""
+    if one is None:
+        return app
+
+    async def gated(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and local_path(scope) == "/health":
+            await send_json(send, 200 if one.ready else 503, one.health())
+            return
+        await app(scope, receive, send)
+
+    return gated
+
+
+def _with_openai(api: ASGI, gateway: ASGI) -> ASGI:
+    """One-model mode: the UI + API port also answers ``/v1/…`` and ``/health`` through the
+    gateway (its own Host check, key and body limit), as the seeds' single-model images answer
+    everything on their one ``PORT``."""
+
+    async def front(scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path == "/health" or path == "/v1" or path.startswith("/v1/"):
+            await gateway(scope, receive, send)
+            return
+        await api(scope, receive, send)
+
+    return front
 
 
 async def _lmdeploy_listener(
@@ -196,9 +294,43 @@ def check_single(settings: Settings) -> None:
         )
 
 
+def setup_logging(level: str) -> None:
+    """The studio's log lines on stderr in uvicorn's format (``INFO:     …``), one plain line each,
+    at ``level`` (once per process)."""
+    logger = logging.getLogger("llamastudio")
+    if not any(getattr(h, "studio", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(DefaultFormatter("%(levelprefix)s %(message)s", use_colors=False))
+        handler.studio = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(level.upper())
+
+
+def apply_environment(settings: Settings) -> None:
+    """Put into the process environment the settings that other readers take from it: the Hub
+    client (``HF_TOKEN``, ``HF_ENDPOINT``), the NVIDIA probe and every engine process
+    (``CUDA_VISIBLE_DEVICES``; ``all`` means every GPU, so it is removed; ``none`` means none).
+    A value from ``.env`` or a ``LLAMASTUDIO_`` name thus reaches them too. Before the app is
+    built: the hardware is probed then."""
+    if settings.hf_token and os.environ.get("HF_TOKEN") != settings.hf_token:
+        os.environ["HF_TOKEN"] = settings.hf_token
+    endpoint = settings.hf_endpoint.rstrip("/")
+    if endpoint != os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/"):
+        os.environ["HF_ENDPOINT"] = endpoint
+    devices = settings.cuda_visible_devices
+    if devices is not None:
+        word = devices.strip().lower()
+        if word == "all":
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = "" if word == "none" else devices.strip()
+
+
 def run(settings: Settings) -> None:
+    setup_logging(settings.log_level)
     check_exposure(settings)
     check_single(settings)
+    apply_environment(settings)
     if loopdebug.wanted(settings.asyncio_debug):  # the stdlib loop: uvloop times few callbacks
         loopdebug.run(serve(settings), settings.slow_callback_s)
         return

@@ -19,6 +19,13 @@ def register(app: typer.Typer, load_settings: Callable[..., Settings]) -> None:
         gateway_port: Annotated[
             int | None, typer.Option(help="Port of the OpenAI-compatible gateway (default 2000).")
         ] = None,
+        model: Annotated[
+            str | None,
+            typer.Option(
+                help="One-model mode: org/repo:QUANT (or org/repo: the largest quant that fits) to "
+                "download, load and pin at start (env MODEL)."
+            ),
+        ] = None,
         insecure: Annotated[
             bool,
             typer.Option(
@@ -31,10 +38,17 @@ def register(app: typer.Typer, load_settings: Callable[..., Settings]) -> None:
         """Run the studio: UI + REST API and the OpenAI-compatible gateway.
 
         On an address other than loopback it refuses to start (exit 2) unless both API keys are
-        set, or --insecure is given."""
+        set, or --insecure is given. With --model (or MODEL / MODEL_PATH in the environment) it
+        serves that one model: downloaded if missing, loaded and pinned before /health says ok;
+        a model that cannot fit this machine ends the start (exit 3)."""
         from llamastudio.server import run
 
         settings = load_settings(
-            ctx, host=host, port=port, gateway_port=gateway_port, insecure=True if insecure else None
+            ctx,
+            host=host,
+            port=port,
+            gateway_port=gateway_port,
+            model=model,
+            insecure=True if insecure else None,
         )
         run(settings)

@@ -96,6 +96,8 @@ def discover_nvidia(nvml: Any, visible: str | None = None) -> list[Gpu]:
 
 
 def _filter_visible(raw: list[dict[str, Any]], visible: str | None) -> list[dict[str, Any]]:
+    if visible is not None and visible.strip().lower() == "all":  # the seed studio's default
+        return raw
     if visible is None or visible.strip() == "":
         return raw if visible is None else []
     out = []
