@@ -14,8 +14,9 @@ from rich.table import Table
 
 from llamastudio.cli.context import hardware as machine
 from llamastudio.errors import InvalidInput
+from llamastudio.fit.companions import Companions
 from llamastudio.fit.estimator import Estimate, estimate
-from llamastudio.fit.flags import parse_server_args
+from llamastudio.fit.flags import ServerFlags, parse_server_args
 from llamastudio.fit.planner import plan as make_plan
 from llamastudio.gguf import GGUFModel, facts_from_model, load_model
 from llamastudio.hardware import Hardware
@@ -45,9 +46,19 @@ def _mib(n: int) -> str:
     return f"{n / MiB:,.0f}" if n >= 1000 * MiB else f"{n / MiB:,.2f}"
 
 
+def companions_of(flags: ServerFlags) -> Companions:
+    """The projector (``-mm``) and draft model (``-md``) the flags name: local files or Hub URLs,
+    read like MODEL (headers only)."""
+    return Companions(
+        open_model(flags.mmproj) if flags.mmproj else None,
+        open_model(flags.draft_model) if flags.draft_model else None,
+    )
+
+
 def render_estimate(est: Estimate, hw: Hardware, console: Console) -> None:
     table = Table(title="memory per device [MiB]")
-    for col in ("device", "model", "KV", "RS", "output", "compute", "total", "free", "layers"):
+    extra = [c for c in ("mmproj", "draft") if any(getattr(d, c) for d in est.devices)]
+    for col in ("device", "model", "KV", "RS", "output", "compute", *extra, "total", "free", "layers"):
         table.add_column(col, justify="left" if col in ("device", "layers") else "right")
     free = {g.device_name: g.free for g in hw.gpus}
     for d in est.devices:
@@ -61,6 +72,7 @@ def render_estimate(est: Estimate, hw: Hardware, console: Console) -> None:
             _mib(d.rs),
             _mib(d.output),
             _mib(d.compute),
+            *(_mib(getattr(d, c)) for c in extra),
             _mib(d.total),
             _mib(avail),
             layers,
@@ -88,7 +100,7 @@ def register(app: typer.Typer) -> None:
         """Memory per device for a model and llama-server flags (paste them after MODEL)."""
         flags = parse_server_args(list(ctx.args), keep_unknown=False)
         hw = machine(ctx, hardware)
-        est = estimate(open_model(model), flags, hw.gpus)
+        est = estimate(open_model(model), flags, hw.gpus, companions=companions_of(flags))
         if as_json:
             out: dict[str, Any] = est.to_json() | {"hardware": hw.to_json(), "args": flags.to_args()}
             typer.echo(json.dumps(out, indent=1))
@@ -132,7 +144,9 @@ def register_plan(app: typer.Typer) -> None:
         base = parse_server_args(list(ctx.args), keep_unknown=False)
         hw = machine(ctx, hardware)
         gmodel = open_model(model)
-        result = make_plan(gmodel, hw, goal.value, ctx_size, parallel, parse_reserve(reserve, hw), base)
+        result = make_plan(
+            gmodel, hw, goal.value, ctx_size, parallel, parse_reserve(reserve, hw), base, companions_of(base)
+        )
         if as_json:
             typer.echo(json.dumps(result.to_json() | {"hardware": hw.to_json()}, indent=1))
             return

@@ -24,6 +24,7 @@ from llamastudio.hub.checkpoints import check_format
 from llamastudio.hub.client import HubClient
 from llamastudio.hub.detail import repo_detail
 from llamastudio.hub.download import pull_files, select_files
+from llamastudio.hub.library import LocalModel
 from llamastudio.hub.quants import RepoFile
 from llamastudio.hub.remote import HeaderCache
 from llamastudio.hub.token import effective_token
@@ -161,6 +162,18 @@ def models_add(
         typer.echo(m.path)
 
 
+def model_kind(m: LocalModel) -> str:
+    """What a library model is for, in a word or two: chat (+ vision), embedding, rerank; a chat
+    model without a chat template is a base model."""
+    role = str(m.facts.get("role") or ("chat" if m.format == "gguf" else "checkpoint"))
+    words = [role]
+    if m.mmproj:
+        words.append("vision")
+    if role == "chat" and m.facts.get("chat_template") is False:
+        words.append("no template (base)")
+    return ", ".join(words)
+
+
 def register_library(app: typer.Typer) -> None:
     @app.command("ls")
     def ls(ctx: typer.Context, as_json: JsonOpt = False) -> None:
@@ -169,7 +182,7 @@ def register_library(app: typer.Typer) -> None:
         if as_json:
             typer.echo(json.dumps([m.to_json() for m in models], indent=1))
             return
-        table = Table("model", "quant", "size", "arch", "params", "source")
+        table = Table("model", "quant", "size", "arch", "params", "kind", "source")
         for m in models:
             params = m.facts.get("parameter_count") or 0
             table.add_row(
@@ -178,6 +191,7 @@ def register_library(app: typer.Typer) -> None:
                 _size(m.size),
                 m.facts.get("architecture", "?"),
                 f"{params / 1e9:.2f} B" if params >= 1e8 else f"{params / 1e6:.1f} M",
+                model_kind(m),
                 m.source,
             )
         Console().print(table)

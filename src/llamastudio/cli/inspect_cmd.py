@@ -57,7 +57,11 @@ def render(facts: ModelFacts, console: Console) -> None:
                 f"{facts.ssm_state_size} / {facts.ssm_inner_size} / {facts.ssm_conv_kernel}",
             )
         )
-    rows.append(("chat template", "yes" if facts.chat_template else "no"))
+    rows.append(("purpose", facts.role + (f" (pooling {facts.pooling})" if facts.pooling else "")))
+    template = (
+        f"yes ({facts.template_family})" if facts.chat_template else "no: a base model, use completions"
+    )
+    rows.append(("chat template", template + (", renders tools" if facts.tools else "")))
     for key in ("license", "size_label", "basename"):
         if key in facts.general:
             rows.append((key, facts.general[key]))
