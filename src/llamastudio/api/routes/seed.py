@@ -17,8 +17,8 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from llamastudio.api.deps import StateDep
-from llamastudio.api.routes import downloads, hub
-from llamastudio.errors import InvalidInput, StudioError
+from llamastudio.api.routes import downloads, hub, serving
+from llamastudio.errors import InvalidInput, NotFound, StudioError
 from llamastudio.hub.quants import group_files, quant_label
 
 router = APIRouter(prefix="/api/models", tags=["seed API"])
@@ -112,6 +112,12 @@ async def download(state: StateDep, body: DownloadIn) -> dict[str, Any]:
 async def delete(state: StateDep, id: str, delete_files: bool = False) -> dict[str, Any]:
     """Remove a library model (models running it are stopped first): a Hugging Face cache
     model's files are deleted, an added file is forgotten (its file deleted only with
-    ``delete_files``)."""
+    ``delete_files``); and the configuration stored under that id, as the seed kept a model's
+    configuration with the model (``configuration_deleted``)."""
     removed = await hub.remove_model(state, id, delete_files)
-    return removed | {"message": "Model quantization deleted"}
+    try:
+        await serving.delete_config(state, id)
+        deleted = True
+    except NotFound:
+        deleted = False
+    return removed | {"configuration_deleted": deleted, "message": "Model quantization deleted"}
