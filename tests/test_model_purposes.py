@@ -21,9 +21,11 @@ import pytest
 from llamastudio.fit.buffers import LoggedBuffers, parse_log
 from llamastudio.fit.companions import Companions
 from llamastudio.fit.estimator import estimate
-from llamastudio.fit.flags import parse_server_args
+from llamastudio.fit.flags import GPU_LAYERS_ALL, parse_server_args
+from llamastudio.fit.planner import plan
 from llamastudio.gguf import facts_from_model, load_model
 from llamastudio.gguf.roles import draft_mismatch, projector_mismatch
+from llamastudio.hardware.profiles import parse_profile
 from tests.rig import embed, vision
 from tests.rig.factory import BUILDERS, Vocab
 from tests.rig.studio import Studio
@@ -428,3 +430,48 @@ def test_the_studio_estimate_matches_what_its_process_logged(
     got = est["devices"][-1]["parts"][category] / MiB
     assert want > 0, "the log names no such buffers"
     assert abs(got - want) <= max(0.1 * want, 0.02), (category, got, want)
+
+
+@pytest.mark.parametrize(("gpu_mib", "offload"), [(1100, False), (1300, True)])
+def test_the_planner_moves_the_projector_off_a_full_gpu(
+    tmp_path: Path, vocab: Vocab, gpu_mib: int, offload: bool
+) -> None:
+    """A ViT-L projector (94 MiB) beside a tiny model on a GPU with ~76 MiB of budget: every layer
+    stays on the GPU and the projector goes to the CPU; with room, both are on the GPU."""
+    model, _ = vision.write_vision_pair(tmp_path, vocab)
+    mmproj = tmp_path / "mmproj-vitl.gguf"
+    vision.write_mmproj(mmproj, shape=vision.VisionShape(336, 14, 1024, 16, 4096, 3, 768))
+    hw = parse_profile(f"1x{gpu_mib}MiB", 64 << 30, 60 << 30)
+    p = plan(load_model(str(model)), hw, ctx=4096, companions=Companions(load_model(str(mmproj)), None))
+    assert p.flags.n_gpu_layers == GPU_LAYERS_ALL
+    assert ("--no-mmproj-offload" not in p.flags.to_args()) == offload
+    on_gpu = p.estimate.device("CUDA0").mmproj
+    assert (on_gpu > 0) == offload and (p.estimate.host.mmproj > 0) != offload
+    assert offload or any("--no-mmproj-offload" in r for r in p.reasons)
+
+
+def test_a_chat_template_override(studio: Studio, models: dict[str, Path], tmp_path: Path) -> None:
+    studio.configure("base-chatml", model=str(models["base"]), args=[*ARGS, "--chat-template", "chatml"])
+    view = _config(studio, "base-chatml")
+    assert view["prepared"]["traits"]["chat_template"] is True
+    assert not any("no chat template" in w for w in view["prepared"]["warnings"])
+    template = tmp_path / "t.jinja"
+    template.write_text("{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
+    studio.configure(
+        "base-file", model=str(models["base"]), args=[*ARGS, "--chat-template-file", str(template)]
+    )
+    resp = _client(studio).chat.completions.create(
+        model="base-file", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    )
+    assert resp.choices[0].message is not None
+    binary = tmp_path / "binary.bin"
+    binary.write_bytes(b"\xff\xfe\x00GGUF" * 64)
+    cases = (
+        (str(binary), "not UTF-8 text"),
+        (str(models["base"]), "at most 1 MiB"),
+        ("t.jinja", "absolute path"),
+        (str(tmp_path / "missing.jinja"), "not a file"),
+    )
+    for bad, problem in cases:
+        studio.configure("base-bad", model=str(models["base"]), args=[*ARGS, "--chat-template-file", bad])
+        assert problem in _config(studio, "base-bad")["error"]

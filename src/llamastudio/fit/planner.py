@@ -203,6 +203,14 @@ def _search_placement(
         for gpus in _subsets(hw.gpus, search.budgets):
             flags = _split_flags(base.with_(n_gpu_layers=GPU_LAYERS_ALL), gpus, hw, search.budgets)
             got = _with_cache(search, flags, gpus, lo, hi, reasons)
+            extra = search.companions
+            if got is None and extra is not None and extra.mmproj is not None and flags.mmproj_offload:
+                got = _with_cache(search, flags.with_(mmproj_offload=False), gpus, lo, hi, reasons)
+                if got is not None:
+                    reasons.append(
+                        "the projector on the CPU (--no-mmproj-offload): with it on the GPU not every "
+                        "layer fits; images encode slower, text runs at full speed"
+                    )
             if got is None:
                 continue
             names = ",".join(g.device_name for g in gpus)

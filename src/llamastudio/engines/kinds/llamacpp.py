@@ -9,6 +9,7 @@ per-process key with ``--api-key-file``; ready when ``/health`` says 200.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from llamastudio.engines.command import build_command
 from llamastudio.engines.kinds.base import COMMON_FATAL, PORT, EngineKind, LaunchPlan, ModelRequest, Traits
@@ -127,6 +128,7 @@ def _purpose_flags(
         if "--spec-type" in engine.capabilities and "--spec-type" not in _flag_names(base.extra):
             # this llama.cpp loads -md without --spec-type but never drafts with it
             base = base.with_(extra=(*base.extra, "--spec-type", "draft-simple"))
+    _check_template_file(name, base.extra)
     templated = facts.chat_template or any(f in _TEMPLATE_FLAGS for f in _flag_names(base.extra))
     jinja_default = "--no-jinja" in engine.capabilities  # builds that can turn it off have it on
     if (
@@ -151,6 +153,33 @@ def _purpose_flags(
         draft=draft.location if draft is not None else None,
     )
     return base, traits, warnings
+
+
+MAX_TEMPLATE = 1 << 20
+
+
+def _check_template_file(name: str, extra: tuple[str, ...]) -> None:
+    """``--chat-template-file``: an absolute path to a readable text file of at most 1 MiB (the
+    engine would start and then fail, or read something that is no template)."""
+    tokens = list(extra)
+    for i, token in enumerate(tokens):
+        flag, eq, value = token.partition("=")
+        if flag != "--chat-template-file":
+            continue
+        value = value if eq else (tokens[i + 1] if i + 1 < len(tokens) else "")
+        path = Path(value)
+        if not path.is_absolute():
+            raise InvalidInput(f"{name}: --chat-template-file {value!r}: give an absolute path")
+        try:
+            if not path.is_file() or path.stat().st_size > MAX_TEMPLATE:
+                raise InvalidInput(f"{name}: --chat-template-file {value}: not a file of at most 1 MiB")
+            path.read_bytes().decode("utf-8")
+        except OSError as exc:
+            raise InvalidInput(
+                f"{name}: --chat-template-file {value}: cannot be read ({exc.strerror})"
+            ) from None
+        except UnicodeDecodeError:
+            raise InvalidInput(f"{name}: --chat-template-file {value}: not UTF-8 text") from None
 
 
 def _flag_names(tokens: tuple[str, ...]) -> list[str]:
