@@ -88,7 +88,8 @@ RUN --mount=type=secret,id=ca --mount=type=cache,target=/root/.cache/llamastudio
 # --------------------------------------------------------------------------------------------------
 FROM studio AS app
 COPY --from=web /src/src/llamastudio/web/dist ./src/llamastudio/web/dist
-RUN /opt/llamastudio/venv/bin/pip install --no-deps --no-cache-dir --force-reinstall /src \
+RUN --mount=type=secret,id=ca --mount=type=cache,target=/root/.cache/pip \
+    with-ca /opt/llamastudio/venv/bin/pip install --no-deps --force-reinstall /src \
     && /opt/llamastudio/venv/bin/python -c \
        "import importlib.resources as r; assert r.files('llamastudio').joinpath('web/dist/index.html').is_file()"
 
