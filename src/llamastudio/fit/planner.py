@@ -279,6 +279,8 @@ def _tune_batch(
         reasons.append(f"batch {flags.batch_size} / micro-batch {flags.ubatch_size}: llama-server's defaults")
         return flags
     for ub in (2048, 1024):
+        if ub <= flags.ubatch_size:
+            break  # never smaller than asked (an embedding model needs its whole input in one)
         bigger = flags.with_(ubatch_size=ub, batch_size=max(flags.batch_size, ub))
         if search.fits(bigger, gpus):
             reasons.append(f"micro-batch {ub}: faster prompt processing, and it still fits")
