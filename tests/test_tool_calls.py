@@ -213,6 +213,22 @@ def test_tool_choice_naming_one_function_openai(oai: openai.OpenAI) -> None:
         check_arguments("get_time", json.loads(c.function.arguments))
 
 
+@needs_named_choice
+def test_naming_an_undeclared_tool_is_refused_by_the_gateway(oai: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        oai.chat.completions.create(
+            model=MODEL,
+            messages=ASK,
+            tools=[oai_tool("get_weather")],
+            tool_choice={"type": "function", "function": {"name": "get_time"}},
+            max_tokens=MAX_TOKENS,
+        )
+    body: Any = err.value.body
+    assert (
+        body["source"] == "studio" and "'get_time'" in body["message"] and "'get_weather'" in body["message"]
+    )
+
+
 def test_parallel_tool_calls_with_two_tools_openai(oai: openai.OpenAI) -> None:
     """llama.cpp guarantees well-formed calls to declared tools, not how many (≥ 1)."""
     stream = oai.chat.completions.create(

@@ -56,18 +56,20 @@ def template() -> str:
 
 
 def steer(m: _Model, tokens: list[str]) -> None:
-    """Weights that make a forced tool call start at once and the reply end right after it.
+    """Weights that make a forced tool call start at once, stay short, and end the reply.
 
     The tool-call grammar of this llama.cpp lets prose come first (and takes ``<tool_call>`` not
     followed by a newline as prose), so random weights alone write text until ``max_tokens``.
-    Here the residual stream carries two clean signals that the 0.02-scale layers barely move:
-    dimension 1 is 1.0 in every token's embedding, dimension 2 is 1.0 in ``<tool_call>``'s only.
-    The output norm keeps just those two, and the output matrix reads them as: ``<|im_end|>``
-    first, then ``<tool_call>``, everything else about 0 (random); after ``<tool_call>``, a
-    newline above all. So a forced call opens with ``<tool_call>`` + newline (the end token is
-    not allowed yet), the grammar alone picks the JSON inside (the steered tokens are not valid
-    there unless a schema allows free strings: give every string an ``enum``), and the reply
-    ends once the call is closed. With no call forced the reply is empty."""
+    Here the residual stream carries clean signals that the 0.02-scale layers barely move:
+    dimension 1 is 1.0 in every token's embedding, dimension 2 only in ``<tool_call>``'s,
+    dimension 3 only in ``"``'s. The output norm keeps just those, and the output matrix reads
+    them as ``LADDER`` (after ``<tool_call>``: a newline above all; after ``"``: ``"`` again).
+    The grammar allows a subset of the vocab at each step; the highest rung it allows wins, and
+    where it allows none, the pick is random among what it allows. So a forced call opens with
+    ``<tool_call>`` + newline (the end token is not allowed yet), its JSON is compact (``{"``,
+    ``"``, ``:``, ``,``, ``}`` where valid; a free string closes at once, ``""``; an integer is
+    ``1``; enum values and names are spelled out by the grammar), ``</tool_call>`` closes it and
+    ``<|im_end|>`` ends the reply. With no call forced the reply is empty."""
     t = dict(m.tensors)
     embd, norm, out = t["token_embd.weight"], t["output_norm.weight"], t["output.weight"]
     embd[:, 1] = 1.0
@@ -83,7 +85,7 @@ def steer(m: _Model, tokens: list[str]) -> None:
 
 
 def write_tool_model(path: Path) -> None:
-    """A Qwen2.5-style instruct model (random weights) whose template declares tools."""
+    """A Qwen2.5-style instruct model (random weights, ``steer``-ed) whose template declares tools."""
     meta = load_model(str(binaries.source_dir() / "models" / QWEN2_VOCAB)).metadata
     tokens: list[str] = list(meta["tokenizer.ggml.tokens"])
     types: list[int] = list(meta["tokenizer.ggml.token_type"])
