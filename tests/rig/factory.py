@@ -76,7 +76,11 @@ class _Model:
             self.mat("output.weight", self.n_embd, n_vocab)
 
     def write(
-        self, path: Path, configure: Callable[[gguf.GGUFWriter], None], split_max_tensors: int = 0
+        self,
+        path: Path,
+        configure: Callable[[gguf.GGUFWriter], None],
+        split_max_tensors: int = 0,
+        chat_template: bool = True,  # False: a base model (no tokenizer.chat_template)
     ) -> None:
         w = gguf.GGUFWriter(path, self.arch, split_max_tensors=split_max_tensors)
         w.add_name(f"tiny-{self.arch}")
@@ -98,7 +102,8 @@ class _Model:
         w.add_eos_token_id(v.eos)
         w.add_unk_token_id(v.unk)
         w.add_add_bos_token(True)
-        w.add_chat_template(CHATML)
+        if chat_template:
+            w.add_chat_template(CHATML)
         for name, data in self.tensors:
             w.add_tensor(name, data)
         w.write_header_to_file()
@@ -128,7 +133,7 @@ def _ffn(m: _Model, i: int, n_ff: int) -> None:
 
 
 def _dense(arch: str, n_embd: int, n_layer: int, n_head: int, n_head_kv: int, n_ff: int, qk_norm: bool):  # type: ignore[no-untyped-def]
-    def build(path: Path, vocab: Vocab, split: int = 0) -> None:
+    def build(path: Path, vocab: Vocab, split: int = 0, chat_template: bool = True) -> None:
         m = _Model(arch, n_embd, vocab, seed=1)
         head_dim = n_embd // n_head
         m.embed_and_output()
@@ -147,7 +152,7 @@ def _dense(arch: str, n_embd: int, n_layer: int, n_head: int, n_head_kv: int, n_
                 w.add_key_length(head_dim)
                 w.add_value_length(head_dim)
 
-        m.write(path, cfg, split)
+        m.write(path, cfg, split, chat_template=chat_template)
 
     return build
 

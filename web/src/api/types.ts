@@ -4,7 +4,10 @@ import type { components } from './schema'
 /** A model's status (`/api/running`, `…/start`, `…/stop`, the live store); from `/api/served` it
  * also says what it serves. From the OpenAPI spec (the service's snapshots). */
 export type ModelStatus = components['schemas']['ModelStatus'] &
-  Partial<Pick<components['schemas']['ServedModel'], 'model' | 'aliases' | 'configured'>>
+  Partial<Pick<components['schemas']['ServedModel'], 'model' | 'aliases' | 'configured' | 'traits'>>
+
+/** What a model does (`traits` in `/api/served` and a prepared config), known once it is prepared. */
+export type ModelTraits = components['schemas']['ModelTraits']
 
 export interface LocalModel {
   id: string
@@ -15,7 +18,21 @@ export interface LocalModel {
   source: string
   repo: string | null
   format?: 'gguf' | 'safetensors'
-  facts: { architecture?: string; parameter_count?: number; context_length?: number; license?: string; name?: string; error?: string }
+  mmproj?: string[] // its multimodal projector files: a vision model
+  facts: {
+    architecture?: string
+    parameter_count?: number
+    context_length?: number
+    license?: string
+    name?: string
+    error?: string
+    role?: 'chat' | 'embedding' | 'rerank' | 'mmproj'
+    pooling?: string | null
+    chat_template?: boolean
+    template_family?: string | null
+    tools?: boolean
+    embedding_length?: number
+  }
 }
 
 /** A job of any kind (download, build, install, load): the `/api/jobs` shape, from the OpenAPI spec. */
@@ -32,6 +49,7 @@ export interface Engine {
   backends: string[]
   validation: { ok?: boolean; error?: string | null }
   capability_count: number
+  capabilities: string[] // every flag spelling its --help lists
   is_default: boolean
   in_use: boolean
   binaries: Record<string, string>
@@ -51,6 +69,10 @@ export interface Stats {
 /** What starting a model runs and reserves, and a configuration's view (`/api/models/{id}/config`). */
 export type Prepared = components['schemas']['PreparedView']
 export type ConfigView = components['schemas']['ConfigView']
+/** Memory of a model with some flags, by device and category (`POST /api/models/{id}/estimate`). */
+export type MemoryEstimate = components['schemas']['MemoryEstimate']
+/** A library model that can draft for another (`/api/models/{id}/drafts`). */
+export type DraftCandidate = components['schemas']['DraftCandidate']
 
 export interface Quant {
   quant: string

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { getFlag, joinArgs, setFlag, splitArgs } from './args'
+import { getFlag, hasSwitch, joinArgs, setFlag, setSwitch, splitArgs } from './args'
 
 describe('splitArgs / joinArgs', () => {
   it('splits like a shell', () => {
@@ -31,5 +31,29 @@ describe('getFlag / setFlag', () => {
     expect(setFlag(['-np', '2'], ctx, '512')).toEqual(['-np', '2', '-c', '512'])
     expect(setFlag(['-c', '512', '--jinja'], ctx, null)).toEqual(['--jinja'])
     expect(setFlag(['--ctx-size=9', '-c', '3'], ctx, '7')).toEqual(['-c', '7'])
+  })
+})
+
+describe('values that look like flags', () => {
+  it('never reads a flag value as a flag', () => {
+    // a chat template or a path may be "-c": it is the value of the flag before it
+    const argv = ['--chat-template', '-c', '-np', '2']
+    expect(getFlag(argv, ['-c', '--ctx-size'])).toBeUndefined()
+    expect(getFlag(argv, ['-np'])).toBe('2')
+    expect(setFlag(argv, ['-c', '--ctx-size'], '512')).toEqual(['--chat-template', '-c', '-np', '2', '-c', '512'])
+  })
+  it('keeps unknown flags and their values in place', () => {
+    expect(setFlag(['--jinja', '-ot', 'exps=CPU', '-c', '1'], ['-c'], '2')).toEqual(['--jinja', '-ot', 'exps=CPU', '-c', '2'])
+  })
+})
+
+describe('hasSwitch / setSwitch', () => {
+  const off = ['--no-mmproj-offload']
+  it('adds once, removes every spelling', () => {
+    expect(hasSwitch(['-c', '8', '--no-mmproj-offload'], off)).toBe(true)
+    expect(hasSwitch(['--alias', '--no-mmproj-offload'], off)).toBe(false) // a value, not the flag
+    expect(setSwitch(['-c', '8'], off, true)).toEqual(['-c', '8', '--no-mmproj-offload'])
+    expect(setSwitch(['-c', '8', '--no-mmproj-offload'], off, true)).toEqual(['-c', '8', '--no-mmproj-offload'])
+    expect(setSwitch(['--no-mmproj', '-c', '8', '--no-mmproj-auto'], ['--no-mmproj', '--no-mmproj-auto'], false)).toEqual(['-c', '8'])
   })
 })
