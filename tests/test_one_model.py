@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -125,6 +126,47 @@ def test_model_with_quant_is_downloaded_loaded_and_pinned_before_any_request(
     assert sum(hub.requests.values()) == 0, dict(hub.requests)
 
 
+def test_a_download_cut_by_a_kill_is_resumed_not_repeated(
+    tmp_path: Path, rig_bin: Callable[[str], Path], hub: HubServer, tiny_models: dict[str, Path]
+) -> None:
+    hub.throttle = 0.05
+    spec = f"{REPO}:Q8_0"
+    studio = one_model(tmp_path, rig_bin, hub, MODEL=spec, CTX_SIZE="2048")
+    seen: list[tuple[int, str]] = []
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch_health, args=(f"{studio.gateway_url}/health", stop, seen))
+    watcher.start()
+    errors: list[RuntimeError] = []
+
+    def start() -> None:
+        try:
+            studio.start()
+        except RuntimeError as exc:  # killed below, before it was ready
+            errors.append(exc)
+
+    starting = threading.Thread(target=start)
+    starting.start()
+    file = f"{REPO}/tiny-llama-Q8_0.gguf"
+    size = tiny_models["llama-Q8_0"].stat().st_size
+    try:
+        deadline = time.monotonic() + 60
+        while hub.bytes_sent[file] < size // 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (503, "downloading") in seen and hub.bytes_sent[file] < size, seen
+    finally:
+        studio.kill()  # kill -9 mid-download: the job and the partial file stay
+        stop.set()
+        watcher.join()
+        starting.join()
+    assert errors, "the studio was ready before it was killed"
+    sent = hub.bytes_sent[file]
+    hub.throttle = 0.0
+    with studio:
+        assert studio.status(spec)["state"] == "ready"
+        assert "one-model: continuing the download a previous start left" in studio.log()
+    assert hub.bytes_sent[file] < size + sent // 2  # continued where it stopped, not started over
+
+
 def _needs(model: Path, ctx: int) -> int:
     """Bytes of RAM the studio's fit check says ``model`` needs at ``ctx`` on a CPU."""
     hw = Hardware((), 2, 1 << 40, 1 << 40)
@@ -188,9 +230,9 @@ def test_a_model_that_cannot_fit_exits_non_zero_with_the_estimate(
     assert errors[0].startswith(f"error: MODEL={REPO}:Q8_0 cannot be served on this machine:")
     assert "does not fit at context 4096: it needs about" in errors[0] and " MiB" in errors[0]
     assert not (tmp_path / "hf" / "hub" / "models--tiny--llama-GGUF" / "blobs").exists()  # nothing downloaded
-    # org/repo alone: no quant fits, the smallest one's estimate is given
+    # org/repo alone, as the flag (it wins over MODEL): no quant fits, the smallest one's estimate is given
     done = subprocess.run(
-        argv, env={**env, "MODEL": REPO}, capture_output=True, text=True, timeout=120, cwd=tmp_path
+        [*argv, "--model", REPO], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
     )
     assert done.returncode == 3, done.stderr
     assert (

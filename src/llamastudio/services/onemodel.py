@@ -24,7 +24,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -146,15 +148,15 @@ class OneModel:
         s = self.settings
         client = self.downloads.client_factory()
         cache = HeaderCache(s.header_cache_dir, client.token)
-        candidates: list[tuple[str, int, Any]] = []  # (quant, bytes, header loader)
+        candidates: list[tuple[str, int, Callable[[], GGUFModel]]] = []  # (quant, bytes, header)
         try:
             sha, files = client.files(repo)
             for g in group_files(files):
                 cached = local.get(g.label.upper())
-                loader = (
-                    (lambda p=cached.path: load_model(p))
+                loader: Callable[[], GGUFModel] = (
+                    partial(load_model, cached.path)
                     if cached
-                    else (lambda g=g: remote_model(client, repo, sha, g, cache))
+                    else partial(remote_model, client, repo, sha, g, cache)
                 )
                 candidates.append((g.label, g.size, loader))
         except HubUnreachable as exc:
@@ -163,7 +165,7 @@ class OneModel:
             log.warning(
                 "one-model: %s; choosing among the %d quant(s) already downloaded", exc.message, len(local)
             )
-            candidates = [(m.quant, m.size, lambda p=m.path: load_model(p)) for m in local.values()]
+            candidates = [(m.quant, m.size, partial(load_model, m.path)) for m in local.values()]
         if not candidates:
             raise NotFound(f"MODEL={repo}: the repository has no GGUF files")
         candidates.sort(key=lambda c: -c[1])
@@ -176,7 +178,7 @@ class OneModel:
             ", ".join(f"{q} ({n / MiB:,.0f} MiB)" for q, n, _ in candidates),
             where,
         )
-        partial: tuple[str, Fit] | None = None
+        fallback: tuple[str, Fit] | None = None
         failure: DoesNotFit | None = None
         for quant, size, loader in candidates:
             try:
@@ -201,9 +203,9 @@ class OneModel:
                 )
                 return Choice(name, f"{repo}:{quant}", fit, repo, quant, quant.upper() not in local)
             log.info("one-model: %s:%s fits only partly: %s", repo, quant, fit.summary())
-            partial = (quant, fit)  # candidates go from large to small: the last is the smallest
-        if partial is not None:
-            quant, fit = partial
+            fallback = (quant, fit)  # candidates go from large to small: the last is the smallest
+        if fallback is not None:
+            quant, fit = fallback
             log.warning(
                 "one-model: no quant of %s fits fully %s; chose the smallest, %s, which fits with %s",
                 repo,
