@@ -179,12 +179,12 @@ async def serve(settings: Settings) -> None:
             waiting.add(one_task)
         while True:
             done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if one_task in done and not one_task.cancelled() and one_task.exception() is not None:
+                failure = one_task.exception()  # the studio stops with it: exit non-zero
+                break
             if one_task is None or done != {one_task}:
                 break
             waiting.discard(one_task)  # the model is ready: serve on
-            if not one_task.cancelled() and one_task.exception() is not None:
-                failure = one_task.exception()  # the studio stops with it: exit non-zero
-                break
     finally:
         runinfo.remove(settings.data_dir)
     if one_task is not None and not one_task.done():
