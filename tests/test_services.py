@@ -109,6 +109,9 @@ def test_the_gateway_model_entry_has_openais_shape_plus_aliases_and_status() -> 
             "idle_s": None,
             "memory": {"CPU": GiB},
         },
+        # not prepared yet: a chat model as far as anyone knows, its template not known
+        "capabilities": ["chat", "completion"],
+        "chat_template": None,
     }
 
 

@@ -21,7 +21,6 @@ import openai
 import pytest
 
 from llamastudio.errors import InvalidInput
-from llamastudio.gateway import app as gateway_app
 from llamastudio.gateway.toolchoice import named_tool_choice
 from tests.rig.factory import BUILDERS, Vocab
 from tests.rig.studio import Studio
@@ -49,13 +48,7 @@ SCHEMAS = {"get_weather": WEATHER_SCHEMA, "get_time": TIME_SCHEMA}
 
 # llama-server alone takes OpenAI's named tool_choice for "auto" (the model may answer in prose)
 # and Anthropic's for "any tool" (it may call the other one); the gateway makes the choice
-# explicit (gateway/toolchoice.py) once its request path calls it.
-NAMED_CHOICE_WIRED = "named_tool_choice" in Path(gateway_app.__file__).read_text()
-needs_named_choice = pytest.mark.xfail(
-    not NAMED_CHOICE_WIRED,
-    reason="gateway/app.py does not call toolchoice.named_tool_choice yet",
-    strict=False,  # the Anthropic form may name the right tool by chance (1 in 2)
-)
+# explicit (gateway/toolchoice.py).
 
 
 def oai_tool(name: str) -> Any:  # Any: the SDKs type these as their TypedDicts
@@ -118,25 +111,29 @@ def test_the_engine_renders_tools_with_the_models_template(studio: Studio) -> No
     assert "<tool_call>" in props.json()["chat_template"]
 
 
-def test_a_template_without_tools_gets_no_tool_call(studio: Studio) -> None:
+def test_a_template_without_tools_cannot_be_forced_to_call_one(studio: Studio) -> None:
     """The factory's models carry a ChatML template that never mentions tools: llama-server says
-    so in its caps, builds no grammar, and answers a *required* call in prose, 200 — silently."""
+    so in its caps, builds no grammar, and would answer a *required* call in prose, 200, silently.
+    The gateway says why instead; a request that does not force a call still goes through."""
+    ask = {"model": "no-tools", "messages": ASK, "tools": [oai_tool("get_weather")], "max_tokens": 4}
     with studio.gateway() as gw:
         caps = gw.get("/props", params={"model": "no-tools"}).json()["chat_template_caps"]
-        r = gw.post(
-            "/v1/chat/completions",
+        forced = gw.post("/v1/chat/completions", json={**ask, "tool_choice": "required"})
+        named = gw.post(
+            "/v1/messages",
             json={
-                "model": "no-tools",
-                "messages": ASK,
-                "tools": [oai_tool("get_weather")],
-                "tool_choice": "required",
-                "max_tokens": 4,
+                **ask,
+                "tools": [{"name": "get_weather", "input_schema": WEATHER_SCHEMA}],
+                "tool_choice": {"type": "any"},
             },
         )
+        free = gw.post("/v1/chat/completions", json={**ask, "tool_choice": "auto"})
     assert not caps["supports_tools"] and not caps["supports_tool_calls"]
-    assert r.status_code == 200, r.text
-    message = r.json()["choices"][0]["message"]
-    assert "tool_calls" not in message and message["content"]
+    for r in (forced, named):
+        assert r.status_code == 400, r.text
+        assert "does not render tools" in r.json()["error"]["message"]
+    assert free.status_code == 200, free.text
+    assert "tool_calls" not in free.json()["choices"][0]["message"]
 
 
 def test_required_tool_call_openai(oai: openai.OpenAI) -> None:
@@ -197,7 +194,6 @@ def test_required_tool_call_streamed_openai(oai: openai.OpenAI) -> None:
     check_arguments("get_weather", json.loads(call["arguments"]))
 
 
-@needs_named_choice
 def test_tool_choice_naming_one_function_openai(oai: openai.OpenAI) -> None:
     r = oai.chat.completions.create(
         model=MODEL,
@@ -213,7 +209,6 @@ def test_tool_choice_naming_one_function_openai(oai: openai.OpenAI) -> None:
         check_arguments("get_time", json.loads(c.function.arguments))
 
 
-@needs_named_choice
 def test_naming_an_undeclared_tool_is_refused_by_the_gateway(oai: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         oai.chat.completions.create(
@@ -295,7 +290,6 @@ def test_tool_use_any_anthropic(claude: anthropic.Anthropic) -> None:
     check_arguments("get_weather", use.input)
 
 
-@needs_named_choice
 def test_tool_use_named_streamed_anthropic(claude: anthropic.Anthropic) -> None:
     with claude.messages.stream(
         model=MODEL,

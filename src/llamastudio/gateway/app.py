@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 from llamastudio.config import Settings
+from llamastudio.engines.registry import LLAMA_CPP
 from llamastudio.errors import GatewayUnauthorized, InvalidInput, NotFound, StudioError
 from llamastudio.gateway.asgi import (
     Disconnected,
@@ -41,6 +42,7 @@ from llamastudio.gateway.metrics import UNKNOWN, Metrics, path_label
 from llamastudio.gateway.purpose import check_purpose
 from llamastudio.gateway.relay import GONE, HOP, Relay
 from llamastudio.gateway.shapes import error_json, retry_after
+from llamastudio.gateway.toolchoice import named_tool_choice
 from llamastudio.guard import key_ok
 from llamastudio.services import StudioService
 
@@ -174,6 +176,8 @@ class Gateway:
             check_purpose(name, path, traits, body)
             if traits.vision is not False and has_remote_image(body):
                 body = await inline_images(body)  # never fetched by the engine (SSRF): images.py
+        if b"tool_choice" in body and await self.service.kind_of(name) == LLAMA_CPP:
+            body = named_tool_choice(body, path)  # the one form llama-server honours: toolchoice.py
         try:
             lease, proc = await self.acquire(name)
         except StudioError as exc:  # the client's name is no label unless it is configured

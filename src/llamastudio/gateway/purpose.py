@@ -8,6 +8,7 @@ says what to do instead, without loading anything — neighbours are never touch
 
 from __future__ import annotations
 
+import json
 import re
 
 from llamastudio.engines.kinds import Traits
@@ -27,6 +28,19 @@ _ROUTE = {"embedding": "/v1/embeddings", "rerank": "/v1/rerank"}
 _A = {"chat": "a chat", "embedding": "an embedding", "rerank": "a reranking"}
 
 
+def _forces_a_tool(body: bytes) -> bool:
+    """``tool_choice`` required, or naming a tool (OpenAI's function, Anthropic's any/tool)."""
+    if b'"tool_choice"' not in body:
+        return False
+    try:
+        choice = json.loads(body).get("tool_choice")
+    except (ValueError, AttributeError, RecursionError):
+        return False
+    if isinstance(choice, dict):
+        return choice.get("type") in ("function", "tool", "any")
+    return choice == "required"
+
+
 def check_purpose(name: str, path: str, traits: Traits, body: bytes) -> None:
     role = traits.role
     if role != "chat" and path in CHAT:
@@ -44,6 +58,14 @@ def check_purpose(name: str, path: str, traits: Traits, body: bytes) -> None:
                 model=name,
                 role=role,
             )
+    templated = role == "chat" and traits.chat_template is not None
+    if templated and not traits.tools and path in CHAT and _forces_a_tool(body):
+        raise InvalidInput(
+            f"model {name!r} cannot be made to call a tool: its chat template does not render "
+            "tools (the engine would answer in prose). Give it a tool-capable template "
+            "(--chat-template-file) or use a model whose template supports tools",
+            model=name,
+        )
     if role == "chat" and traits.vision is False and path in CHAT and _IMAGE.search(body):
         raise InvalidInput(
             f"model {name!r} takes no images: it runs without a multimodal projector. Download the "

@@ -149,7 +149,7 @@ def _purpose_flags(
         vision=mmproj is not None,
         chat_template=templated if role == "chat" else None,
         template_family=facts.template_family,
-        tools=facts.tools,
+        tools=facts.tools or templated != facts.chat_template or _overridden(base.extra),
         draft=draft.location if draft is not None else None,
     )
     return base, traits, warnings
@@ -180,6 +180,11 @@ def _check_template_file(name: str, extra: tuple[str, ...]) -> None:
             ) from None
         except UnicodeDecodeError:
             raise InvalidInput(f"{name}: --chat-template-file {value}: not UTF-8 text") from None
+
+
+def _overridden(extra: tuple[str, ...]) -> bool:
+    """Whether the flags replace the model's chat template (what it renders is then not known)."""
+    return any(f in _TEMPLATE_FLAGS for f in _flag_names(extra))
 
 
 def _flag_names(tokens: tuple[str, ...]) -> list[str]:
