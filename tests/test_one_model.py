@@ -248,6 +248,8 @@ def test_model_path_with_the_vision_seeds_names(
         "MODEL_PATH": str(tiny_models["qwen3"]),
         "CONTEXT_SIZE": "2048",
         "N_GPU_LAYERS": "99",
+        "BATCH_SIZE": "256",
+        "UBATCH_SIZE": "128",
         "LLAMASTUDIO_LOG_LEVEL": "info",
         "LLAMASTUDIO_HARDWARE": "cpu",
     }
@@ -255,7 +257,10 @@ def test_model_path_with_the_vision_seeds_names(
         assert studio.status("qwen3")["state"] == "ready"
         with studio.api() as api:
             args = api.get("/api/models/qwen3/config").json()["config"]["args"]
+            argv = api.get("/api/models/qwen3/command").json()["argv"]  # what runs
+        assert argv[argv.index("-ub") + 1] == "128" and argv[argv.index("-c") + 1] == "2048"
         assert args[args.index("-c") + 1] == "2048" and args[args.index("-ngl") + 1] == "99"
+        assert args[args.index("-b") + 1] == "256" and args[args.index("-ub") + 1] == "128"
         client = OpenAI(base_url=f"{studio.gateway_url}/v1", api_key="none")
         r = client.chat.completions.create(
             model="qwen3", messages=[{"role": "user", "content": "Hi"}], max_tokens=2
