@@ -27,6 +27,13 @@ case "${BACKEND}" in
         # libcuda.so.1 comes from the driver at run time (the NVIDIA container runtime)
         args+=(--backend cuda "--cmake-arg=-DCMAKE_EXE_LINKER_FLAGS=-Wl,--allow-shlib-undefined")
         if [ -n "${CUDA_ARCHITECTURES:-}" ]; then args+=(--cuda-arch "${CUDA_ARCHITECTURES}"); fi
+        # no driver here: the toolkit's stub libcuda lets the build's own check run the binary
+        # (`--version`, `--help`); the final image gets the real one from the container runtime
+        stubs=/usr/local/cuda/lib64/stubs
+        if [ -e "${stubs}/libcuda.so" ] && [ ! -e "${stubs}/libcuda.so.1" ]; then
+            ln -s libcuda.so "${stubs}/libcuda.so.1"
+        fi
+        export LD_LIBRARY_PATH="${stubs}${LD_LIBRARY_PATH:+:${LD_LIBRARY_PATH}}"
         ;;
     rocm)
         args+=(--backend hip "--cmake-arg=-DAMDGPU_TARGETS=${AMDGPU_TARGETS:?}")
