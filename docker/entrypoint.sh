@@ -75,6 +75,14 @@ EOF
     fi
 fi
 
+# A studio killed with its container (docker kill, OOM) leaves <data>/run/studio.json behind, and
+# its pid, from the old container's pid namespace, may be taken by another process in this one:
+# `serve` would then refuse to start. No studio of this container runs yet, so the record is stale.
+if [ -f "$DATA/run/studio.json" ]; then
+    log "removing the run record of a studio that did not stop cleanly"
+    rm -f "$DATA/run/studio.json"
+fi
+
 # the CLI wrapper (/opt/llamastudio/bin/llamastudio) reads the key file: so do `docker exec` calls
 /opt/llamastudio/venv/bin/python /opt/llamastudio/docker/register_engine.py
 
