@@ -37,8 +37,8 @@ def _forces_a_tool(body: bytes) -> bool:
     except (ValueError, AttributeError, RecursionError):
         return False
     if isinstance(choice, dict):
-        return choice.get("type") in ("function", "tool", "any")
-    return choice == "required"
+        return bool(choice.get("type") in ("function", "tool", "any"))
+    return bool(choice == "required")
 
 
 def check_purpose(name: str, path: str, traits: Traits, body: bytes) -> None:
