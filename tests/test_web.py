@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.rig.factory import BUILDERS, Vocab
 from tests.rig.hub import HubServer, Repo, hub_server
 from tests.rig.studio import Studio
 
@@ -218,6 +219,120 @@ def test_dark_mode_is_remembered_and_settings(page: object, studio: Studio) -> N
     pg.reload()  # type: ignore[attr-defined]
     expect(html).to_have_class(re.compile("app-dark"))
     shot(pg, "settings-dark")
+
+
+def add_model(studio: Studio, path: Path) -> str:
+    """Add a GGUF to the studio's library; its served name."""
+    with studio.api() as api:
+        r = api.post("/api/models", json={"path": str(path)})
+        assert r.status_code in (200, 201), r.text
+        return str(next(m["served_name"] for m in r.json() if m["path"] == str(path)))
+
+
+def test_base_model_is_marked_and_the_playground_completes(
+    page: object, studio: Studio, vocab: Vocab, tmp_path: Path
+) -> None:
+    """Issue 11: a model without a chat template is marked in the Library (with why) and in its
+    config editor, and the playground sends it a plain prompt on /v1/completions, never a chat."""
+    pg = page
+    expect = playwright_api.expect
+    BUILDERS["llama"](tmp_path / "tiny-base.gguf", vocab, chat_template=False)
+    name = add_model(studio, tmp_path / "tiny-base.gguf")
+
+    pg.goto(f"{studio.api_url}/library")  # type: ignore[attr-defined]
+    tag = pg.get_by_test_id(f"tag-no-template-{name}")  # type: ignore[attr-defined]
+    expect(tag).to_have_text("no chat template")
+    tag.hover()
+    expect(pg.locator(".p-tooltip")).to_contain_text("base model")  # type: ignore[attr-defined]
+    expect(pg.locator(".p-tooltip")).to_contain_text("/v1/completions")  # type: ignore[attr-defined]
+    shot(pg, "library-base-model")
+    pg.get_by_test_id(f"configure-{name}").click()  # type: ignore[attr-defined]
+    expect(pg.get_by_test_id("config-warning")).to_contain_text("no chat template")  # type: ignore[attr-defined]
+    expect(pg.get_by_test_id("no-template-hint")).to_be_visible()  # type: ignore[attr-defined]
+    pg.locator(".p-dialog-close-button").click()  # type: ignore[attr-defined]
+
+    chats: list[str] = []
+    pg.on("request", lambda r: "/chat/completions" in r.url and chats.append(r.url))  # type: ignore[attr-defined]
+    pg.locator("[data-nav=Running]").click()  # type: ignore[attr-defined]
+    pg.get_by_test_id("chat-model").click()  # type: ignore[attr-defined]
+    pg.get_by_role("option", name=name, exact=True).click()  # type: ignore[attr-defined]
+    expect(pg.get_by_test_id("completion-note")).to_contain_text("/v1/completions")  # type: ignore[attr-defined]
+    expect(pg.get_by_test_id("chat-input")).to_have_count(0)  # type: ignore[attr-defined]
+    pg.get_by_test_id("completion-input").fill("Once upon a time")  # type: ignore[attr-defined]
+    with pg.expect_request(lambda r: r.url.endswith("/gateway/v1/completions")) as sent:  # type: ignore[attr-defined]
+        pg.get_by_test_id("completion-send").click()  # type: ignore[attr-defined]
+    body = sent.value.post_data_json
+    assert body["model"] == name and body["prompt"] == "Once upon a time" and "messages" not in body
+    out = pg.get_by_test_id("completion-text")  # type: ignore[attr-defined]
+    expect(out).to_have_text(re.compile(r"\S"), timeout=60_000)  # the model's continuation, streamed
+    expect(pg.get_by_test_id("completion-prompt")).to_have_text("Once upon a time")  # type: ignore[attr-defined]
+    expect(pg.get_by_test_id("completion-send")).to_be_enabled()  # type: ignore[attr-defined]
+    assert "[error" not in out.inner_text()
+    assert chats == []
+    shot(pg, "playground-completion")
+
+
+def test_named_fields_edit_the_args_line(
+    page: object, studio: Studio, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Issue 11: each named field writes the flag the raw line shows, a flag typed in the line
+    shows in its field, and a context above the trained one is warned about."""
+    pg = page
+    expect = playwright_api.expect
+    src = tmp_path / "tiny-fields.gguf"
+    shutil.copyfile(tiny_models["llama"], src)
+    name = add_model(studio, src)
+    pg.goto(f"{studio.api_url}/library")  # type: ignore[attr-defined]
+    pg.get_by_test_id(f"configure-{name}").click()  # type: ignore[attr-defined]
+    line = pg.get_by_test_id("args-input")  # type: ignore[attr-defined]
+    preview = pg.get_by_test_id("command-preview")  # type: ignore[attr-defined]
+    expect(preview).to_contain_text("llama-server")
+    expect(pg.get_by_test_id("flags-engine")).to_contain_text("checked against")  # type: ignore[attr-defined]
+    pg.get_by_label("planner chooses at load (auto)").uncheck()  # type: ignore[attr-defined]  # the command is the line
+    line.fill("--ctx-size 512 -np 1")
+    ctx = pg.locator("#ctx")  # type: ignore[attr-defined]
+    expect(ctx).to_have_value("512")
+    ctx.fill("1024")
+    ctx.press("Tab")
+    expect(line).to_have_value("-c 1024 -np 1")  # the spelling it had is replaced in place
+    batch = pg.locator("#batch")  # type: ignore[attr-defined]
+    batch.fill("1024")
+    batch.press("Tab")
+    expect(line).to_have_value("-c 1024 -np 1 -b 1024")
+    pg.get_by_test_id("input-fa").click()  # type: ignore[attr-defined]
+    pg.get_by_role("option", name="off", exact=True).click()  # type: ignore[attr-defined]
+    pg.get_by_test_id("input-ctk").click()  # type: ignore[attr-defined]
+    pg.get_by_role("option", name="q8_0", exact=True).click()  # type: ignore[attr-defined]
+    expect(line).to_have_value("-c 1024 -np 1 -b 1024 -fa off -ctk q8_0")
+    expect(preview).to_contain_text("-fa off")
+    expect(preview).to_contain_text("-ctk q8_0")
+
+    pg.get_by_test_id("fields-sampling").get_by_text("Sampling defaults").click()  # type: ignore[attr-defined]
+    temp = pg.locator("#temp")  # type: ignore[attr-defined]
+    temp.fill("0.3")
+    temp.press("Tab")
+    expect(line).to_have_value("-c 1024 -np 1 -b 1024 -fa off -ctk q8_0 --temp 0.3")
+    line.fill("-c 1024 -np 1 -b 1024 --top-k 20")  # typed in the line: the fields follow
+    expect(pg.locator("#topk")).to_have_value("20")  # type: ignore[attr-defined]
+    expect(pg.locator("#temp")).to_have_value("")  # type: ignore[attr-defined]
+    expect(pg.get_by_test_id("input-fa")).to_contain_text("default")  # type: ignore[attr-defined]
+
+    ctx.fill("8192")
+    ctx.press("Tab")
+    warned = pg.get_by_test_id("check-ctx")  # type: ignore[attr-defined]
+    expect(warned).to_contain_text("4,096")
+    expect(warned).to_have_attribute("title", re.compile("RoPE/YaRN"))
+    expect(pg.get_by_test_id("field-ctx").locator("small")).to_have_class(re.compile("warn"))  # type: ignore[attr-defined]
+    expect(preview).to_contain_text("-c 8192")
+    expect(pg.get_by_test_id("estimate-CPU")).to_contain_text("KV cache")  # type: ignore[attr-defined]
+    assert not pg.locator("[data-testid^=why-]").count()  # type: ignore[attr-defined]  # the rig's build has them all
+    shot(pg, "config-fields")
+    pg.get_by_test_id("save-config").click()  # type: ignore[attr-defined]
+    expect(pg.get_by_test_id("config-editor")).to_have_count(0)  # type: ignore[attr-defined]
+    with studio.api() as api:
+        saved = api.get(f"/api/models/{name}/config").json()["config"]
+    assert saved["args"] == ["-c", "8192", "-np", "1", "-b", "1024", "--top-k", "20"]
+    assert saved["auto"] is False
 
 
 @pytest.mark.parametrize("view", ["", "search", "downloads", "library", "running", "engines", "settings"])

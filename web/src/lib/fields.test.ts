@@ -38,6 +38,7 @@ describe('checks', () => {
   it('warns above the trained context unless RoPE scaling extends it', () => {
     expect(check(['-c', '8192'], field('ctx'), 4096)?.level).toBe('warn')
     expect(check(['-c', '8192'], field('ctx'), 4096)?.text).toMatch(/4,096/)
+    expect(check(['-c', '8192'], field('ctx'), 4096)?.detail).toMatch(/RoPE\/YaRN/)
     expect(check(['-c', '4096'], field('ctx'), 4096)).toBeNull()
     expect(check(['-c', '8192', '--rope-scaling', 'yarn'], field('ctx'), 4096)).toBeNull()
     expect(check(['-c', '8192', '--rope-scaling', 'none'], field('ctx'), 4096)?.level).toBe('warn')

@@ -94,7 +94,7 @@ export function check(
   argv: string[],
   spec: FieldSpec,
   trainedCtx: number | null | undefined,
-): { level: 'error' | 'warn'; text: string } | null {
+): { level: 'error' | 'warn'; text: string; detail?: string } | null {
   const raw = getFlag(argv, spec.names)
   if (raw === undefined) return null
   if (spec.kind === 'int' || spec.kind === 'float') {
@@ -109,7 +109,11 @@ export function check(
     return { level: 'error', text: `one of ${spec.options.map((o) => o.value).join(', ')}` }
   const scaling = getFlag(argv, field('ropeScaling').names)
   if (spec.key === 'ctx' && trainedCtx && Number(raw) > trainedCtx && (!scaling || scaling === 'none'))
-    return { level: 'warn', text: `above the ${trainedCtx.toLocaleString('en-US')} it was trained for: answers degrade unless RoPE/YaRN scaling is set` }
+    return {
+      level: 'warn',
+      text: `above the trained ${trainedCtx.toLocaleString('en-US')}`,
+      detail: `The model was trained for ${trainedCtx.toLocaleString('en-US')} tokens: answers degrade past it unless RoPE/YaRN scaling is set`,
+    }
   if (spec.key === 'ctv' && !['f16', 'f32', 'bf16'].includes(raw) && getFlag(argv, field('fa').names) === 'off')
     return { level: 'error', text: 'a quantized V cache needs flash attention (on or auto)' }
   return null
