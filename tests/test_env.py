@@ -80,9 +80,10 @@ def test_env_example_lists_every_setting_with_default_and_help() -> None:
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[pytest.MonkeyPatch]:
     """No setting from the outer environment, and a working directory without a ``.env``."""
-    for key in list(os.environ):
-        if key.startswith("LLAMASTUDIO_") or key in SEED_ENV:
-            monkeypatch.delenv(key)
+    own = {f"LLAMASTUDIO_{name.upper()}" for name in Settings.model_fields}
+    for key in {k for k in os.environ if k.startswith("LLAMASTUDIO_")} | own | SEED_ENV:
+        monkeypatch.setenv(key, "")  # recorded, so what a test (or apply_environment) sets is undone
+        monkeypatch.delenv(key)
     monkeypatch.chdir(tmp_path)
     yield monkeypatch
 

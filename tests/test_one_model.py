@@ -163,7 +163,8 @@ def test_a_download_cut_by_a_kill_is_resumed_not_repeated(
     hub.throttle = 0.0
     with studio:
         assert studio.status(spec)["state"] == "ready"
-        assert "one-model: continuing the download a previous start left" in studio.log()
+        # resumed at start by the job system; found running, or finished meanwhile
+        assert "the download a previous start left" in studio.log()
     assert hub.bytes_sent[file] < size + sent // 2  # continued where it stopped, not started over
 
 

@@ -256,6 +256,15 @@ class OneModel:
         self.phase = "downloading"
         job = next((v for v in self.downloads.list() if v["title"] == title and v["state"] in _ACTIVE), None)
         if job is None:
+            # a download job a killed start left is resumed when the studio starts, and may have
+            # finished since the quant was looked for
+            found = await asyncio.to_thread(self._local_id, c)
+            if found is not None:
+                log.info(
+                    "one-model: %s is in the Hugging Face cache now (the download a previous start left)",
+                    title,
+                )
+                return found
             assert c.repo is not None
             job = await self.downloads.submit(c.repo, quant=c.quant)
         elif job["state"] == "paused":
@@ -296,11 +305,18 @@ class OneModel:
             await asyncio.sleep(0.5)
         return await asyncio.to_thread(self._library_id, c, view["paths"])
 
-    def _library_id(self, c: Choice, paths: list[str]) -> str:
-        """The library id of what was downloaded (else its first file's path)."""
+    def _local_id(self, c: Choice) -> str | None:
+        """The library id of the chosen quant when it is in the Hugging Face cache."""
         for m in self.service.runtime.library.models(with_facts=False):
             if m.repo == c.repo and m.quant.upper() == (c.quant or "").upper() and m.format == "gguf":
                 return m.id
+        return None
+
+    def _library_id(self, c: Choice, paths: list[str]) -> str:
+        """The library id of what was downloaded (else its first file's path)."""
+        found = self._local_id(c)
+        if found is not None:
+            return found
         if not paths:
             raise NotFound(f"{c.repo}:{c.quant}: downloaded, but not found in the Hugging Face cache")
         return str(Path(paths[0]))
