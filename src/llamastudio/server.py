@@ -134,7 +134,8 @@ async def serve(settings: Settings) -> None:
     one = OneModel(settings, state.service, state.downloads, state.bus) if settings.one_model else None
     if one is not None:  # which file, and does it fit: a model that cannot fit ends the start here
         await one.resolve()
-    gateway = Gateway(state.service, settings, state.metrics)
+    fallback = one.choice.name if one is not None and one.choice is not None else None
+    gateway = Gateway(state.service, settings, state.metrics, fallback=fallback)
     # Host check and body limit; in one-model mode /health waits for the model
     guarded = guard_gateway(_health_gate(gateway, one), settings, error_json)
     front: ASGI = app if one is None else _with_openai(app, guarded)

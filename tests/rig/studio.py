@@ -17,9 +17,12 @@ from typing import Any
 
 import httpx
 
+from llamastudio.config import SEED_NAMES
 from llamastudio.procs import stop_process
 from llamastudio.runtime.process import free_port
 from tests.rig.server import wait_healthy
+
+SEED_ENV = frozenset(name for names in SEED_NAMES.values() for name in names)
 
 
 class Studio:
@@ -43,8 +46,10 @@ class Studio:
         self.gateway_key = gateway_key
         self.api_key = api_key
         self.timeout = timeout
+        # a developer's exported MODEL, PORT, HOST … (the seeds' names) must not change the studio
+        inherited = {k: v for k, v in os.environ.items() if k not in SEED_ENV}
         self.env = {
-            **os.environ,
+            **inherited,
             "LLAMASTUDIO_DATA_DIR": str(self.data_dir),
             "LLAMASTUDIO_LLAMA_SERVER": str(llama_server),
             "LLAMASTUDIO_LOG_LEVEL": "warning",

@@ -58,11 +58,14 @@ class Gateway:
         metrics: Metrics | None = None,
         keys: list[str | None] | None = None,
         kinds: frozenset[str] | None = None,
+        fallback: str | None = None,
     ) -> None:
         """``keys``: accepted API keys (default: the gateway key, when set); ``kinds``: serve
-        only models on these engine kinds (the LMDeploy listener on port 2001)."""
+        only models on these engine kinds (the LMDeploy listener on port 2001); ``fallback``: the
+        model a request naming no served model gets (one-model mode)."""
         self.service = service
         self.kinds = kinds
+        self.fallback = fallback  # one-model mode: the model a name nobody serves stands for
         self.acquire = service.acquire  # the runtime's own: nothing between a request and its lease
         self.settings = settings
         self.metrics = metrics or Metrics()
@@ -166,6 +169,8 @@ class Gateway:
             if len(names) != 1:
                 raise InvalidInput("request names no model: set `model` in the JSON body (or ?model=)")
             name = names[0]
+        if self.fallback and name != self.fallback and await self.service.label(name) is None:
+            name = self.fallback  # the seeds' one-model images answer "model": "any"
         if self.kinds is not None and await self.service.kind_of(name) not in self.kinds:
             raise NotFound(
                 f"model {name!r} is not served on this port: it serves {', '.join(sorted(self.kinds))} "
