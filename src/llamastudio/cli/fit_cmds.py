@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from llamastudio.cli.context import hardware as machine
+from llamastudio.cli.context import settings as studio_settings
 from llamastudio.errors import InvalidInput
 from llamastudio.fit.companions import Companions
 from llamastudio.fit.estimator import Estimate, estimate
@@ -20,6 +21,7 @@ from llamastudio.fit.flags import ServerFlags, parse_server_args
 from llamastudio.fit.planner import plan as make_plan
 from llamastudio.gguf import GGUFModel, facts_from_model, load_model
 from llamastudio.hardware import Hardware
+from llamastudio.services.measured import measured_estimate
 
 MiB = 1024 * 1024
 HardwareOpt = Annotated[
@@ -100,12 +102,20 @@ def register(app: typer.Typer) -> None:
         """Memory per device for a model and llama-server flags (paste them after MODEL)."""
         flags = parse_server_args(list(ctx.args), keep_unknown=False)
         hw = machine(ctx, hardware)
-        est = estimate(open_model(model), flags, hw.gpus, companions=companions_of(flags))
+        gmodel, companions = open_model(model), companions_of(flags)
+        est = estimate(gmodel, flags, hw.gpus, companions=companions)
+        # what the studio of this data directory measured for the same load, if it ran it
+        used = [c for c in (companions.mmproj, companions.draft) if c is not None]
+        measured = measured_estimate(studio_settings(ctx), gmodel, flags, est, used)
         if as_json:
             out: dict[str, Any] = est.to_json() | {"hardware": hw.to_json(), "args": flags.to_args()}
+            out["measured"] = measured.model_dump(mode="json") if measured else None
             typer.echo(json.dumps(out, indent=1))
         else:
-            render_estimate(est, hw, Console())
+            console = Console()
+            render_estimate(est, hw, console)
+            for line in measured.summary if measured else []:
+                console.print(f"measured by the studio: {line}", highlight=False)
 
     estimate_cmd.__name__ = "estimate"
     app.registered_commands[-1].name = "estimate"

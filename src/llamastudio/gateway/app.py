@@ -38,7 +38,7 @@ from llamastudio.gateway.asgi import (
 from llamastudio.gateway.body import declares_body, media_type, model_name
 from llamastudio.gateway.cors import CorsPolicy, preflight, with_cors
 from llamastudio.gateway.images import has_remote_image, inline_images
-from llamastudio.gateway.metrics import UNKNOWN, Metrics, path_label
+from llamastudio.gateway.metrics import UNKNOWN, Metrics, drift_series, path_label
 from llamastudio.gateway.purpose import check_purpose
 from llamastudio.gateway.relay import GONE, HOP, Relay
 from llamastudio.gateway.shapes import error_json, retry_after
@@ -150,6 +150,7 @@ class Gateway:
                 "llamastudio_evictions_total": snap.evictions,
                 "llamastudio_ttl_unloads_total": snap.ttl_unloads,
             },
+            drift_series(snap.estimate_drift, snap.estimate_drifts),
         )
 
     # -- the relay -----------------------------------------------------------------------------

@@ -80,6 +80,35 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+@dataclass(frozen=True)
+class Series:
+    """A metric with several labels (``values``: one entry per label set, e.g.
+    ``(("model", "m"), ("device", "CPU"))``), for numbers the gateway does not count itself."""
+
+    name: str
+    kind: str  # gauge | counter
+    help: str
+    values: dict[tuple[tuple[str, str], ...], float]
+
+
+def drift_series(drift: dict[str, dict[str, float]], drifts: dict[str, int]) -> tuple[Series, ...]:
+    """The estimate's drift from measured memory (``runtime/measured.py``) as two series."""
+    return (
+        Series(
+            "llamastudio_estimate_drift_ratio",
+            "gauge",
+            "(estimated - measured) / measured memory of a model's load, per device (< 0: under).",
+            {(("model", m), ("device", d)): r for m, per in drift.items() for d, r in per.items()},
+        ),
+        Series(
+            "llamastudio_estimate_drift_total",
+            "counter",
+            "Loads whose measured memory was more than 5 % off the estimate, since start.",
+            {(("model", m),): float(n) for m, n in drifts.items()},
+        ),
+    )
+
+
 class Metrics:
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str, int], int] = defaultdict(int)  # model, path, status
@@ -112,7 +141,12 @@ class Metrics:
             with contextlib.suppress(ValueError):
                 self.tokens_per_second[model] = float(ps.group(1))
 
-    def render(self, gauges: dict[str, dict[str, float]], counters: dict[str, float]) -> str:
+    def render(
+        self,
+        gauges: dict[str, dict[str, float]],
+        counters: dict[str, float],
+        series: tuple[Series, ...] = (),
+    ) -> str:
         out: list[str] = []
 
         def head(name: str, kind: str, help_: str) -> None:
@@ -184,4 +218,9 @@ class Metrics:
         for name, v in counters.items():
             head(name, "counter", name.removeprefix("llamastudio_").replace("_", " ") + ".")
             out.append(f"{name} {v:g}")
+        for s in series:
+            head(s.name, s.kind, s.help)
+            for labels, v in sorted(s.values.items()):
+                text = ",".join(f'{k}="{_label(val)}"' for k, val in labels)
+                out.append(f"{s.name}{{{text}}} {v:g}")
         return "\n".join(out) + "\n"

@@ -24,8 +24,10 @@ from llamastudio.engines.load_progress import LOAD, LoadProgress
 from llamastudio.engines.validate import binary_env, engine_env
 from llamastudio.errors import StartFailed
 from llamastudio.events import EventBus
+from llamastudio.fit.measured import MemoryPlan
 from llamastudio.jobs import JobManager
 from llamastudio.runtime.instances import file_stem, remove_record, write_record
+from llamastudio.runtime.measured import Learner, LoadLines
 from llamastudio.runtime.process import EngineProcess, State, free_port, load_timeout
 from llamastudio.serving.launch import Prepared
 
@@ -56,12 +58,16 @@ class ProcessEffects:
         spec_of: Callable[[str], Prepared],
         died: Callable[[str], None],
         jobs: JobManager | None = None,
+        learner: Learner | None = None,
     ) -> None:
         """``spec_of(model)``: its launch spec (raises why there is none); ``died(model)``: tell
-        the scheduler a ready engine is gone."""
+        the scheduler a ready engine is gone; ``learner``: measures llama.cpp loads
+        (``measured.py``)."""
         self.settings = settings
         self.bus = bus
         self.jobs = jobs  # each start is a ``load`` job whose progress the UI shows as a load bar
+        self.learner = learner
+        self.measuring: dict[str, MemoryPlan] = {}  # the memory plan each running engine started with
         self.run_dir = run_dir
         self.spec_of = spec_of
         self.died = died
@@ -80,6 +86,10 @@ class ProcessEffects:
         proc = self.procs.get(model)
         if proc is None:
             return
+        plan = self.measuring.pop(model, None)
+        if plan is not None and self.learner is not None and proc.state == State.READY and proc.pid:
+            visible = proc.env.get("CUDA_VISIBLE_DEVICES") if proc.env else None
+            await self.learner.stopping(model, plan, proc.pid, visible)
         await proc.stop()
         remove_record(self.run_dir, model)
 
@@ -98,6 +108,10 @@ class ProcessEffects:
         # engines get neither the studio's keys nor its tokens; the configuration's env still applies
         env = binary_env(Path(argv[0])) if prep.engine else engine_env()
         env.update(prep.env)  # the kind's (VLLM_CPU_KVCACHE_SPACE ...)
+        lines = None
+        if self.learner is not None and prep.memory is not None:
+            env.update(self.learner.engine_env(prep.memory))  # the configuration's env wins
+            lines = LoadLines()
         env.update(prep.config.env)
         old = self.procs.get(model)
         if old is not None and old.state not in (State.STOPPED, State.FAILED):
@@ -125,6 +139,8 @@ class ProcessEffects:
             self.bus.publish({"type": "log", "model": model, "line": line})
             if steps is not None:
                 steps.feed(line)
+            if lines is not None:
+                lines.feed(line)
 
         proc = EngineProcess(
             model,
@@ -160,6 +176,9 @@ class ProcessEffects:
         fail.count = 0
         assert proc.proc is not None
         write_record(self.run_dir, model, proc.proc.pid, argv[0], port)
+        if lines is not None and self.learner is not None and prep.memory is not None:
+            self.measuring[model] = prep.memory
+            self.learner.loaded(model, prep.memory, lines, proc.proc.pid, env.get("CUDA_VISIBLE_DEVICES"))
         for watch in (self._watch(model, proc), proc.watch_health(self.settings.hung_after)):
             watcher = asyncio.create_task(watch)
             self._watchers.add(watcher)

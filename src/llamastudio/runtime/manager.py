@@ -4,7 +4,9 @@ It prepares each model (engine, argv from the engine's capabilities, flags from 
 planner, the estimator's per-device reservation), gives the scheduler those reservations and the
 machine's budgets (``budgets.py``), and hands it its effects (``effects.py``: start a supervised
 process on a free port and wait until it is ready, stop it; a death while serving is reported at
-once and the next request starts it again; failed starts back off). Requests lease a ready engine
+once and the next request starts it again; failed starts back off). Every llama.cpp load is
+measured (``measured.py``): once its key has a measurement, that figure replaces the estimate in
+the model's reservation (``fit/measured.py``). Requests lease a ready engine
 through ``acquire``. Instances are recorded in ``<data>/run/`` so processes a killed studio left
 behind are cleaned up at the next start. What it knows about a model is read as plain facts
 (``facts``, ``snapshot``), which ``services/`` turns into the status snapshots the faces show.
@@ -26,6 +28,7 @@ from llamastudio.engines.registry import LLAMA_CPP, EngineRegistry
 from llamastudio.engines.validate import add_external
 from llamastudio.errors import NotFound, StartFailed, StudioError, TooBusy
 from llamastudio.events import EventBus
+from llamastudio.fit.measured import Measurement
 from llamastudio.hardware.devices import Hardware
 from llamastudio.hardware.profiles import resolve
 from llamastudio.hub.library import Library
@@ -34,6 +37,7 @@ from llamastudio.runtime.budgets import budgets_of, follow_gpus, short_of
 from llamastudio.runtime.effects import ProcessEffects
 from llamastudio.runtime.facts import ModelFacts
 from llamastudio.runtime.instances import cleanup_orphans, file_stem
+from llamastudio.runtime.measured import Learner, MeasuredStore
 from llamastudio.runtime.process import EngineProcess, State
 from llamastudio.runtime.scheduler import Counters, Lease, ModelSpec, Scheduler
 from llamastudio.serving import stored
@@ -69,7 +73,10 @@ class Runtime:
         )
         self.launcher = Launcher(self.configs, self.engines, self.library)
         self.run_dir = settings.data_dir / "run"
-        self.effects = ProcessEffects(settings, self.bus, self.run_dir, self._spec_of, self._died, jobs)
+        self.learner = Learner(MeasuredStore(db), self._measured)
+        self.effects = ProcessEffects(
+            settings, self.bus, self.run_dir, self._spec_of, self._died, jobs, learner=self.learner
+        )
         self.scheduler = Scheduler(
             self.effects, budgets_of(self.hw), [], on_change=self._state_changed, cores=self.hw.cpu_cores
         )
@@ -81,6 +88,7 @@ class Runtime:
         self._ticker: asyncio.Task[None] | None = None
         self._preloader: asyncio.Task[list[str]] | None = None
         self._synced_at = 0.0
+        self._default_ttl = settings.default_ttl
         self._sync_lock = asyncio.Lock()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -127,6 +135,7 @@ class Runtime:
         await cancel_and_wait(self._ticker)
         await self.scheduler.close()
         await self.effects.close()
+        await self.learner.close()
 
     async def _tick(self) -> None:
         n = 0
@@ -186,27 +195,88 @@ class Runtime:
     async def sync(self) -> None:
         """Re-read configurations and library; prepare each model; update the scheduler."""
         async with self._sync_lock:
-            configs, prepared, errors, names, default_ttl = await asyncio.to_thread(self._prepare_all)
+            configs, prepared, errors, names, default_ttl, found = await asyncio.to_thread(self._prepare_all)
             self.known, self.prepared, self.errors, self.names = configs, prepared, errors, names
             self._synced_at = time.monotonic()
-            specs = [
-                ModelSpec(
-                    name=p.config.name,
-                    reserve=p.reserve,
-                    ttl=default_ttl if p.config.ttl is None else p.config.ttl,
-                    pinned=p.config.pinned,
-                    group=p.config.group,
-                    max_concurrency=p.config.max_concurrency,
-                    max_queue=p.config.max_queue,
-                    threads=p.threads,
-                )
-                for p in prepared.values()
-            ]
-            self.scheduler.configure(specs)
+            self._default_ttl = default_ttl
+            for m in found.values():
+                self._remember(m)
+            for p in prepared.values():
+                self._with_measured(p)
+            self._configure()
+
+    def _configure(self) -> None:
+        """Give the scheduler every prepared model's spec (its reservation included)."""
+        ttl = self._default_ttl
+        specs = [
+            ModelSpec(
+                name=p.config.name,
+                reserve=p.reserve,
+                ttl=ttl if p.config.ttl is None else p.config.ttl,
+                pinned=p.config.pinned,
+                group=p.config.group,
+                max_concurrency=p.config.max_concurrency,
+                max_queue=p.config.max_queue,
+                threads=p.threads,
+            )
+            for p in self.prepared.values()
+        ]
+        self.scheduler.configure(specs)
+
+    # -- measured memory (on the loop; the learner records in threads) ---------------------------
+    def _remember(self, m: Measurement) -> None:
+        """Keep ``m`` unless a newer record of its key is known (a sync may read a row older than
+        the one a load has just written)."""
+        old = self.learner.known.get(m.key)
+        newer = m.updated_at is not None and old is not None and old.updated_at is not None
+        if old is None or (newer and m.updated_at >= old.updated_at):  # type: ignore[operator]
+            self.learner.known[m.key] = m
+
+    def _with_measured(self, p: Prepared) -> None:
+        if p.memory is not None:
+            p.memory.measured = self.learner.known.get(p.memory.key)
+            p.reserve = p.memory.reserve()
+
+    def _measured(self, m: Measurement) -> None:
+        """A load was measured: every model of that key reserves the measured figure from now on
+        (a running one too: that is what it holds)."""
+        self._remember(m)
+        changed = False
+        for p in self.prepared.values():
+            if p.memory is not None and p.memory.key == m.key:
+                before = p.reserve
+                self._with_measured(p)
+                changed = changed or p.reserve != before
+        if changed:
+            self._configure()
+
+    def measured_for(self, p: Prepared) -> Prepared:
+        """``p`` with its key's measurement, if any (blocking: a database read; for previews)."""
+        if p.memory is not None:  # the database, not the loop's cache: this runs in a thread
+            p.memory.measured = self.learner.store.get(p.memory.key)
+            p.reserve = p.memory.reserve()
+        return p
+
+    def drift(self) -> tuple[dict[str, dict[str, float]], dict[str, int]]:
+        """Per prepared model with a comparable measurement: (estimate − measured) / measured per
+        device; and per model, the loads measured with a drift over 5 % since the studio started."""
+        ratios = {
+            name: p.memory.measured.drift()
+            for name, p in self.prepared.items()
+            if p.memory is not None and p.memory.measured is not None and p.memory.measured.comparable
+        }
+        return {n: r for n, r in ratios.items() if r}, dict(self.learner.drift_events)
 
     def _prepare_all(
         self,
-    ) -> tuple[list[ModelConfig], dict[str, Prepared], dict[str, StudioError], dict[str, str], float]:
+    ) -> tuple[
+        list[ModelConfig],
+        dict[str, Prepared],
+        dict[str, StudioError],
+        dict[str, str],
+        float,
+        dict[str, Measurement],
+    ]:
         library = self.library.models(with_facts=False)  # listed once, not once per model
         configs = self.configs.all(library=library)
         done: dict[str, Prepared] = {}
@@ -226,7 +296,8 @@ class Runtime:
             read_header.cache_clear()  # headers hold whole vocabularies: dropped after a sync
         prepared = {c.name: done[c.name] for c in configs if c.name in done}
         ttl = stored.default_ttl(self.db, self.settings.default_ttl)
-        return configs, prepared, errors, name_index(configs), ttl
+        keys = sorted({p.memory.key for p in prepared.values() if p.memory is not None})
+        return configs, prepared, errors, name_index(configs), ttl, self.learner.store.get_many(keys)
 
     def lookup(self, name: str) -> str | None:
         """The configured name for a name, alias or library id, as of the last sync."""

@@ -84,6 +84,36 @@ class EstimateView(Snapshot):
     n_gpu_layers: int
 
 
+class MemoryView(Snapshot):
+    """A llama.cpp load's memory: the estimate, and what the engine allocated at a load of the
+    same key (same model file contents, engine build, memory flags and devices), if one ran."""
+
+    key: str = Field(description="The load key the measurement is stored under.")
+    source: Literal["estimate", "measured", "manual"] = Field(
+        description="What the reservation is: the estimate, the measured figure, or the config's own."
+    )
+    estimated: dict[str, int] = Field(description="Estimated bytes per device (llama.cpp's logged buffers).")
+    measured: dict[str, int] | None = Field(
+        None, description="Bytes per device llama-server logged at the measured load; null: none yet."
+    )
+    process: dict[str, int] = Field(
+        default_factory=dict, description="Most GPU memory the process held per device (NVML)."
+    )
+    measured_at: str | None = Field(None, description="When the buffers were measured (ISO 8601, UTC).")
+    loads: int = Field(0, description="Loads of this key that added to the measurement.")
+    comparable: bool | None = Field(
+        None, description="False: llama.cpp's --fit changed that load's parameters; not used for placement."
+    )
+    note: str | None = None
+    drift: dict[str, float] = Field(
+        default_factory=dict,
+        description="(estimated - measured) / measured per device; < 0: under-estimated.",
+    )
+    summary: list[str] = Field(
+        default_factory=list, description="Per device: 'estimated X, measured Y on <date> (±d %)'."
+    )
+
+
 class PreparedView(Snapshot):
     """What starting a model runs (``${PORT}`` is chosen at start) and the memory it reserves."""
 
@@ -102,6 +132,9 @@ class PreparedView(Snapshot):
     dropped: list[str]
     warnings: list[str]
     traits: ModelTraits = Field(default_factory=ModelTraits)
+    memory: MemoryView | None = Field(
+        None, description="llama.cpp: the estimate beside the measured memory of the same load."
+    )
 
 
 class ConfigView(Snapshot):
@@ -209,6 +242,13 @@ class MetricsSnapshot(Snapshot):
     loads: int
     evictions: int
     ttl_unloads: int
+    estimate_drift: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="Per model and device with a measurement: (estimated - measured) / measured.",
+    )
+    estimate_drifts: dict[str, int] = Field(
+        default_factory=dict, description="Per model: loads measured with a drift over 5 % since start."
+    )
 
 
 class DatabaseStatus(Snapshot):

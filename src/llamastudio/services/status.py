@@ -119,8 +119,17 @@ def gateway_model(m: ServedModel) -> GatewayModel:
     )
 
 
-def metrics(facts: Iterable[ModelFacts], loads: int, evictions: int, ttl_unloads: int) -> MetricsSnapshot:
-    """Per model the scheduler knows: requests in flight, requests queued, loaded or not."""
+def metrics(
+    facts: Iterable[ModelFacts],
+    loads: int,
+    evictions: int,
+    ttl_unloads: int,
+    drift: dict[str, dict[str, float]] | None = None,
+    drifts: dict[str, int] | None = None,
+) -> MetricsSnapshot:
+    """Per model the scheduler knows: requests in flight, requests queued, loaded or not; per
+    measured model, how far the estimate is from the measured memory (``drift``, and ``drifts``:
+    measured loads with a drift over 5 %)."""
     known = [(f.name, f.scheduled) for f in facts if f.scheduled is not None]
     return MetricsSnapshot(
         in_flight={n: s.in_flight for n, s in known},
@@ -129,4 +138,6 @@ def metrics(facts: Iterable[ModelFacts], loads: int, evictions: int, ttl_unloads
         loads=loads,
         evictions=evictions,
         ttl_unloads=ttl_unloads,
+        estimate_drift=drift or {},
+        estimate_drifts=drifts or {},
     )

@@ -138,12 +138,14 @@ class StudioService:
 
     async def metrics(self) -> MetricsSnapshot:
         c = self.runtime.counters()
-        return views.metrics(self.runtime.snapshot(), c.loads, c.evictions, c.ttl_unloads)
+        drift, drifts = self.runtime.drift()
+        return views.metrics(self.runtime.snapshot(), c.loads, c.evictions, c.ttl_unloads, drift, drifts)
 
     # -- configurations ------------------------------------------------------------------------
     def _prepare(self, cfg: ModelConfig, hw: Hardware | None = None) -> Prepared:
-        """The launch spec of ``cfg`` on the runtime's hardware. Blocking: engine, header read."""
-        return self.runtime.launcher.prepare(cfg, hw or self.runtime.hw)
+        """The launch spec of ``cfg`` on the runtime's hardware, with the measured memory of its
+        load key when one ran. Blocking: engine, header read, database."""
+        return self.runtime.measured_for(self.runtime.launcher.prepare(cfg, hw or self.runtime.hw))
 
     def _prepared_or_reason(self, cfg: ModelConfig) -> Prepared | str:
         try:

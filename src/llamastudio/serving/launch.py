@@ -22,6 +22,7 @@ from llamastudio.errors import InvalidInput, NotFound, StudioError
 from llamastudio.fit.companions import Companions
 from llamastudio.fit.estimator import Estimate, estimate
 from llamastudio.fit.flags import parse_server_args
+from llamastudio.fit.measured import MemoryPlan, engine_build, plan_memory
 from llamastudio.fit.planner import Goal, Plan, plan
 from llamastudio.gguf import GGUFModel, facts_from_model, load_model
 from llamastudio.gguf.roles import draft_mismatch
@@ -55,6 +56,8 @@ class Prepared:
     env: dict[str, str] = field(default_factory=dict)  # the kind's engine environment
     traits: Traits = field(default_factory=Traits)
     companions: dict[str, Stamp] = field(default_factory=dict)  # projector and draft files, stamped
+    # llama.cpp: its load key, estimate and (set by the runtime) measurement (fit/measured.py)
+    memory: MemoryPlan | None = None
 
     def to_json(self) -> dict[str, Any]:
         est = self.estimate
@@ -78,6 +81,7 @@ class Prepared:
             "reasons": self.reasons,
             "dropped": self.dropped,
             "warnings": self.warnings,
+            "memory": self.memory.to_json() if self.memory else None,
         }
 
 
@@ -144,10 +148,16 @@ class Launcher:
             )
             size = header.file_size
         done = kind.plan(request, engine, hw)
+        memory = None
+        if fmt == "gguf" and done.estimate is not None:  # the reservation is the (perturbable) estimate's
+            used = [m for m in (request.mmproj, request.draft) if m is not None and m.location in done.argv]
+            build = engine_build(engine.id, engine.server)
+            manual = bool(cfg.reserve)
+            memory = plan_memory(header, used, build, done.argv, done.estimate, done.reserve, manual)
         return Prepared(
             cfg,
             done.argv,
-            done.reserve,
+            memory.estimated_reserve if memory else done.reserve,
             kind=kind.name,
             threads=done.threads,
             engine=engine,
@@ -164,6 +174,7 @@ class Launcher:
             companions={
                 m.location: _stamp(Path(m.location)) for m in (request.mmproj, request.draft) if m is not None
             },
+            memory=memory,
         )
 
     def _companions(

@@ -118,3 +118,22 @@ class ServedModelRow(Base):
         Boolean, default=False, server_default=false()
     )  # start with the studio
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class MeasuredMemoryRow(Base):
+    """What llama-server allocated for one load key, next to the estimate (``fit/measured.py``)."""
+
+    __tablename__ = "measured_memory"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of ``spec``
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # model identity, engine build, flags, devices
+    model: Mapped[str] = mapped_column(String(256))  # the configuration that loaded it (last)
+    estimated: Mapped[dict[str, Any]] = mapped_column(JSON)  # device → category → bytes
+    measured: Mapped[dict[str, Any]] = mapped_column(JSON)  # device → category → bytes (logged)
+    mapped_extra: Mapped[int] = mapped_column(Integer, default=0)
+    process: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # device → bytes (NVML peak)
+    comparable: Mapped[bool] = mapped_column(Boolean, default=True)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    loads: Mapped[int] = mapped_column(Integer, default=1)
+    measured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
