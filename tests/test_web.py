@@ -170,7 +170,7 @@ def test_search_download_start_chat_stop_delete(page: object, studio: Studio, hu
     pg.get_by_test_id("chat-send").click()  # type: ignore[attr-defined]
     reply = pg.get_by_test_id("chat-assistant")  # type: ignore[attr-defined]
     expect(reply).to_contain_text(re.compile(r"assistant:\s*\S+"), timeout=60_000)
-    expect(pg.get_by_test_id("chat-send")).to_be_enabled()  # type: ignore[attr-defined]
+    expect(pg.get_by_test_id("chat-send")).to_be_enabled(timeout=60_000)  # type: ignore[attr-defined]  # the stream ended
     assert "[error" not in reply.inner_text()
     shot(pg, "running")
 
@@ -272,7 +272,7 @@ def test_base_model_is_marked_and_the_playground_completes(
     out = pg.get_by_test_id("completion-text")  # type: ignore[attr-defined]
     expect(out).to_have_text(re.compile(r"\S"), timeout=60_000)  # the model's continuation, streamed
     expect(pg.get_by_test_id("completion-prompt")).to_have_text("Once upon a time")  # type: ignore[attr-defined]
-    expect(pg.get_by_test_id("completion-send")).to_be_enabled()  # type: ignore[attr-defined]
+    expect(pg.get_by_test_id("completion-send")).to_be_enabled(timeout=60_000)  # type: ignore[attr-defined]  # the stream ended
     assert "[error" not in out.inner_text()
     assert chats == []
     shot(pg, "playground-completion")
@@ -307,15 +307,22 @@ def test_named_fields_edit_the_args_line(
     expect(line).to_have_value("-c 1024 -np 1 -b 1024")
     pg.get_by_test_id("input-fa").click()  # type: ignore[attr-defined]
     pg.get_by_role("option", name="off", exact=True).click()  # type: ignore[attr-defined]
+    expect(preview).to_contain_text("-fa off")
+    estimate = pg.get_by_test_id("estimate-CPU")  # type: ignore[attr-defined]
+    expect(estimate).to_contain_text("KV cache")
+    before = estimate.inner_text()
+
+    # a number typed (committed on blur) survives the preview and estimate that land meanwhile:
+    # each re-rendered the fields and wiped the typing
+    pg.get_by_test_id("fields-sampling").get_by_text("Sampling defaults").click()  # type: ignore[attr-defined]
     pg.get_by_test_id("input-ctk").click()  # type: ignore[attr-defined]
     pg.get_by_role("option", name="q8_0", exact=True).click()  # type: ignore[attr-defined]
     expect(line).to_have_value("-c 1024 -np 1 -b 1024 -fa off -ctk q8_0")
-    expect(preview).to_contain_text("-fa off")
-    expect(preview).to_contain_text("-ctk q8_0")
-
-    pg.get_by_test_id("fields-sampling").get_by_text("Sampling defaults").click()  # type: ignore[attr-defined]
     temp = pg.locator("#temp")  # type: ignore[attr-defined]
     temp.fill("0.3")
+    expect(estimate).not_to_have_text(before)  # a q8_0 K cache is smaller: the estimate landed
+    expect(preview).to_contain_text("-ctk q8_0")
+    expect(temp).to_have_value("0.3")
     temp.press("Tab")
     expect(line).to_have_value("-c 1024 -np 1 -b 1024 -fa off -ctk q8_0 --temp 0.3")
     line.fill("-c 1024 -np 1 -b 1024 --top-k 20")  # typed in the line: the fields follow
@@ -331,7 +338,6 @@ def test_named_fields_edit_the_args_line(
     expect(warned).to_have_attribute("title", re.compile("RoPE/YaRN"))
     expect(pg.get_by_test_id("field-ctx").locator("small")).to_have_class(re.compile("warn"))  # type: ignore[attr-defined]
     expect(preview).to_contain_text("-c 8192")
-    expect(pg.get_by_test_id("estimate-CPU")).to_contain_text("KV cache")  # type: ignore[attr-defined]
     assert not pg.locator("[data-testid^=why-]").count()  # type: ignore[attr-defined]  # the rig's build has them all
     shot(pg, "config-fields")
     pg.get_by_test_id("save-config").click()  # type: ignore[attr-defined]
