@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.rig.embed import write_embedding, write_reranker
 from tests.rig.factory import BUILDERS, Vocab
 from tests.rig.hub import HubServer, Repo, hub_server
 from tests.rig.studio import Studio
+from tests.rig.vision import png_bytes, write_vision_pair
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = Path("/usr/bin/chromium")
@@ -346,6 +348,89 @@ def test_named_fields_edit_the_args_line(
         saved = api.get(f"/api/models/{name}/config").json()["config"]
     assert saved["args"] == ["-c", "8192", "-np", "1", "-b", "1024", "--top-k", "20"]
     assert saved["auto"] is False
+
+
+def pick_model(pg: object, name: str) -> None:
+    pg.get_by_test_id("chat-model").click()  # type: ignore[attr-defined]
+    pg.get_by_role("option", name=name, exact=True).click()  # type: ignore[attr-defined]
+
+
+def test_vision_model_takes_an_image(page: object, studio: Studio, vocab: Vocab, tmp_path: Path) -> None:
+    """Issue 11: a vision model (its mmproj beside it) is marked, its projector and the memory the
+    projector takes show in the editor, and the playground sends an attached PNG as a data URI."""
+    pg = page
+    expect = playwright_api.expect
+    model, mmproj = write_vision_pair(tmp_path / "vision", vocab)
+    name = add_model(studio, model)
+    pg.goto(f"{studio.api_url}/library")  # type: ignore[attr-defined]
+    expect(pg.get_by_test_id(f"tag-vision-{name}")).to_have_text("vision")  # type: ignore[attr-defined]
+    pg.get_by_test_id(f"configure-{name}").click()  # type: ignore[attr-defined]
+    expect(pg.get_by_test_id("input-mmproj")).to_contain_text(mmproj.name)  # type: ignore[attr-defined]
+    expect(pg.get_by_test_id("command-preview")).to_contain_text(f"-mm {mmproj}")  # type: ignore[attr-defined]
+    expect(pg.get_by_test_id("estimate-CPU").get_by_test_id("part-mmproj")).to_contain_text("projector")  # type: ignore[attr-defined]
+    pg.locator(".p-dialog-close-button").click()  # type: ignore[attr-defined]
+
+    image = tmp_path / "picture.png"
+    image.write_bytes(png_bytes())
+    (tmp_path / "notes.txt").write_text("not an image")
+    pg.locator("[data-nav=Running]").click()  # type: ignore[attr-defined]
+    pick_model(pg, name)
+    pg.get_by_test_id("chat-image-input").set_input_files(str(tmp_path / "notes.txt"))  # type: ignore[attr-defined]
+    expect(pg.locator(".p-toast")).to_contain_text("not a PNG or JPEG")  # type: ignore[attr-defined]
+    expect(pg.get_by_test_id("chat-attachment")).to_have_count(0)  # type: ignore[attr-defined]
+    pg.get_by_test_id("chat-image-input").set_input_files(str(image))  # type: ignore[attr-defined]
+    expect(pg.get_by_test_id("chat-attachment")).to_contain_text("picture.png")  # type: ignore[attr-defined]
+    pg.get_by_test_id("chat-input").fill("What is in the picture?")  # type: ignore[attr-defined]
+    with pg.expect_response(lambda r: r.url.endswith("/gateway/v1/chat/completions")) as got:  # type: ignore[attr-defined]
+        pg.get_by_test_id("chat-send").click()  # type: ignore[attr-defined]
+    assert got.value.status == 200
+    text, part = got.value.request.post_data_json["messages"][0]["content"]
+    assert text == {"type": "text", "text": "What is in the picture?"}
+    assert part["type"] == "image_url" and part["image_url"]["url"].startswith("data:image/png;base64,")
+    expect(pg.get_by_test_id("chat-image")).to_be_visible()  # type: ignore[attr-defined]
+    reply = pg.get_by_test_id("chat-assistant")  # type: ignore[attr-defined]
+    expect(reply).to_contain_text(re.compile(r"assistant:\s*\S+"), timeout=60_000)
+    expect(pg.get_by_test_id("chat-send")).to_be_enabled(timeout=60_000)  # type: ignore[attr-defined]
+    assert "[error" not in reply.inner_text()
+    shot(pg, "playground-vision")
+
+
+def test_embedding_and_rerank_tryouts(page: object, studio: Studio, tmp_path: Path) -> None:
+    """Issue 11: an embedding model and a reranker are marked, and the playground shows what they
+    answer (vectors and their similarity; a score per document) instead of a chat box."""
+    pg = page
+    expect = playwright_api.expect
+    write_embedding(tmp_path / "tiny-embed.gguf")
+    write_reranker(tmp_path / "tiny-rerank.gguf")
+    embed = add_model(studio, tmp_path / "tiny-embed.gguf")
+    rerank = add_model(studio, tmp_path / "tiny-rerank.gguf")
+    pg.goto(f"{studio.api_url}/library")  # type: ignore[attr-defined]
+    expect(pg.get_by_test_id(f"tag-embedding-{embed}")).to_have_text("embedding")  # type: ignore[attr-defined]
+    expect(pg.get_by_test_id(f"tag-rerank-{rerank}")).to_have_text("reranker")  # type: ignore[attr-defined]
+    expect(pg.get_by_test_id(f"tag-no-template-{embed}")).to_have_count(0)  # type: ignore[attr-defined]
+
+    pg.locator("[data-nav=Running]").click()  # type: ignore[attr-defined]
+    pick_model(pg, embed)
+    expect(pg.get_by_test_id("embedding-note")).to_contain_text("/v1/embeddings")  # type: ignore[attr-defined]
+    expect(pg.get_by_test_id("chat-input")).to_have_count(0)  # type: ignore[attr-defined]
+    pg.get_by_test_id("embedding-input").fill("a llama\nan alpaca")  # type: ignore[attr-defined]
+    with pg.expect_request(lambda r: r.url.endswith("/gateway/v1/embeddings")) as sent:  # type: ignore[attr-defined]
+        pg.get_by_test_id("embedding-send").click()  # type: ignore[attr-defined]
+    assert sent.value.post_data_json["input"] == ["a llama", "an alpaca"]
+    result = pg.get_by_test_id("embedding-result")  # type: ignore[attr-defined]
+    expect(result).to_contain_text("2 vectors of 64 dimensions", timeout=60_000)  # the tiny BERT's width
+    expect(result.locator("tr").nth(1)).to_contain_text("1.00")  # a text is like itself
+
+    pick_model(pg, rerank)
+    expect(pg.get_by_test_id("rerank-note")).to_contain_text("/v1/rerank")  # type: ignore[attr-defined]
+    pg.get_by_test_id("rerank-query").fill("what do llamas eat")  # type: ignore[attr-defined]
+    pg.get_by_test_id("rerank-documents").fill("grass and hay\nthe Eiffel tower\nllamas are camelids")  # type: ignore[attr-defined]
+    pg.get_by_test_id("rerank-send").click()  # type: ignore[attr-defined]
+    ranked = pg.get_by_test_id("rerank-result").locator("li")  # type: ignore[attr-defined]
+    expect(ranked).to_have_count(3, timeout=60_000)  # a score for every document
+    scores = [float(t.split()[0]) for t in ranked.all_inner_texts()]
+    assert scores == sorted(scores, reverse=True)
+    shot(pg, "playground-rerank")
 
 
 @pytest.mark.parametrize("view", ["", "search", "downloads", "library", "running", "engines", "settings"])
