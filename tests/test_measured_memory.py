@@ -24,13 +24,12 @@ import pytest
 
 from llamastudio.fit.estimator import estimate
 from llamastudio.fit.flags import parse_server_args
+from llamastudio.fit.loadkey import memory_flags, model_identity
 from llamastudio.fit.measured import (
     SCALE_ENV,
     Logged,
     MemoryPlan,
     measure,
-    memory_flags,
-    model_identity,
     parse_logged,
     plan_memory,
     relevant,

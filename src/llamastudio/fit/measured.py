@@ -1,19 +1,8 @@
 """Measured memory: what llama-server allocated for a load, next to the estimate, and what the
 next placement of the same load reserves (issue 17, "learn from every load").
 
-**Key.** A measurement belongs to a *load*, not to a configuration name: the sha256 of
-
-- the model's identity: per GGUF part, its size and the sha256 of its header (everything before
-  the tensor data). Memory is decided by the header alone (hyperparameters, tensor shapes, types
-  and offsets), never by the weights' values: a copy of the file elsewhere, or the same file
-  downloaded again, shares the measurement; another quantization does not. The projector
-  (``-mm``) and draft model (``-md``) are identified the same way.
-- the engine build: the engine's id and its binary's size + mtime (a rebuild changes it).
-- the flags: the argv the studio runs, file paths replaced by identities, flags that never change
-  memory (``NEUTRAL``: host, port, alias, threads, sampling, templates, logging …) removed. A
-  flag not listed stays in the key: a new flag may change memory, so a separate key is safe where
-  a shared one would not be.
-- the devices the estimate places it on (``CUDA0``, ``CPU`` …).
+**Key.** A measurement belongs to a *load*, not to a configuration name: the model file's
+identity, the engine build, the memory flags and the devices (``loadkey.py``).
 
 **Figures** are bytes per device and category (model, kv, rs, output, compute, mmproj, draft) in
 llama.cpp's *logged* sense: host weights are the mapped file range plus repacked weights
@@ -32,47 +21,22 @@ reservation, to make the closed loop observable (``tests/test_measured_memory.py
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
 import os
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from llamastudio.fit.buffers import MiB, parse_log
-from llamastudio.fit.flags import parse_server_args
+from llamastudio.fit.loadkey import load_spec, memory_key, model_identity
 from llamastudio.fit.usage import DeviceUsage, Estimate
 from llamastudio.gguf import GGUFModel
-from llamastudio.gguf.model import split_names
 
 Figures = dict[str, dict[str, int]]  # device → category → bytes
 CATEGORIES = ("model", "kv", "rs", "output", "compute", "mmproj", "draft")
 DRIFT_LIMIT = 0.05  # |estimate − measured| / measured above this is a drift (logged, counted)
 SCALE_ENV = "LLAMASTUDIO_TEST_ESTIMATE_SCALE"
 HOST = "CPU"
-
-
-def _words(text: str) -> frozenset[str]:
-    return frozenset(text.split())
-
-
-# flags that never change what llama-server allocates: those taking a value, then switches
-_NEUTRAL_VALUE = _words(
-    "-m --model --host --port -a --alias -t --threads -tb --threads-batch --api-key "
-    "--api-key-file --temp --top-k --top-p --min-p --typical --repeat-penalty --repeat-last-n "
-    "--presence-penalty --frequency-penalty -s --seed -n --n-predict --predict --chat-template "
-    "--chat-template-file --reasoning-format --reasoning-budget -lv --verbosity --log-verbosity "
-    "--log-file --log-colors -to --timeout --threads-http --slot-save-path --spec-type "
-    "--api-prefix --path --alias-file --slot-prompt-similarity -sps"
-)
-_NEUTRAL_BOOL = _words(
-    "--jinja --no-jinja -v --verbose --log-verbose --log-prefix --no-log-prefix --log-timestamps "
-    "--no-log-timestamps --log-disable --metrics --slots --no-slots --props --webui --no-webui "
-    "--no-perf --perf --verbose-prompt"
-)
 _OFFLOADED = re.compile(r"load_tensors: offloaded (\d+)/(\d+) layers to GPU")
 _FITTED = "cannot meet free memory target"  # common/fit.cpp: --fit changes the parameters
 _READY = re.compile(r"\bmodel loaded\b")  # llama-server: after the draft and projector loads
@@ -87,80 +51,6 @@ _RELEVANT = (
     "loading draft model",
     _FITTED,
 )
-
-
-# -- the key ------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=64)
-def _part_identity(path: str, size: int, mtime_ns: int, header_bytes: int) -> str:
-    """sha256 of one local part's header (blocking: reads at most the header's bytes)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        left = header_bytes
-        while left > 0 and (chunk := f.read(min(left, 1 << 20))):
-            digest.update(chunk)
-            left -= len(chunk)
-    return f"{size}:{digest.hexdigest()[:24]}"
-
-
-def model_identity(model: GGUFModel) -> str | None:
-    """The identity of a local GGUF model (all of its parts); None for a remote one."""
-    names = split_names(model.location)
-    if len(names) != len(model.parts) or any(n.startswith(("http://", "https://")) for n in names):
-        return None
-    ids = []
-    for name, part in zip(names, model.parts, strict=True):
-        try:
-            st = os.stat(name)
-        except OSError:
-            return None
-        ids.append(_part_identity(name, st.st_size, st.st_mtime_ns, part.data_offset))
-    return "+".join(ids)
-
-
-def engine_build(engine_id: str, binary: Path) -> str:
-    """The engine build part of a key: its id and its binary's size + mtime."""
-    try:
-        st = binary.stat()
-    except OSError:
-        return f"{engine_id}@missing"
-    return f"{engine_id}@{st.st_size}:{st.st_mtime_ns}"
-
-
-def memory_flags(argv: list[str], identities: dict[str, str]) -> list[str]:
-    """The memory-relevant flags of a llama-server argv (without the program), with the files it
-    names (model, projector, draft) replaced by their identities; order-independent."""
-    kept: list[str] = []
-    tokens = list(argv)
-    i = 0
-    while i < len(tokens):
-        token = tokens[i]
-        flag, eq, _ = token.partition("=") if token.startswith("--") else (token, "", "")
-        if flag in _NEUTRAL_VALUE:
-            i += 1 if eq else 2
-            continue
-        if flag in _NEUTRAL_BOOL:
-            i += 1
-            continue
-        kept.append(identities.get(token, token))
-        i += 1
-    flags = parse_server_args(kept)
-    flags = flags.with_(
-        mmproj=identities.get(flags.mmproj or "", flags.mmproj),
-        draft_model=identities.get(flags.draft_model or "", flags.draft_model),
-    )
-    return flags.to_args()
-
-
-def memory_key(spec: dict[str, Any]) -> str:
-    """The key of a load described by ``spec`` (``load_spec``)."""
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def load_spec(
-    model_id: str, build: str, argv: list[str], identities: dict[str, str], devices: list[str]
-) -> dict[str, Any]:
-    """What a key is made of, readable (stored beside the measurement)."""
-    return {"model": model_id, "engine": build, "flags": memory_flags(argv, identities), "devices": devices}
 
 
 # -- figures ------------------------------------------------------------------------------------
@@ -298,31 +188,37 @@ class MemoryPlan:
         est = totals(self.estimated)
         got = totals(m.measured) if m else {}
         at = m.measured_at.date().isoformat() if m and m.measured_at else None
-        devices = sorted(set(est) | set(got), key=lambda d: (d == HOST, d))
+        held = m.process if m else {}
+        devices = sorted(set(est) | set(got) | set(held), key=lambda d: (d == HOST, d))
         return {
             "key": self.key,
             "source": self.source,
             "estimated": est,
-            "measured": got if m else None,
+            "measured": got if m and m.measured else None,
             "process": dict(m.process) if m else {},
             "measured_at": m.measured_at.isoformat() if m and m.measured_at else None,
             "loads": m.loads if m else 0,
             "comparable": m.comparable if m else None,
             "note": m.note if m else None,
             "drift": {d: round(r, 4) for d, r in m.drift().items()} if m else {},
-            "summary": [describe(d, est.get(d, 0), got.get(d) if m else None, at) for d in devices],
+            "summary": [
+                describe(d, est.get(d, 0), got.get(d, 0) if m and m.measured else None, at, held.get(d, 0))
+                for d in devices
+            ],
         }
 
 
-def describe(device: str, estimated: int, measured: int | None, on: str | None) -> str:
-    """``CPU: estimated 20.1 MiB, measured 39.6 MiB on 2026-11-23 (-49.2 %)``."""
+def describe(device: str, estimated: int, measured: int | None, on: str | None, held: int = 0) -> str:
+    """``CPU: estimated 20.1 MiB, measured 39.6 MiB on 2026-11-23 (-49.2 %)``; ``held``: what the
+    process held on a GPU (NVML)."""
     text = f"{device}: estimated {_mib(estimated)}"
     if measured is None:
-        return text + ", not measured yet"
-    text += f", measured {_mib(measured)}" + (f" on {on}" if on else "")
-    if measured:
-        text += f" ({(estimated - measured) / measured * 100:+.1f} %)"
-    return text
+        text += ", not measured yet"
+    else:
+        text += f", measured {_mib(measured)}" + (f" on {on}" if on else "")
+        if measured:
+            text += f" ({(estimated - measured) / measured * 100:+.1f} %)"
+    return text + (f"; the process held {_mib(held)} (NVML)" if held else "")
 
 
 def _mib(n: int) -> str:

@@ -140,6 +140,7 @@ class Learner:
         self.known: dict[str, Measurement] = {}  # by key: what the runtime has read or recorded
         self.drift_events: dict[str, int] = {}  # model → loads measured with a drift, since start
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writing = asyncio.Lock()  # one read-modify-write of a row at a time
 
     async def close(self) -> None:
         for t in list(self._tasks):
@@ -195,6 +196,12 @@ class Learner:
         logged: Logged | None,
         held: dict[str, int],
         load: bool = False,
+    ) -> None:
+        async with self._writing:
+            await self._write(model, plan, logged, held, load)
+
+    async def _write(
+        self, model: str, plan: MemoryPlan, logged: Logged | None, held: dict[str, int], load: bool
     ) -> None:
         old = self.known.get(plan.key) or await asyncio.to_thread(self.store.get, plan.key)
         now = _now()

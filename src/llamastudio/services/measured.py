@@ -14,7 +14,8 @@ from llamastudio.engines.registry import EngineRegistry
 from llamastudio.errors import StudioError
 from llamastudio.fit.estimator import Estimate
 from llamastudio.fit.flags import ServerFlags
-from llamastudio.fit.measured import engine_build, plan_memory
+from llamastudio.fit.loadkey import engine_build
+from llamastudio.fit.measured import plan_memory
 from llamastudio.gguf import GGUFModel
 from llamastudio.runtime.measured import MeasuredStore
 from llamastudio.services.snapshots import MemoryView

@@ -22,7 +22,8 @@ from llamastudio.errors import InvalidInput, NotFound, StudioError
 from llamastudio.fit.companions import Companions
 from llamastudio.fit.estimator import Estimate, estimate
 from llamastudio.fit.flags import parse_server_args
-from llamastudio.fit.measured import MemoryPlan, engine_build, plan_memory
+from llamastudio.fit.loadkey import engine_build
+from llamastudio.fit.measured import MemoryPlan, plan_memory
 from llamastudio.fit.planner import Goal, Plan, plan
 from llamastudio.gguf import GGUFModel, facts_from_model, load_model
 from llamastudio.gguf.roles import draft_mismatch
