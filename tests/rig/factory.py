@@ -291,6 +291,79 @@ def build_mamba(path: Path, vocab: Vocab, split: int = 0) -> None:
     m.write(path, cfg, split)
 
 
+def _mamba2_mixer(
+    m: _Model, i: int, d_inner: int, d_state: int, d_conv: int, n_group: int, n_head: int
+) -> None:
+    """Mamba-2 mixer tensors, as llama_model_mamba2::load_arch_tensors creates them."""
+    conv_dim = d_inner + 2 * n_group * d_state
+    m.mat(f"blk.{i}.ssm_in.weight", m.n_embd, d_inner + conv_dim + n_head)
+    m.mat(f"blk.{i}.ssm_conv1d.weight", d_conv, conv_dim, f32=True)
+    m.vec(f"blk.{i}.ssm_conv1d.bias", conv_dim, value=None)
+    m.vec(f"blk.{i}.ssm_dt.bias", n_head, value=None)
+    m.vec(f"blk.{i}.ssm_a", 1, n_head, value=-1.0)
+    m.vec(f"blk.{i}.ssm_d", 1, n_head)
+    m.vec(f"blk.{i}.ssm_norm.weight", d_inner // n_group, n_group)
+    m.mat(f"blk.{i}.ssm_out.weight", d_inner, m.n_embd)
+
+
+def build_mamba2(path: Path, vocab: Vocab, split: int = 0) -> None:
+    """Recurrent (Mamba-2): multi-head SSM with grouped B/C, a grouped RMS norm, no KV cache."""
+    n_embd, n_layer, d_inner, d_state, d_conv, n_group, n_head = 128, 2, 256, 32, 4, 2, 8
+    m = _Model("mamba2", n_embd, vocab, seed=6)
+    m.embed_and_output()
+    for i in range(n_layer):
+        m.vec(f"blk.{i}.attn_norm.weight", n_embd)
+        _mamba2_mixer(m, i, d_inner, d_state, d_conv, n_group, n_head)
+
+    def cfg(w: gguf.GGUFWriter) -> None:
+        w.add_block_count(n_layer)
+        w.add_feed_forward_length(0)
+        w.add_head_count(0)
+        w.add_ssm_conv_kernel(d_conv)
+        w.add_ssm_inner_size(d_inner)
+        w.add_ssm_state_size(d_state)
+        w.add_ssm_time_step_rank(n_head)
+        w.add_ssm_group_count(n_group)
+
+    m.write(path, cfg, split)
+
+
+def build_granitehybrid(path: Path, vocab: Vocab, split: int = 0) -> None:
+    """Hybrid attention + Mamba-2 (Granite-4.0-H style): a layer is recurrent iff its KV head count
+    is 0; here layers 0, 1 and 3 are Mamba-2 mixers and layer 2 attends (GQA, RoPE); dense FFNs."""
+    n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff = 128, 4, 4, 2, 32, 256
+    d_inner, d_state, d_conv, n_group, n_ssm_head = 2 * n_embd, 16, 4, 1, 8
+    kv_heads = [0, 0, n_head_kv, 0]
+    m = _Model("granitehybrid", n_embd, vocab, seed=7)
+    m.embed_and_output()
+    for i in range(n_layer):
+        if kv_heads[i]:
+            _attention(m, i, n_head, n_head_kv, head_dim, qk_norm=False)
+        else:
+            m.vec(f"blk.{i}.attn_norm.weight", n_embd)
+            _mamba2_mixer(m, i, d_inner, d_state, d_conv, n_group, n_ssm_head)
+        _ffn(m, i, n_ff)
+
+    def cfg(w: gguf.GGUFWriter) -> None:
+        w.add_block_count(n_layer)
+        w.add_feed_forward_length(n_ff)
+        w.add_head_count(n_head)
+        w.add_head_count_kv(kv_heads)
+        w.add_rope_dimension_count(head_dim)
+        w.add_rope_freq_base(10000.0)
+        w.add_ssm_conv_kernel(d_conv)
+        w.add_ssm_inner_size(d_inner)
+        w.add_ssm_state_size(d_state)
+        w.add_ssm_time_step_rank(n_ssm_head)
+        w.add_ssm_group_count(n_group)
+        w.add_embedding_scale(12.0)
+        w.add_residual_scale(0.22)
+        w.add_logit_scale(8.0)
+        w.add_attention_scale(1.0 / head_dim)
+
+    m.write(path, cfg, split)
+
+
 BUILDERS: dict[str, Callable[..., None]] = {
     "llama": _dense("llama", 256, 2, 8, 2, 512, qk_norm=False),
     "qwen3": _dense("qwen3", 128, 2, 4, 2, 256, qk_norm=True),
@@ -298,5 +371,7 @@ BUILDERS: dict[str, Callable[..., None]] = {
     "qwen3moe": build_qwen3moe,
     "deepseek2": build_deepseek2,
     "mamba": build_mamba,
+    "mamba2": build_mamba2,
+    "granitehybrid": build_granitehybrid,
 }
 ARCHS = tuple(BUILDERS)

@@ -1,30 +1,57 @@
-"""Compute-buffer model.
+"""Compute-buffer model: ggml-alloc replayed on the graph llama.cpp reserves.
 
-llama.cpp sizes a compute buffer as ggml-alloc's peak over the worst-case graph (``n_ubatch``
-tokens against the full KV cache). There is no closed form; this model follows the graph's shape:
-the KQ masks live through the whole graph, and the peak is reached either in attention, in the FFN,
-or at the output. Per-token coefficients were fitted on the real binary (CPU backend, pinned
-llama.cpp) with ``bench/estimate_accuracy.py``, which prints the error of every category:
+llama.cpp sizes a compute buffer in ``llama_context::sched_reserve``: it builds the worst-case
+graph for a prompt batch (``n_tokens = min(n_ctx, n_ubatch)`` rounded up to a multiple of
+``n_seq_max``, ``n_seq_max`` sequences, ``min(n_tokens, n_outputs_max)`` output rows), then for a
+generation batch (``n_seq_max`` tokens and outputs), then the prompt batch again, against the
+whole KV cache (``init_full``); ggml-alloc places every tensor of each graph and the buffer keeps
+the largest size it reached. There is no closed form, so this module builds the same graph
+(``stacks.py``, ``graphs.py``: shapes only) and replays the allocator (``galloc.py``). The rules,
+from the pinned source, that decide the size:
 
-    masks      = n_kv·n_ub·2 per distinct mask with flash attention (F16), ·4 without (F32)
-    attention  = 4·n_ub·(6·n_embd + n_embd_k_gqa + n_embd_v_gqa)  [+ 4·n_kv·n_ub·n_head for KQ
-                 when flash attention is off]
-    ffn        = 4·n_ub·(3·n_ff_active + 3·n_embd)   (n_ff_active: n_ff, or experts used·n_ff_exp
-                 plus shared experts; gemma-family FFNs hold 2·n_embd more)
-    recurrent  = 4·n_ub·(7.5·d_inner)
-    output     = 4·n_ub·7·n_embd + 4·min(n_ub, n_seq)·n_vocab, without the masks (freed by then;
-                 this build reserves logits only for the rows it can output, not for every token)
+- **Allocator** (``ggml-alloc.c``): inputs are placed first and live until their last reader;
+  nodes are placed in graph order; an op that can work in place (add, mul, scale, norms, rope,
+  softmax, unary) takes its parent's memory only when it is the parent's last reader and the
+  parent is neither a view nor an output; a tensor is freed after its last reader (a viewed
+  tensor after the last reader of its last view); outputs (final norm, logits) are never freed;
+  best-fit free blocks, 32-byte alignment, the buffer is the highest end reached.
+- **Inputs** (``llama-graph.cpp``): the token ids, a raw-embeddings input (``n_embd × n_tokens``
+  F32) and the mixed-batch path (its copy of that input is never freed) are all in every graph;
+  positions; per attention cache: K/V row indices (I64; without flash attention the transposed V
+  is stored element by element, ``n_tokens·n_embd_v_gqa`` indices) and the KQ mask
+  ``n_kv × n_tokens`` (F16 with flash attention, F32 without; one more for sliding-window
+  layers); a Hadamard rotation input and a rotated copy of Q, K (and V, and the attention output)
+  when a cache type is quantized and the head size is a multiple of 64.
+- **Attention**: Q, K, V projections (RoPE can't work in place on the reshaped view, so each is
+  copied once); without flash attention ``KQ = n_kv × n_tokens × n_head`` F32 and its softmax
+  (in place), then ``V·KQ`` and a contiguous copy of the output. MLA (DeepSeek-2) works on
+  ``n_head × (kv_lora_rank + rope dims)`` absorbed queries, one compressed cache row per token,
+  decompresses the output per head, and without flash attention copies V (a view of the K cache)
+  into a contiguous ``n_kv × kv_lora_rank`` tensor per layer.
+- **FFN**: up and gate projections, a fused GLU (not in place), down; MoE adds router logits,
+  probabilities, top-k ids and weights, and three ``n_ff_exp × n_used × n_tokens`` expert
+  products before the weighted sum.
+- **Recurrent layers** (Mamba-1/2, ``mamba-base.cpp``): the state gather (``get_rows`` of every
+  recurrent cell's conv state, F32), the in-projection, ``conv_x = state ++ tokens``, the conv,
+  and the scan, whose result holds ``y`` and the new SSM states of every sequence
+  (``d_state·d_inner·n_seqs`` floats) — the part that grows with parallel sequences.
+- **Output**: the last layer keeps only the output rows (``get_rows``), then the final norm and
+  ``n_vocab × n_outputs`` logits (plus in-place logit scaling/soft-capping).
 
-    peak = max(masks + max(attention, ffn, recurrent), output)
+Measured against llama-server's own logs with ``bench/estimate_accuracy.py``: byte-exact on the
+CPU backend for the rig's architectures. Architectures without a stack of their own are built as
+the llama-style decoder (``stacks.build``).
 
-GPU buffers (not calibrated here: no GPU in CI) use the same graph on the device holding the
+GPU buffers (not calibrated here: no GPU in CI) use the same graph peak on the device holding the
 layers; a partially offloaded model also streams its largest CPU layer through the first GPU's
 buffer for large batches, and the host keeps the input embeddings and masks.
 """
 
 from __future__ import annotations
 
-from llamastudio.fit.arch import attention_layers, recurrent_layers, swa_layers
+from llamastudio.fit.galloc import buffer_size
+from llamastudio.fit.graphs import Batch, Cache
+from llamastudio.fit.stacks import build
 from llamastudio.fit.usage import Context, DeviceUsage
 from llamastudio.gguf import ModelFacts
 from llamastudio.hardware import Gpu
@@ -32,60 +59,38 @@ from llamastudio.hardware import Gpu
 HOST = "CPU"
 
 
-def _ffn_active(f: ModelFacts) -> int:
-    n_ff = f.feed_forward_length
-    dense = max(n_ff) if isinstance(n_ff, list) else (n_ff or 0)
-    if not f.expert_count:
-        return dense
-    n_ff_exp = int(f.arch_keys.get("expert_feed_forward_length") or 0) or dense // max(f.expert_used_count, 1)
-    shared = int(f.arch_keys.get("expert_shared_count") or 0)
-    shexp = int(f.arch_keys.get("expert_shared_feed_forward_length") or 0) or n_ff_exp
-    moe = n_ff_exp * f.expert_used_count + shared * shexp + f.expert_count
-    lead = int(f.arch_keys.get("leading_dense_block_count") or 0)
-    return max(moe, dense if lead else 0)
+def reserve_batches(ctx: Context) -> list[Batch]:
+    """The prompt and generation batches ``sched_reserve`` builds graphs for."""
+    n_seqs = max(1, ctx.n_seq)
+    n_tokens = min(ctx.n_ctx, ctx.n_ubatch)
+    n_outputs = min(n_tokens, ctx.n_outputs or n_seqs)
+    n_tokens = -(-n_tokens // n_seqs) * n_seqs  # graph_reserve: a multiple of n_seqs
+    return [Batch(n_tokens, n_seqs, n_outputs), Batch(n_seqs, n_seqs, n_seqs)]
 
 
-def graph_peak(f: ModelFacts, ctx: Context) -> int:
-    """Peak bytes of the worst-case graph when every layer runs on one backend."""
-    n_ub = ctx.n_ubatch
-    n_embd = f.embedding_length
-    attn = attention_layers(f)
-    swa = swa_layers(f)
-    masks = 0
-    mask_elt = 2 if ctx.flash_attn else 4
-    if any(a and not s for a, s in zip(attn, swa, strict=False)):
-        masks += ctx.kv_cells * n_ub * mask_elt
-    if any(a and s for a, s in zip(attn, swa, strict=False)):
-        masks += ctx.kv_cells_swa * n_ub * mask_elt
-
-    candidates = []
-    if any(attn):
-        kv_dims = max(
-            f.key_length * f.n_head_kv(il) + f.value_length * f.n_head_kv(il)
-            for il in range(f.block_count)
-            if attn[il]
-        )
-        attention = 4 * n_ub * (6 * n_embd + kv_dims)
-        if not ctx.flash_attn:
-            n_head = max(f.n_head(il) for il in range(f.block_count) if attn[il])
-            attention += 4 * ctx.kv_cells * n_ub * n_head
-        candidates.append(attention)
-    if any(recurrent_layers(f)):
-        candidates.append(int(4 * n_ub * 7.5 * (f.ssm_inner_size or 2 * n_embd)))
-    ffn = _ffn_active(f)
-    if ffn:
-        # gemma-family FFNs (GELU, post-FFN norm) keep two more n_embd rows live
-        extra = 2 * n_embd if f.architecture.startswith("gemma") else 0
-        candidates.append(4 * n_ub * (3 * ffn + 3 * n_embd) + 4 * n_ub * extra)
-    # the masks are freed after the last attention, before the logits are computed
-    output = 4 * n_ub * 7 * n_embd + 4 * min(n_ub, ctx.n_outputs or ctx.n_seq) * f.vocab_size
-    return max(masks + max(candidates), output)
+def graph_peak(f: ModelFacts, ctx: Context, cache_types: tuple[str, str] = ("f16", "f16")) -> int:
+    """Bytes of the compute buffer when every layer runs on one backend (the CPU's)."""
+    cache = Cache(
+        n_kv=ctx.kv_cells,
+        n_kv_swa=ctx.kv_cells_swa,
+        n_stream=ctx.n_stream,
+        type_k=cache_types[0],
+        type_v=cache_types[1],
+        flash_attn=ctx.flash_attn,
+        n_rs=max(1, ctx.n_seq),
+    )
+    return max(buffer_size(build(f, cache, b)) for b in reserve_batches(ctx))
 
 
 def compute_bytes(
-    f: ModelFacts, ctx: Context, placement: list[str], usage: dict[str, DeviceUsage], gpus: tuple[Gpu, ...]
+    f: ModelFacts,
+    ctx: Context,
+    placement: list[str],
+    usage: dict[str, DeviceUsage],
+    gpus: tuple[Gpu, ...],
+    cache_types: tuple[str, str] = ("f16", "f16"),
 ) -> dict[str, int]:
-    peak = graph_peak(f, ctx)
+    peak = graph_peak(f, ctx, cache_types)
     gpu_names = [g.device_name for g in gpus]
     used = [name for name in gpu_names if usage[name].layers or name == placement[-1]]
     if not used:
