@@ -37,7 +37,8 @@ _EXPS = re.compile(r"^blk\.(\d+)\.ffn_(up|down|gate|gate_up)_(ch|)exps")
 def resolve_context(f: ModelFacts, flags: ServerFlags, gpus: tuple[Gpu, ...] = ()) -> Context:
     """n_ctx/n_ctx_seq/streams/batches as llama_context computes them (llama-context.cpp)."""
     n_ctx_train = f.context_length or 4096
-    n_ctx = pad(flags.ctx_size or n_ctx_train, 256)
+    raw_ctx = flags.ctx_size or n_ctx_train
+    n_ctx = pad(raw_ctx, 256)
     n_seq = flags.n_seq
     unified = flags.unified
     if unified:
@@ -45,7 +46,7 @@ def resolve_context(f: ModelFacts, flags: ServerFlags, gpus: tuple[Gpu, ...] = (
     else:
         n_ctx_seq = pad(n_ctx // n_seq, 256)
         n_ctx, n_stream = n_ctx_seq * n_seq, n_seq
-    n_batch = min(n_ctx, flags.batch_size)
+    n_batch = min(raw_ctx, flags.batch_size)  # llama_context: -c before padding and splitting
     n_ubatch = min(n_batch, flags.ubatch_size)
     if flags.embedding or flags.reranking:
         n_batch = n_ubatch  # llama-server: "embeddings enabled ... setting n_batch = n_ubatch"
@@ -209,7 +210,8 @@ def estimate(
     # output logits: host memory (pinned when a GPU is used), n_vocab floats per output row
     host.output = 4 * f.vocab_size * ctx.n_seq
 
-    for dev_usage, cb in compute_bytes(f, ctx, placement, usage, gpus).items():
+    cache_types = (flags.cache_type_k, flags.cache_type_v)
+    for dev_usage, cb in compute_bytes(f, ctx, placement, usage, gpus, cache_types).items():
         usage[dev_usage].compute = cb
 
     if companions is not None:
