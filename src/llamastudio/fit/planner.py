@@ -152,12 +152,16 @@ def plan(
         hi = ctx_train if goal == "max-context" else min(ctx_train, TARGET_CTX[goal])
         lo = min(MIN_CTX, hi)
     fa_ok = all(g.flash_attn for g in hw.gpus)
-    flags = (base or ServerFlags()).with_(flash_attn="on" if fa_ok else "off")
-    reasons.append(
-        "flash attention on: every device supports it (smaller compute buffers, quantized KV possible)"
-        if fa_ok
-        else "flash attention off: a GPU older than compute capability 6.0 lacks the kernels"
-    )
+    flags = base or ServerFlags()
+    if flags.flash_attn != "auto":  # the user's choice is kept, like every flag they gave
+        reasons.append(f"flash attention {flags.flash_attn} as asked")
+    else:
+        flags = flags.with_(flash_attn="on" if fa_ok else "off")
+        reasons.append(
+            "flash attention on: every device supports it (smaller compute buffers, quantized KV possible)"
+            if fa_ok
+            else "flash attention off: a GPU older than compute capability 6.0 lacks the kernels"
+        )
     if parallel:
         flags = flags.with_(parallel=parallel)
         reasons.append(f"{parallel} parallel slot(s) as asked")

@@ -76,6 +76,9 @@ class DeviceBytes(Snapshot):
     name: str
     label: str
     total: int
+    parts: dict[str, int] = Field(
+        default_factory=dict, description="Bytes by category (model, kv, rs, output, compute, mmproj, draft)."
+    )
 
 
 class EstimateView(Snapshot):

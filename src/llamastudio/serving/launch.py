@@ -20,7 +20,7 @@ from llamastudio.engines.kinds import COMMAND, FOR_FORMAT, ModelRequest, Traits,
 from llamastudio.engines.registry import Engine, EngineRegistry
 from llamastudio.errors import InvalidInput, NotFound, StudioError
 from llamastudio.fit.companions import Companions
-from llamastudio.fit.estimator import Estimate, estimate
+from llamastudio.fit.estimator import DeviceUsage, Estimate, estimate
 from llamastudio.fit.flags import parse_server_args
 from llamastudio.fit.loadkey import engine_build
 from llamastudio.fit.measured import MemoryPlan, plan_memory
@@ -75,7 +75,10 @@ class Prepared:
             "estimate": None
             if est is None
             else {
-                "devices": [{"name": d.name, "label": d.label, "total": d.total} for d in est.devices],
+                "devices": [
+                    {"name": d.name, "label": d.label, "total": d.total, "parts": parts(d)}
+                    for d in est.devices
+                ],
                 "n_ctx": est.context.n_ctx,
                 "n_gpu_layers": est.n_gpu_layers,
             },
@@ -249,9 +252,7 @@ class Launcher:
                 "total": d.total,
                 "free": free.get(d.name, 0),
                 "fits": d.total <= free.get(d.name, 0),
-                "parts": {
-                    k: getattr(d, k) for k in ("model", "kv", "rs", "output", "compute", "mmproj", "draft")
-                },
+                "parts": parts(d),
             }
             for d in est.devices
         ]
@@ -352,6 +353,11 @@ def _wrong_format(cfg: ModelConfig, fmt: str, engine: Engine) -> str:
 def _stamp(path: Path) -> Stamp:
     st = path.stat()
     return st.st_size, st.st_mtime_ns
+
+
+def parts(d: DeviceUsage) -> dict[str, int]:
+    """A device's bytes by category (the UI's stacked memory bar)."""
+    return {k: getattr(d, k) for k in ("model", "kv", "rs", "output", "compute", "mmproj", "draft")}
 
 
 def _stamp_or_none(path: Path) -> Stamp | None:
