@@ -356,6 +356,9 @@ class Container:
 
     def wait_healthy(self) -> None:
         wait_for("the container did not become healthy", lambda: self.health() == "healthy", 240, self.logs)
+        for line in self.logs().splitlines():  # what the entrypoint did at this start
+            if line.startswith(("llamastudio-entrypoint:", "register_engine:")):
+                say(f"  log: {line}")
 
     def exec(self, *argv: str) -> str:
         return self.docker("exec", self.name, *argv).stdout
@@ -428,12 +431,11 @@ def end_to_end(docker: Docker, keep: bool) -> None:
             set(k) == {"LLAMASTUDIO_API_KEY", "LLAMASTUDIO_GATEWAY_API_KEY"},
             "API keys generated into the data volume",
         )
-        check(
-            docker("inspect", "--format", "{{.Config.User}}", box.name).stdout.strip() == "studio",
-            "image user is studio",
-        )
+        user = docker("inspect", "--format", "{{.Config.User}}", box.name).stdout.strip()
+        whoami = box.exec("id", "-un").strip()
+        check(user == f"{STUDIO_UID}:{STUDIO_UID}" and whoami == "studio", f"image user {user} ({whoami})")
         uids = {
-            line.split()[0] for line in docker("top", box.name, "-eo", "uid,args").stdout.splitlines()[1:]
+            line.split()[1] for line in docker("top", box.name, "-eo", "pid,uid,args").stdout.splitlines()[1:]
         }
         check(
             uids == {str(STUDIO_UID)} or os.geteuid() != 0, f"every process runs as uid {STUDIO_UID} ({uids})"
