@@ -333,6 +333,7 @@ def wait_for(what: str, probe: Callable[[], bool], timeout: float, logs: Callabl
 class Container:
     def __init__(self, docker: Docker, name: str, data: Path) -> None:
         self.docker, self.name, self.data = docker, name, data
+        self.shown = 0  # entrypoint log lines shown so far
 
     def start(self) -> None:
         argv = ["run", "-d", "--name", self.name, "-v", f"{self.data}:/app/data"]
@@ -356,9 +357,14 @@ class Container:
 
     def wait_healthy(self) -> None:
         wait_for("the container did not become healthy", lambda: self.health() == "healthy", 240, self.logs)
-        for line in self.logs().splitlines():  # what the entrypoint did at this start
-            if line.startswith(("llamastudio-entrypoint:", "register_engine:")):
-                say(f"  log: {line}")
+        lines = [
+            line
+            for line in self.logs().splitlines()
+            if line.startswith(("llamastudio-entrypoint:", "register_engine:"))
+        ]
+        for line in lines[self.shown :]:  # what the entrypoint did at this start
+            say(f"  log: {line}")
+        self.shown = len(lines)
 
     def exec(self, *argv: str) -> str:
         return self.docker("exec", self.name, *argv).stdout
