@@ -49,8 +49,9 @@ buffer for large batches, and the host keeps the input embeddings and masks.
 
 from __future__ import annotations
 
+from llamastudio.fit.flags import ServerFlags
 from llamastudio.fit.galloc import buffer_size
-from llamastudio.fit.graphs import Batch, Cache
+from llamastudio.fit.graphs import Batch, Setup
 from llamastudio.fit.stacks import build
 from llamastudio.fit.usage import Context, DeviceUsage
 from llamastudio.gguf import ModelFacts
@@ -68,18 +69,23 @@ def reserve_batches(ctx: Context) -> list[Batch]:
     return [Batch(n_tokens, n_seqs, n_outputs), Batch(n_seqs, n_seqs, n_seqs)]
 
 
-def graph_peak(f: ModelFacts, ctx: Context, cache_types: tuple[str, str] = ("f16", "f16")) -> int:
+def graph_peak(f: ModelFacts, ctx: Context, flags: ServerFlags | None = None) -> int:
     """Bytes of the compute buffer when every layer runs on one backend (the CPU's)."""
-    cache = Cache(
+    flags = flags or ServerFlags()
+    pooling = None
+    if flags.embedding or flags.reranking:  # llama_context: --pooling, else the model's, else none
+        pooling = "rank" if flags.reranking else (flags.pooling or f.pooling or "none")
+    setup = Setup(
         n_kv=ctx.kv_cells,
         n_kv_swa=ctx.kv_cells_swa,
         n_stream=ctx.n_stream,
-        type_k=cache_types[0],
-        type_v=cache_types[1],
+        type_k=flags.cache_type_k,
+        type_v=flags.cache_type_v,
         flash_attn=ctx.flash_attn,
         n_rs=max(1, ctx.n_seq),
+        pooling=pooling,
     )
-    return max(buffer_size(build(f, cache, b)) for b in reserve_batches(ctx))
+    return max(buffer_size(build(f, setup, b)) for b in reserve_batches(ctx))
 
 
 def compute_bytes(
@@ -88,9 +94,9 @@ def compute_bytes(
     placement: list[str],
     usage: dict[str, DeviceUsage],
     gpus: tuple[Gpu, ...],
-    cache_types: tuple[str, str] = ("f16", "f16"),
+    flags: ServerFlags | None = None,
 ) -> dict[str, int]:
-    peak = graph_peak(f, ctx, cache_types)
+    peak = graph_peak(f, ctx, flags)
     gpu_names = [g.device_name for g in gpus]
     used = [name for name in gpu_names if usage[name].layers or name == placement[-1]]
     if not used:

@@ -210,8 +210,7 @@ def estimate(
     # output logits: host memory (pinned when a GPU is used), n_vocab floats per output row
     host.output = 4 * f.vocab_size * ctx.n_seq
 
-    cache_types = (flags.cache_type_k, flags.cache_type_v)
-    for dev_usage, cb in compute_bytes(f, ctx, placement, usage, gpus, cache_types).items():
+    for dev_usage, cb in compute_bytes(f, ctx, placement, usage, gpus, flags).items():
         usage[dev_usage].compute = cb
 
     if companions is not None:

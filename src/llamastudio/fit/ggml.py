@@ -185,6 +185,13 @@ def set_rows(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
     return Tensor(a.type, a.ne, "SET_ROWS", (b, c, a), view_src=a, nb=a.nb)
 
 
+def cast(a: Tensor, type_name: str) -> Tensor:
+    """ggml_cast: a CPY whose second source is the result itself."""
+    t = Tensor(type_name, a.ne, "CPY", (a,))
+    t.src = (a, t)
+    return t
+
+
 def get_rows(a: Tensor, b: Tensor) -> Tensor:
     return Tensor(
         "i32" if a.type == "i32" else "f32", (a.ne[0], b.ne[0], b.ne[1], b.ne[2]), "GET_ROWS", (a, b)

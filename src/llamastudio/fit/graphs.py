@@ -27,8 +27,9 @@ class Batch:
 
 
 @dataclass(frozen=True)
-class Cache:
-    """The KV cache as the graph sees it (``init_full``): every cell of every stream."""
+class Setup:
+    """What the graph sees of the context: the KV cache as ``init_full`` presents it (every cell
+    of every stream), the recurrent-state cells, and whether embeddings are pooled."""
 
     n_kv: int  # cells per stream, full-attention layers
     n_kv_swa: int  # cells per stream, sliding-window layers
@@ -37,12 +38,13 @@ class Cache:
     type_v: str
     flash_attn: bool
     n_rs: int = 1  # recurrent-state cells (max(1, n_seq_max))
+    pooling: str | None = None  # embeddings on: none, mean, cls, last, rank
 
 
 class Llm:
     """The shared pieces of ``llm_graph_context``."""
 
-    def __init__(self, f: ModelFacts, cache: Cache, batch: Batch) -> None:
+    def __init__(self, f: ModelFacts, cache: Setup, batch: Batch) -> None:
         self.f = f
         self.cache = cache
         self.n_tokens = batch.n_tokens
@@ -117,20 +119,29 @@ class Llm:
         return G.new_input("f32", n, n)
 
     # ---- layers -------------------------------------------------------------------------------
-    def norm(self, x: Tensor, rms: bool = True) -> Tensor:
-        """build_norm with a weight: the norm, then the weight multiplied in place."""
-        n = G.rms_norm(x) if rms else G.norm(x)
-        return G.mul(n, G.weight("f32", x.ne[0]))
+    def norm(self, x: Tensor, rms: bool = True, bias: bool = False) -> Tensor:
+        """build_norm with a weight (and a bias): the norm, then the weight multiplied in place."""
+        n = G.mul(G.rms_norm(x) if rms else G.norm(x), G.weight("f32", x.ne[0]))
+        return G.add(n, G.weight("f32", x.ne[0])) if bias else n
 
-    def mm(self, x: Tensor, n_out: int) -> Tensor:
-        return G.mul_mat(G.weight(W, x.ne[0], n_out), x)
+    def mm(self, x: Tensor, n_out: int, bias: bool = False) -> Tensor:
+        out = G.mul_mat(G.weight(W, x.ne[0], n_out), x)
+        return G.add(out, G.weight("f32", n_out)) if bias else out
 
-    def qkv(self, x: Tensor, head_k: int, n_head: int, n_head_kv: int, head_v: int) -> tuple[Tensor, ...]:
+    def qkv(
+        self, x: Tensor, head_k: int, n_head: int, n_head_kv: int, head_v: int, bias: bool = False
+    ) -> tuple[Tensor, ...]:
         n = x.ne[1]
-        q = G.reshape(self.mm(x, head_k * n_head), head_k, n_head, n)
-        k = G.reshape(self.mm(x, head_k * n_head_kv), head_k, n_head_kv, n)
-        v = G.reshape(self.mm(x, head_v * n_head_kv), head_v, n_head_kv, n)
+        q = G.reshape(self.mm(x, head_k * n_head, bias), head_k, n_head, n)
+        k = G.reshape(self.mm(x, head_k * n_head_kv, bias), head_k, n_head_kv, n)
+        v = G.reshape(self.mm(x, head_v * n_head_kv, bias), head_v, n_head_kv, n)
         return q, k, v
+
+    def attn_nocache(self, mask: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: bool = False) -> Tensor:
+        """build_attn without a cache (bidirectional encoders): K and V are this batch's rows."""
+        for t in (q, k, v):
+            self.expand(t)
+        return self.mm(self.mha(q, k, v, mask), self.n_embd, bias)
 
     @staticmethod
     def hadamard(x: Tensor, rot: Tensor) -> Tensor:
@@ -212,6 +223,10 @@ class Llm:
         if self.cache.flash_attn:
             if v_trans:
                 v = G.transpose(v)
+            if k.type == "f32":  # no cache: the batch's own K and V, cast for flash attention
+                k = G.cast(k, "f16")
+            if v.type == "f32":
+                v = G.cast(v, "f16")
             cur = G.flash_attn_ext(q, k, v, mask, None)
             if v_mla is not None:
                 cur = G.permute(cur, 0, 2, 1, 3)
@@ -235,11 +250,12 @@ class Llm:
 
     softcap = False  # gemma2-style attention logit soft-capping (scale, tanh, scale before softmax)
 
-    def ffn(self, x: Tensor, n_ff: int, gated: bool = True) -> Tensor:
-        """build_ffn: up and gate projections, a fused GLU (not in place), the down projection."""
-        up = self.mm(x, n_ff)
+    def ffn(self, x: Tensor, n_ff: int, gated: bool = True, bias: bool = False) -> Tensor:
+        """build_ffn: up and gate projections, a fused GLU (not in place), the down projection;
+        ungated: up, the activation in place, down."""
+        up = self.mm(x, n_ff, bias)
         cur = G.glu_split(self.mm(x, n_ff), up) if gated else G.unary(up)
-        return self.mm(cur, self.n_embd)
+        return self.mm(cur, self.n_embd, bias)
 
     def moe(
         self,
@@ -295,4 +311,27 @@ class Llm:
             logits = G.scale(logits)
         logits.output = True
         self.expand(logits)
+        self.pool(cur)
         return logits
+
+    def pool(self, embd: Tensor) -> None:
+        """build_pooling (embeddings on): mean (a transposed copy times the mean matrix), cls/last
+        (the rows of each sequence), rank (those rows through the classifier head)."""
+        pooling = self.cache.pooling
+        if pooling is None or pooling == "none":
+            return
+        has = self.f.non_layer_bytes
+        if pooling == "mean" or (pooling == "rank" and self.f.arch_keys.get("pooling_type_cls") == 1):
+            mean = G.new_input("f32", self.n_tokens, self.n_seqs)
+            cur = G.mul_mat(G.cont(G.transpose(embd)), mean)
+        else:
+            cur = G.get_rows(embd, G.new_input("i32", self.n_seqs))
+        if pooling == "rank":
+            if "cls" in has:
+                cur = G.unary(self.mm(cur, cur.ne[0]))
+            if "cls.output" in has:
+                cur = self.mm(cur, 1)
+            if self.f.architecture in ("qwen3", "qwen3vl"):
+                cur = G.soft_max(cur)
+        cur.output = True
+        self.expand(cur)

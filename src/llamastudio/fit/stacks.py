@@ -11,7 +11,7 @@ from __future__ import annotations
 from llamastudio.fit import ggml as G
 from llamastudio.fit.arch import attention_layers, recurrent_layers, swa_layers
 from llamastudio.fit.ggml import Tensor
-from llamastudio.fit.graphs import Batch, Cache, Llm, W
+from llamastudio.fit.graphs import Batch, Llm, Setup, W
 from llamastudio.gguf import ModelFacts
 
 QK_NORM = {"qwen3", "qwen3moe", "gemma3", "gemma3n", "olmo2", "olmoe", "chameleon", "cohere2", "qwen3vl"}
@@ -286,10 +286,45 @@ def build_hybrid(llm: Llm) -> None:
     llm.output(inp_l, logit_ops=1 if _key(f, "logit_scale") else 0)
 
 
-def build(f: ModelFacts, cache: Cache, batch: Batch) -> G.Graph:
+def build_encoder(llm: Llm) -> None:
+    """BERT-style bidirectional encoders (bert.cpp): embeddings (+ token type, + learned positions),
+    LayerNorms with biases, attention without a cache (the mask is n_tokens × n_tokens; flash
+    attention casts the batch's K and V to F16), a GELU FFN, no LM head: the last norm is the
+    embeddings output, then pooling."""
+    f = llm.f
+    has = f.non_layer_bytes
+    pos = llm.inp_pos()
+    cur = llm.inp_embd()
+    if "token_types" in has:
+        cur = G.add(cur, G.view_1d(G.weight("f32", llm.n_embd, 2), llm.n_embd))
+    if "position_embd" in has:
+        cur = G.add(G.get_rows(G.weight(W, llm.n_embd, f.context_length or 512), pos), cur)
+    inp_l = llm.norm(cur, rms=False, bias=True)
+    n = llm.n_tokens
+    mask = G.new_input("f16" if llm.cache.flash_attn else "f32", n, n, 1, 1)
+    out_ids = llm.inp_out_ids()
+    rope = f.architecture != "bert"
+    gated = f.architecture not in ("bert", "jina-bert-v3", "nomic-bert-moe")
+    for il in range(f.block_count):
+        q, k, v = llm.qkv(inp_l, f.key_length, f.n_head(il), f.n_head_kv(il), f.value_length, bias=True)
+        if rope:
+            q, k = G.rope(q, pos), G.rope(k, pos)
+        cur = llm.attn_nocache(mask, q, k, v, bias=True)
+        cur, inp_l = _last(llm, il, out_ids, cur, inp_l)
+        ffn_inp = llm.norm(G.add(cur, inp_l), rms=False, bias=True)
+        cur = llm.ffn(ffn_inp, _n_ff(f, il), gated=gated, bias=True)
+        inp_l = llm.norm(G.add(cur, ffn_inp), rms=False, bias=True)
+    inp_l.output = True
+    llm.expand(inp_l)
+    llm.pool(inp_l)
+
+
+def build(f: ModelFacts, cache: Setup, batch: Batch) -> G.Graph:
     llm = Llm(f, cache, batch)
     arch = f.architecture
-    if arch in MAMBA:
+    if f.arch_keys.get("causal") is False:
+        build_encoder(llm)
+    elif arch in MAMBA:
         build_mamba(llm)
     elif arch in HYBRID_MAMBA2 and any(recurrent_layers(f)):
         build_hybrid(llm)
