@@ -137,8 +137,12 @@ def test_errors_have_one_shape(studio: Studio, tiny_models: dict[str, Path]) -> 
 
     # an error llama-server produced is relayed with source=upstream
     studio.configure("err-a", model=str(tiny_models["llama"]), args=SMALL)
-    up = studio.gateway().post("/v1/embeddings", json={"model": "err-a", "input": "x"})
-    assert up.status_code >= 400 and up.json()["error"]["source"] == "upstream"
+    up = studio.gateway().post("/v1/chat/completions", json={"model": "err-a", "messages": "not a list"})
+    assert up.status_code == 400 and up.json()["error"]["source"] == "upstream"
+    assert "messages" in up.json()["error"]["message"]
+    # what a model cannot answer is the studio's own 400, before the engine is asked
+    own = studio.gateway().post("/v1/embeddings", json={"model": "err-a", "input": "x"})
+    assert own.status_code == 400 and own.json()["error"]["source"] == "studio"
 
 
 def test_concurrency_limit_429_and_queue_full_503(studio: Studio, tiny_models: dict[str, Path]) -> None:
