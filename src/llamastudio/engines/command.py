@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from llamastudio.engines.registry import Engine
 from llamastudio.errors import InvalidInput
-from llamastudio.fit.flags import SPELLINGS, ServerFlags
+from llamastudio.fit.flags import ServerFlags, spell
 
 _NUMBER = re.compile(r"^-(\d|\.\d)")
 # flags without which the model does something else (no images, no draft, chat instead of
@@ -62,9 +62,9 @@ def build_command(engine: Engine, model: str, flags: ServerFlags, host: str, por
     argv = [str(engine.server), "-m", model, "--host", host, "--port", str(port)]
     dropped: list[str] = []
     for flag, values in flags.with_(n_cpu_moe=0, cpu_moe=False).to_pairs():
-        spelling = next((f for f in SPELLINGS.get(flag, (flag,)) if f in caps), None)
-        if spelling is not None:
-            argv += [spelling, *values]
+        rendered = spell(flag, values, caps)  # the newest spelling it has, or an older form
+        if rendered is not None:
+            argv += rendered
         elif flag in ESSENTIAL:
             raise InvalidInput(
                 f"engine {engine.id} has no {flag} (not in its --help): it cannot run this model "

@@ -51,7 +51,9 @@ def draft_flags(flags: ServerFlags, n_ctx: int) -> ServerFlags:
         batch_size=flags.batch_size,
         ubatch_size=flags.ubatch_size,
         device=flags.draft_device or flags.device,
-        no_mmap=flags.no_mmap,
+        load_mode=flags.load_mode,
+        repack=flags.repack,
+        no_host=flags.no_host,
     )
 
 

@@ -2,14 +2,14 @@
 
 Exact (to the byte of llama.cpp's sizing rules) for weights, KV cache, recurrent state and the
 output buffer; compute buffers are a calibrated model (see ``compute.py``). Rules and their
-sources are in ../shared/reference/llama-memory.md; deviations found on the real binary are noted
+sources are in ../shared/reference/llama-memory.md; where each weight goes (GPU, mapped file,
+pinned host buffer, CPU_REPACK) is ``weights.py``. Deviations found on the real binary are noted
 where they are handled.
 """
 
 from __future__ import annotations
 
 import bisect
-import re
 
 import gguf
 
@@ -17,27 +17,32 @@ from llamastudio.errors import InvalidInput
 from llamastudio.fit.arch import attention_layers, recurrent_layers, recurrent_state_floats, swa_layers
 from llamastudio.fit.companions import Companions, draft_flags, projector_compute, projector_weights
 from llamastudio.fit.compute import compute_bytes
-from llamastudio.fit.flags import GPU_LAYERS_ALL, GPU_LAYERS_AUTO, ServerFlags, cache_row_bytes, validate
+from llamastudio.fit.flags import (
+    GPU_LAYERS_ALL,
+    GPU_LAYERS_AUTO,
+    ServerFlags,
+    cache_row_bytes,
+    not_modelled,
+    validate,
+)
 from llamastudio.fit.usage import Context as Context
 from llamastudio.fit.usage import DeviceUsage as DeviceUsage
 from llamastudio.fit.usage import Estimate as Estimate
 from llamastudio.fit.usage import pad as pad
-from llamastudio.gguf import GGUFModel, ModelFacts, TensorInfo, facts_from_model
+from llamastudio.fit.weights import compile_overrides, place_weights
+from llamastudio.gguf import GGUFModel, ModelFacts, facts_from_model
 from llamastudio.hardware import Gpu
-from llamastudio.hardware.cpu import repack_types
+from llamastudio.hardware.cpu import host_features, repack_notes
 
 HOST = "CPU"
 DRAFT_MAX_DEFAULT = 3  # llama-server's --spec-draft-n-max
-CUDA_ALIGN = 128
-MATRIX_ROW_PADDING = 512  # ggml-cuda pads the last row of quantized matrices to this many values
-_LAYER = re.compile(r"^blk\.(\d+)\.")
-_EXPS = re.compile(r"^blk\.(\d+)\.ffn_(up|down|gate|gate_up)_(ch|)exps")
 
 
 def resolve_context(f: ModelFacts, flags: ServerFlags, gpus: tuple[Gpu, ...] = ()) -> Context:
     """n_ctx/n_ctx_seq/streams/batches as llama_context computes them (llama-context.cpp)."""
     n_ctx_train = f.context_length or 4096
-    raw_ctx = flags.ctx_size or n_ctx_train
+    per_slot = flags.n_seq * flags.kv_unified_per_slot  # llama-server sizes -c from it when unset
+    raw_ctx = flags.ctx_size or per_slot or n_ctx_train
     n_ctx = pad(raw_ctx, 256)
     n_seq = flags.n_seq
     unified = flags.unified
@@ -100,25 +105,14 @@ def layer_devices(n_layer: int, flags: ServerFlags, gpus: tuple[Gpu, ...]) -> li
     return out
 
 
-def _gpu_tensor_bytes(t: TensorInfo, backend: str) -> int:
-    size = t.n_bytes
-    if backend in ("CUDA", "ROCm") and t.ggml_type not in _UNQUANTIZED and t.shape[0] % MATRIX_ROW_PADDING:
-        block, type_size = gguf.GGML_QUANT_SIZES[t.ggml_type]
-        size += type_size * (MATRIX_ROW_PADDING - t.shape[0] % MATRIX_ROW_PADDING) // block  # ggml_row_size
-    return pad(size, CUDA_ALIGN)
-
-
-_UNQUANTIZED = {gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.BF16}
-
-
-def _tensor_layer(name: str, n_layer: int) -> int | None:
-    """Layer index of a tensor; None for input tensors (kept on the CPU); n_layer for output tensors."""
-    m = _LAYER.match(name)
-    if m:
-        return min(int(m.group(1)), n_layer)
-    if name.startswith(("token_embd", "per_layer_token_embd", "token_types")):
-        return None
-    return n_layer
+def model_devices(flags: ServerFlags, gpus: tuple[Gpu, ...]) -> tuple[Gpu, ...]:
+    """The GPUs llama.cpp gives the model (llama_prepare_model_devices): those ``-dev`` names
+    (``-dev none``: none), and with ``-sm none`` only the ``-mg`` one."""
+    if flags.device:
+        gpus = tuple(g for g in gpus if g.device_name in flags.device)
+    if flags.split_mode == "none" and gpus:
+        gpus = (gpus[min(flags.main_gpu, len(gpus) - 1)],)
+    return gpus
 
 
 def estimate(
@@ -126,25 +120,30 @@ def estimate(
     flags: ServerFlags | None = None,
     gpus: tuple[Gpu, ...] = (),
     facts: ModelFacts | None = None,
-    repack: frozenset[str] | None = None,
+    cpu: frozenset[str] | None = None,
     companions: Companions | None = None,
+    *,
+    n_outputs: int | None = None,
 ) -> Estimate:
     """Bytes per device per category for ``llama-server -m model <flags>`` on ``gpus`` (+ host).
 
-    ``repack``: ggml type names the host CPU backend repacks (default: detected on this host);
-    ``companions``: the projector and draft model loaded beside it (``companions.py``).
+    ``cpu``: the CPU features that decide repacking (``hardware/cpu.py``; default: this host's);
+    ``companions``: the projector and draft model loaded beside it (``companions.py``);
+    ``n_outputs``: logits rows the graph reserves, when not llama-server's (``fitparams.py``).
     """
-    repack = repack_types() if repack is None else repack
+    features = host_features() if cpu is None else cpu
     flags = flags or ServerFlags()
     validate(flags)
     f = facts or facts_from_model(model)
-    ctx = resolve_context(f, flags, gpus)
+    active = model_devices(flags, gpus)
+    ctx = resolve_context(f, flags, active)
+    if n_outputs is not None:
+        ctx.n_outputs = n_outputs
     if flags.cache_type_v not in ("f16", "f32", "bf16") and not ctx.flash_attn:
         raise InvalidInput("a quantized V cache requires flash attention, which is off for these devices")
     _check_cache_blocks(f, flags)
     n_layer = f.block_count
-    placement = layer_devices(n_layer, flags, gpus)
-    by_name = {g.device_name: g for g in gpus}
+    placement = layer_devices(n_layer, flags, active)
     usage = {g.device_name: DeviceUsage(g.device_name, g.name) for g in gpus}
     host = DeviceUsage(HOST, "host")
     usage[HOST] = host
@@ -152,34 +151,28 @@ def estimate(
         usage[dev].layers.append(il)
     notes: list[str] = []
 
-    # weights
-    host_tensors: list[TensorInfo] = []
-    names = {t.name for t in model.tensors}
-    for t in model.tensors:
-        layer = _tensor_layer(t.name, n_layer)
-        dev = HOST if layer is None else placement[layer]
-        m = _EXPS.match(t.name)
-        if m and (flags.cpu_moe or int(m.group(1)) < flags.n_cpu_moe):
-            dev = HOST
-        if dev == HOST:
-            host_tensors.append(t)
-        else:
-            usage[dev].model += _gpu_tensor_bytes(t, by_name[dev].backend)
-    if "output.weight" not in names and placement[n_layer] != HOST:  # tied embeddings: copied to the GPU
-        emb = next((t for t in model.tensors if t.name == "token_embd.weight"), None)
-        if emb is not None:
-            out_dev = placement[n_layer]
-            usage[out_dev].model += _gpu_tensor_bytes(emb, by_name[out_dev].backend)
-    # host weights: the CPU backend copies repackable matmul weights into a CPU_REPACK buffer; the
-    # rest stay in the mapped file range (or a plain buffer with --no-mmap)
-    repacked = [t for t in host_tensors if _repacked(t, repack)]
-    plain = [t for t in host_tensors if not _repacked(t, repack)]
-    # llama.cpp's logged CPU_Mapped buffer is the whole file range between the first and last
-    # mapped tensor, repacked and GPU tensors in between included: it overstates resident memory.
-    host_mapped = _mapped_range(model, plain)
-    repack_bytes = sum(t.n_bytes for t in repacked)
-    host.model = repack_bytes + sum(pad(t.n_bytes, 32) if flags.no_mmap else t.n_bytes for t in plain)
-    host.model_logged = repack_bytes + (host_mapped if not flags.no_mmap else host.model - repack_bytes)
+    # weights: per device and buffer (weights.py); the host's logged figure is its buffers'
+    # sum (the CPU_Mapped span included), the budget figure what stays resident
+    weights = place_weights(
+        model,
+        n_layer,
+        placement,
+        active,
+        compile_overrides(flags.tensor_overrides(), active),
+        mmap=flags.mmap,
+        repack=flags.repack,
+        no_host=flags.no_host,
+        features=features,
+        lazy_mode=flags.lazy_mode,
+    )
+    for dev, size in weights.resident.items():
+        usage[dev].model += size
+    for dev, buffers in weights.buffers.items():
+        usage[dev].buffers = dict(buffers)
+    host.model_logged = sum(weights.buffers[HOST].values())
+    if flags.load_mode == "mmap+mlock":
+        host.model = host.model_logged  # the whole mapped span is locked in memory
+    host_mapped = weights.host_mapped
 
     # KV cache and recurrent state, each on its layer's device (or the host with -nkvo)
     # bidirectional (encoder) models keep no KV cache: each input is one micro-batch
@@ -214,8 +207,11 @@ def estimate(
         usage[dev_usage].compute = cb
 
     if companions is not None:
-        _add_companions(companions, flags, ctx, gpus, usage, repack)
+        _add_companions(companions, flags, ctx, gpus, usage, features)
 
+    notes += [f"not modelled: {line}" for line in not_modelled(flags)]
+    if host.model:
+        notes += repack_notes(features)
     ngl_eff = sum(1 for d in placement if d != HOST)
     if gpus and flags.n_gpu_layers == GPU_LAYERS_AUTO:
         notes.append("-ngl auto: estimated with every layer on the GPUs (llama.cpp's --fit may lower it)")
@@ -229,14 +225,14 @@ def _add_companions(
     ctx: Context,
     gpus: tuple[Gpu, ...],
     usage: dict[str, DeviceUsage],
-    repack: frozenset[str],
+    features: frozenset[str],
 ) -> None:
     if extra.mmproj is not None:
         offload = [g for g in gpus if not flags.device or g.device_name in flags.device]
         dev = offload[0].device_name if offload and flags.mmproj_offload else HOST
         usage[dev].mmproj += projector_weights(extra.mmproj) + projector_compute(extra.mmproj, ctx.flash_attn)
     if extra.draft is not None:
-        draft = estimate(extra.draft, draft_flags(flags, ctx.n_ctx), gpus, repack=repack)
+        draft = estimate(extra.draft, draft_flags(flags, ctx.n_ctx), gpus, cpu=features)
         for d in draft.devices:
             usage[d.name].draft += d.total
 
@@ -260,22 +256,3 @@ def _row(cache_type: str, n: int) -> int:
         return cache_row_bytes(cache_type, n)
     except KeyError:
         raise InvalidInput(f"unknown cache type {cache_type!r}") from None
-
-
-def _repacked(t: TensorInfo, repack: frozenset[str]) -> bool:
-    return (
-        t.type_name in repack
-        and len(t.shape) >= 2
-        and t.shape[1] % 8 == 0
-        and not t.name.startswith(("token_embd", "per_layer_token_embd"))
-    )
-
-
-def _mapped_range(model: GGUFModel, tensors: list[TensorInfo]) -> int:
-    """llama.cpp maps, per file, one range from the first to the last byte of its host tensors."""
-    total = 0
-    for part in range(len(model.parts)):
-        mine = [t for t in tensors if t.part == part]
-        if mine:
-            total += max(t.offset + t.n_bytes for t in mine) - min(t.offset for t in mine)
-    return total

@@ -1,7 +1,14 @@
 """The llama-server flags that decide memory, parsed from and rendered to llama-server's argv.
 
 Names and short forms are llama-server's own (``-c/--ctx-size``, ``-ngl``, ``-ctk`` …) so a user
-can paste their command line. Defaults are llama-server's defaults in the pinned version.
+can paste their command line. Defaults are llama-server's defaults in the pinned version (b11434).
+Every other flag of that version's ``--help`` (``catalog.py``) is kept, with its values, in
+``extra``; ``not_modelled`` names those of them that can change memory.
+
+Loading (``-lm/--load-mode``, b11434's replacement for ``--no-mmap``/``--mlock``, which it no
+longer has): ``auto`` and ``mmap`` map the file; ``mmap+mlock`` maps and locks it; ``none``,
+``mlock`` (no map, locked buffers) and ``dio`` (direct I/O) read it into buffers. The older
+spellings are parsed into the same field, and ``spell`` writes whichever the engine knows.
 """
 
 from __future__ import annotations
@@ -12,13 +19,18 @@ from typing import Literal
 import gguf
 
 from llamastudio.errors import InvalidInput
+from llamastudio.fit.catalog import CANONICAL, NARGS, NOT_MODELLED
 
 FlashAttn = Literal["on", "off", "auto"]
-SplitMode = Literal["none", "layer", "row"]
+SplitMode = Literal["none", "layer", "row", "tensor"]
 GPU_LAYERS_AUTO = -1
 GPU_LAYERS_ALL = -2
 POOLING_TYPES = ("none", "mean", "cls", "last", "rank")
 CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+LOAD_MODES = ("auto", "none", "mmap", "mlock", "mmap+mlock", "dio")
+LAZY_MODES = ("auto", "on", "off")
+EXPS_REGEX = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"  # common.h LLM_FFN_EXPS_REGEX
+DENSE_FFN_REGEX = r"\.ffn_(up|down|gate)\."  # common.h LLM_FFN_DENSE_REGEX
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,9 +49,15 @@ class ServerFlags:
     main_gpu: int = 0
     n_cpu_moe: int = 0
     cpu_moe: bool = False
+    n_cpu_ffn: int = 0  # -ncffn: the dense FFN weights of the first N layers stay on the CPU
+    override_tensor: tuple[str, ...] = ()  # -ot "pattern=buffer type" entries, in order
     no_kv_offload: bool = False
     swa_full: bool = False
-    no_mmap: bool = False
+    kv_unified_per_slot: int = 0  # with -c unset: n_ctx = slots · this
+    load_mode: str = "auto"
+    lazy_mode: str = "auto"
+    repack: bool = True  # -nr/--no-repack: no CPU_REPACK buffer
+    no_host: bool = False  # --no-host: no pinned host buffer for CPU weights (lets repack happen)
     device: tuple[str, ...] = ()  # -dev: restrict to these devices (CUDA0,CUDA1); () = all
     # a vision model's projector: a path or library id (serving resolves it); auto = the model's
     # companion mmproj file; offload = on the first GPU (else the host)
@@ -70,6 +88,29 @@ class ServerFlags:
             return self.kv_unified
         return self.parallel < 0
 
+    @property
+    def mmap(self) -> bool:
+        return self.load_mode in ("auto", "mmap", "mmap+mlock")
+
+    @property
+    def no_mmap(self) -> bool:
+        return not self.mmap
+
+    @property
+    def mlock(self) -> bool:
+        return self.load_mode in ("mlock", "mmap+mlock")
+
+    def tensor_overrides(self) -> list[tuple[str, str]]:
+        """(pattern, buffer type) in the order llama.cpp tries them: -ot entries, then --cpu-moe,
+        --n-cpu-moe and --n-cpu-ffn (llama.cpp keeps command-line order; the studio renders this
+        one, so what it estimates is what it runs)."""
+        out = [tuple(e.rsplit("=", 1)) for e in self.override_tensor]
+        if self.cpu_moe:
+            out.append((EXPS_REGEX, "CPU"))
+        out += [(rf"blk\.{i}{EXPS_REGEX}", "CPU") for i in range(self.n_cpu_moe)]
+        out += [(rf"blk\.{i}{DENSE_FFN_REGEX}", "CPU") for i in range(self.n_cpu_ffn)]
+        return out  # type: ignore[return-value]
+
     def with_(self, **changes: object) -> ServerFlags:
         return replace(self, **changes)  # type: ignore[arg-type]
 
@@ -99,15 +140,27 @@ class ServerFlags:
                 out.append((flag, [str(getattr(self, name))]))
         if self.tensor_split:
             out.append(("-ts", [",".join(f"{x:g}" for x in self.tensor_split)]))
+        if self.override_tensor:
+            out.append(("-ot", [",".join(self.override_tensor)]))
         if self.cpu_moe:
             out.append(("--cpu-moe", []))
         elif self.n_cpu_moe:
             out.append(("--n-cpu-moe", [str(self.n_cpu_moe)]))
+        if self.n_cpu_ffn:
+            out.append(("-ncffn", [str(self.n_cpu_ffn)]))
         if self.device:
             out.append(("-dev", [",".join(self.device)]))
-        for flag, name in (("-nkvo", "no_kv_offload"), ("--swa-full", "swa_full"), ("--no-mmap", "no_mmap")):
+        for flag, name in (("-nkvo", "no_kv_offload"), ("--swa-full", "swa_full"), ("--no-host", "no_host")):
             if getattr(self, name):
                 out.append((flag, []))
+        if not self.repack:
+            out.append(("-nr", []))
+        if self.kv_unified_per_slot:
+            out.append(("--kv-unified-per-slot", [str(self.kv_unified_per_slot)]))
+        if self.load_mode != d.load_mode:
+            out.append(("-lm", [self.load_mode]))
+        if self.lazy_mode != d.lazy_mode:
+            out.append(("-lzm", [self.lazy_mode]))
         if self.mmproj:
             out.append(("-mm", [self.mmproj]))
         elif not self.mmproj_auto:
@@ -195,6 +248,15 @@ _VALUE_FLAGS: dict[str, str] = {
     "--draft-min": "draft_min",
     "--draft-n-min": "draft_min",
     "--pooling": "pooling",
+    "-ot": "override_tensor",
+    "--override-tensor": "override_tensor",
+    "-ncffn": "n_cpu_ffn",
+    "--n-cpu-ffn": "n_cpu_ffn",
+    "-lm": "load_mode",
+    "--load-mode": "load_mode",
+    "-lzm": "lazy_mode",
+    "--lazy-mode": "lazy_mode",
+    "--kv-unified-per-slot": "kv_unified_per_slot",
 }
 # the spellings of one flag, newest first: ``build_command`` uses the first an engine lists (this
 # llama.cpp still lists --draft-max, only to say it was removed)
@@ -210,6 +272,20 @@ SPELLINGS: dict[str, tuple[str, ...]] = {
     "--spec-draft-n-min": ("--spec-draft-n-min", "--draft-min"),
     "--embedding": ("--embedding", "--embeddings"),
     "--reranking": ("--reranking", "--rerank"),
+    "-ot": ("-ot", "--override-tensor"),
+    "-ncffn": ("-ncffn", "--n-cpu-ffn"),
+    "-nr": ("-nr", "--no-repack"),
+    "-lm": ("-lm", "--load-mode"),
+    "-lzm": ("-lzm", "--lazy-mode"),
+}
+# a flag that builds before it spelled with other flags *and values* (``spell``): b11434 replaced
+# --no-mmap/--mlock by -lm; --n-cpu-ffn is an -ot pattern per layer on builds without it
+LEGACY_FORMS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("-lm", "none"): ("--no-mmap",),
+    ("-lm", "mlock"): ("--no-mmap", "--mlock"),
+    ("-lm", "mmap+mlock"): ("--mlock",),
+    ("-lm", "mmap"): (),  # the default before -lm
+    ("-lm", "dio"): ("--direct-io",),
 }
 _BOOL_FLAGS: dict[str, tuple[str, bool]] = {
     "-kvu": ("kv_unified", True),
@@ -220,9 +296,13 @@ _BOOL_FLAGS: dict[str, tuple[str, bool]] = {
     "-cmoe": ("cpu_moe", True),
     "-nkvo": ("no_kv_offload", True),
     "--no-kv-offload": ("no_kv_offload", True),
+    "-kvo": ("no_kv_offload", False),
+    "--kv-offload": ("no_kv_offload", False),
     "--swa-full": ("swa_full", True),
-    "--no-mmap": ("no_mmap", True),
-    "--mmap": ("no_mmap", False),
+    "--repack": ("repack", True),
+    "-nr": ("repack", False),
+    "--no-repack": ("repack", False),
+    "--no-host": ("no_host", True),
     "--no-mmproj": ("mmproj_auto", False),
     "--no-mmproj-auto": ("mmproj_auto", False),
     "--mmproj-auto": ("mmproj_auto", True),
@@ -244,7 +324,7 @@ def _convert(name: str, flag: str, raw: str) -> object:
             value = int(raw)
             if name in ("batch_size", "ubatch_size") and value < 1:
                 raise ValueError
-            if name in ("ctx_size", "n_cpu_moe") and value < 0:
+            if name in ("ctx_size", "n_cpu_moe", "n_cpu_ffn", "kv_unified_per_slot") and value < 0:
                 raise ValueError
             return value
         if name in ("draft_max", "draft_min"):
@@ -260,16 +340,32 @@ def _convert(name: str, flag: str, raw: str) -> object:
     except ValueError:
         raise InvalidInput(f"{flag}: invalid value {raw!r}") from None
     if name in ("device", "draft_device"):
-        return () if raw == "none" else tuple(d.strip() for d in raw.split(",") if d.strip())
+        # "none": no GPU at all (kept as such: an empty tuple means every device)
+        return tuple(d.strip() for d in raw.split(",") if d.strip())
     if name == "flash_attn":
         value_fa = {"1": "on", "0": "off", "true": "on", "false": "off"}.get(raw, raw)
         if value_fa not in ("on", "off", "auto"):
             raise InvalidInput(f"{flag}: expected on, off or auto, got {raw!r}")
         return value_fa
     if name == "split_mode":
-        if raw not in ("none", "layer", "row"):
-            raise InvalidInput(f"{flag}: expected none, layer or row, got {raw!r}")
+        if raw not in ("none", "layer", "row", "tensor"):
+            raise InvalidInput(f"{flag}: expected none, layer, row or tensor, got {raw!r}")
         return raw
+    if name == "load_mode":
+        if raw not in LOAD_MODES:
+            raise InvalidInput(f"{flag}: expected one of {', '.join(LOAD_MODES)}, got {raw!r}")
+        return raw
+    if name == "lazy_mode":
+        if raw not in LAZY_MODES:
+            raise InvalidInput(f"{flag}: expected one of {', '.join(LAZY_MODES)}, got {raw!r}")
+        return raw
+    if name == "override_tensor":
+        entries = tuple(e for e in raw.split(",") if e)
+        for e in entries:
+            pattern, eq, buft = e.rpartition("=")
+            if not eq or not pattern or not buft:
+                raise InvalidInput(f"{flag}: expected <tensor name pattern>=<buffer type>, got {e!r}")
+        return entries
     if name == "pooling":
         if raw not in POOLING_TYPES:
             raise InvalidInput(f"{flag}: expected one of {', '.join(POOLING_TYPES)}, got {raw!r}")
@@ -286,27 +382,95 @@ def _convert(name: str, flag: str, raw: str) -> object:
 
 
 def parse_server_args(argv: list[str], *, keep_unknown: bool = True) -> ServerFlags:
-    """Parse a llama-server argv (``--flag value`` or ``--flag=value``) into ServerFlags."""
+    """Parse a llama-server argv (``--flag value`` or ``--flag=value``) into ServerFlags.
+
+    Flags the estimator does not model stay in ``extra`` with their values, in order: a flag of
+    the pinned llama-server's ``--help`` takes as many values as it lists; any other token is kept
+    as it is with ``keep_unknown`` and refused without it (``estimate``/``plan`` only take flags
+    of that version)."""
     values: dict[str, object] = {}
     extra: list[str] = []
+    overrides: list[str] = []
+    no_mmap: bool | None = None
+    mlock = False
     it = iter(argv)
     for token in it:
         flag, eq, inline = token.partition("=") if token.startswith("--") else (token, "", "")
-        if flag in _BOOL_FLAGS:
-            name, value = _BOOL_FLAGS[flag]
-            values[name] = value
+        if flag in ("--no-mmap", "--mmap"):  # builds before -lm
+            no_mmap = flag == "--no-mmap"
+        elif flag == "--mlock":
+            mlock = True
+        elif flag in _BOOL_FLAGS:
+            name, on = _BOOL_FLAGS[flag]
+            values[name] = on
         elif flag in _VALUE_FLAGS:
             raw = inline if eq else next(it, None)
             if raw is None:
                 raise InvalidInput(f"{flag}: missing value")
-            values[_VALUE_FLAGS[flag]] = _convert(_VALUE_FLAGS[flag], flag, raw)
-        elif keep_unknown:
+            name = _VALUE_FLAGS[flag]
+            converted = _convert(name, flag, raw)
+            if name == "override_tensor":
+                overrides += converted  # type: ignore[arg-type]  # repeated -ot add up
+            else:
+                values[name] = converted
+        elif flag in NARGS:
+            extra.append(token)
+            for _ in range(0 if eq else NARGS[flag]):
+                raw = next(it, None)
+                if raw is None:
+                    raise InvalidInput(f"{flag}: missing value")
+                extra.append(raw)
+        elif keep_unknown or not _is_flag(token):
             extra.append(token)
         else:
-            raise InvalidInput(f"unknown flag {token!r}")
+            raise InvalidInput(
+                f"unknown flag {token!r}: not among llama-server's flags (b11434 --help)", flag=token
+            )
+    if no_mmap is not None or mlock:
+        values["load_mode"] = {(True, False): "none", (True, True): "mlock", (False, True): "mmap+mlock"}.get(
+            (bool(no_mmap), mlock), "mmap"
+        )
+    if overrides:
+        values["override_tensor"] = tuple(overrides)
     flags = ServerFlags(**values, extra=tuple(extra))  # type: ignore[arg-type]
     validate(flags)
     return flags
+
+
+def _is_flag(token: str) -> bool:
+    return token.startswith("-") and len(token) > 1 and not token[1:2].isdigit() and token[1:2] != "."
+
+
+def not_modelled(flags: ServerFlags) -> list[str]:
+    """``flag: what it changes`` for each flag of ``extra`` that can change memory but is not
+    modelled, and for modelled flags whose model is partial."""
+    out: dict[str, str] = {}
+    for token in flags.extra:
+        flag = token.partition("=")[0] if token.startswith("--") else token
+        canonical = CANONICAL.get(flag)
+        if canonical in NOT_MODELLED:
+            out.setdefault(flag, NOT_MODELLED[canonical])
+    if flags.split_mode == "row":
+        out["-sm row"] = "each matrix's rows are spread over the GPUs by -ts; estimated as whole layers"
+    if flags.split_mode == "tensor":
+        out["-sm tensor"] = "tensor parallelism over a meta device; estimated as whole layers"
+    return [f"{flag}: {why}" for flag, why in out.items()]
+
+
+def spell(flag: str, values: list[str], caps: set[str]) -> list[str] | None:
+    """The argv for ``flag values`` on an engine whose ``--help`` lists ``caps``: the newest
+    spelling it has (``SPELLINGS``), else an older form with the same effect (``LEGACY_FORMS``),
+    else None."""
+    spelling = next((f for f in SPELLINGS.get(flag, (flag,)) if f in caps), None)
+    if spelling is not None:
+        return [spelling, *values]
+    legacy = LEGACY_FORMS.get((flag, values[0] if values else ""))
+    if legacy is not None and all(f in caps for f in legacy):
+        return list(legacy)
+    if flag == "-ncffn" and ("-ot" in caps or "--override-tensor" in caps):
+        layers = "|".join(str(i) for i in range(int(values[0])))
+        return ["-ot" if "-ot" in caps else "--override-tensor", rf"blk\.({layers}){DENSE_FFN_REGEX}=CPU"]
+    return None
 
 
 def validate(flags: ServerFlags) -> None:

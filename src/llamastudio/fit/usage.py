@@ -28,6 +28,7 @@ class DeviceUsage:
     layers: list[int] = field(default_factory=list)
     kv_swa: int = 0  # part of kv held by sliding-window layers
     model_logged: int | None = None  # the model buffers as llama.cpp logs them (host: mapped range)
+    buffers: dict[str, int] = field(default_factory=dict)  # model buffer name (CPU_Mapped …) → bytes
 
     @property
     def total(self) -> int:
@@ -48,6 +49,7 @@ class DeviceUsage:
             "draft": self.draft,
             "total": self.total,
             "layers": self.layers,
+            "buffers": self.buffers,
         }
 
 
