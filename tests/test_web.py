@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from llamastudio.fit.measured import SCALE_ENV
 from tests.rig.embed import write_embedding, write_reranker
 from tests.rig.factory import BUILDERS, Vocab
 from tests.rig.hub import HubServer, Repo, hub_server
@@ -431,6 +435,110 @@ def test_embedding_and_rerank_tryouts(page: object, studio: Studio, tmp_path: Pa
     scores = [float(t.split()[0]) for t in ranked.all_inner_texts()]
     assert scores == sorted(scores, reverse=True)
     shot(pg, "playground-rerank")
+
+
+def _measured(studio: Studio, name: str, timeout: float = 30) -> dict[str, Any]:
+    """The configuration's memory once the load that ran has been measured."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with studio.api() as api:
+            memory: dict[str, Any] = api.get(f"/api/models/{name}/config").json()["prepared"]["memory"]
+        if memory["measured"] is not None:
+            return memory
+        time.sleep(0.2)
+    raise AssertionError(f"{name}: no measurement after {timeout}s")
+
+
+@contextmanager
+def _page(browser: Any, width: int = 1440, height: int = 900, scheme: str = "light") -> Iterator[Any]:
+    """A page of a fresh browser context; no uncaught exception in the app by the end."""
+    context = browser.new_context(viewport={"width": width, "height": height}, color_scheme=scheme)
+    errors: list[str] = []
+    try:
+        pg = context.new_page()
+        pg.set_default_timeout(30_000)
+        pg.on("pageerror", lambda e: errors.append(str(e)))
+        yield pg
+    finally:
+        context.close()
+    assert not errors, errors
+
+
+def _open_editor(pg: Any, studio: Studio, name: str) -> Any:
+    pg.goto(f"{studio.api_url}/library")
+    pg.get_by_test_id(f"configure-{name}").click()
+    return pg.get_by_test_id("estimate")
+
+
+def test_the_editor_says_what_the_reservation_is_based_on(
+    browser: Any, rig_bin: Callable[[str], Path], tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Issue K.3 in the editor: before a load the reservation is the estimate; the first load of
+    the configuration is measured, and then the editor says "measured on <date>" with the
+    estimated-vs-measured line, its drift highlighted (the test hook halves every estimate, so the
+    drift is -50 %: red, the estimate was too low); a configuration's own reserve is "set by hand".
+    Its screens at 1440×900 and 390×844, light and dark, go to test-output/screenshots/."""
+    expect = playwright_api.expect
+    name = "measured-llama"
+    with Studio(tmp_path / "s", rig_bin("llama-server"), env={SCALE_ENV: "0.5"}) as studio:
+        studio.configure(name, model=str(tiny_models["llama"]), args=["-c", "512", "-np", "1"])
+        with _page(browser) as pg:
+            memory = _open_editor(pg, studio, name)
+            expect(memory.get_by_test_id("memory-source")).to_have_text("estimated")
+            expect(memory.get_by_test_id("memory-line-CPU")).to_contain_text("not measured yet")
+            expect(memory.get_by_test_id("part-model")).to_contain_text("weights")
+            memory.screenshot(path=str(SHOTS / "memory-estimated.png"))
+            pg.locator(".p-dialog-close-button").click()
+            pg.get_by_test_id(f"start-{name}").click()
+            expect(pg.get_by_test_id(f"state-{name}")).to_have_text("ready", timeout=60_000)
+        measured = _measured(studio, name)  # the first load of the configuration was measured
+        assert measured["drift"]["CPU"] < -0.4, measured
+
+        day = measured["measured_at"][:10]
+        for width, height in ((1440, 900), (390, 844)):
+            for scheme in ("light", "dark"):
+                with _page(browser, width, height, scheme) as pg:
+                    memory = _open_editor(pg, studio, name)
+                    badge = memory.get_by_test_id("memory-source")
+                    expect(badge).to_have_text(f"measured on {day}")
+                    expect(badge).to_have_attribute("data-source", "measured")
+                    line = memory.get_by_test_id("memory-line-CPU")
+                    expect(line).to_contain_text(
+                        re.compile(rf"CPU: estimated [\d.]+ MiB, measured [\d.]+ MiB on {day}")
+                    )
+                    drift = line.get_by_test_id("drift-CPU")
+                    expect(drift).to_have_text(re.compile(r"\(-[45]\d\.\d %\)"))
+                    expect(drift).to_have_class(re.compile(r"\blow\b"))  # red: the estimate was too low
+                    memory.scroll_into_view_if_needed()
+                    pg.wait_for_timeout(300)  # the dialog's opening animation
+                    pg.screenshot(path=str(SHOTS / f"memory-measured-{width}-{scheme}.png"))
+                    scroll, inner = pg.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+                    assert scroll <= inner, f"{width}px {scheme}: the page is {scroll}px wide"
+
+        with _page(browser) as pg:
+            estimates: list[str] = []
+            pg.on("request", lambda r: estimates.extend([r.url] if "/estimate" in r.url else []))
+            memory = _open_editor(pg, studio, name)
+            badge = memory.get_by_test_id("memory-source")
+            expect(badge).to_have_text(f"measured on {day}")
+            # an unsaved edit is another load: the preview's own memory, not measured yet
+            pg.get_by_test_id("args-input").fill("-c 1024 -np 1")
+            expect(badge).to_have_text("estimated")
+            expect(memory.get_by_test_id("memory-line-CPU")).to_contain_text("not measured yet")
+            expect(memory).to_contain_text("context 1,024 tokens")
+            assert estimates == []  # the bar's parts come with the view: no second request
+
+            with studio.api() as api:  # a configuration's own figure
+                r = api.patch(f"/api/models/{name}/config", json={"reserve": {"CPU": 64 * 1024 * 1024}})
+                assert r.status_code == 200, r.text
+            # the preview that lands after opening keeps the stored reserve the editor does not show
+            with pg.expect_response(lambda r: r.url.endswith("/preview")):
+                memory = _open_editor(pg, studio, name)
+            expect(memory.get_by_test_id("memory-source")).to_have_text("set by hand")
+            expect(memory.get_by_test_id("estimate-CPU")).to_contain_text("64.0 MiB")
+            expect(memory.get_by_test_id("part-above")).to_contain_text("reserved beyond the estimate")
+            expect(memory.get_by_test_id("drift-CPU")).to_be_visible()  # the measurement stays shown
+            memory.screenshot(path=str(SHOTS / "memory-manual.png"))
 
 
 @pytest.mark.parametrize("view", ["", "search", "downloads", "library", "running", "engines", "settings"])

@@ -69,8 +69,9 @@ export interface Stats {
 /** What starting a model runs and reserves, and a configuration's view (`/api/models/{id}/config`). */
 export type Prepared = components['schemas']['PreparedView']
 export type ConfigView = components['schemas']['ConfigView']
-/** Memory of a model with some flags, by device and category (`POST /api/models/{id}/estimate`). */
-export type MemoryEstimate = components['schemas']['MemoryEstimate']
+/** A llama.cpp load's memory: the estimate beside what a load of the same key allocated, and what
+ * the reservation is based on (`prepared.memory`). */
+export type MemoryView = components['schemas']['MemoryView']
 /** A library model that can draft for another (`/api/models/{id}/drafts`). */
 export type DraftCandidate = components['schemas']['DraftCandidate']
 
