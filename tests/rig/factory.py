@@ -373,5 +373,7 @@ BUILDERS: dict[str, Callable[..., None]] = {
     "mamba": build_mamba,
     "mamba2": build_mamba2,
     "granitehybrid": build_granitehybrid,
+    # Llama-3-style 128-wide heads (GQA 2:1): quantized KV caches get llama.cpp's Hadamard rotation
+    "llama-h128": _dense("llama", 256, 2, 2, 1, 512, qk_norm=False),
 }
 ARCHS = tuple(BUILDERS)

@@ -49,9 +49,10 @@ buffer for large batches, and the host keeps the input embeddings and masks.
 
 from __future__ import annotations
 
+from llamastudio.errors import InvalidInput
 from llamastudio.fit.flags import ServerFlags
 from llamastudio.fit.galloc import buffer_size
-from llamastudio.fit.graphs import Batch, Setup
+from llamastudio.fit.graphs import Batch, GraphAbort, Setup
 from llamastudio.fit.stacks import build
 from llamastudio.fit.usage import Context, DeviceUsage
 from llamastudio.gguf import ModelFacts
@@ -85,7 +86,10 @@ def graph_peak(f: ModelFacts, ctx: Context, flags: ServerFlags | None = None) ->
         n_rs=max(1, ctx.n_seq),
         pooling=pooling,
     )
-    return max(buffer_size(build(f, setup, b)) for b in reserve_batches(ctx))
+    try:
+        return max(buffer_size(build(f, setup, b)) for b in reserve_batches(ctx))
+    except GraphAbort as exc:
+        raise InvalidInput(str(exc)) from None
 
 
 def compute_bytes(

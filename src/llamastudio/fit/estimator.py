@@ -201,7 +201,9 @@ def estimate(
                 usage[placement[il]].rs += (r + s) * 4 * max(1, ctx.n_seq)
 
     # output logits: host memory (pinned when a GPU is used), n_vocab floats per output row
-    host.output = 4 * f.vocab_size * ctx.n_seq
+    # (+ n_embd floats per row with embeddings on: llama_context::output_reserve)
+    embd_rows = f.embedding_length if flags.embedding or flags.reranking else 0
+    host.output = 4 * (f.vocab_size + embd_rows) * ctx.n_seq
 
     for dev_usage, cb in compute_bytes(f, ctx, placement, usage, gpus, flags).items():
         usage[dev_usage].compute = cb

@@ -17,6 +17,10 @@ from llamastudio.gguf import ModelFacts
 W = "f16"  # weight type: irrelevant to the compute buffer, weights live elsewhere
 
 
+class GraphAbort(ValueError):
+    """llama.cpp would fail an assertion building this graph (llama-server aborts at load)."""
+
+
 @dataclass(frozen=True)
 class Batch:
     """The ubatch ``graph_reserve`` builds for: tokens, sequences (streams) and output rows."""
@@ -322,6 +326,12 @@ class Llm:
             return
         has = self.f.non_layer_bytes
         if pooling == "mean" or (pooling == "rank" and self.f.arch_keys.get("pooling_type_cls") == 1):
+            if embd.ne[1] != self.n_tokens:  # ggml_mul_mat asserts: llama-server aborts at load
+                raise GraphAbort(
+                    f"llama.cpp aborts reserving this graph: mean pooling over {self.n_seqs} sequences "
+                    f"needs the micro-batch ({self.n_outputs}) to be a multiple of the sequence count "
+                    f"(--parallel); set -ub to a multiple of {self.n_seqs}"
+                )
             mean = G.new_input("f32", self.n_tokens, self.n_seqs)
             cur = G.mul_mat(G.cont(G.transpose(embd)), mean)
         else:
