@@ -364,6 +364,44 @@ def build_granitehybrid(path: Path, vocab: Vocab, split: int = 0) -> None:
     m.write(path, cfg, split)
 
 
+def build_gptoss(path: Path, vocab: Vocab, split: int = 0) -> None:
+    """gpt-oss: alternating sliding-window and full attention with per-head sinks, biased MoE
+    (softmax over the chosen experts' logits, SwiGLU-OAI), post-attention norm."""
+    n_embd, n_layer, n_head, n_head_kv, head_dim, n_expert, n_used, n_ff_exp = 128, 2, 4, 2, 32, 4, 2, 64
+    m = _Model("gpt-oss", n_embd, vocab, seed=8)
+    m.embed_and_output()
+    for i in range(n_layer):
+        _attention(m, i, n_head, n_head_kv, head_dim, qk_norm=False)
+        m.vec(f"blk.{i}.attn_output.bias", n_embd, value=None)
+        m.vec(f"blk.{i}.attn_sinks.weight", n_head, value=None)
+        m.vec(f"blk.{i}.post_attention_norm.weight", n_embd)
+        m.mat(f"blk.{i}.ffn_gate_inp.weight", n_embd, n_expert, f32=True)
+        m.vec(f"blk.{i}.ffn_gate_inp.bias", n_expert, value=None)
+        for name, ne in (
+            ("gate", (n_embd, n_ff_exp)),
+            ("up", (n_embd, n_ff_exp)),
+            ("down", (n_ff_exp, n_embd)),
+        ):
+            m.mat(f"blk.{i}.ffn_{name}_exps.weight", *ne, n_expert)
+            m.vec(f"blk.{i}.ffn_{name}_exps.bias", ne[1], n_expert, value=None)
+
+    def cfg(w: gguf.GGUFWriter) -> None:
+        w.add_block_count(n_layer)
+        w.add_feed_forward_length(n_ff_exp)
+        w.add_expert_feed_forward_length(n_ff_exp)
+        w.add_head_count(n_head)
+        w.add_head_count_kv(n_head_kv)
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+        w.add_rope_dimension_count(head_dim)
+        w.add_rope_freq_base(150000.0)
+        w.add_expert_count(n_expert)
+        w.add_expert_used_count(n_used)
+        w.add_sliding_window(128)
+
+    m.write(path, cfg, split)
+
+
 BUILDERS: dict[str, Callable[..., None]] = {
     "llama": _dense("llama", 256, 2, 8, 2, 512, qk_norm=False),
     "qwen3": _dense("qwen3", 128, 2, 4, 2, 256, qk_norm=True),
@@ -375,5 +413,6 @@ BUILDERS: dict[str, Callable[..., None]] = {
     "granitehybrid": build_granitehybrid,
     # Llama-3-style 128-wide heads (GQA 2:1): quantized KV caches get llama.cpp's Hadamard rotation
     "llama-h128": _dense("llama", 256, 2, 2, 1, 512, qk_norm=False),
+    "gpt-oss": build_gptoss,
 }
 ARCHS = tuple(BUILDERS)

@@ -32,9 +32,22 @@ SWA_PATTERNS: dict[str, tuple[int, bool]] = {
 }
 PURE_RECURRENT = {"mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"}
 # hybrids whose recurrent layers are those with no KV heads (per-layer head_count_kv == 0)
-HYBRID_BY_KV_HEADS = {"jamba", "granitehybrid", "nemotron_h", "nemotron_h_moe", "lfm2", "lfm2moe", "plamo2"}
-# hybrids with an attention layer every `full_attention_interval` layers
-HYBRID_BY_INTERVAL = {"qwen3next", "qwen35", "qwen35moe", "kimi-linear"}
+HYBRID_BY_KV_HEADS = {
+    "jamba",
+    "granitehybrid",
+    "lfm2",
+    "lfm2moe",
+    "plamo2",
+    "kimi-linear",
+    "kimi-k3",
+    "bailingmoe3",
+    "glm5-next",
+}
+# nemotron-h: a layer is a Mamba-2 mixer when it has neither KV heads nor an FFN (else attention or MLP)
+HYBRID_BY_KV_HEADS_AND_FFN = {"nemotron_h", "nemotron_h_moe"}
+# hybrids with an attention layer every `full_attention_interval` layers (default per arch), unless
+# `attention.recurrent_layers` lists them
+HYBRID_BY_INTERVAL = {"qwen3next": 4, "qwen35": 4, "qwen35moe": 4, "minimax-01": 8}
 
 
 def swa_layers(f: ModelFacts) -> list[bool]:
@@ -58,9 +71,16 @@ def recurrent_layers(f: ModelFacts) -> list[bool]:
         return [True] * n
     if f.architecture in HYBRID_BY_KV_HEADS:
         return [f.n_head_kv(il) == 0 for il in range(n)]
+    if f.architecture in HYBRID_BY_KV_HEADS_AND_FFN:
+        n_ff = f.feed_forward_length
+        ffn = [n_ff[il] if isinstance(n_ff, list) and il < len(n_ff) else n_ff or 0 for il in range(n)]
+        return [f.n_head_kv(il) == 0 and not ffn[il] for il in range(n)]
     if f.architecture in HYBRID_BY_INTERVAL:
-        interval = f.arch_keys.get("full_attention_interval") or 4
-        return [(il + 1) % int(interval) != 0 for il in range(n)]
+        listed = f.arch_keys.get("recurrent_layers")
+        if isinstance(listed, list):  # (arrays longer than the facts' preview are summarised)
+            return [bool(x) for x in listed[:n]] + [False] * max(0, n - len(listed))
+        interval = int(f.arch_keys.get("full_attention_interval") or HYBRID_BY_INTERVAL[f.architecture])
+        return [(il + 1) % interval != 0 for il in range(n)]
     return [False] * n
 
 

@@ -210,6 +210,10 @@ def add(a: Tensor, b: Tensor) -> Tensor:
     return _dup(a, "ADD", a, b)
 
 
+def add_id(a: Tensor, b: Tensor, ids: Tensor) -> Tensor:
+    return _dup(a, "ADD_ID", a, b, ids)
+
+
 def mul(a: Tensor, b: Tensor) -> Tensor:
     return _dup(a, "MUL", a, b)
 

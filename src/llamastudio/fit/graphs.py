@@ -254,11 +254,15 @@ class Llm:
 
     softcap = False  # gemma2-style attention logit soft-capping (scale, tanh, scale before softmax)
 
-    def ffn(self, x: Tensor, n_ff: int, gated: bool = True, bias: bool = False) -> Tensor:
+    def ffn(
+        self, x: Tensor, n_ff: int, gated: bool = True, bias: bool = False, relu_sqr: bool = False
+    ) -> Tensor:
         """build_ffn: up and gate projections, a fused GLU (not in place), the down projection;
         ungated: up, the activation in place, down."""
         up = self.mm(x, n_ff, bias)
         cur = G.glu_split(self.mm(x, n_ff), up) if gated else G.unary(up)
+        if relu_sqr:
+            cur = G.unary(cur)  # ggml_sqr in place
         return self.mm(cur, self.n_embd, bias)
 
     def moe(
@@ -271,15 +275,24 @@ class Llm:
         w_scale: bool = False,
         gating: str = "softmax",
         probs_bias: bool = False,
+        biases: bool = False,
     ) -> Tensor:
         """build_moe_ffn: router logits and probabilities, top-k selection, per-expert weights,
-        up/gate/down through mul_mat_id ([n_ff, n_used, n_tokens] each), weighted sum of experts."""
+        up/gate/down through mul_mat_id ([n_ff, n_used, n_tokens] each), weighted sum of experts.
+        ``gating``: softmax, sigmoid, or softmax_weight (softmax over the chosen experts only)."""
         e, n = x.ne[0], x.ne[1]
         logits = G.mul_mat(G.weight("f32", e, n_expert), x)
-        probs = G.soft_max(logits) if gating == "softmax" else G.unary(logits)
+        if biases:
+            logits = G.add(logits, G.weight("f32", n_expert))
+        if gating == "softmax":
+            probs = G.soft_max(logits)
+        else:
+            probs = logits if gating == "softmax_weight" else G.unary(logits)
         selection = G.add(probs, G.weight("f32", n_expert)) if probs_bias else probs
         selected = G.argsort_top_k(selection, n_used)
         weights = G.get_rows(G.reshape(probs, 1, n_expert, n), selected)
+        if gating == "softmax_weight":
+            weights = G.reshape(G.soft_max(G.reshape(weights, n_used, n)), 1, n_used, n)
         if norm_w:
             w2 = G.reshape(weights, n_used, n)
             total = G.clamp(G.sum_rows(w2))
@@ -288,10 +301,14 @@ class Llm:
             weights = G.scale(weights)
         self.expand(weights)
         cur = G.reshape(x, e, 1, n)
-        up = G.mul_mat_id(G.weight(W, e, n_ff, n_expert), cur, selected)
-        gate = G.mul_mat_id(G.weight(W, e, n_ff, n_expert), cur, selected)
-        act = G.glu_split(gate, up)
-        experts = G.mul_mat_id(G.weight(W, n_ff, e, n_expert), act, selected)
+
+        def experts_mm(n_in: int, n_out: int, src: Tensor) -> Tensor:
+            out = G.mul_mat_id(G.weight(W, n_in, n_out, n_expert), src, selected)
+            return G.add_id(out, G.weight("f32", n_out, n_expert), selected) if biases else out
+
+        up = experts_mm(e, n_ff, cur)
+        gate = experts_mm(e, n_ff, cur)
+        experts = experts_mm(n_ff, e, G.glu_split(gate, up))
         experts = G.mul(experts, weights)
         self.expand(experts)
         views = [G.view_2d(experts, e, n, experts.nb[2]) for _ in range(n_used)]

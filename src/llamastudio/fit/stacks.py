@@ -17,7 +17,7 @@ from llamastudio.gguf import ModelFacts
 QK_NORM = {"qwen3", "qwen3moe", "gemma3", "gemma3n", "olmo2", "olmoe", "chameleon", "cohere2", "qwen3vl"}
 GEMMA = {"gemma2", "gemma3", "gemma-embedding"}
 MAMBA = {"mamba", "mamba2"}
-HYBRID_MAMBA2 = {"granitehybrid", "nemotron_h", "nemotron_h_moe", "falcon-h1"}
+HYBRID_MAMBA2 = {"granitehybrid"}
 
 
 def _n_ff(f: ModelFacts, il: int) -> int:
@@ -97,6 +97,38 @@ def build_decoder(llm: Llm) -> None:
             cur = llm.norm(cur)
         inp_l = G.add(cur, ffn_inp)
     llm.output(inp_l, logit_ops=3 if _key(f, "final_logit_softcapping") else 0)
+
+
+def build_gptoss(llm: Llm) -> None:
+    """gpt-oss (openai-moe.cpp): alternating sliding-window/full attention with sinks, a
+    post-attention norm before a biased MoE whose weights are a softmax over the chosen experts;
+    every token goes through the last layer (the output rows are taken after the stack, whose
+    output is itself a graph output: the MTP hidden state)."""
+    f = llm.f
+    swa = swa_layers(f)
+    inp_l = llm.inp_embd()
+    pos = llm.inp_pos()
+    inp = llm.kv_inputs(swa=any(swa))
+    out_ids = llm.inp_out_ids()
+    n_ff_exp = int(_key(f, "expert_feed_forward_length")) or _n_ff(f, 0)
+    for il in range(f.block_count):
+        cur = llm.norm(inp_l)
+        q, k, v = llm.qkv(cur, f.key_length, f.n_head(il), f.n_head_kv(il), f.value_length)
+        cur = llm.attn(inp, G.rope(q, pos), G.rope(k, pos), v, il, swa=swa[il])
+        ffn_inp = G.add(cur, inp_l)
+        cur = llm.moe(
+            llm.norm(ffn_inp),
+            f.expert_count,
+            f.expert_used_count,
+            n_ff_exp,
+            norm_w=False,
+            w_scale=_key(f, "expert_weights_scale", 1.0) not in (0.0, 1.0),
+            gating="softmax_weight",
+            biases=True,
+        )
+        inp_l = G.add(cur, ffn_inp)
+    inp_l.output = True
+    llm.output(G.get_rows(inp_l, out_ids))
 
 
 def build_deepseek2(llm: Llm) -> None:
@@ -319,6 +351,56 @@ def build_encoder(llm: Llm) -> None:
     llm.pool(inp_l)
 
 
+def build_falcon_h1(llm: Llm) -> None:
+    """Falcon-H1 (not measured here): attention and a Mamba-2 mixer side by side in every layer,
+    their outputs summed, then the FFN."""
+    f = llm.f
+    inp_l = llm.inp_embd()
+    pos = llm.inp_pos()
+    rs = _rs_inputs(llm)
+    inp = llm.kv_inputs()
+    out_ids = llm.inp_out_ids()
+    for il in range(f.block_count):
+        q, k, v = llm.qkv(llm.norm(inp_l), f.key_length, f.n_head(il), f.n_head_kv(il), f.value_length)
+        attn_out = llm.attn(inp, G.rope(q, pos), G.rope(k, pos), v, il)
+        cur = G.add(attn_out, _mamba_layer(llm, rs, llm.norm(inp_l), mamba2=True))
+        residual = G.add(cur, inp_l)
+        cur, residual = _last(llm, il, out_ids, cur, residual)
+        inp_l = G.add(_ffn_block(llm, f, llm.norm(residual), il), residual)
+    llm.output(inp_l)
+
+
+def build_nemotron_h(llm: Llm) -> None:
+    """Nemotron-H (not measured here): each layer is a Mamba-2 mixer, attention, or a ReLU² MLP;
+    every token reaches the final norm (the MTP hidden state, an output), then the output rows."""
+    f = llm.f
+    rec = recurrent_layers(f)
+    inp_l = llm.inp_embd()
+    rs = _rs_inputs(llm)
+    inp = llm.kv_inputs()
+    out_ids = llm.inp_out_ids()
+    for il in range(f.block_count):
+        cur = llm.norm(inp_l)
+        if rec[il]:
+            cur = _mamba_layer(llm, rs, cur, mamba2=True)
+        elif not _n_ff(f, il):
+            q, k, v = llm.qkv(cur, f.key_length, f.n_head(il), f.n_head_kv(il), f.value_length)
+            cur = llm.attn(inp, q, k, v, il)
+        elif f.expert_count:
+            cur = _ffn_block(llm, f, cur, il)
+        else:
+            cur = llm.ffn(cur, _n_ff(f, il), gated=False, relu_sqr=True)
+        inp_l = G.add(cur, inp_l)
+    hidden = llm.norm(inp_l)
+    hidden.output = True
+    cur = G.get_rows(hidden, out_ids)
+    cur.output = True
+    logits = llm.mm(cur, f.vocab_size)
+    logits.output = True
+    llm.expand(logits)
+    llm.pool(cur)
+
+
 def build(f: ModelFacts, cache: Setup, batch: Batch) -> G.Graph:
     llm = Llm(f, cache, batch)
     arch = f.architecture
@@ -328,8 +410,14 @@ def build(f: ModelFacts, cache: Setup, batch: Batch) -> G.Graph:
         build_mamba(llm)
     elif arch in HYBRID_MAMBA2 and any(recurrent_layers(f)):
         build_hybrid(llm)
+    elif arch == "falcon-h1":
+        build_falcon_h1(llm)
+    elif arch in ("nemotron_h", "nemotron_h_moe"):
+        build_nemotron_h(llm)
     elif f.kv_lora_rank and f.key_length_mla:
         build_deepseek2(llm)
+    elif arch in ("gpt-oss", "openai-moe"):
+        build_gptoss(llm)
     else:
         build_decoder(llm)
     return llm.g
