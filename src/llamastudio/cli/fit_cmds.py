@@ -6,17 +6,21 @@ import json
 import os
 import shlex
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from llamastudio.cli.context import engines as engine_registry
 from llamastudio.cli.context import hardware as machine
 from llamastudio.cli.context import settings as studio_settings
+from llamastudio.engines import fitparams
 from llamastudio.errors import InvalidInput
 from llamastudio.fit.companions import Companions
 from llamastudio.fit.estimator import Estimate, estimate
+from llamastudio.fit.fitparams import TOLERANCE, FitCheck
 from llamastudio.fit.flags import ServerFlags, parse_server_args
 from llamastudio.fit.planner import plan as make_plan
 from llamastudio.gguf import GGUFModel, facts_from_model, load_model
@@ -31,6 +35,18 @@ HardwareOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 ModelArg = Annotated[str, typer.Argument(metavar="MODEL", help="GGUF file, split part or URL.")]
 PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+CheckOpt = Annotated[
+    bool,
+    typer.Option(
+        "--check",
+        help="Also run llama.cpp's own llama-fit-params on the local MODEL with the same flags and "
+        "print both side by side.",
+    ),
+]
+CheckWithOpt = Annotated[
+    Path | None,
+    typer.Option("--check-with", help="The llama-fit-params binary (default: the default engine's)."),
+]
 
 
 class Goal(StrEnum):
@@ -97,29 +113,88 @@ def render_estimate(est: Estimate, hw: Hardware, console: Console) -> None:
 def register(app: typer.Typer) -> None:
     @app.command(context_settings=PASSTHROUGH)
     def estimate_cmd(
-        ctx: typer.Context, model: ModelArg, hardware: HardwareOpt = None, as_json: JsonOpt = False
+        ctx: typer.Context,
+        model: ModelArg,
+        hardware: HardwareOpt = None,
+        as_json: JsonOpt = False,
+        check: CheckOpt = False,
+        check_with: CheckWithOpt = None,
     ) -> None:
-        """Memory per device for a model and llama-server flags (paste them after MODEL)."""
+        """Memory per device for a model and llama-server flags (paste them after MODEL); every flag
+        of llama-server b11434 is taken, and those that change memory unmodelled are named."""
         flags = parse_server_args(list(ctx.args), keep_unknown=False)
+        if check and hardware:
+            raise InvalidInput(
+                "--check runs llama.cpp on this machine: it cannot be combined with --hardware"
+            )
         hw = machine(ctx, hardware)
         gmodel, companions = open_model(model), companions_of(flags)
         est = estimate(gmodel, flags, hw.gpus, companions=companions)
         # what the studio of this data directory measured for the same load, if it ran it
         used = [c for c in (companions.mmproj, companions.draft) if c is not None]
         measured = measured_estimate(studio_settings(ctx), gmodel, flags, est, used)
+        fit_check = None
+        if check:
+            binary = check_with or _fit_params_binary(ctx)
+            fit_check = fitparams.check(binary, gmodel, Path(model), flags, hw.gpus, server=est)
         if as_json:
             out: dict[str, Any] = est.to_json() | {"hardware": hw.to_json(), "args": flags.to_args()}
             out["measured"] = measured.model_dump(mode="json") if measured else None
+            if fit_check is not None:
+                out["check"] = fit_check.to_json()
             typer.echo(json.dumps(out, indent=1))
         else:
             console = Console()
             render_estimate(est, hw, console)
             for line in measured.summary if measured else []:
                 console.print(f"measured by the studio: {line}", highlight=False)
+            if fit_check is not None:
+                render_check(fit_check, console)
 
     estimate_cmd.__name__ = "estimate"
     app.registered_commands[-1].name = "estimate"
     register_plan(app)
+
+
+def _fit_params_binary(ctx: typer.Context) -> Path:
+    engine = engine_registry(ctx).default()
+    path = None
+    if engine is not None and engine.family == "llama.cpp":
+        path = Path(engine.binaries["llama-fit-params"]) if "llama-fit-params" in engine.binaries else None
+        path = path if path and path.is_file() else fitparams.find_binary(engine.server)
+    if path is None:
+        raise InvalidInput(
+            "--check needs llama.cpp's llama-fit-params: the default engine has none "
+            "(build or install one, or pass --check-with PATH)"
+        )
+    return path
+
+
+def render_check(fc: FitCheck, console: Console) -> None:
+    table = Table(title="llama.cpp's own projection (llama-fit-params) [MiB]")
+    for col in ("device", "category", "studio", "llama-fit-params", "its log", "diff", "agree"):
+        table.add_column(col, justify="left" if col in ("device", "category") else "right")
+    for r in fc.rows:
+        row = r.to_json()
+        precise = r.theirs_precise_mib
+        table.add_row(
+            r.device,
+            r.category,
+            f"{r.ours / MiB:,.2f}",
+            str(r.theirs_mib),
+            "" if precise is None else f"{precise:,.2f}",
+            f"{row['diff_mib']:+,.2f}",
+            "yes" if r.agree else "[red]no[/]",
+        )
+    console.print(table)
+    console.print(
+        "studio column: the studio's estimate of what llama-fit-params counts (no mmap, its context "
+        f"defaults); tolerance: {TOLERANCE}",
+        highlight=False,
+    )
+    console.print(shlex.join(fc.report.argv), highlight=False, soft_wrap=True)
+    for line in fc.differences:
+        console.print(f"• {line}", highlight=False)
 
 
 def parse_reserve(text: str | None, hw: Hardware) -> dict[str, int]:
