@@ -400,6 +400,8 @@ def parse_server_args(argv: list[str], *, keep_unknown: bool = True) -> ServerFl
             no_mmap = flag == "--no-mmap"
         elif flag == "--mlock":
             mlock = True
+        elif flag in ("-dio", "--direct-io"):
+            values["load_mode"] = "dio"
         elif flag in _BOOL_FLAGS:
             name, on = _BOOL_FLAGS[flag]
             values[name] = on
@@ -426,7 +428,7 @@ def parse_server_args(argv: list[str], *, keep_unknown: bool = True) -> ServerFl
             raise InvalidInput(
                 f"unknown flag {token!r}: not among llama-server's flags (b11434 --help)", flag=token
             )
-    if no_mmap is not None or mlock:
+    if (no_mmap is not None or mlock) and "load_mode" not in values:
         values["load_mode"] = {(True, False): "none", (True, True): "mlock", (False, True): "mmap+mlock"}.get(
             (bool(no_mmap), mlock), "mmap"
         )
