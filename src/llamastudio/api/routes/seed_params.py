@@ -5,9 +5,10 @@
 The key → flag table is the seed's own (its llama-swap command builder), with two fixes:
 ``mirostat_tau`` / ``mirostat_eta`` are llama-server's ``--mirostat-ent`` / ``--mirostat-lr`` (the
 seed wrote flags llama-server never had), and a value is written as given (the seed left out some
-values equal to what it took for defaults, so ``min_p: 0`` meant llama.cpp's 0.05). A flag this
-engine lacks (``--mlock``, ``--low-vram`` … on a recent llama.cpp) is refused when the
-configuration is saved, by the studio's usual check against the engine's ``--help``.
+values equal to what it took for defaults, so ``min_p: 0`` meant llama.cpp's 0.05). ``no_mmap``
+and ``mlock`` become the load mode a recent llama.cpp has instead (``-lm none``, ``-lm mmap+mlock``,
+see ``fit/flags.py``); a flag the engine lacks with no equivalent (``--low-vram`` …) is refused when
+the configuration is saved, by the studio's usual check against the engine's ``--help``.
 
 Read back, every flag of ``args`` the table names becomes its key; the rest stays, verbatim, in
 ``customArgs``, so a configuration read and written back through the seed's shape keeps every flag.
