@@ -269,13 +269,13 @@ def summarize(rows: list[dict[str, Any]]) -> str:
             label = f"{lo}–{hi:g} MiB" if hi < 1e9 else f"≥ {lo} MiB"
             within = sum(e <= 0.10 for e in sel)
             lines.append(f"| {label} | {len(sel)} | {within} | {max(sel):.1%} | {sum(sel) / len(sel):.2%} |")
-    worst = sorted(ok, key=lambda r: -abs(_rel(r)))
-    lines += [
-        "",
+    worst = sorted((r for r in ok if _rel(r)), key=lambda r: -abs(_rel(r)))
+    head = [
         "worst compute rows:",
         "| model | flags | logged MiB | est MiB | error |",
         "|---|---|---|---|---|",
     ]
+    lines += ["", *(head if worst else ["no compute buffer outside log rounding"])]
     for r in worst[:8]:
         logged, est = r["compute_logged"], r["compute_est"]
         lines.append(f"| {r['model']} | `{r['args']}` | {logged:.2f} | {est:.2f} | {_rel(r):+.1%} |")

@@ -36,15 +36,28 @@ from the pinned source, that decide the size:
   and the scan, whose result holds ``y`` and the new SSM states of every sequence
   (``d_state·d_inner·n_seqs`` floats) — the part that grows with parallel sequences.
 - **Output**: the last layer keeps only the output rows (``get_rows``), then the final norm and
-  ``n_vocab × n_outputs`` logits (plus in-place logit scaling/soft-capping).
+  ``n_vocab × n_outputs`` logits (plus in-place logit scaling/soft-capping); gpt-oss and
+  Nemotron-H run every token through the last layer and keep that hidden state as an output.
+- **Embeddings** (``--embedding``/``--reranking``): every token is an output row; pooling adds a
+  transposed copy of the embeddings (mean) or the sequences' rows (cls/last/rank) and the
+  classifier head. BERT-style encoders have no cache (the mask is ``n_tokens × n_tokens``; flash
+  attention casts the batch's K and V to F16) and no LM head. Mean pooling over ``-np N`` with a
+  micro-batch that is not a multiple of N makes llama.cpp abort at load: refused here too.
 
-Measured against llama-server's own logs with ``bench/estimate_accuracy.py``: byte-exact on the
-CPU backend for the rig's architectures. Architectures without a stack of their own are built as
-the llama-style decoder (``stacks.build``).
+Stacks of their own (``stacks.build``): llama-style decoders (llama, qwen2/3, mistral, … with
+Q/K norms where the architecture has them, MoE with shared experts and DeepSeek-style sigmoid
+routing), gemma3 (sandwich norms, scaled input rows, sliding window), DeepSeek-2 MLA, gpt-oss,
+Mamba-1/2, Granite-hybrid, BERT-style encoders — measured byte-exact against llama-server's own
+allocator trace and its logs (``bench/estimate_accuracy.py``) on the rig's tiny models of each —
+and gemma2 (attention soft-capping), Falcon-H1 and Nemotron-H (built from the source, not
+measured: no rig model). Every other
+architecture is built as the llama-style decoder, which misses its particular intermediates
+(linear-attention and RWKV state updates, fused QKV copies, per-layer embeddings, …).
 
-GPU buffers (not calibrated here: no GPU in CI) use the same graph peak on the device holding the
-layers; a partially offloaded model also streams its largest CPU layer through the first GPU's
-buffer for large batches, and the host keeps the input embeddings and masks.
+GPU buffers (not calibrated here: no GPU in CI, so GPU compute is extrapolated) use the same graph
+peak on the device holding the layers; a partially offloaded model also streams its largest CPU
+layer through the first GPU's buffer for large batches, and the host keeps the input embeddings
+and masks.
 """
 
 from __future__ import annotations

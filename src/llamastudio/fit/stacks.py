@@ -47,6 +47,7 @@ def _ffn_block(llm: Llm, f: ModelFacts, x: Tensor, il: int, gated: bool = True) 
         norm_w=bool(_key(f, "expert_weights_norm", 1 if f.architecture != "deepseek2" else 0)),
         w_scale=_key(f, "expert_weights_scale", 1.0) not in (0.0, 1.0),
         gating="sigmoid" if gating == 2 else "softmax",
+        probs_bias=gating == 2 and f.architecture == "deepseek2",  # V3's selection bias (exp_probs_b)
     )
     n_shared = int(_key(f, "expert_shared_count"))
     shexp = int(_key(f, "expert_shared_feed_forward_length")) or n_ff_exp * n_shared
