@@ -62,6 +62,9 @@ and masks.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+
 from llamastudio.errors import InvalidInput
 from llamastudio.fit.flags import ServerFlags
 from llamastudio.fit.galloc import buffer_size
@@ -100,9 +103,62 @@ def graph_peak(f: ModelFacts, ctx: Context, flags: ServerFlags | None = None) ->
         pooling=pooling,
     )
     try:
-        return max(buffer_size(build(f, setup, b)) for b in reserve_batches(ctx))
+        return max(_buffer_size(f, setup, b) for b in reserve_batches(ctx))
     except GraphAbort as exc:
         raise InvalidInput(str(exc)) from None
+
+
+_CACHE: OrderedDict[tuple[str, Setup, Batch], int] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+_CACHE_SIZE = 512
+
+
+def _graph_key(f: ModelFacts) -> str:
+    """What the graph depends on: shapes and keys, not the file's sizes or quantization (the
+    planner tries many layer splits and every quant of a repo has the same graph)."""
+    fields = (
+        f.architecture,
+        f.block_count,
+        f.embedding_length,
+        f.head_count,
+        f.head_count_kv,
+        f.key_length,
+        f.value_length,
+        f.vocab_size,
+        f.context_length,
+        f.feed_forward_length,
+        f.expert_count,
+        f.expert_used_count,
+        f.sliding_window,
+        f.sliding_window_pattern,
+        f.kv_lora_rank,
+        f.key_length_mla,
+        f.value_length_mla,
+        f.ssm_conv_kernel,
+        f.ssm_inner_size,
+        f.ssm_state_size,
+        f.ssm_time_step_rank,
+        f.ssm_group_count,
+        f.rope_dimension_count,
+        f.pooling,
+        sorted(f.non_layer_bytes),
+        sorted(f.arch_keys.items(), key=lambda kv: kv[0]),
+    )
+    return repr(fields)
+
+
+def _buffer_size(f: ModelFacts, setup: Setup, batch: Batch) -> int:
+    key = (_graph_key(f), setup, batch)
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
+    size = buffer_size(build(f, setup, batch))
+    with _CACHE_LOCK:
+        _CACHE[key] = size
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return size
 
 
 def compute_bytes(
