@@ -50,7 +50,9 @@ routing), gemma3 (sandwich norms, scaled input rows, sliding window), DeepSeek-2
 Mamba-1/2, Granite-hybrid, BERT-style encoders — measured byte-exact against llama-server's own
 allocator trace and its logs (``bench/estimate_accuracy.py``) on the rig's tiny models of each —
 and gemma2 (attention soft-capping), Falcon-H1 and Nemotron-H (built from the source, not
-measured: no rig model). Every other
+measured: no rig model). (Byte-exact: a llama-server built with ``GGML_ALLOCATOR_DEBUG`` and
+``AT_PRINTF`` enabled in ``ggml-alloc.c`` logs, at ``-lv 9``, every placement and the highest end
+of each reserved graph; a change of llama.cpp is re-checked that way, tensor by tensor.) Every other
 architecture is built as the llama-style decoder, which misses its particular intermediates
 (linear-attention and RWKV state updates, fused QKV copies, per-layer embeddings, …).
 

@@ -240,7 +240,10 @@ def _mamba_layer(llm: Llm, inp: dict[str, Tensor], cur: Tensor, mamba2: bool) ->
     else:
         zx = llm.mm(G.reshape(cur, llm.n_embd, n_st, n_seqs), 2 * d_inner)
     xbc = G.view_3d(zx, conv_dim, n_st, n_seqs, zx.nb[1], zx.nb[2])
-    z = G.view_4d(zx, (head_dim, n_head, n_st, n_seqs), head_dim * zx.nb[0], zx.nb[1], zx.nb[2])
+    if mamba2:
+        z = G.view_4d(zx, (head_dim, n_head, n_st, n_seqs), head_dim * zx.nb[0], zx.nb[1], zx.nb[2])
+    else:
+        z = G.view_3d(zx, d_inner, n_st, n_seqs, zx.nb[1], zx.nb[2])
     conv_x = G.concat(conv, G.transpose(xbc), 0)
     last = G.view_3d(conv_x, d_conv - 1, conv_dim, n_seqs, conv_x.nb[1], conv_x.nb[2])
     llm.expand(G.cpy(last, G.view_2d(r_all, n_r, n_seqs, r_all.nb[1])))
@@ -269,7 +272,10 @@ def _mamba_layer(llm: Llm, inp: dict[str, Tensor], cur: Tensor, mamba2: bool) ->
     y_ssm = _rs(llm, inp, s_all, n_s, scan)
     state_view = G.view_1d(y_ssm, n_s * n_seqs)
     llm.expand(G.cpy(state_view, G.view_1d(s_all, n_s * n_seqs)))
-    y = G.view_4d(y_ssm, y_in.ne, y_in.nb[1], y_in.nb[2], y_in.nb[3])  # type: ignore[arg-type]
+    if mamba2:
+        y = G.view_4d(y_ssm, y_in.ne, y_in.nb[1], y_in.nb[2], y_in.nb[3])  # type: ignore[arg-type]
+    else:
+        y = G.view_3d(y_ssm, d_inner, n_st, n_seqs, x.nb[1], x.nb[2])
     y = G.add(y, G.mul(skip, G.weight("f32", 1, n_head)))
     y = G.glu_split(G.cont(z), y)
     if mamba2:
