@@ -116,6 +116,9 @@ def parse_logged(lines: list[str]) -> Logged | None:
     )
 
 
+LOG_ROUNDING = -(-MiB // 200)  # 0.005 MiB, rounded up: what one logged figure may hide
+
+
 # -- a measurement and what it changes ------------------------------------------------------------
 @dataclass
 class Measurement:
@@ -144,7 +147,8 @@ class Measurement:
             base = {}
             for dev, cats in self.measured.items():
                 extra = min(self.mapped_extra, cats.get("model", 0)) if dev == HOST else 0
-                base[dev] = sum(cats.values()) - extra
+                # llama.cpp logs MiB with two decimals: reserve the top of each line's rounding
+                base[dev] = sum(cats.values()) - extra + len(cats) * LOG_ROUNDING
         out = {dev: max(base.get(dev, 0), self.process.get(dev, 0)) for dev in set(base) | set(self.process)}
         return {dev: n for dev, n in out.items() if n > 0}
 
