@@ -65,5 +65,12 @@ docker-lint: install
 docker-test: docker-lint
 	@$(PY) scripts/docker_test.py test $(DOCKER_TEST_ARGS)
 
+# Every benchmark in bench/, each printing its table (ours vs the reference, same run); minutes.
+bench: install rig
+	LLAMASTUDIO_RIG_DIR="$(RIG)" $(PY) -m bench.estimate_accuracy
+	LLAMASTUDIO_RIG_DIR="$(RIG)" $(PY) -m bench.gateway
+	LLAMASTUDIO_RIG_DIR="$(RIG)" $(PY) -m bench.download
+	LLAMASTUDIO_RIG_DIR="$(RIG)" $(PY) -m bench.faults
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache test-output build web/node_modules src/llamastudio/web/dist
