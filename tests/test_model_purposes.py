@@ -8,10 +8,12 @@ the requests each cannot answer refused with one clear error while its neighbour
 from __future__ import annotations
 
 import base64
+import json
 import re
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import anthropic
 import gguf
@@ -28,6 +30,7 @@ from llamastudio.gguf.roles import draft_mismatch, projector_mismatch
 from llamastudio.hardware.profiles import parse_profile
 from tests.rig import embed, vision
 from tests.rig.factory import BUILDERS, Vocab
+from tests.rig.serving import running
 from tests.rig.studio import Studio
 
 ARGS = ["-c", "1024", "-np", "1", "-t", "2"]
@@ -240,6 +243,83 @@ def test_image_urls_are_fetched_by_the_gateway_never_from_local_addresses(studio
         r = g.post("/v1/chat/completions", json={"model": "vision", "messages": messages, "max_tokens": 2})
     assert r.status_code == 400
     assert "private or local address" in r.json()["error"]["message"]
+
+
+class _Counted(BaseHTTPRequestHandler):
+    """An image server on this machine that counts who fetched from it."""
+
+    hits: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        self.hits.append(self.path)
+        body = vision.png_bytes()
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("form", ["responses", "anthropic-tool-result", "chat-escaped", "new-model"])
+def test_no_form_of_a_local_image_url_reaches_the_engine(studio: Studio, form: str) -> None:
+    """Regression (review of 110c697): the gateway looked for ``"url": "…"`` bytes only, so
+    Responses' flat ``input_image``, an image inside an Anthropic ``tool_result``, an escaped key,
+    and any image to a model the gateway had not prepared yet went to llama-server, which fetched
+    them from the studio's machine (SSRF). Each is refused and the local server is never asked."""
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Counted)
+    _Counted.hits = []
+    with running(srv):
+        url = f"http://127.0.0.1:{srv.server_address[1]}/cat.png"
+        image = {"type": "image", "source": {"type": "url", "url": url}}
+        path, body = {
+            "responses": (
+                "/v1/responses",
+                {
+                    "model": "vision",
+                    "input": [{"role": "user", "content": [{"type": "input_image", "image_url": url}]}],
+                },
+            ),
+            "anthropic-tool-result": (
+                "/v1/messages",
+                {
+                    "model": "vision",
+                    "max_tokens": 2,
+                    "messages": [
+                        {
+                            "role": "assistant",
+                            "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}],
+                        },
+                        {
+                            "role": "user",
+                            "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [image]}],
+                        },
+                    ],
+                },
+            ),
+            "chat-escaped": (
+                "/v1/chat/completions",
+                {"model": "vision", "max_tokens": 2, "messages": _image_message(0)},
+            ),
+            "new-model": (
+                "/v1/chat/completions",
+                {"model": "not-prepared-yet", "max_tokens": 2, "messages": _image_message(0)},
+            ),
+        }[form]
+        raw = json.dumps(body).encode()
+        if form in ("chat-escaped", "new-model"):
+            part = {"type": "image_url", "image_url": {"url": url}}
+            body["messages"][0]["content"].append(part)  # type: ignore[index]
+            raw = json.dumps(body).encode()
+            if form == "chat-escaped":
+                raw = raw.replace(b'"url"', b'"\\u0075rl"')
+        with studio.gateway() as g:
+            r = g.post(path, content=raw, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert "private or local address" in r.json()["error"]["message"]
+    assert _Counted.hits == []
 
 
 def test_a_projector_of_another_model_is_refused_with_the_widths(studio: Studio) -> None:

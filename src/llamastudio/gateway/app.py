@@ -180,8 +180,9 @@ class Gateway:
         traits = await self.service.traits_of(name)
         if traits is not None:
             check_purpose(name, path, traits, body)
-            if traits.vision is not False and has_remote_image(body):
-                body = await inline_images(body)  # never fetched by the engine (SSRF): images.py
+        # a model not prepared yet (new since the last sync: acquire prepares it) may take images
+        if (traits is None or traits.vision is not False) and has_remote_image(body):
+            body = await inline_images(body)  # never fetched by the engine (SSRF): images.py
         if b"tool_choice" in body and await self.service.kind_of(name) == LLAMA_CPP:
             body = named_tool_choice(body, path)  # the one form llama-server honours: toolchoice.py
         try:

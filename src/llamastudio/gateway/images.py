@@ -8,8 +8,13 @@ connection goes to the address that was checked, so DNS rebinding cannot swap it
 time limit and an image content type, and hands the engine a ``data:`` URI. Redirects are
 followed, each checked the same way. An image on a private host is sent inline by the client.
 
-Only a request that carries an image part with a non-``data:`` URL is parsed; every other body
-passes through untouched (the relay's hot path).
+The engine fetches every media part whose URL starts with ``http`` (``handle_media`` in
+``tools/server/server-common.cpp``): images (``image_url``, Responses' ``input_image``,
+Anthropic's ``image`` with a ``url`` source), audio (``input_audio``) and video (``input_video``,
+``video_url``), at any depth (Anthropic ``tool_result`` content, Responses
+``function_call_output`` output). All of them are fetched here, wherever they are in the body.
+Only a body in which some string may start with ``http`` (literally, or behind a ``\\u`` escape)
+is parsed; every other body passes through untouched (the relay's hot path).
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ import asyncio
 import base64
 import ipaddress
 import json
-import re
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -33,34 +37,53 @@ MAX_IMAGE = 20 << 20  # bytes of one fetched image
 MAX_IMAGES = 16  # remote images in one request
 TIMEOUT = 15.0
 MAX_REDIRECTS = 3
-_REMOTE = re.compile(rb'"url"\s*:\s*"(?!data:)')
+# audio and video parts (their URL under the part's type) → the content types accepted
+_MEDIA = {"input_audio": "audio/", "input_video": "video/", "video_url": "video/"}
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 def has_remote_image(body: bytes) -> bool:
-    return bool(_REMOTE.search(body))
+    """Whether ``body`` may hold a media URL the engine would fetch: a JSON string starting with
+    ``http``, or any ``\\u`` escape (which can spell one, or a key, in other bytes). Sound, not
+    exact: a body it passes is parsed and looked at (``inline_images``)."""
+    return b'"http' in body or b"\\u" in body
 
 
 def public(ip: IPAddress) -> bool:
     """The default policy: only globally routable addresses (no loopback, LAN, link-local —
-    169.254.169.254 is the cloud metadata service — CGNAT or reserved ranges)."""
-    return ip.is_global
+    169.254.169.254 is the cloud metadata service — CGNAT or reserved ranges), and for an IPv6
+    address that carries an IPv4 one (mapped, compatible, 6to4, NAT64) that one too."""
+    if not ip.is_global:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        packed = ip.packed
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and (ip in _NAT64 or packed[:12] == bytes(12)):
+            embedded = ipaddress.IPv4Address(packed[12:])  # NAT64, or IPv4-compatible (::a.b.c.d)
+        if embedded is not None and not embedded.is_global:
+            return False
+    return True
 
 
 async def inline_images(body: bytes, allowed: Callable[[IPAddress], bool] = public) -> bytes:
-    """``body`` with every remote image URL replaced by the image, inline (see the docstring);
+    """``body`` with every remote media URL replaced by the media, inline (see the docstring);
     ``allowed``: which addresses may be fetched from."""
     try:
         doc = json.loads(body)
+    except RecursionError:  # the engine's parser has no depth limit: never pass what was not read
+        raise InvalidInput("request body is not valid JSON: nested too deeply") from None
     except ValueError:
         return body  # the engine answers a body it cannot read
-    remote = [r for r in _image_refs(doc) if not r[2].startswith("data:")]
+    remote = _media_refs(doc)
     if not remote:
         return body
     if len(remote) > MAX_IMAGES:
         raise InvalidInput(f"at most {MAX_IMAGES} images by URL in one request (send the others inline)")
     async with httpx.AsyncClient(timeout=TIMEOUT, follow_redirects=False, trust_env=False) as client:
-        fetched = await asyncio.gather(*(_fetch(client, url, allowed) for _, _, url in remote))
-    for (holder, key, _), (media, data) in zip(remote, fetched, strict=True):
+        fetched = await asyncio.gather(
+            *(_fetch_within(client, url, kind, allowed) for _, _, url, kind in remote)
+        )
+    for (holder, key, _, _), (media, data) in zip(remote, fetched, strict=True):
         encoded = base64.b64encode(data).decode()
         if key == "source":  # Anthropic: the source becomes a base64 one
             holder[key] = {"type": "base64", "media_type": media, "data": encoded}
@@ -69,31 +92,54 @@ async def inline_images(body: bytes, allowed: Callable[[IPAddress], bool] = publ
     return json.dumps(doc).encode()
 
 
-def _image_refs(doc: Any) -> list[tuple[dict[str, Any], str, str]]:
-    """(the dict holding the URL, its key, the URL) for every image part of the messages."""
-    out: list[tuple[dict[str, Any], str, str]] = []
-    if not isinstance(doc, dict):
-        return out
-    messages = doc.get("messages") or doc.get("input")
-    for msg in messages if isinstance(messages, list) else []:
-        content = msg.get("content") if isinstance(msg, dict) else None
-        for part in content if isinstance(content, list) else []:
-            if not isinstance(part, dict):
-                continue
-            kind, ref = part.get("type"), part.get("image_url")
-            if kind == "image_url" and isinstance(ref, dict) and isinstance(ref.get("url"), str):
-                out.append((ref, "url", ref["url"]))
-            elif kind in ("image_url", "input_image") and isinstance(ref, str):  # the flat form
-                out.append((part, "image_url", ref))
-            elif kind == "image":
-                src = part.get("source")
-                if isinstance(src, dict) and src.get("type") == "url" and isinstance(src.get("url"), str):
-                    out.append((part, "source", src["url"]))
-    return out
+def _media_refs(doc: Any) -> list[tuple[dict[str, Any], str, str, str]]:
+    """(the dict holding the URL, its key, the URL, the content type prefix accepted) for every
+    media part anywhere in the document whose URL the engine would fetch (not ``data:``; for
+    audio and video, one starting with ``http``: raw base64 is their usual form)."""
+    out: list[tuple[dict[str, Any], str, str, str]] = []
+    stack = [doc]
+    while stack:  # not recursive: the body may be nested as deep as Python's parser allows
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        stack.extend(node.values())
+        kind = node.get("type")
+        if kind in ("image_url", "input_image"):
+            ref = node.get("image_url")
+            if isinstance(ref, dict) and isinstance(ref.get("url"), str):
+                out.append((ref, "url", ref["url"], "image/"))
+            elif isinstance(ref, str):  # the flat form (Responses)
+                out.append((node, "image_url", ref, "image/"))
+        elif kind == "image":
+            src = node.get("source")
+            if isinstance(src, dict) and src.get("type") == "url" and isinstance(src.get("url"), str):
+                out.append((node, "source", src["url"], "image/"))
+        elif isinstance(kind, str) and kind in _MEDIA and isinstance(node.get(kind), dict):
+            part: dict[str, Any] = node[kind]
+            for key in ("data", "url"):  # the engine reads ``data``, else ``url``
+                value = part.get(key)
+                if isinstance(value, str) and value.startswith("http"):
+                    out.append((part, key, value, _MEDIA[kind]))
+    return [r for r in out if not r[2].startswith("data:")]
+
+
+async def _fetch_within(
+    client: httpx.AsyncClient, url: str, kind: str, allowed: Callable[[IPAddress], bool]
+) -> tuple[str, bytes]:
+    """``_fetch`` within ``TIMEOUT`` in all (httpx's timeout is per read: a server sending a
+    byte at a time would hold the request for as long as it likes)."""
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            return await _fetch(client, url, allowed, kind)
+    except TimeoutError:
+        raise InvalidInput(f"image {url[:200]}: not fetched within {TIMEOUT:.0f} s") from None
 
 
 async def _fetch(
-    client: httpx.AsyncClient, url: str, allowed: Callable[[IPAddress], bool]
+    client: httpx.AsyncClient, url: str, allowed: Callable[[IPAddress], bool], kind: str = "image/"
 ) -> tuple[str, bytes]:
     for _ in range(MAX_REDIRECTS + 1):
         target, host = await _checked(url, allowed)
@@ -114,8 +160,9 @@ async def _fetch(
             if resp.status_code != 200:
                 raise InvalidInput(f"image {url[:200]}: the server answered {resp.status_code}")
             media = resp.headers.get("content-type", "").split(";")[0].strip().lower()
-            if not media.startswith("image/"):
-                raise InvalidInput(f"image {url[:200]}: not an image (content type {media[:60] or 'none'})")
+            if not media.startswith(kind):
+                what = {"image/": "an image", "audio/": "audio", "video/": "a video"}[kind]
+                raise InvalidInput(f"{url[:200]}: not {what} (content type {media[:60] or 'none'})")
             data = bytearray()
             async for chunk in resp.aiter_bytes():
                 data += chunk
@@ -129,11 +176,15 @@ async def _fetch(
 
 async def _checked(url: str, allowed: Callable[[IPAddress], bool]) -> tuple[str, str]:
     """(the URL with its host replaced by a checked address, the Host header)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        given_port = parts.port  # ValueError for a port out of range or not a number
+    except ValueError as exc:
+        raise InvalidInput(f"image URL {url[:200]!r}: not a valid URL ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidInput(f"image URL {url[:200]!r}: only http(s) URLs and data: URIs are accepted")
     host = parts.hostname
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    port = given_port or (443 if parts.scheme == "https" else 80)
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
@@ -148,7 +199,7 @@ async def _checked(url: str, allowed: Callable[[IPAddress], bool]) -> tuple[str,
             )
     address = addresses[0]
     netloc = f"[{address}]" if ":" in address else address
-    if parts.port:
-        netloc += f":{parts.port}"
-    header = host if not parts.port else f"{host}:{parts.port}"
+    if given_port:
+        netloc += f":{given_port}"
+    header = host if not given_port else f"{host}:{given_port}"
     return urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, "")), header
