@@ -382,6 +382,42 @@ def test_runs_command_names_commands_and_code_loading_environment() -> None:
 
 
 @pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["--tools", "exec_shell_command"], {}),
+        (["--tools=all"], {}),
+        (["-ag"], {}),
+        (["--agent"], {}),
+        (["--mcp-servers-json", '{"mcpServers": {"x": {"command": "sh"}}}'], {}),
+        (["--mcp-servers-config", "/tmp/mcp.json"], {}),
+        (["--tools-runtime", "ssh:host"], {}),
+        (["--webui-mcp-proxy"], {}),
+        ([], {"LLAMA_ARG_TOOLS": "all"}),
+        ([], {"LLAMA_ARG_AGENT": "1"}),
+        ([], {"LLAMA_ARG_MCP_SERVERS_JSON": "{}"}),
+    ],
+)
+def test_llama_servers_agent_tools_need_the_permission(args: list[str], env: dict[str, str]) -> None:
+    """Regression (review of K's flag catalog): ``--tools exec_shell_command`` (or ``--agent``,
+    MCP servers, their env names) makes llama-server run commands on ``POST /tools``, which the
+    gateway relays: a configuration saved through the API without the permission ran them."""
+    why = runs_command(ModelConfig("a", "m.gguf", args=args, env=env))
+    assert why is not None
+    assert runs_command(ModelConfig("a", "m.gguf", args=["--no-agent", "-c", "512"])) is None
+
+
+async def test_agent_tools_through_the_api_and_the_seeds_custom_args(tmp_path: Path) -> None:
+    app = _app(tmp_path)
+    async with _client(app, **CLIENT) as c:
+        studio_body = {"model": "m.gguf", "args": ["--tools", "exec_shell_command"]}
+        _studio_error(await c.put("/api/models/pwn/config", json=studio_body), 403, "commands_not_allowed")
+        seed_body = {"ctx_size": 512, "customArgs": "--tools exec_shell_command"}
+        _studio_error(await c.put("/api/models/pwn/config", json=seed_body), 403, "commands_not_allowed")
+        patch = {"env": {"LLAMA_ARG_TOOLS": "all"}}
+        _studio_error(await c.patch("/api/models/pwn/config", json=patch), 403, "commands_not_allowed")
+
+
+@pytest.mark.parametrize(
     ("spec", "foreign"),
     [
         (BuildSpec(), False),

@@ -125,9 +125,25 @@ _SAFE_ENV = re.compile(
 )
 _GGML_SWITCH = re.compile(r"GGML_[A-Z0-9_]+")
 _NAMES_CODE = ("PATH", "DIR", "FILE", "LIB", "LLDB", "GDB", "BACKTRACE", "KERNEL", "PROGRAM", "TOOL")
+# llama-server's (b11434) experimental agent features, which its ``/tools`` endpoint (relayed by
+# the gateway) and MCP servers use to run commands, read and write files, or reach any address
+# for a client: ``--tools exec_shell_command``, ``--mcp-servers-json`` (commands it spawns) …
+_COMMAND_FLAGS = {
+    "--tools": "LLAMA_ARG_TOOLS",
+    "--tools-runtime": "LLAMA_ARG_TOOLS_RUNTIME",
+    "--mcp-servers-config": "LLAMA_ARG_MCP_SERVERS_CONFIG",
+    "--mcp-servers-json": "LLAMA_ARG_MCP_SERVERS_JSON",
+    "-ag": "LLAMA_ARG_AGENT",
+    "--agent": "LLAMA_ARG_AGENT",
+    "--ui-mcp-proxy": "LLAMA_ARG_UI_MCP_PROXY",
+    "--webui-mcp-proxy": "LLAMA_ARG_UI_MCP_PROXY",
+}
+_COMMAND_ENV = frozenset(_COMMAND_FLAGS.values())
 
 
 def _safe_env(name: str) -> bool:
+    if name in _COMMAND_ENV:
+        return False
     if _SAFE_ENV.fullmatch(name):
         return True
     return bool(_GGML_SWITCH.fullmatch(name)) and not any(word in name for word in _NAMES_CODE)
@@ -135,12 +151,16 @@ def _safe_env(name: str) -> bool:
 
 def runs_command(cfg: ModelConfig) -> str | None:
     """What in this configuration runs code of its author's choosing, in words (None: nothing
-    does): a ``command``, or engine environment outside the safe set (``LD_PRELOAD`` …)."""
+    does): a ``command``, engine environment outside the safe set (``LD_PRELOAD`` …), or
+    llama-server's agent tools and MCP servers (``--tools``, ``--mcp-servers-json`` …)."""
     if cfg.command is not None:
         return f"model {cfg.name!r} runs a command ({' '.join(cfg.command)[:200]})"
     unsafe = sorted(name for name in cfg.env if not _safe_env(name))
     if unsafe:
         return f"model {cfg.name!r} sets {', '.join(unsafe)} in its engine's environment"
+    agent = sorted({a.partition("=")[0] for a in cfg.args} & _COMMAND_FLAGS.keys())
+    if agent:
+        return f"model {cfg.name!r} turns on llama-server's tools or MCP servers ({', '.join(agent)})"
     return None
 
 
