@@ -322,6 +322,31 @@ def test_no_form_of_a_local_image_url_reaches_the_engine(studio: Studio, form: s
     assert _Counted.hits == []
 
 
+def test_a_directory_of_several_models_gives_each_only_a_projector_that_fits(
+    studio: Studio, models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Regression (review of 79ce1c2): an added model takes an mmproj of its directory on its
+    own, and a directory such as ~/models holds other models' projectors too: a text model beside
+    a vision model's mmproj could not start ("the projector … does not fit this model"), and a
+    vision model beside another's F16 mmproj got that one. Each now takes only one of its width."""
+    text_dir, vision_dir = tmp_path / "text", tmp_path / "vision"
+    for d in (text_dir, vision_dir):
+        d.mkdir()
+        (d / "mmproj-tiny-llava.gguf").write_bytes(models["mmproj"].read_bytes())  # width 256
+    (text_dir / "chat.gguf").write_bytes(models["chat"].read_bytes())  # width 128
+    (vision_dir / "tiny-llava.gguf").write_bytes(models["vision"].read_bytes())  # width 256
+    vision.write_mismatched_mmproj(vision_dir / "mmproj-other-F16.gguf")  # 128, preferred (F16)
+    studio.configure("dir-text", model=str(text_dir / "chat.gguf"), args=ARGS)
+    studio.configure("dir-vision", model=str(vision_dir / "tiny-llava.gguf"), args=ARGS)
+    text, seeing = _config(studio, "dir-text"), _config(studio, "dir-vision")
+    assert text["prepared"] is not None, text["error"]
+    assert "-mm" not in text["prepared"]["argv"]
+    assert text["prepared"]["traits"]["vision"] is False
+    assert seeing["prepared"] is not None, seeing["error"]
+    argv = seeing["prepared"]["argv"]
+    assert argv[argv.index("-mm") + 1] == str(vision_dir / "mmproj-tiny-llava.gguf")
+
+
 def test_a_projector_of_another_model_is_refused_with_the_widths(studio: Studio) -> None:
     view = _config(studio, "bad-vision")
     assert view["prepared"] is None

@@ -26,7 +26,7 @@ from llamastudio.fit.loadkey import engine_build
 from llamastudio.fit.measured import MemoryPlan, plan_memory
 from llamastudio.fit.planner import Goal, Plan, plan
 from llamastudio.gguf import GGUFModel, facts_from_model, load_model
-from llamastudio.gguf.roles import draft_mismatch
+from llamastudio.gguf.roles import draft_mismatch, projector_mismatch
 from llamastudio.hardware.devices import Hardware
 from llamastudio.hub.library import Library, LocalModel, check_gguf
 from llamastudio.hub.quants import mmproj_preference
@@ -221,11 +221,23 @@ class Launcher:
         return check_gguf(path)
 
     def _auto_mmproj(self, cfg: ModelConfig, path: Path, library: list[LocalModel] | None) -> Path | None:
-        """The model's own projector: an mmproj file of its repository (HF cache) or directory."""
+        """The model's own projector: an mmproj file of its repository (HF cache) or directory that
+        fits it. A directory of several models holds other models' projectors too: one of another
+        width is passed over (a text model beside a vision model's mmproj stays a text model)."""
         listing = self.library.models(with_facts=False) if library is None else library
         local = next((m for m in listing if cfg.model in (m.id, m.path)), None)
         found = local.mmproj if local is not None else [str(p) for p in path.parent.glob("mmproj*.gguf")]
-        return Path(sorted(found, key=mmproj_preference)[0]) if found else None
+        if not found:
+            return None
+        width = facts_from_model(read_header(str(path), *_stamp(path))).embedding_length
+        for candidate in sorted(found, key=mmproj_preference):
+            try:
+                mm = read_header(candidate, *_stamp(Path(candidate)))
+            except (OSError, StudioError):
+                continue  # vanished or unreadable: not this model's projector either
+            if projector_mismatch(mm.metadata, {t.name: t.shape for t in mm.tensors}, width) is None:
+                return Path(candidate)
+        return None
 
     def smart_auto(
         self,
