@@ -79,3 +79,40 @@ def test_an_absolute_name_lands_inside(tmp_path: Path, mode: str) -> None:
     with tarfile.open(archive) as tf:
         extract_tar(tf, dest, archive.name)
     assert (dest / "abs.txt").read_text() == "x"
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        # each link points inside when it is checked; together they lead out
+        [("symlink", "x", "."), ("symlink", "b", "x/.."), ("file", "b/pwned", "x")],
+        [("symlink", "b", "x/../escaped.txt"), ("symlink", "x", "."), ("file", "b", "x")],
+    ],
+)
+def test_a_chain_of_links_cannot_lead_out(
+    tmp_path: Path, mode: str, members: list[tuple[str, str, str]]
+) -> None:
+    """Regression: by hand, every name and link was checked before anything was unpacked, so
+    links resolved against an empty directory: ``x`` → ``.`` then ``b`` → ``x/..`` passed, and
+    ``b/pwned`` was written beside the destination (the data filter checks each as it unpacks)."""
+    archive = _tar(tmp_path / "bad.tar.gz", members)
+    dest = tmp_path / "out"
+    dest.mkdir()
+    with tarfile.open(archive) as tf, pytest.raises(InvalidInput, match=r"bad\.tar\.gz"):
+        extract_tar(tf, dest, archive.name)
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "escaped.txt").exists()
+
+
+def test_a_read_only_directory_still_gets_its_files(tmp_path: Path, mode: str) -> None:
+    with tarfile.open(tmp_path / "ro.tar.gz", "w:gz") as tf:
+        d = tarfile.TarInfo("pkg")
+        d.type, d.mode = tarfile.DIRTYPE, 0o555
+        tf.addfile(d)
+        f = tarfile.TarInfo("pkg/file")
+        f.size = 1
+        tf.addfile(f, io.BytesIO(b"x"))
+    dest = tmp_path / "out"
+    dest.mkdir()
+    with tarfile.open(tmp_path / "ro.tar.gz") as tf:
+        extract_tar(tf, dest, "ro.tar.gz")
+    assert (dest / "pkg/file").read_bytes() == b"x"
