@@ -125,7 +125,9 @@ def test_companions_are_checked_as_llama_cpp_does(models: dict[str, Path]) -> No
 def studio(
     tmp_path_factory: pytest.TempPathFactory, rig_bin: Callable[[str], Path], models: dict[str, Path]
 ) -> Iterator[Studio]:
-    with Studio(tmp_path_factory.mktemp("studio"), rig_bin("llama-server")) as s:
+    # the command permission: one test names a template file (files the engine reads need it)
+    allow = {"LLAMASTUDIO_ALLOW_COMMANDS": "1"}
+    with Studio(tmp_path_factory.mktemp("studio"), rig_bin("llama-server"), env=allow) as s:
         s.configure("vision", model=str(models["vision"]), args=ARGS)
         s.configure("blind", model=str(models["chat"]), args=ARGS)
         s.configure("bad-vision", model=str(models["vision"]), args=[*ARGS, "-mm", str(models["mismatched"])])

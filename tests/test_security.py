@@ -29,11 +29,12 @@ from websockets.typing import Origin
 from llamastudio.api.app import create_app
 from llamastudio.config import Settings
 from llamastudio.engines.buildspec import BuildSpec, foreign_code
+from llamastudio.errors import InvalidInput
 from llamastudio.gateway.app import error_json
 from llamastudio.guard import HostRule, Message, guard_gateway, key_ok, same_origin
 from llamastudio.procs import stop_process
 from llamastudio.runtime.process import free_port
-from llamastudio.serving.configs import ModelConfig, runs_command
+from llamastudio.serving.configs import ModelConfig, runs_command, validate
 from tests.rig.server import wait_healthy
 
 CLIENT = {"X-Studio-Client": "tests"}
@@ -404,6 +405,45 @@ def test_llama_servers_agent_tools_need_the_permission(args: list[str], env: dic
     why = runs_command(ModelConfig("a", "m.gguf", args=args, env=env))
     assert why is not None
     assert runs_command(ModelConfig("a", "m.gguf", args=["--no-agent", "-c", "512"])) is None
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["--chat-template-file", "/root/.ssh/id_rsa"], {}),  # /props would return it
+        (["--path", "/"], {}),  # llama-server would serve the whole disk through the gateway
+        (["--media-path=/home"], {}),
+        (["--log-file", "/etc/cron.d/x"], {}),
+        (["-lcd", "/tmp/cache"], {}),
+        (["--slot-save-path", "/var/tmp"], {}),
+        (["--grammar-file", "/etc/shadow"], {}),
+        (["--lora", "/tmp/adapter.gguf"], {}),
+        ([], {"LLAMA_ARG_CHAT_TEMPLATE_FILE": "/root/.ssh/id_rsa"}),
+        ([], {"LLAMA_ARG_LOG_FILE": "/etc/x"}),
+        ([], {"LLAMA_ARG_HF_REPO": "someone/model"}),
+        ([], {"LLAMA_ARG_MODEL": "/etc/passwd"}),
+        ([], {"LLAMA_ARG_SPEC_DRAFT_MODEL": "/tmp/x.gguf"}),
+    ],
+)
+def test_files_of_the_configurations_choice_need_the_permission(args: list[str], env: dict[str, str]) -> None:
+    """Review: a file a configuration names is read or written by the engine, and what it reads
+    comes back through the gateway (``/props`` returns a template file; ``--path`` serves a
+    directory). Saved through the API, that needs the command permission, as commands do."""
+    why = runs_command(ModelConfig("a", "m.gguf", args=args, env=env))
+    assert why is not None
+    safe = {"LLAMA_ARG_CTX_SIZE": "8", "LLAMA_ARG_N_GPU_LAYERS": "all", "LLAMA_ARG_FLASH_ATTN": "on"}
+    assert runs_command(ModelConfig("a", "m.gguf", args=["--chat-template", "chatml"], env=safe)) is None
+
+
+@pytest.mark.parametrize(
+    "flag",
+    ["-hfr", "--hf-file", "-hft", "-dr", "-hfd", "-mmu", "--api-key", "--api-key-file", "--models-dir"],
+)
+def test_what_the_studio_owns_cannot_be_configured(flag: str) -> None:
+    """The studio downloads models itself (an engine never sees the Hub token), and the keys,
+    TLS and router mode are the gateway's."""
+    with pytest.raises(InvalidInput, match="set by the studio"):
+        validate(ModelConfig("a", "m.gguf", args=[flag, "x"]))
 
 
 async def test_agent_tools_through_the_api_and_the_seeds_custom_args(tmp_path: Path) -> None:

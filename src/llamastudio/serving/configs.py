@@ -34,9 +34,24 @@ from llamastudio.store.models import ServedModelRow
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,255}$")
 # set by the runtime for every instance; a configuration may not choose them
 RESERVED_FLAGS = frozenset(
-    {"-m", "--model", "--port", "--host", "-hf", "--hf-repo", "-mu", "--model-url"}
+    {"-m", "--model", "--port", "--host"}
+    # the studio downloads models itself (a pull, with progress, resume and the HF cache), and an
+    # engine never gets the Hub token; keys and TLS are the gateway's; router mode is the studio's
+    | {"-hf", "-hfr", "--hf-repo", "-hff", "--hf-file", "-hft", "--hf-token", "-dr", "--docker-repo"}
+    | {"-hfd", "-hfrd", "--hf-repo-draft", "--spec-draft-hf", "-mu", "--model-url", "-mmu", "--mmproj-url"}
+    | {"--api-key", "--api-key-file", "--ssl-key-file", "--ssl-cert-file", "--models-dir", "--models-preset"}
     # vLLM, SGLang, LMDeploy: the checkpoint, the name the gateway routes by, the address
     | {"--model-path", "--served-model-name", "--model-name", "--server-name", "--server-port"}
+)
+# llama-server flags naming a file or directory it reads or writes at the configuration's choice:
+# through the gateway they can show a file's contents (``/props`` returns a template file,
+# ``--path`` serves a directory, ``--media-path`` reads local media) or overwrite one (logs,
+# caches, slot saves). Like a command, they need the command permission.
+FILE_FLAGS = frozenset(
+    {"--chat-template-file", "--grammar-file", "-jf", "--json-schema-file", "--log-file", "--path"}
+    | {"-lcs", "--lookup-cache-static", "-lcd", "--lookup-cache-dynamic", "--slot-save-path"}
+    | {"--media-path", "--ui-config-file", "--webui-config-file", "--lora", "--lora-scaled"}
+    | {"--control-vector", "--control-vector-scaled", "--prompt-cache"}
 )
 MAX_TTL = 10 * 365 * 86400  # seconds; the same bound as the ``default_ttl`` setting
 MAX_COUNT = 1_000_000  # max_concurrency, max_queue
@@ -141,8 +156,18 @@ _COMMAND_FLAGS = {
 _COMMAND_ENV = frozenset(_COMMAND_FLAGS.values())
 
 
+# llama-server's own LLAMA_ARG_* names of the flags above (a model, a file, a URL, a key, the
+# address): set through the environment they would bypass the same checks
+_ARG_UNSAFE = (
+    "FILE", "PATH", "DIR", "HF", "URL", "KEY", "SSL", "MODEL", "PORT", "HOST", "LORA", "CONTROL",
+    "GRAMMAR", "SCHEMA", "MEDIA", "LOOKUP", "LOG", "SLOT", "DOCKER", "MMPROJ", "PRESET", "CHAT_TEMPLATE",
+)  # fmt: skip
+
+
 def _safe_env(name: str) -> bool:
     if name in _COMMAND_ENV:
+        return False
+    if name.startswith("LLAMA_ARG_") and any(word in name[10:] for word in _ARG_UNSAFE):
         return False
     if _SAFE_ENV.fullmatch(name):
         return True
@@ -151,16 +176,21 @@ def _safe_env(name: str) -> bool:
 
 def runs_command(cfg: ModelConfig) -> str | None:
     """What in this configuration runs code of its author's choosing, in words (None: nothing
-    does): a ``command``, engine environment outside the safe set (``LD_PRELOAD`` …), or
-    llama-server's agent tools and MCP servers (``--tools``, ``--mcp-servers-json`` …)."""
+    does): a ``command``, engine environment outside the safe set (``LD_PRELOAD`` …),
+    llama-server's agent tools and MCP servers (``--tools``, ``--mcp-servers-json`` …), or files
+    the engine reads or writes at the configuration's choice (``FILE_FLAGS``)."""
     if cfg.command is not None:
         return f"model {cfg.name!r} runs a command ({' '.join(cfg.command)[:200]})"
     unsafe = sorted(name for name in cfg.env if not _safe_env(name))
     if unsafe:
         return f"model {cfg.name!r} sets {', '.join(unsafe)} in its engine's environment"
-    agent = sorted({a.partition("=")[0] for a in cfg.args} & _COMMAND_FLAGS.keys())
+    flags = {a.partition("=")[0] for a in cfg.args}
+    agent = sorted(flags & _COMMAND_FLAGS.keys())
     if agent:
         return f"model {cfg.name!r} turns on llama-server's tools or MCP servers ({', '.join(agent)})"
+    files = sorted(flags & FILE_FLAGS)
+    if files:
+        return f"model {cfg.name!r} names files the engine reads or writes ({', '.join(files)})"
     return None
 
 
