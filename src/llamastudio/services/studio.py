@@ -122,6 +122,10 @@ class StudioService:
         return prep.kind if prep else None
 
     # -- the gateway's own endpoints -------------------------------------------------------------
+    async def configurations(self) -> list[ModelConfig]:
+        """Every stored configuration, read once (no preparation: cheap for listings)."""
+        return await asyncio.to_thread(self.runtime.configs.stored)
+
     async def gateway_models(self, kinds: frozenset[str] | None = None) -> list[GatewayModel]:
         """The models the gateway lists (``kinds``: only those running on these engine kinds)."""
         served = await self.served(refresh=False)

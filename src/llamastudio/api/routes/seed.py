@@ -53,6 +53,9 @@ def _files(state: StateDep, repo: str, fmt: str) -> dict[str, Any]:
     return {"quantizations": {}, "safetensors_files": tensors, "repo_files": listed}
 
 
+HUB_LANES = 4  # Hub listings of one search at a time
+
+
 @router.post("/search", summary="Search the Hub (the seed's form of GET /api/hub/search)")
 async def search(state: StateDep, body: SearchIn) -> list[dict[str, Any]]:
     """The Hub's repos with GGUF files (or safetensors checkpoints), each with the studio's
@@ -62,9 +65,13 @@ async def search(state: StateDep, body: SearchIn) -> list[dict[str, Any]]:
     hits = await asyncio.to_thread(
         hub.search, state, body.query, "downloads", body.limit, None, body.model_format
     )
-    files = await asyncio.gather(
-        *(asyncio.to_thread(_files, state, h["id"], body.model_format) for h in hits)
-    )
+    lanes = asyncio.Semaphore(HUB_LANES)  # a 100-hit search must not fill the shared thread pool
+
+    async def files_of(repo: str) -> dict[str, Any]:
+        async with lanes:
+            return await asyncio.to_thread(_files, state, repo, body.model_format)
+
+    files = await asyncio.gather(*(files_of(h["id"]) for h in hits))
     return [
         h
         | {

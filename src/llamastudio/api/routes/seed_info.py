@@ -74,12 +74,13 @@ async def library_entries(state: AppState, models: list[LocalModel]) -> list[dic
     for s in await state.service.served(refresh=False):
         if s.model not in served or (s.configured and not served[s.model].configured):
             served[s.model] = s
+    stored = {c.name: c for c in await state.service.configurations()}  # one read, not one per model
     configs: dict[str, dict[str, Any]] = {}
     for m in models:
         user = served.get(m.id)
-        if user is not None and user.configured:
-            view = await state.service.get_config(user.name)
-            configs[m.id] = {k: v for k, v in from_args(view.config.args).items() if v is not None}
+        cfg = stored.get(user.name) if user is not None and user.configured else None
+        if cfg is not None:
+            configs[m.id] = {k: v for k, v in from_args(cfg.args).items() if v is not None}
     mtimes = await asyncio.to_thread(lambda: {m.id: _mtime(m.path) for m in models})
     return [_entry(m, served.get(m.id), configs.get(m.id, {}), mtimes[m.id]) for m in models]
 
