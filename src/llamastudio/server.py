@@ -33,6 +33,7 @@ import signal
 import socket
 import sys
 from collections.abc import Generator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -129,6 +130,11 @@ def check_exposure(settings: Settings) -> None:
 
 
 async def serve(settings: Settings) -> None:
+    dotenv = Path(".env")
+    if dotenv.is_file():  # said at start: a .env of an unrelated project would change the studio
+        log.info("settings: also read from %s (the real environment wins over it)", dotenv.resolve())
+    if settings.one_model:
+        log.info("one-model mode: MODEL=%s MODEL_PATH=%s", settings.model or "", settings.model_path or "")
     app = create_app(settings)
     state: AppState = app.state.studio
     one = OneModel(settings, state.service, state.downloads, state.bus) if settings.one_model else None
