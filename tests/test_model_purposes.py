@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -582,3 +584,27 @@ def test_a_chat_template_override(studio: Studio, models: dict[str, Path], tmp_p
     for bad, problem in cases:
         studio.configure("base-bad", model=str(models["base"]), args=[*ARGS, "--chat-template-file", bad])
         assert problem in _config(studio, "base-bad")["error"]
+
+
+def test_estimate_refuses_companions_llama_server_would(models: dict[str, Path]) -> None:
+    """The CLI checks -mm / -md as a start does: one clear line, exit 2, no table."""
+    cases = [
+        (["-mm", str(models["draft"])], "is not a multimodal projector"),
+        (["-mm", str(models["mismatched"])], "produces embeddings of width 128"),
+        (["-md", str(models["mmproj"])], "cannot draft for it"),
+    ]
+    for args, problem in cases:
+        done = subprocess.run(
+            [sys.executable, "-m", "llamastudio", "estimate", str(models["vision"]), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert problem in done.stderr and "Traceback" not in done.stderr
+    estimate_cmd = [sys.executable, "-m", "llamastudio", "estimate", str(models["vision"])]
+    ok = subprocess.run(
+        [*estimate_cmd, "-mm", str(models["mmproj"]), "--json"], capture_output=True, text=True, timeout=120
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["devices"][-1]["mmproj"] > 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -64,13 +65,21 @@ def _mib(n: int) -> str:
     return f"{n / MiB:,.0f}" if n >= 1000 * MiB else f"{n / MiB:,.2f}"
 
 
-def companions_of(flags: ServerFlags) -> Companions:
+def companions_of(flags: ServerFlags, model: GGUFModel) -> Companions:
     """The projector (``-mm``) and draft model (``-md``) the flags name: local files or Hub URLs,
-    read like MODEL (headers only)."""
-    return Companions(
+    read like MODEL (headers only), checked against the model as llama-server would."""
+    extra = Companions(
         open_model(flags.mmproj) if flags.mmproj else None,
         open_model(flags.draft_model) if flags.draft_model else None,
     )
+    extra.check(model, facts_from_model(model).embedding_length)
+    return extra
+
+
+def _console() -> Console:
+    """A terminal's own width; piped or redirected, wide enough that no column header is cut
+    (rich assumes 80 columns there)."""
+    return Console() if sys.stdout.isatty() else Console(width=140)
 
 
 def render_estimate(est: Estimate, hw: Hardware, console: Console) -> None:
@@ -128,7 +137,8 @@ def register(app: typer.Typer) -> None:
                 "--check runs llama.cpp on this machine: it cannot be combined with --hardware"
             )
         hw = machine(ctx, hardware)
-        gmodel, companions = open_model(model), companions_of(flags)
+        gmodel = open_model(model)
+        companions = companions_of(flags, gmodel)
         est = estimate(gmodel, flags, hw.gpus, companions=companions)
         # what the studio of this data directory measured for the same load, if it ran it
         used = [c for c in (companions.mmproj, companions.draft) if c is not None]
@@ -144,7 +154,7 @@ def register(app: typer.Typer) -> None:
                 out["check"] = fit_check.to_json()
             typer.echo(json.dumps(out, indent=1))
         else:
-            console = Console()
+            console = _console()
             render_estimate(est, hw, console)
             for line in measured.summary if measured else []:
                 console.print(f"measured by the studio: {line}", highlight=False)
@@ -230,12 +240,19 @@ def register_plan(app: typer.Typer) -> None:
         hw = machine(ctx, hardware)
         gmodel = open_model(model)
         result = make_plan(
-            gmodel, hw, goal.value, ctx_size, parallel, parse_reserve(reserve, hw), base, companions_of(base)
+            gmodel,
+            hw,
+            goal.value,
+            ctx_size,
+            parallel,
+            parse_reserve(reserve, hw),
+            base,
+            companions_of(base, gmodel),
         )
         if as_json:
             typer.echo(json.dumps(result.to_json() | {"hardware": hw.to_json()}, indent=1))
             return
-        console = Console()
+        console = _console()
         for reason in result.reasons:
             console.print(f"• {reason}", highlight=False)
         for warning in result.warnings:

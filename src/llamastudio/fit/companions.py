@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llamastudio.errors import InvalidInput
 from llamastudio.fit.flags import ServerFlags
 from llamastudio.gguf import GGUFModel
+from llamastudio.gguf.roles import draft_mismatch, projector_mismatch
 
 # llama-server refuses an input longer than -ub for bidirectional (embedding, rerank) models; the
 # studio raises -b/-ub to the model's training context, up to this bound
@@ -30,6 +32,19 @@ class Companions:
 
     def __bool__(self) -> bool:
         return self.mmproj is not None or self.draft is not None
+
+    def check(self, model: GGUFModel, n_embd: int) -> None:
+        """Refuse what llama-server would refuse, before anything loads: a projector of another
+        width (or no projector at all), a draft model whose vocabulary differs."""
+        if self.mmproj is not None:
+            shapes = {t.name: t.shape for t in self.mmproj.tensors}
+            problem = projector_mismatch(self.mmproj.metadata, shapes, n_embd)
+            if problem:
+                raise InvalidInput(f"the projector {self.mmproj.location} does not fit this model: {problem}")
+        if self.draft is not None:
+            problem = draft_mismatch(model.metadata, self.draft.metadata)
+            if problem:
+                raise InvalidInput(f"the draft model {self.draft.location} cannot draft for it: {problem}")
 
 
 def projector_weights(mmproj: GGUFModel) -> int:

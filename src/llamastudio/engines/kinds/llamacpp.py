@@ -21,7 +21,6 @@ from llamastudio.fit.estimator import estimate
 from llamastudio.fit.flags import ServerFlags, parse_server_args
 from llamastudio.fit.planner import plan
 from llamastudio.gguf import ModelFacts, facts_from_model
-from llamastudio.gguf.roles import draft_mismatch, projector_mismatch
 from llamastudio.hardware.devices import Hardware
 
 
@@ -85,7 +84,6 @@ def _purpose_flags(
     base = parse_server_args(request.args)
     warnings: list[str] = []
     name = request.name
-    facts_meta = request.header.metadata if request.header is not None else {}
     if facts.role == "mmproj":
         raise InvalidInput(
             f"{name}: {request.model_path} is a multimodal projector (mmproj), not a model: it is "
@@ -112,18 +110,14 @@ def _purpose_flags(
     if mmproj is not None and role != "chat":
         warnings.append(f"{name} is an {role} model: its projector {mmproj.location} is left out")
         mmproj = None
-    if mmproj is not None:
-        problem = projector_mismatch(
-            mmproj.metadata, {t.name: t.shape for t in mmproj.tensors}, facts.embedding_length
-        )
-        if problem:
-            raise InvalidInput(f"{name}: the projector {mmproj.location} does not fit this model: {problem}")
-    base = base.with_(mmproj=mmproj.location if mmproj is not None else None)
     draft = request.draft
+    try:
+        if request.header is not None:
+            Companions(mmproj, draft).check(request.header, facts.embedding_length)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{name}: {exc.message}") from None
+    base = base.with_(mmproj=mmproj.location if mmproj is not None else None)
     if draft is not None:
-        problem = draft_mismatch(facts_meta, draft.metadata)
-        if problem:
-            raise InvalidInput(f"{name}: the draft model {draft.location} cannot draft for it: {problem}")
         base = base.with_(draft_model=draft.location)
         if "--spec-type" in engine.capabilities and "--spec-type" not in _flag_names(base.extra):
             # this llama.cpp loads -md without --spec-type but never drafts with it
