@@ -5,6 +5,7 @@ Screenshots of every view go to ``test-output/screenshots/`` (not committed)."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import time
@@ -397,6 +398,71 @@ def test_vision_model_takes_an_image(page: object, studio: Studio, vocab: Vocab,
     expect(pg.get_by_test_id("chat-send")).to_be_enabled(timeout=60_000)  # type: ignore[attr-defined]
     assert "[error" not in reply.inner_text()
     shot(pg, "playground-vision")
+
+
+def test_chat_sends_one_message_at_a_time_and_stop_keeps_the_partial_reply(
+    page: object, studio: Studio, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Issue N: while a reply streams, Enter sends nothing more (the input stays editable); Stop
+    aborts the request, the gateway closes the upstream and llama-server stops generating (one
+    slot, so the next reply could not start otherwise); the partial reply stays, marked stopped;
+    a finished reply shows its token count and speed from the final chunk's timings."""
+    pg = page
+    expect = playwright_api.expect
+    model = tmp_path / "tiny-long.gguf"
+    shutil.copyfile(tiny_models["llama-Q8_0"], model)
+    name = add_model(studio, model)
+    with studio.api() as api:  # one slot; context shift: the reply runs until max_tokens or Stop
+        r = api.patch(
+            f"/api/models/{name}/config", json={"args": ["-c", "512", "-np", "1", "--context-shift"]}
+        )
+        assert r.status_code == 200, r.text
+
+    def endless(route: object) -> None:
+        body = route.request.post_data_json  # type: ignore[attr-defined]
+        body.update(max_tokens=1_000_000, ignore_eos=True)
+        route.continue_(post_data=json.dumps(body))  # type: ignore[attr-defined]
+
+    chats: list[str] = []
+    pg.on("request", lambda r: chats.append(r.url) if r.url.endswith("/v1/chat/completions") else None)  # type: ignore[attr-defined]
+    pg.route("**/gateway/v1/chat/completions", endless)  # type: ignore[attr-defined]
+    pg.goto(f"{studio.api_url}/running")  # type: ignore[attr-defined]
+    pick_model(pg, name)
+    box = pg.get_by_test_id("chat-input")  # type: ignore[attr-defined]
+    box.fill("Tell me a long story")
+    box.press("Enter")
+    reply = pg.get_by_test_id("chat-assistant")  # type: ignore[attr-defined]
+    expect(reply).to_contain_text(re.compile(r"assistant:\s*\S+"), timeout=60_000)  # streaming
+    stop = pg.get_by_test_id("chat-stop")  # type: ignore[attr-defined]
+    expect(stop).to_be_visible()
+    expect(pg.get_by_test_id("chat-send")).to_have_count(0)  # type: ignore[attr-defined]
+    box.fill("And another one")  # editable while streaming ...
+    box.press("Enter")  # ... but nothing is sent
+    expect(box).to_have_value("And another one")
+    expect(pg.get_by_test_id("chat-user")).to_have_count(1)  # type: ignore[attr-defined]
+    assert len(chats) == 1, chats
+    stop.click()
+    expect(pg.get_by_test_id("chat-send")).to_be_visible()  # type: ignore[attr-defined]
+    expect(stop).to_have_count(0)
+    expect(pg.get_by_test_id("chat-stopped")).to_have_count(1)  # type: ignore[attr-defined]
+    partial = reply.inner_text()
+    assert re.search(r"assistant:\s*\S+", partial) and "[error" not in partial, partial
+    assert len(chats) == 1, chats
+    shot(pg, "playground-stopped")
+
+    # the slot is free again: a normal reply streams to its end, with its figures
+    pg.unroute("**/gateway/v1/chat/completions")  # type: ignore[attr-defined]
+    with pg.expect_request(lambda r: r.url.endswith("/gateway/v1/chat/completions")) as sent:  # type: ignore[attr-defined]
+        box.press("Enter")
+    assert sent.value.post_data_json["stream_options"] == {"include_usage": True}
+    expect(pg.get_by_test_id("chat-send")).to_be_visible(timeout=60_000)  # type: ignore[attr-defined]  # it ended
+    expect(reply).to_have_count(2)
+    expect(reply.nth(0)).to_have_text(partial)  # the stopped reply is kept as it was
+    stats = pg.get_by_test_id("chat-stats")  # type: ignore[attr-defined]
+    expect(stats).to_have_count(1)  # the stopped reply got no final chunk
+    expect(stats).to_have_text(re.compile(r"^[1-9]\d* tokens · \d+\.\d tok/s$"))
+    assert len(chats) == 2, chats
+    shot(pg, "playground-chat-stats")
 
 
 def test_embedding_and_rerank_tryouts(page: object, studio: Studio, tmp_path: Path) -> None:

@@ -2,12 +2,13 @@
  * server-sent events a streamed answer arrives as, and images as data URIs. */
 import { authHeaders } from '../api/client'
 
-/** POST JSON to the gateway; an error answer (the OpenAI error shape) becomes an Error. */
-export async function gatewayPost(path: string, body: unknown): Promise<Response> {
+/** POST JSON to the gateway (`signal` aborts it, and with it a streamed answer); an error answer (the OpenAI error shape) becomes an Error. */
+export async function gatewayPost(path: string, body: unknown, signal?: AbortSignal): Promise<Response> {
   const res = await fetch(`/gateway${path}`, {
     method: 'POST',
     headers: { 'Content-Type': 'application/json', ...authHeaders() },
     body: JSON.stringify(body),
+    signal,
   })
   if (!res.ok || !res.body) {
     const data = await res.json().catch(() => ({}))
