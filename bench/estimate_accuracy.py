@@ -32,9 +32,9 @@ from tests.rig import binaries, embed
 from tests.rig.factory import ARCHS, BUILDERS, Vocab
 
 from llamastudio.errors import InvalidInput
+from llamastudio.fit.argv import parse_server_args
 from llamastudio.fit.buffers import MiB, parse_log
 from llamastudio.fit.estimator import estimate
-from llamastudio.fit.flags import parse_server_args
 from llamastudio.gguf import facts_from_model, load_model
 from llamastudio.procs import stop_process
 

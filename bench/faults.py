@@ -36,8 +36,8 @@ from tests.rig import binaries
 from tests.rig.factory import BUILDERS, Vocab
 from tests.rig.studio import Studio
 
+from llamastudio.fit.argv import parse_server_args
 from llamastudio.fit.estimator import estimate
-from llamastudio.fit.flags import parse_server_args
 from llamastudio.fit.planner import HOST_MARGIN
 from llamastudio.gguf import load_model
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from llamastudio.errors import InvalidInput
+from llamastudio.fit.argv import parse_server_args
 from llamastudio.fit.estimator import estimate, layer_devices
-from llamastudio.fit.flags import ServerFlags, parse_server_args
+from llamastudio.fit.flags import ServerFlags
 from llamastudio.hardware.profiles import parse_profile
 from tests import shapes
 

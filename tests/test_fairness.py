@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from llamastudio.fit.argv import parse_server_args
 from llamastudio.fit.estimator import estimate
-from llamastudio.fit.flags import parse_server_args
 from llamastudio.fit.planner import HOST_MARGIN
 from llamastudio.gguf import load_model
 from llamastudio.runtime.instances import file_stem

@@ -13,9 +13,9 @@ import pytest
 
 from llamastudio.engines import fitparams
 from llamastudio.errors import InvalidInput
+from llamastudio.fit.argv import parse_server_args
 from llamastudio.fit.estimator import estimate
 from llamastudio.fit.fitparams import fit_args, help_arity
-from llamastudio.fit.flags import parse_server_args
 from llamastudio.gguf import load_model
 from tests.rig import binaries
 from tests.rig.factory import ARCHS, BUILDERS, Vocab

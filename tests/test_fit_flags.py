@@ -15,11 +15,12 @@ from llamastudio.engines.capabilities import parse_help
 from llamastudio.engines.command import build_command
 from llamastudio.engines.registry import Engine
 from llamastudio.errors import InvalidInput
+from llamastudio.fit.argv import parse_server_args
 from llamastudio.fit.buffers import MiB
 from llamastudio.fit.catalog import LEGACY, NARGS, NOT_MODELLED
 from llamastudio.fit.estimator import estimate
 from llamastudio.fit.fitparams import help_arity
-from llamastudio.fit.flags import not_modelled, parse_server_args
+from llamastudio.fit.flags import not_modelled
 from llamastudio.gguf import load_model
 from llamastudio.hardware.cpu import features_from_system_info, repack_types, repacks
 from llamastudio.hardware.profiles import parse_profile

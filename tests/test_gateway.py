@@ -17,8 +17,8 @@ import httpx
 import openai
 import pytest
 
+from llamastudio.fit.argv import parse_server_args
 from llamastudio.fit.estimator import estimate
-from llamastudio.fit.flags import parse_server_args
 from llamastudio.fit.planner import HOST_MARGIN
 from llamastudio.gguf import load_model
 from tests.rig.pids import alive

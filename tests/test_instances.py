@@ -13,8 +13,8 @@ import pytest
 
 from llamastudio.config import Settings
 from llamastudio.engines.kinds.threads import cpu_threads
+from llamastudio.fit.argv import parse_server_args
 from llamastudio.fit.estimator import estimate
-from llamastudio.fit.flags import parse_server_args
 from llamastudio.hardware.devices import Gpu, Hardware
 from llamastudio.hub.library import Library
 from llamastudio.runtime import manager

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
+from llamastudio.fit.argv import parse_server_args
 from llamastudio.fit.estimator import estimate
-from llamastudio.fit.flags import parse_server_args
 from llamastudio.fit.loadkey import memory_flags, model_identity
 from llamastudio.fit.measured import (
     LOG_ROUNDING,

@@ -22,10 +22,11 @@ import gguf
 import openai
 import pytest
 
+from llamastudio.fit.argv import parse_server_args
 from llamastudio.fit.buffers import LoggedBuffers, parse_log
 from llamastudio.fit.companions import Companions
 from llamastudio.fit.estimator import estimate
-from llamastudio.fit.flags import GPU_LAYERS_ALL, parse_server_args
+from llamastudio.fit.flags import GPU_LAYERS_ALL
 from llamastudio.fit.planner import plan
 from llamastudio.gguf import facts_from_model, load_model
 from llamastudio.gguf.roles import draft_mismatch, projector_mismatch

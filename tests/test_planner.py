@@ -157,7 +157,7 @@ def test_analyze_cli(tiny_models: dict[str, Path]) -> None:
 @pytest.mark.parametrize("fa", ["on", "off"])
 def test_flash_attention_the_user_chose_is_kept(fa: str) -> None:
     """Regression: Smart Auto once set -fa from the hardware whatever the configuration said."""
-    from llamastudio.fit.flags import parse_server_args
+    from llamastudio.fit.argv import parse_server_args
 
     p = plan(shapes.llama3_70b(), hw("2x24GiB"), base=parse_server_args(["-fa", fa]))
     assert p.flags.flash_attn == fa

@@ -7,8 +7,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from llamastudio.fit.argv import parse_server_args
 from llamastudio.fit.estimator import estimate
-from llamastudio.fit.flags import parse_server_args
 from llamastudio.fit.planner import HOST_MARGIN
 from llamastudio.gguf import load_model
 from tests.rig.studio import Studio

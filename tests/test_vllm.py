@@ -20,8 +20,8 @@ import pytest
 
 from llamastudio.checkpoint import read_checkpoint
 from llamastudio.engines.kinds.hfserve import CPU_RUNTIME, GIB
+from llamastudio.fit.argv import parse_server_args
 from llamastudio.fit.estimator import estimate
-from llamastudio.fit.flags import parse_server_args
 from llamastudio.fit.planner import HOST_MARGIN
 from llamastudio.gguf import load_model
 from tests.rig import vllm

@@ -19,10 +19,11 @@ from llamastudio.cli.context import hardware as machine
 from llamastudio.cli.context import settings as studio_settings
 from llamastudio.engines import fitparams
 from llamastudio.errors import InvalidInput
+from llamastudio.fit.argv import parse_server_args
 from llamastudio.fit.companions import Companions
 from llamastudio.fit.estimator import Estimate, estimate
 from llamastudio.fit.fitparams import TOLERANCE, FitCheck
-from llamastudio.fit.flags import ServerFlags, parse_server_args
+from llamastudio.fit.flags import ServerFlags
 from llamastudio.fit.planner import plan as make_plan
 from llamastudio.gguf import GGUFModel, facts_from_model, load_model
 from llamastudio.hardware import Hardware

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 from llamastudio.engines.registry import Engine
 from llamastudio.errors import InvalidInput
-from llamastudio.fit.flags import ServerFlags, spell
+from llamastudio.fit.argv import spell
+from llamastudio.fit.flags import ServerFlags
 
 _NUMBER = re.compile(r"^-(\d|\.\d)")
 # flags without which the model does something else (no images, no draft, chat instead of

@@ -292,8 +292,8 @@ def _table(text: str) -> tuple[dict[str, int], dict[str, str]]:
 NARGS, CANONICAL = _table(ALL_FLAGS + LEGACY)
 
 # flags that can change memory but that the estimator does not model (keyed by the first spelling
-# of their help entry); every other flag of ALL_FLAGS is either modelled (``flags.py``) or has no
-# effect on memory (threads, sampling, logging, HTTP, templates …)
+# of their help entry); every other flag of ALL_FLAGS is either modelled (``flags.py``, read by
+# ``argv.py``) or has no effect on memory (threads, sampling, logging, HTTP, templates …)
 _PRESET = "a preset that sets context, batch and draft flags not applied here: pass them explicitly"
 NOT_MODELLED: dict[str, str] = {
     "--rpc": "weights and KV cache on RPC servers",

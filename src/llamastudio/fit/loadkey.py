@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from llamastudio.fit.flags import parse_server_args
+from llamastudio.fit.argv import parse_server_args
 from llamastudio.gguf import GGUFModel
 from llamastudio.gguf.model import split_names
 

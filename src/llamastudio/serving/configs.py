@@ -25,7 +25,7 @@ from llamastudio.engines.kinds import COMMAND, ModelRequest
 from llamastudio.engines.kinds.hfserve import check_architecture
 from llamastudio.engines.registry import LLAMA_CPP, Engine
 from llamastudio.errors import InvalidInput, NotFound, StudioError
-from llamastudio.fit.flags import parse_server_args
+from llamastudio.fit.argv import parse_server_args
 from llamastudio.hub.library import Library, LocalModel, check_gguf
 from llamastudio.serving.names import check_names, name_index
 from llamastudio.store import Database

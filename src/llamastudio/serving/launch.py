@@ -19,9 +19,9 @@ from llamastudio.checkpoint import Checkpoint, read_checkpoint
 from llamastudio.engines.kinds import COMMAND, FOR_FORMAT, ModelRequest, Traits, kind_named
 from llamastudio.engines.registry import Engine, EngineRegistry
 from llamastudio.errors import InvalidInput, NotFound, StudioError
+from llamastudio.fit.argv import parse_server_args
 from llamastudio.fit.companions import Companions
 from llamastudio.fit.estimator import DeviceUsage, Estimate, estimate
-from llamastudio.fit.flags import parse_server_args
 from llamastudio.fit.loadkey import engine_build
 from llamastudio.fit.measured import MemoryPlan, plan_memory
 from llamastudio.fit.planner import Goal, Plan, plan

@@ -7,7 +7,7 @@ The key → flag table is the seed's own (its llama-swap command builder), with 
 seed wrote flags llama-server never had), and a value is written as given (the seed left out some
 values equal to what it took for defaults, so ``min_p: 0`` meant llama.cpp's 0.05). ``no_mmap``
 and ``mlock`` become the load mode a recent llama.cpp has instead (``-lm none``, ``-lm mmap+mlock``,
-see ``fit/flags.py``); a flag the engine lacks with no equivalent (``--low-vram`` …) is refused when
+see ``fit/argv.py``); a flag the engine lacks with no equivalent (``--low-vram`` …) is refused when
 the configuration is saved, by the studio's usual check against the engine's ``--help``.
 
 Read back, every flag of ``args`` the table names becomes its key; the rest stays, verbatim, in

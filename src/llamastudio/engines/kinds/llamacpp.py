@@ -16,9 +16,10 @@ from llamastudio.engines.kinds.base import COMMON_FATAL, PORT, EngineKind, Launc
 from llamastudio.engines.kinds.threads import cpu_threads
 from llamastudio.engines.registry import Engine
 from llamastudio.errors import InvalidInput
+from llamastudio.fit.argv import parse_server_args
 from llamastudio.fit.companions import MAX_EMBED_BATCH, Companions
 from llamastudio.fit.estimator import estimate
-from llamastudio.fit.flags import ServerFlags, parse_server_args
+from llamastudio.fit.flags import ServerFlags
 from llamastudio.fit.planner import plan
 from llamastudio.gguf import ModelFacts, facts_from_model
 from llamastudio.hardware.devices import Hardware
