@@ -95,15 +95,6 @@ def _writer(path: Path, arch: str, name: str) -> gguf.GGUFWriter:
     return w
 
 
-def _finish(w: gguf.GGUFWriter, m: _Model) -> None:
-    for tensor_name, data in m.tensors:
-        w.add_tensor(tensor_name, data)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-
-
 def _bert_vocab_kv(w: gguf.GGUFWriter, v: WpmVocab) -> None:
     """BertModel.set_vocab + SpecialVocab: [CLS] is BOS, [SEP] is EOS, both added; no add_sep."""
     w.add_token_type_count(v.token_type_count)
@@ -166,7 +157,7 @@ def _bert(path: Path, vocab: WpmVocab | None, name: str, pooling: int | None, he
         # one label: a real cross-encoder's id2label {0: "LABEL_0"} is kept by the converter
         w.add_classifier_output_labels(["LABEL_0"])
     _bert_vocab_kv(w, v)
-    _finish(w, m)
+    m.finish(w)
 
 
 def write_embedding(path: Path, vocab: WpmVocab | None = None) -> None:
@@ -232,7 +223,7 @@ def _qwen3(
     w.add_eos_token_id(vocab.eos)
     w.add_unk_token_id(vocab.unk)
     w.add_add_bos_token(True)
-    _finish(w, m)
+    m.finish(w)
 
 
 def write_qwen3_embedding(path: Path, vocab: Vocab | None = None) -> None:

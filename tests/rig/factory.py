@@ -104,6 +104,10 @@ class _Model:
         w.add_add_bos_token(True)
         if chat_template:
             w.add_chat_template(CHATML)
+        self.finish(w)
+
+    def finish(self, w: gguf.GGUFWriter) -> None:
+        """Add the collected tensors to ``w`` (its metadata set) and write the file."""
         for name, data in self.tensors:
             w.add_tensor(name, data)
         w.write_header_to_file()

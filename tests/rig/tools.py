@@ -128,9 +128,4 @@ def write_tool_model(path: Path) -> None:
     w.add_bos_token_id(tokens.index(ENDOFTEXT))
     w.add_add_bos_token(False)
     w.add_chat_template(template())
-    for name, data in m.tensors:
-        w.add_tensor(name, data)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    m.finish(w)

@@ -99,12 +99,7 @@ def write_mmproj(path: Path, n_embd: int = TEXT_N_EMBD, shape: VisionShape = TIN
     w.add_uint32("clip.vision.block_count", v.n_layer)
     w.add_array("clip.vision.image_mean", [0.48145466, 0.4578275, 0.40821073])
     w.add_array("clip.vision.image_std", [0.26862954, 0.26130258, 0.27577711])
-    for name, data in m.tensors:
-        w.add_tensor(name, data)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    m.finish(w)
 
 
 def write_mismatched_mmproj(path: Path, n_embd: int = TEXT_N_EMBD // 2) -> Path:
