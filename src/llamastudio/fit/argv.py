@@ -143,6 +143,15 @@ _BOOL_FLAGS: dict[str, tuple[str, bool]] = {
 _INT_FIELDS = {f.name for f in fields(ServerFlags) if f.type == "int"}
 
 
+# fields whose value is one word of a fixed set
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "split_mode": ("none", "layer", "row", "tensor"),
+    "load_mode": LOAD_MODES,
+    "lazy_mode": LAZY_MODES,
+    "pooling": POOLING_TYPES,
+}
+
+
 def _convert(name: str, flag: str, raw: str) -> object:
     try:
         if name in ("n_gpu_layers", "draft_gpu_layers"):
@@ -169,23 +178,15 @@ def _convert(name: str, flag: str, raw: str) -> object:
     if name in ("device", "draft_device"):
         # "none": no GPU at all (kept as such: an empty tuple means every device)
         return tuple(d.strip() for d in raw.split(",") if d.strip())
+    if name in _CHOICES:
+        if raw not in _CHOICES[name]:
+            raise InvalidInput(f"{flag}: expected one of {', '.join(_CHOICES[name])}, got {raw!r}")
+        return raw
     if name == "flash_attn":
         value_fa = {"1": "on", "0": "off", "true": "on", "false": "off"}.get(raw, raw)
         if value_fa not in ("on", "off", "auto"):
             raise InvalidInput(f"{flag}: expected on, off or auto, got {raw!r}")
         return value_fa
-    if name == "split_mode":
-        if raw not in ("none", "layer", "row", "tensor"):
-            raise InvalidInput(f"{flag}: expected none, layer, row or tensor, got {raw!r}")
-        return raw
-    if name == "load_mode":
-        if raw not in LOAD_MODES:
-            raise InvalidInput(f"{flag}: expected one of {', '.join(LOAD_MODES)}, got {raw!r}")
-        return raw
-    if name == "lazy_mode":
-        if raw not in LAZY_MODES:
-            raise InvalidInput(f"{flag}: expected one of {', '.join(LAZY_MODES)}, got {raw!r}")
-        return raw
     if name == "override_tensor":
         entries = tuple(e for e in raw.split(",") if e)
         for e in entries:
@@ -193,10 +194,6 @@ def _convert(name: str, flag: str, raw: str) -> object:
             if not eq or not pattern or not buft:
                 raise InvalidInput(f"{flag}: expected <tensor name pattern>=<buffer type>, got {e!r}")
         return entries
-    if name == "pooling":
-        if raw not in POOLING_TYPES:
-            raise InvalidInput(f"{flag}: expected one of {', '.join(POOLING_TYPES)}, got {raw!r}")
-        return raw
     if name in ("mmproj", "draft_model"):
         if not raw or "\0" in raw:
             raise InvalidInput(f"{flag}: a path or library id is required")
