@@ -11,6 +11,7 @@ import pytest
 from tests.rig import binaries
 from tests.rig.factory import ARCHS, BUILDERS, Vocab
 from tests.rig.server import LlamaServer
+from tests.rig.web import browser, hub, page, studio  # noqa: F401  (browser-test fixtures, module-scoped)
 
 # (name, source arch, llama-quantize type)
 QUANTIZED = [

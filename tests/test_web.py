@@ -9,8 +9,7 @@ import json
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,76 +18,14 @@ import pytest
 from llamastudio.fit.measured import SCALE_ENV
 from tests.rig.embed import write_embedding, write_reranker
 from tests.rig.factory import BUILDERS, Vocab
-from tests.rig.hub import HubServer, Repo, hub_server
+from tests.rig.hub import HubServer
 from tests.rig.studio import Studio
 from tests.rig.vision import png_bytes, write_vision_pair
+from tests.rig.web import CHROMIUM, REPO, SHOTS, _page, shot
 
 playwright_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = Path("/usr/bin/chromium")
-SHOTS = Path(__file__).resolve().parents[1] / "test-output" / "screenshots"
-REPO = "tiny/Llama-GGUF"
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed")
-
-
-@pytest.fixture(scope="module")
-def hub(tiny_models: dict[str, Path]) -> Iterator[HubServer]:
-    with hub_server() as srv:
-        srv.add_repo(
-            Repo(
-                REPO,
-                {
-                    "llama-Q8_0.gguf": tiny_models["llama-Q8_0"],
-                    "llama-Q4_K_M.gguf": tiny_models["llama-Q4_K_M"],
-                },
-                downloads=1234,
-                likes=7,
-            )
-        )
-        yield srv
-
-
-@pytest.fixture(scope="module")
-def studio(
-    tmp_path_factory: pytest.TempPathFactory, rig_bin: Callable[[str], Path], hub: HubServer
-) -> Iterator[Studio]:
-    env = {
-        "HF_ENDPOINT": hub.url,
-        "HF_HUB_DISABLE_XET": "1",
-        "LLAMASTUDIO_DEFAULT_TTL": "0",
-        "LLAMASTUDIO_ALLOW_COMMANDS": "1",  # the engines view builds from a local directory
-    }
-    with Studio(tmp_path_factory.mktemp("web"), rig_bin("llama-server"), env=env) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser: object, studio: Studio) -> Iterator[object]:
-    context = browser.new_context(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
-    pg = context.new_page()
-    pg.set_default_timeout(30_000)
-    pg.on("dialog", lambda d: d.accept())
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    yield pg
-    context.close()
-    assert not errors, errors  # no uncaught exception in the app
-
-
-def shot(pg: object, name: str) -> None:
-    pg.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)  # type: ignore[attr-defined]
 
 
 def test_search_download_start_chat_stop_delete(page: object, studio: Studio, hub: HubServer) -> None:
@@ -518,21 +455,6 @@ def _measured(studio: Studio, name: str, timeout: float = 30) -> dict[str, Any]:
             return memory
         time.sleep(0.2)
     raise AssertionError(f"{name}: no measurement after {timeout}s")
-
-
-@contextmanager
-def _page(browser: Any, width: int = 1440, height: int = 900, scheme: str = "light") -> Iterator[Any]:
-    """A page of a fresh browser context; no uncaught exception in the app by the end."""
-    context = browser.new_context(viewport={"width": width, "height": height}, color_scheme=scheme)
-    errors: list[str] = []
-    try:
-        pg = context.new_page()
-        pg.set_default_timeout(30_000)
-        pg.on("pageerror", lambda e: errors.append(str(e)))
-        yield pg
-    finally:
-        context.close()
-    assert not errors, errors
 
 
 def _open_editor(pg: Any, studio: Studio, name: str) -> Any:
