@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -94,6 +95,13 @@ def main() -> int:
     args = ap.parse_args()
     if shutil.which("npm") is None:
         sys.exit("error: npm (Node.js ≥ 18) is needed to build the web UI: apt-get install nodejs npm")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".build.lock", "w") as lock:  # two builds at once would clobber dist/
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return build(args.test)
+
+
+def build(test: bool) -> int:
     node_modules()
     openapi()
     key = digest(sources())
@@ -102,7 +110,7 @@ def main() -> int:
         print("building the web UI", file=sys.stderr)
         run(["npm", "run", "--silent", "build"], WEB)
         stamp.write_text(key)
-    if args.test:
+    if test:
         run(["npx", "--no-install", "vitest", "run"], WEB)
     return 0
 
