@@ -32,6 +32,8 @@ where they happen, with ``raise ... from exc``.
     ├── DoesNotFit (422, exit 3)              no placement fits the hardware (planner)
     ├── StartFailed (503)                     an engine did not become ready
     ├── QueueFull (503), NoRoom (503)         too many waiting; no room freed in time
+    ├── PeerUnavailable (503)                 the peer serving a model does not answer
+    ├── PeerLoop (508)                        a request came back to the studio it left
     ├── TooBusy (429)                         a model at its ``max_concurrency``
     ├── DownloadCancelled (exit 130)          a download stopped on request
     ├── BuildFailed, BuildCancelled (exit 130) a source build failed or stopped on request
@@ -207,6 +209,20 @@ class NoRoom(StudioError):
 
     status_code = 503
     code = "no_room"
+
+
+class PeerUnavailable(StudioError):
+    """Every peer that serves the model does not answer its health check (the message names it)."""
+
+    status_code = 503
+    code = "peer_unavailable"
+
+
+class PeerLoop(StudioError):
+    """A request relayed to a peer reached the studio it came from (a peer URL naming itself)."""
+
+    status_code = 508
+    code = "peer_loop"
 
 
 class TooBusy(StudioError):
