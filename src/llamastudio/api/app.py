@@ -11,6 +11,7 @@ from llamastudio import __version__
 from llamastudio.api.deps import AppState, require_api_key
 from llamastudio.api.errors import install_error_handlers
 from llamastudio.api.routes import (
+    activity,
     downloads,
     engines,
     hardware,
@@ -57,7 +58,7 @@ def create_app(settings: Settings) -> FastAPI:
     service = StudioService(runtime)
     engine_jobs = EngineJobs(jobs)
     monitor = SystemMonitor(bus, settings.data_dir)
-    metrics = Metrics()
+    metrics = Metrics(bus.publish)  # its recent requests are published: gateway/activity.py
     # the UI's playground talks to the gateway through this same origin; the management key or
     # the gateway key opens it (the guard checks first, before the body is read)
     ui_gateway = Gateway(service, settings, metrics, keys=[settings.api_key, settings.gateway_api_key])
@@ -76,7 +77,10 @@ def create_app(settings: Settings) -> FastAPI:
             await service.close()
             db.close()
 
-    app = FastAPI(title="llama.cpp Studio", version=__version__, lifespan=lifespan)
+    # /docs and /redoc are ui.py's: their scripts are served locally, not from a CDN
+    app = FastAPI(
+        title="llama.cpp Studio", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.studio = AppState(
         settings=settings,
         service=service,
@@ -91,7 +95,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     # Host, cross-site, key, CSRF-header and body-size checks before any route or the mount
     app.add_middleware(Guard, settings=settings, gateway_render=error_json)
-    routers = (status, hardware, hub, downloads, jobs_routes, safetensors, serving, engines, live)
+    routers = (status, hardware, hub, downloads, jobs_routes, safetensors, serving, engines, live, activity)
     seed_api = (seed, seed_versions)  # after the studio's: its DELETE /api/models/{id} would match theirs
     for module in (*routers, *seed_api):
         app.include_router(module.router, dependencies=[Depends(require_api_key)])

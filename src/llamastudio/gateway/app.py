@@ -185,12 +185,15 @@ class Gateway:
             body = await inline_images(body)  # never fetched by the engine (SSRF): images.py
         if b"tool_choice" in body and await self.service.kind_of(name) == LLAMA_CPP:
             body = named_tool_choice(body, path)  # the one form llama-server honours: toolchoice.py
+        entry = self.metrics.activity.begin(name, label, started)  # in flight: activity.py
         try:
             lease, proc = await self.acquire(name)
         except StudioError as exc:  # the client's name is no label unless it is configured
             self.metrics.requests[(await self.service.label(name) or UNKNOWN, label, exc.status_code)] += 1
+            self.metrics.activity.end(entry, exc.status_code)
             raise
         model = lease.model
+        self.metrics.activity.acquired(entry, model)
         upstream = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers_in if k not in HOP]
         watch = asyncio.ensure_future(wait_disconnect(receive))
         status = 500
@@ -212,3 +215,4 @@ class Gateway:
             lease.release()
             self.metrics.requests[(model, label, status)] += 1
             self.metrics.latency[model].observe(time.perf_counter() - started)
+            self.metrics.activity.end(entry, status)

@@ -12,7 +12,11 @@ import bisect
 import contextlib
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+from llamastudio.gateway import activity
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 _PREDICTED_N = re.compile(rb'"predicted_n"\s*:\s*([0-9]+)')
@@ -110,7 +114,9 @@ def drift_series(drift: dict[str, dict[str, float]], drifts: dict[str, int]) -> 
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, publish: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """``publish``: where the recent requests' events go (the studio's event bus)."""
+        self.activity = activity.Activity(publish)  # recent requests, for the UI (activity.py)
         self.requests: dict[tuple[str, str, int], int] = defaultdict(int)  # model, path, status
         self.latency: dict[str, Histogram] = defaultdict(Histogram)
         self.ttfb: dict[str, Histogram] = defaultdict(Histogram)
@@ -124,6 +130,7 @@ class Metrics:
 
     def timings(self, model: str, chunk: bytes) -> None:
         """llama-server's ``timings`` (last chunk of a stream, or the body): tokens and tokens/s."""
+        activity.timings(chunk)  # the current request's own figures, for the activity panel
         n = _PREDICTED_N.search(chunk)
         ps = _PREDICTED_PS.search(chunk)
         pn = _PROMPT_N.search(chunk)
