@@ -12,7 +12,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
-from llamastudio.errors import InvalidInput, NotFound
+from llamastudio.errors import Conflict, InvalidInput, NotFound
 from llamastudio.events import EventBus
 from llamastudio.jobs.events import JobChanged, JobLog, JobProgress, JobRemoved
 from llamastudio.jobs.logs import JobLogs
@@ -116,6 +116,26 @@ class JobTable:
             if error and state == JobState.FAILED:
                 self._log(rec, f"error: {error}")
             self._settle(rec, state, error, result)
+
+    def remove(self, job_id: str, kinds: Collection[str] | None = None) -> Job:
+        """Forget a finished job (done, failed or cancelled) and its log file; ``job.removed``
+        tells the UI. A job still queued, running or paused is refused (cancel it first)."""
+        with self._lock:
+            rec = self._find(job_id, kinds)
+            if rec.state not in FINISHED:
+                raise Conflict(f"job {job_id} is {rec.state.value}: only finished jobs can be cleared")
+            job = self._snap(rec)
+            self._remove(rec)
+            return job
+
+    def clear(self, kinds: Collection[str]) -> tuple[Job, ...]:
+        """Forget every finished job of ``kinds``; returns them."""
+        with self._lock:
+            done = [r for r in self._jobs.values() if r.kind in kinds and r.state in FINISHED]
+            jobs = tuple(self._snap(r) for r in done)
+            for rec in done:
+                self._remove(rec)
+            return jobs
 
     # -- internals (under the lock) ------------------------------------------------------
     def _kind(self, name: str) -> JobKind:

@@ -15,12 +15,14 @@ from llamastudio.api.deps import StateDep, require_commands
 from llamastudio.engines import pyengines
 from llamastudio.engines.build import Builder
 from llamastudio.engines.buildspec import BuildSpec, foreign_code
+from llamastudio.engines.jobs import KINDS, engine_job_view
 from llamastudio.engines.registry import LLAMA_CPP, Engine, EngineRegistry
 from llamastudio.engines.releases import GitHubReleases, install, updates
 from llamastudio.engines.validate import add_external, revalidate_async
 from llamastudio.errors import Conflict, InvalidInput
 
 router = APIRouter(prefix="/api/engines", tags=["engines"])
+AGAIN = "request"  # the job param holding a build's or install's request, for a retry
 
 
 def _registry(state: StateDep) -> EngineRegistry:
@@ -90,7 +92,7 @@ async def build(state: StateDep, request: Request, body: BuildIn) -> dict[str, A
         return result.engine
 
     title = f"build {body.source} ({', '.join(spec.backends)})"
-    params = {"source": body.source, "ref": body.ref, "backends": list(spec.backends)}
+    params = {"source": body.source, "ref": body.ref, "backends": list(spec.backends), **_again(body)}
     return state.engine_jobs.submit("build", title, work, params)
 
 
@@ -129,7 +131,8 @@ async def install_release(state: StateDep, body: InstallIn) -> dict[str, Any]:
         return engine
 
     title = f"install {body.tag or 'latest'} ({body.backend})"
-    return state.engine_jobs.submit("install", title, work, {"tag": body.tag, "backend": body.backend})
+    params = {"tag": body.tag, "backend": body.backend, **_again(body)}
+    return state.engine_jobs.submit("install", title, work, params)
 
 
 def _install_python(state: StateDep, body: InstallIn) -> dict[str, Any]:
@@ -155,7 +158,7 @@ def _install_python(state: StateDep, body: InstallIn) -> dict[str, Any]:
         await state.service.refresh()
         return engine
 
-    params = {"family": family.name, "version": version, "package": package}
+    params = {"family": family.name, "version": version, "package": package, **_again(body)}
     return state.engine_jobs.submit("install", f"install {package} {version}", work, params)
 
 
@@ -210,6 +213,38 @@ def job(state: StateDep, job_id: str, tail: int = 500) -> dict[str, Any]:
 @router.post("/jobs/{job_id}/cancel")
 async def cancel_job(state: StateDep, job_id: str) -> dict[str, Any]:
     return state.engine_jobs.cancel(job_id)
+
+
+@router.delete("/jobs/{job_id}")
+def clear_job(state: StateDep, job_id: str) -> dict[str, Any]:
+    """Forget a finished build or install (its log too); 409 while it is queued or running."""
+    return engine_job_view(state.jobs.remove(job_id, KINDS))
+
+
+@router.post("/jobs/clear")
+def clear_jobs(state: StateDep) -> list[dict[str, Any]]:
+    """Forget every finished build and install; returns them."""
+    return [engine_job_view(j) for j in state.jobs.clear(KINDS)]
+
+
+@router.post("/jobs/{job_id}/retry", status_code=202)
+async def retry_job(state: StateDep, request: Request, job_id: str) -> dict[str, Any]:
+    """Run a failed or cancelled build or install again, as a new job with the same request
+    (the old one stays until cleared)."""
+    job = state.jobs.get(job_id, KINDS)
+    if job.state.value not in ("failed", "cancelled"):
+        raise Conflict(f"job {job_id} is {job.state.value}: only failed or cancelled jobs can be retried")
+    again = job.params.get(AGAIN)
+    if not isinstance(again, dict):
+        raise Conflict(f"job {job_id} does not hold its request (it is older than retries): start it again")
+    if job.kind == "build":
+        return await build(state, request, BuildIn.model_validate(again))
+    return await install_release(state, InstallIn.model_validate(again))
+
+
+def _again(body: BaseModel) -> dict[str, Any]:
+    """What a retry needs: the request as it came, kept in the job's params."""
+    return {AGAIN: body.model_dump(mode="json")}
 
 
 @router.get("/updates")

@@ -51,3 +51,9 @@ async def pause(state: StateDep, job_id: str) -> Job:
 @router.post("/{job_id}/resume")
 async def resume(state: StateDep, job_id: str) -> Job:
     return state.jobs.resume(job_id)
+
+
+@router.delete("/{job_id}")
+def clear(state: StateDep, job_id: str) -> Job:
+    """Forget a finished job and its log (409 while it is queued, running or paused)."""
+    return state.jobs.remove(job_id)
