@@ -202,6 +202,7 @@ def test_release_install_digest_and_updates(registry: EngineRegistry, rig_engine
                 "installed": "b11434",
                 "latest": "b11500",
                 "update": True,
+                "error": None,
             }
         ]
         with pytest.raises(NotFound, match="has no sycl build for linux-x64"):

@@ -1,9 +1,10 @@
 import { defineConfig } from 'vite'
 import vue from '@vitejs/plugin-vue'
+import { docsAssets } from './docs-assets'
 
 // The build ships inside the Python package; `npm run dev` proxies the API of a running studio.
 export default defineConfig({
-  plugins: [vue()],
+  plugins: [vue(), docsAssets()],
   build: { outDir: '../src/llamastudio/web/dist', emptyOutDir: true, chunkSizeWarningLimit: 2000 },
   server: {
     proxy: {

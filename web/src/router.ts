@@ -12,5 +12,9 @@ export const routes = [
 
 export const router = createRouter({
   history: createWebHistory(),
-  routes: routes.map(({ path, name, component }) => ({ path, name, component })),
+  routes: [
+    ...routes.map(({ path, name, component }) => ({ path, name, component })),
+    // a model's page and the like are added by their views' owners above this line
+    { path: '/:unknown(.*)*', name: 'NotFound', component: () => import('./views/NotFoundView.vue') },
+  ],
 })

@@ -9,6 +9,7 @@ by one rename and register it. Any failure leaves nothing registered.
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 import re
 import shutil
@@ -29,6 +30,8 @@ from llamastudio.engines.validate import probe
 from llamastudio.errors import AuthRequired, InvalidInput, NotFound, RemoteError, StudioError
 
 ProgressFn = Callable[[int, int], None]  # bytes done, bytes total (0 if unknown)
+CONNECT_TIMEOUT = 3.0  # seconds
+GIT_TIMEOUT = 20  # seconds for one `git ls-remote`
 ARCHIVES = (".zip", ".tar.gz", ".tgz")
 _OS_TOKENS = {"linux": ("ubuntu", "linux"), "macos": ("macos", "darwin", "osx"), "windows": ("win",)}
 _ARCH_TOKENS = {"x64": ("x64", "x86_64", "amd64"), "arm64": ("arm64", "aarch64")}
@@ -77,12 +80,21 @@ class GitHubReleases:
         headers = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        self.client = client or httpx.Client(follow_redirects=True, timeout=60, headers=headers)
+        # an unreachable GitHub is said within seconds (connect), a slow one within a minute
+        timeout = httpx.Timeout(60, connect=CONNECT_TIMEOUT)
+        self.client = client or httpx.Client(follow_redirects=True, timeout=timeout, headers=headers)
 
     def _get(self, path: str, **params: Any) -> Any:
         url = f"{self.api}/repos/{self.repo}/{path}"
         try:
             resp = self.client.get(url, params=params)
+        except (httpx.ConnectError, httpx.TimeoutException) as exc:
+            what = "did not answer in time" if isinstance(exc, httpx.TimeoutException) else "is unreachable"
+            raise RemoteError(
+                f"GitHub's API at {self.api} {what} ({exc or type(exc).__name__}): check this machine's "
+                "network connection and proxy (HTTPS_PROXY), or set LLAMASTUDIO_GITHUB_API to a "
+                "reachable mirror"
+            ) from exc
         except httpx.HTTPError as exc:
             raise RemoteError(f"GitHub API {url}: {exc}") from exc
         if resp.status_code in (401, 403):
@@ -278,10 +290,12 @@ def _build_number(tag: str) -> int:
 
 
 def updates(gh: GitHubReleases | None, engines: list[Engine]) -> list[dict[str, Any]]:
-    """Per engine: the newest release (for release engines) or branch head (for git source builds)."""
-    import subprocess
-
-    latest = None
+    """Per engine: the newest release (for release engines) or branch head (for git source
+    builds); ``error`` says why a check failed (GitHub or the git remote unreachable, ...), so a
+    failed check is never a silent "—". Other engines (a local build, an external binary) have
+    nothing to check: ``latest`` None, no error."""
+    latest: Release | None = None
+    failed: str | None = None
     rows = []
     for e in engines:
         row: dict[str, Any] = {
@@ -290,20 +304,43 @@ def updates(gh: GitHubReleases | None, engines: list[Engine]) -> list[dict[str, 
             "installed": e.version or e.commit,
             "latest": None,
             "update": False,
+            "error": None,
         }
-        if e.kind == "release" and gh is not None:
-            latest = latest or gh.release()
-            row["latest"] = latest.tag
-            row["update"] = _build_number(latest.tag) > _build_number(e.version)
+        if e.kind == "release":
+            if gh is None:
+                row["error"] = "no GitHub releases source configured"
+            elif latest is None and failed is None:
+                try:
+                    latest = gh.release()
+                except StudioError as exc:  # asked once for every release engine
+                    failed = exc.message
+            if latest is not None:
+                row["latest"] = latest.tag
+                row["update"] = _build_number(latest.tag) > _build_number(e.version)
+            row["error"] = row["error"] or failed
         elif e.kind == "source" and e.source.get("kind") == "git":
-            out = subprocess.run(
-                ["git", "ls-remote", e.source["location"], e.source.get("ref") or "HEAD"],
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            head = out.stdout.split()[0] if out.returncode == 0 and out.stdout.strip() else None
+            head, row["error"] = _git_head(e.source["location"], e.source.get("ref") or "HEAD")
             row["latest"] = head[:10] if head else None
             row["update"] = bool(head and e.source.get("digest") and head != e.source["digest"])
         rows.append(row)
     return rows
+
+
+def _git_head(location: str, ref: str) -> tuple[str | None, str | None]:
+    """(commit of ``ref`` at ``location``, None) or (None, why not)."""
+    import subprocess
+
+    argv = ["git", "ls-remote", location, ref]
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}  # never wait for a password on a terminal
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=GIT_TIMEOUT, env=env)
+    except subprocess.TimeoutExpired:
+        return None, f"git ls-remote {location}: no answer within {GIT_TIMEOUT} s (network or proxy?)"
+    except OSError as exc:
+        return None, f"git ls-remote {location}: {exc}"
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1]
+        return None, f"git ls-remote {location}: {last}"
+    if not out.stdout.strip():
+        return None, f"git ls-remote {location}: no ref {ref!r}"
+    return out.stdout.split()[0], None

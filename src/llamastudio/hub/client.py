@@ -50,17 +50,35 @@ def hub_endpoint() -> str:
     return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
 
 
-CONNECT_TIMEOUT = 5.0  # seconds; an unreachable Hub is reported at once, not after minutes
-READ_TIMEOUT = 30.0
+def _seconds(name: str, default: float) -> float:
+    try:
+        value = float(os.environ.get(name) or default)
+    except ValueError:
+        return default
+    return value if value > 0 else default
 
 
-def unreachable(origin: str, exc: Exception) -> HubUnreachable:
-    """The one message for a Hub that cannot be reached: 504 on a timeout, 502 otherwise."""
+# An unreachable Hub is reported within seconds, not after minutes: a refused connection at once,
+# no connection within CONNECT_TIMEOUT, or no answer to an API call (search, a repo's file list, a
+# file's metadata) within READ_TIMEOUT, which huggingface_hub's own HF_HUB_ETAG_TIMEOUT changes
+# (the Hub answers these in about a second; a slow proxy may need more). Downloads stream with
+# their own, longer timeout (download.py).
+CONNECT_TIMEOUT = 3.0
+READ_TIMEOUT = _seconds("HF_HUB_ETAG_TIMEOUT", 4.0)
+
+
+def unreachable(origin: str, exc: Exception, doing: str = "") -> HubUnreachable:
+    """The one message for a Hub that cannot be reached: 504 on a timeout, 502 otherwise; it names
+    the endpoint and what to check. ``details.endpoint`` carries the endpoint for the UI."""
     timed_out = isinstance(exc, (httpx2.TimeoutException, httpx.TimeoutException))
     cls = HubTimeout if timed_out else HubUnreachable
     what = "did not answer in time" if timed_out else "is unreachable"
     detail = str(exc) or type(exc).__name__
-    return cls(f"the Hugging Face Hub at {origin} {what}: {detail} (check the network, or HF_ENDPOINT)")
+    return cls(
+        f"the Hugging Face Hub at {origin} {what}{doing}: {detail}. Check this machine's network "
+        "connection and proxy (HTTPS_PROXY), or set HF_ENDPOINT to a reachable Hub or mirror",
+        endpoint=origin,
+    )
 
 
 class _FailFastTransport(httpx2.BaseTransport):

@@ -26,7 +26,7 @@ from llamastudio.errors import (
 )
 from llamastudio.fsutil import write_atomic
 from llamastudio.hub.checkpoints import check_format, find_checkpoint, select_checkpoint
-from llamastudio.hub.client import CONNECT_TIMEOUT, HubClient
+from llamastudio.hub.client import CONNECT_TIMEOUT, HubClient, unreachable
 from llamastudio.hub.paths import (
     check_commit,
     check_etag,
@@ -208,9 +208,12 @@ def _fetch_ranges(
                             on_progress(name, done, size)
             except (httpx.TransportError, httpx.RemoteProtocolError) as exc:
                 if attempt == retries:
-                    raise RemoteError(
-                        f"{name}: {exc} (partial data kept; run the pull again to resume)"
-                    ) from exc
+                    keep = "; the partial data is kept: resume the download to continue"
+                    if isinstance(exc, (httpx.ConnectError, httpx.TimeoutException)):
+                        origin = f"{exc.request.url.scheme}://{exc.request.url.netloc.decode()}"
+                        err = unreachable(origin, exc, f" while downloading {name}")
+                        raise type(err)(err.message + keep, **err.details) from exc
+                    raise RemoteError(f"{name}: {exc}{keep}") from exc
                 time.sleep(min(2**attempt, 10))
     got = partial.stat().st_size if partial.exists() else 0
     if got != size:

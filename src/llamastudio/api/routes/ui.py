@@ -1,5 +1,8 @@
 """The web UI: the built Vue app (``llamastudio/web/dist``, shipped in the package) at ``/``, with
-every unknown non-API path answered by ``index.html`` (client-side routes).
+every unknown non-API path answered by ``index.html`` (client-side routes; the app shows its own
+"page not found"), and the API reference, Swagger UI at ``/docs`` and ReDoc at ``/redoc``, whose
+scripts are served from ``dist/docs-assets/`` (copied from their npm packages by the web build:
+``web/docs-assets.ts``), never from a CDN, so both work offline.
 
 Paths are hostile until checked: one with a NUL or other control character, a ``.``/``..``
 segment, a backslash, an encoded separator (``%2F``, ``%5C``), or bytes that are not UTF-8 is a
@@ -13,11 +16,14 @@ import re
 from pathlib import Path
 
 from fastapi import APIRouter, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from llamastudio.errors import NotFound
 
 DIST = Path(__file__).resolve().parents[2] / "web" / "dist"
+DOCS_ASSETS = "/docs-assets"  # web/docs-assets.ts writes the files there
+TITLE = "llama.cpp Studio API"
 router = APIRouter(include_in_schema=False)
 
 _MISSING = """<!doctype html><meta charset="utf-8"><title>llama.cpp Studio</title>
@@ -46,6 +52,29 @@ def _file(dist: Path, path: str) -> Path | None:
         return target if target.is_relative_to(dist) and target.is_file() else None
     except (OSError, RuntimeError, ValueError):  # too long, a symlink loop, ...
         return None
+
+
+@router.get("/docs")
+def swagger_ui() -> HTMLResponse:
+    """Swagger UI: the operations, with "Try it out" against this studio."""
+    return get_swagger_ui_html(
+        openapi_url="/openapi.json",
+        title=f"{TITLE} (Swagger UI)",
+        swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+        swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+        swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+    )
+
+
+@router.get("/redoc")
+def redoc() -> HTMLResponse:
+    return get_redoc_html(
+        openapi_url="/openapi.json",
+        title=f"{TITLE} (ReDoc)",
+        redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+        redoc_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        with_google_fonts=False,
+    )
 
 
 @router.get("/{path:path}")
