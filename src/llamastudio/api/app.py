@@ -17,6 +17,7 @@ from llamastudio.api.routes import (
     hardware,
     hub,
     live,
+    peers,
     safetensors,
     seed,
     seed_versions,
@@ -99,6 +100,7 @@ def create_app(settings: Settings) -> FastAPI:
     seed_api = (seed, seed_versions)  # after the studio's: its DELETE /api/models/{id} would match theirs
     for module in (*routers, *seed_api):
         app.include_router(module.router, dependencies=[Depends(require_api_key)])
+    app.include_router(peers.router, dependencies=[Depends(require_api_key)])  # remote servers' models
     app.include_router(live.ws_router)  # its key and Origin are checked by the guard
     app.mount("/gateway", ui_gateway)
     app.include_router(ui.router)  # last: the UI answers every other GET

@@ -23,7 +23,7 @@ from typing import Any
 
 from llamastudio.config import Settings
 from llamastudio.engines.registry import LLAMA_CPP
-from llamastudio.errors import GatewayUnauthorized, InvalidInput, NotFound, StudioError
+from llamastudio.errors import GatewayUnauthorized, InvalidInput, NotFound, PeerLoop, StudioError
 from llamastudio.gateway.asgi import (
     Disconnected,
     Receive,
@@ -39,8 +39,10 @@ from llamastudio.gateway.body import declares_body, media_type, model_name
 from llamastudio.gateway.cors import CorsPolicy, preflight, with_cors
 from llamastudio.gateway.images import has_remote_image, inline_images
 from llamastudio.gateway.metrics import UNKNOWN, Metrics, drift_series, path_label
+from llamastudio.gateway.peers import PeerRelay, via_of
 from llamastudio.gateway.purpose import check_purpose
 from llamastudio.gateway.relay import GONE, HOP, Relay
+from llamastudio.gateway.router import RouterApi, router_entry
 from llamastudio.gateway.shapes import error_json, retry_after
 from llamastudio.gateway.toolchoice import named_tool_choice
 from llamastudio.guard import key_ok
@@ -70,11 +72,15 @@ class Gateway:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.relay = Relay(self.metrics, service.died)
+        self.peers = PeerRelay(service.peers, self.metrics)  # models of other servers: peers.py
+        self.router = RouterApi(service)  # llama-server router mode's /models/load, /unload
         self.cors = CorsPolicy(settings)
         self.max_body = settings.max_body_mb << 20
         self._keys = {k.encode() for k in (keys if keys is not None else [settings.gateway_api_key]) if k}
 
     async def close(self) -> None:
+        await self.router.close()
+        await self.peers.close()
         await self.relay.close()
 
     # -- ASGI ----------------------------------------------------------------------------------
@@ -97,14 +103,20 @@ class Gateway:
                 await preflight(send, scope["headers"], origin)
                 return
             self._check_key(scope)
+            via = via_of(scope["headers"])  # a peer's request: local models only (no loops)
+            if via and self.service.peers.instance in via.split(","):
+                raise PeerLoop("this request came back to the studio it left: a peer URL names this studio")
             if path == "/metrics":
                 text = await self._render_metrics()
                 await send_bytes(send, 200, text.encode(), b"text/plain; version=0.0.4")
-            elif path in ("/v1/models", "/models") and method == "GET":
-                await send_json(send, 200, await self._models())
+            elif path in ("/v1/models", "/models") and method == "GET":  # as llama-server's router
+                await send_json(send, 200, await self._models(via))
+            elif path in ("/models/load", "/models/unload") and method == "POST":
+                body = await read_body(receive, self.max_body)
+                act = self.router.load if path == "/models/load" else self.router.unload
+                await send_json(send, 200, await act(body))
             elif path.startswith("/v1/models/") and method == "GET":
-                model = await self.service.gateway_model(path.removeprefix("/v1/models/"))
-                await send_json(send, 200, model.model_dump(mode="json"))
+                await send_json(send, 200, await self._model(path.removeprefix("/v1/models/"), via))
             else:
                 await self._proxy(scope, receive, send)
         except StudioError as exc:
@@ -133,9 +145,24 @@ class Gateway:
         raise GatewayUnauthorized("missing or wrong API key (send `Authorization: Bearer <key>`)")
 
     # -- own endpoints -------------------------------------------------------------------------
-    async def _models(self) -> dict[str, Any]:
+    async def _models(self, via: str) -> dict[str, Any]:
+        """Local models, then the peers' (not to a peer, not on the LMDeploy port)."""
         data = [m.model_dump(mode="json") for m in await self.service.gateway_models(self.kinds)]
-        return {"object": "list", "data": data}
+        if self.kinds is None and not via:
+            local = {m["id"] for m in data} | {a for m in data for a in m["aliases"]}
+            data += self.service.peers.entries(local)
+        return {"object": "list", "data": [router_entry(m) for m in data]}
+
+    async def _model(self, name: str, via: str) -> dict[str, Any]:
+        try:
+            return router_entry((await self.service.gateway_model(name)).model_dump(mode="json"))
+        except NotFound:
+            if via or self.kinds is not None:
+                raise
+            found = next((e for e in self.service.peers.entries(set()) if e["id"] == name), None)
+            if found is None:
+                raise
+            return router_entry(found)
 
     async def _render_metrics(self) -> str:
         snap = await self.service.metrics()
@@ -170,6 +197,12 @@ class Gateway:
             if len(names) != 1:
                 raise InvalidInput("request names no model: set `model` in the JSON body (or ?model=)")
             name = names[0]
+        if self.kinds is None and not via_of(headers_in) and await self.service.label(name) is None:
+            peer = self.service.peers.choose(name)  # a 503 naming it when its peer is down
+            if peer is not None:
+                status = await self.peers.forward(peer, scope, receive, send, name, path, body, started)
+                self.metrics.requests[(name, label, status)] += 1
+                return
         if self.fallback and name != self.fallback and await self.service.label(name) is None:
             name = self.fallback  # the seeds' one-model images answer "model": "any"
         if self.kinds is not None and await self.service.kind_of(name) not in self.kinds:

@@ -36,6 +36,7 @@ from llamastudio.runtime.budgets import budgets_of
 from llamastudio.runtime.logfile import MAX_TAIL, tail_lines
 from llamastudio.runtime.manager import Runtime
 from llamastudio.services import status as views
+from llamastudio.services.peers import PeerService
 from llamastudio.services.snapshots import (
     AutoConfig,
     CommandView,
@@ -70,12 +71,15 @@ class StudioService:
         # the gateway's hot path, bound straight to the runtime (see the module docstring)
         self.acquire = runtime.acquire
         self.died = runtime.died
+        self.peers = PeerService(runtime.db)  # other servers' models: the gateway routes to them
 
     async def start(self) -> None:
         """Start the runtime (cleans up orphans, measures budgets, syncs, preloads)."""
         await self.runtime.start()
+        await self.peers.start()
 
     async def close(self) -> None:
+        await self.peers.close()
         await self.runtime.close()
 
     async def refresh(self) -> None:
