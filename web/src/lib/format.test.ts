@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { formatBytes, formatCount, formatDuration, percent } from './format'
+import { formatBytes, formatCount, formatDuration, formatMs, percent } from './format'
 
 describe('format', () => {
   it('bytes in binary units', () => {
@@ -18,5 +18,11 @@ describe('format', () => {
     expect(formatCount(1234567)).toBe('1.2M')
     expect(percent(5, 0)).toBe(0)
     expect(percent(150, 100)).toBe(100)
+  })
+  it('milliseconds', () => {
+    expect(formatMs(null)).toBe('—')
+    expect(formatMs(12.4)).toBe('12 ms')
+    expect(formatMs(1250)).toBe('1.25 s')
+    expect(formatMs(65_000)).toBe('65.0 s')
   })
 })

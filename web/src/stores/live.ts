@@ -1,12 +1,14 @@
 /**
  * Everything that changes by itself, kept current over `/ws`: system stats (with a short history
- * for charts), model states, model log tails, and jobs (the jobs store takes the `job.*` events).
+ * for charts), model states, model log tails, jobs (the jobs store takes the `job.*` events) and
+ * the gateway's requests (the activity store takes the `activity` events).
  * The socket reconnects by itself (1 s, doubling up to 15 s) and starts from the server's snapshot.
  */
 import { defineStore } from 'pinia'
 import { reactive, ref } from 'vue'
 import { apiKey } from '../api/client'
 import type { ModelStatus, Stats } from '../api/types'
+import { useActivity } from './activity'
 import { useJobs } from './jobs'
 
 const MAX_LINES = 500
@@ -17,6 +19,7 @@ export const useLive = defineStore('live', () => {
   const models = reactive<Record<string, ModelStatus>>({})
   const modelLogs = reactive<Record<string, string[]>>({})
   const jobs = useJobs()
+  const activity = useActivity()
   let socket: WebSocket | null = null
   let delay = 1000
   let stopped = false
@@ -28,7 +31,7 @@ export const useLive = defineStore('live', () => {
   }
 
   function handle(ev: Record<string, any>) {
-    if (jobs.handle(ev)) return
+    if (jobs.handle(ev) || activity.handle(ev)) return
     switch (ev.type) {
       case 'hello':
         stats.value = ev.stats ?? []
@@ -56,6 +59,7 @@ export const useLive = defineStore('live', () => {
     socket.onopen = () => {
       connected.value = true
       delay = 1000
+      activity.refresh().catch(() => undefined) // what ended while the socket was down
     }
     socket.onmessage = (msg) => handle(JSON.parse(msg.data))
     socket.onclose = () => {
