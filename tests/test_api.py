@@ -107,7 +107,7 @@ async def test_migrations_match_models_and_rerun_is_a_noop(settings: Settings) -
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
     app2 = create_app(settings)  # second start: already at head, nothing to do
-    assert app2.state.studio.service.runtime.db.revision == head_revision() == "0008"
+    assert app2.state.studio.service.runtime.db.revision == head_revision() == "0009"
 
 
 def test_unwritable_data_dir_is_a_clear_error(tmp_path: Path) -> None:

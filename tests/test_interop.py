@@ -69,7 +69,12 @@ def test_llama_swap_round_trip(tiny_models: dict[str, Path], engine: Engine) -> 
     data = yaml.safe_load(text)
     assert "${PORT}" in data["models"]["llama"]["cmd"]  # what llama-swap itself needs
     assert data["models"]["llama"]["aliases"] == ["l", "small"] and data["models"]["qwen3"]["ttl"] == 0
-    assert data["groups"]["tiny"] == {"swap": True, "exclusive": False, "members": ["llama", "qwen3"]}
+    assert data["groups"]["tiny"] == {
+        "swap": True,
+        "exclusive": False,
+        "persistent": False,
+        "members": ["llama", "qwen3"],
+    }
     assert import_llama_swap(text, [engine]) == configs
 
 
@@ -97,7 +102,8 @@ groups:
     llama, other = import_llama_swap(text, [engine])
     assert llama.model == str(tiny_models["llama"]) and llama.args == ["-c", "4096", "-ngl", "99"]
     assert llama.engine_id == "rig" and llama.aliases == ["gpt-4o-mini"] and llama.ttl == 300
-    assert llama.env == {"CUDA_VISIBLE_DEVICES": "0"} and llama.group is None  # swap: false
+    assert llama.env == {"CUDA_VISIBLE_DEVICES": "0"} and llama.group == "together"
+    assert not llama.group_swap and llama.group_exclusive  # swap: false; exclusive: llama-swap's default
     assert other.command is not None and other.command[:3] == [
         "python",
         "-m",

@@ -241,6 +241,12 @@ class Settings(BaseSettings):
         "the largest quant that fits this machine fully; downloaded if missing, then loaded and "
         "pinned when `serve` starts.",
     )
+    config_file: Path | None = Field(
+        default=None,
+        description="A llama-swap config.yaml the studio keeps its served models in sync with "
+        "(`serve --config`): imported at start and again whenever it changes; the models it "
+        "defines are owned by it. An invalid version is reported and the previous one keeps serving.",
+    )
     model_path: Path | None = Field(
         default=None,
         validation_alias=_seed("model_path"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -24,6 +25,15 @@ def register(app: typer.Typer, load_settings: Callable[..., Settings]) -> None:
             typer.Option(
                 help="One-model mode: org/repo:QUANT (or org/repo: the largest quant that fits) to "
                 "download, load and pin at start (env MODEL)."
+            ),
+        ] = None,
+        config: Annotated[
+            Path | None,
+            typer.Option(
+                "--config",
+                help="A llama-swap config.yaml to serve, kept in sync: re-imported whenever it "
+                "changes; an invalid version is reported and the previous one keeps serving "
+                "(env LLAMASTUDIO_CONFIG_FILE).",
             ),
         ] = None,
         insecure: Annotated[
@@ -49,6 +59,7 @@ def register(app: typer.Typer, load_settings: Callable[..., Settings]) -> None:
             port=port,
             gateway_port=gateway_port,
             model=model,
+            config_file=config,
             insecure=True if insecure else None,
         )
         run(settings)

@@ -187,11 +187,12 @@ def import_(ctx: typer.Context, file: Path, fmt: FormatOpt = "") -> None:
     studio = running_studio(ctx)
     if studio is not None:
         done = call(ctx, "POST", "/api/served/import", studio, json={"format": fmt, "text": text})
-        names = list(done["imported"])
     else:
-        names = _offline(ctx, lambda svc: svc.import_configs(fmt, text))
-    for name in names:
+        done = _offline(ctx, lambda svc: svc.import_configs(fmt, text)).to_json()
+    for name in done["imported"]:
         typer.echo(f"imported {name}")
+    for item in done.get("ignored") or []:  # kept for export, not applied: said, never dropped
+        typer.echo(f"ignored {item['key']}: {item['why']}", err=True)
 
 
 @models_app.command("export")

@@ -37,6 +37,7 @@ from llamastudio.gateway.asgi import (
 )
 from llamastudio.gateway.body import declares_body, media_type, model_name
 from llamastudio.gateway.cors import CorsPolicy, preflight, with_cors
+from llamastudio.gateway.filters import rewrite
 from llamastudio.gateway.images import has_remote_image, inline_images
 from llamastudio.gateway.metrics import UNKNOWN, Metrics, drift_series, path_label
 from llamastudio.gateway.peers import PeerRelay, via_of
@@ -77,6 +78,7 @@ class Gateway:
         self.cors = CorsPolicy(settings)
         self.max_body = settings.max_body_mb << 20
         self._keys = {k.encode() for k in (keys if keys is not None else [settings.gateway_api_key]) if k}
+        self._imported = keys is None  # the gateway's own ports also take a llama-swap import's apiKeys
 
     async def close(self) -> None:
         await self.router.close()
@@ -140,7 +142,8 @@ class Gateway:
                 return
 
     def _check_key(self, scope: Scope) -> None:
-        if not self._keys or key_ok(scope["headers"], self._keys):  # constant-time (guard.py)
+        imported = self.service.imported_keys if self._imported else frozenset()  # llama-swap apiKeys
+        if not (self._keys or imported) or key_ok(scope["headers"], self._keys | imported):  # guard.py
             return
         raise GatewayUnauthorized("missing or wrong API key (send `Authorization: Bearer <key>`)")
 
@@ -218,6 +221,8 @@ class Gateway:
             body = await inline_images(body)  # never fetched by the engine (SSRF): images.py
         if b"tool_choice" in body and await self.service.kind_of(name) == LLAMA_CPP:
             body = named_tool_choice(body, path)  # the one form llama-server honours: toolchoice.py
+        if (rules := self.service.body_rules(name)) is not None:  # llama-swap filters: filters.py
+            body = rewrite(body, rules.strip_params, rules.set_params, rules.use_model_name)
         entry = self.metrics.activity.begin(name, label, started)  # in flight: activity.py
         try:
             lease, proc = await self.acquire(name)

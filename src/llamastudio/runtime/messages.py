@@ -19,7 +19,10 @@ class ModelSpec:
     reserve: dict[str, int]  # bytes per device ("CUDA0", "CPU", …) from the estimator
     ttl: float = 600.0  # seconds idle before unloading; 0 = never
     pinned: bool = False
-    group: str | None = None  # models of one exclusive group never run together
+    group: str | None = None  # its group; rules: swap, exclusive, persistent (see policy.py)
+    swap: bool = True
+    exclusive: bool = False
+    persistent: bool = False
     max_concurrency: int = 0  # 0 = unlimited
     max_queue: int = 64
     threads: int = 0  # CPU threads it computes with (see policy.py); 0 = wholly on GPUs

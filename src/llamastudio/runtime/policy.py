@@ -14,6 +14,13 @@ to serve its queued requests are never stopped: they are *blockers* that must dr
 victims are stopped only once no blocker remains (nothing is evicted for a placement that still
 has to wait); the waiting model starts when their stops have finished.
 
+**Groups** (llama-swap's ``groups``, ``group_rule``). ``swap``: the members of a group never run
+together (a member's start stops the others). ``exclusive``: a member's start stops every model
+outside its group, in a group or not. ``persistent``: a member is never stopped for a model of
+another group — neither by ``exclusive`` nor for memory. Pinned models are never stopped by
+either rule (a pinned member of a swap group makes its siblings unplaceable while it runs).
+Otherwise memory decides, as above.
+
 **CPU threads.** A model whose layers (all or some, MoE experts included) compute on the CPU runs
 ``-t`` threads (llama.cpp's default: the physical cores) that spin while it works; two such models
 working at once on the same cores each run many times slower (issue 18: p50 1.6 s → 29.8 s).
@@ -59,7 +66,10 @@ class View:
     busy_since: float | None = None  # requests in flight without a break since then
     waiting_since: float | None = None  # arrival of its oldest queued request; None = none queued
     pinned: bool = False
-    group: str | None = None  # models of one exclusive group never run together
+    group: str | None = None  # its group (llama-swap ``groups``); rules below, see "Groups"
+    swap: bool = True  # members of its group never run together
+    exclusive: bool = False  # its start stops the models of other groups (and of none)
+    persistent: bool = False  # never stopped for a model of another group
     draining: bool = False  # a stop is pending (user's stop, configuration removed): admits nothing
     closed: bool = False  # admits nothing new for now (fairness): requests queue
     ttl: float = 0.0  # idle seconds before unloading; 0 = never
@@ -97,6 +107,22 @@ def _idle(v: View) -> bool:
     return v.state == "ready" and v.in_flight == 0 and (v.waiting_since is None or v.closed or v.draining)
 
 
+def group_rule(target: View, v: View) -> Literal["swap", "exclusive"] | None:
+    """Why starting ``target`` stops ``v`` whatever memory says (llama-swap's groups): ``swap``,
+    one model of a group at a time; ``exclusive``, a member's start stops every model outside
+    its group — grouped or not — except members of ``persistent`` groups."""
+    if target.group is None:
+        return None
+    if v.group == target.group:
+        return "swap" if target.swap else None
+    return "exclusive" if target.exclusive and not v.persistent else None
+
+
+def shielded(target: View, v: View) -> bool:
+    """A member of a persistent group is never stopped for a model of another group."""
+    return v.persistent and v.group != target.group
+
+
 def place(target: View, others: Iterable[View], budgets: Mapping[str, int]) -> Plan:
     """What must go for ``target`` (stopped) to fit next to ``others``."""
     for dev, n in target.reserve.items():
@@ -116,14 +142,15 @@ def place(target: View, others: Iterable[View], budgets: Mapping[str, int]) -> P
             used[dev] = used.get(dev, 0) - n
 
     chosen: list[View] = []
-    for v in rest:  # its exclusive group goes, whatever it holds
-        if target.group is not None and v.group == target.group:
-            if v.pinned:
-                return Plan(possible=False)
+    for v in rest:  # the group's rules first, whatever the others hold
+        rule = group_rule(target, v)
+        if rule == "swap" and v.pinned:
+            return Plan(possible=False)
+        if rule is not None and not v.pinned:
             chosen.append(v)
             free(v)
     by_age = sorted(
-        (v for v in rest if v not in chosen and not v.pinned),
+        (v for v in rest if v not in chosen and not v.pinned and not shielded(target, v)),
         key=lambda v: (v.last_used, sum(v.reserve.values()), v.name),
     )
     order = (

@@ -70,6 +70,10 @@ class ServedModel(ModelStatus):
     aliases: list[str] = Field(default_factory=list)
     configured: bool = Field(description="False: a library model served with defaults.")
     traits: ModelTraits = Field(default_factory=ModelTraits)
+    title: str | None = Field(None, description="Display name (llama-swap `name`).")
+    description: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict, description="llama-swap `metadata`.")
+    unlisted: bool = Field(False, description="Served but not listed in /v1/models.")
 
 
 class DeviceBytes(Snapshot):
@@ -234,6 +238,9 @@ class GatewayModel(Snapshot):
     chat_template: bool | None = Field(
         None, description="False: a base model without a chat template (use /v1/completions)."
     )
+    name: str | None = Field(None, description="Display name (llama-swap `name`); null when unset.")
+    description: str | None = None
+    meta: dict[str, Any] | None = Field(None, description="llama-swap's `{llamaswap: metadata}`.")
 
 
 class MetricsSnapshot(Snapshot):

@@ -63,6 +63,10 @@ def served_model(cfg: ModelConfig, status: ModelStatus, prepared: Prepared | Non
         aliases=list(cfg.aliases),
         configured=cfg.configured,
         traits=traits,
+        title=cfg.title,
+        description=cfg.description,
+        metadata=cfg.metadata,
+        unlisted=cfg.unlisted,
     )
 
 
@@ -116,6 +120,9 @@ def gateway_model(m: ServedModel) -> GatewayModel:
         status=status,
         capabilities=capabilities(m.traits),
         chat_template=m.traits.chat_template,
+        name=m.title,
+        description=m.description,
+        meta={"llamaswap": m.metadata} if m.metadata else None,
     )
 
 

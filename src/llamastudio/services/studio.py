@@ -36,6 +36,8 @@ from llamastudio.runtime.budgets import budgets_of
 from llamastudio.runtime.logfile import MAX_TAIL, tail_lines
 from llamastudio.runtime.manager import Runtime
 from llamastudio.services import status as views
+from llamastudio.services import swapimport
+from llamastudio.services.configwatch import ConfigWatch
 from llamastudio.services.peers import PeerService
 from llamastudio.services.snapshots import (
     AutoConfig,
@@ -51,7 +53,7 @@ from llamastudio.services.snapshots import (
     SavedConfigView,
     ServedModel,
 )
-from llamastudio.serving import stored
+from llamastudio.serving import stored, swapstate
 from llamastudio.serving.configs import ModelConfig, validate
 from llamastudio.serving.launch import Prepared
 from llamastudio.store.db import ping
@@ -71,14 +73,23 @@ class StudioService:
         # the gateway's hot path, bound straight to the runtime (see the module docstring)
         self.acquire = runtime.acquire
         self.died = runtime.died
+        self.imported_keys: frozenset[bytes] = frozenset()  # a llama-swap import's apiKeys
+        self.watch: ConfigWatch | None = None  # LLAMASTUDIO_CONFIG_FILE, kept in sync
         self.peers = PeerService(runtime.db)  # other servers' models: the gateway routes to them
 
     async def start(self) -> None:
         """Start the runtime (cleans up orphans, measures budgets, syncs, preloads)."""
         await self.runtime.start()
         await self.peers.start()
+        await self._load_keys()
+        path = self.runtime.settings.config_file
+        if path is not None and not self.offline:
+            self.watch = ConfigWatch(self, path, self.runtime.bus)
+            await self.watch.start()
 
     async def close(self) -> None:
+        if self.watch is not None:
+            await self.watch.close()
         await self.peers.close()
         await self.runtime.close()
 
@@ -132,7 +143,8 @@ class StudioService:
 
     async def gateway_models(self, kinds: frozenset[str] | None = None) -> list[GatewayModel]:
         """The models the gateway lists (``kinds``: only those running on these engine kinds)."""
-        served = await self.served(refresh=False)
+        listed = {c.name for c in self.runtime.known if not c.unlisted}
+        served = [m for m in await self.served(refresh=False) if m.name in listed]
         if kinds is not None:
             served = [m for m in served if await self.kind_of(m.name) in kinds]
         return [views.gateway_model(m) for m in served]
@@ -251,23 +263,43 @@ class StudioService:
         found = await asyncio.to_thread(self.runtime.launcher.draft_candidates, name)
         return [DraftCandidate(id=m.id, path=m.path, size=m.size, quant=m.quant) for m in found]
 
-    async def import_configs(self, fmt: str, text: str, permit: Permit = allow_all) -> list[str]:
+    async def import_configs(
+        self, fmt: str, text: str, permit: Permit = allow_all, source: str | None = None
+    ) -> swapimport.Imported:
         """Parse, check every configuration (``permit`` refuses one the caller may not store),
-        then store them all or none, in one transaction. Returns their names."""
-
-        def store() -> list[ModelConfig]:
-            configs = self.runtime.launcher.parse_import(fmt, text)
-            for cfg in configs:
-                permit(cfg)
-            return self.runtime.configs.put_many(configs)
-
-        configs = await asyncio.to_thread(store)
+        then store them all or none, in one transaction (``services/swapimport.py``); the
+        models a watched file (``source``) no longer defines are removed. Running models whose
+        configuration went are stopped after their requests in flight."""
+        swapimport.check_format(fmt)
+        done = await asyncio.to_thread(swapimport.store, self.runtime, fmt, text, permit, source)
+        if done.removed and not self.offline:
+            await self.runtime.drain_and_stop(done.removed)
+        await self._load_keys()
+        if done.peers is not None:
+            await self.peers.set_imported_peers(done.peers)
         await self.refresh()
-        return [c.name for c in configs]
+        return done
 
     async def export_configs(self, fmt: str) -> str:
-        """Stored configurations as llama-swap ``config.yaml`` or a ``--models-preset`` INI."""
-        return await asyncio.to_thread(self.runtime.launcher.export_configs, fmt, self.runtime.hw)
+        """Stored configurations as llama-swap ``config.yaml`` (with what an import kept:
+        ``apiKeys``, ``peers``, top-level keys) or a ``--models-preset`` INI."""
+        swapimport.check_format(fmt)
+        return await asyncio.to_thread(swapimport.export, self.runtime, fmt)
+
+    async def _load_keys(self) -> None:
+        keys = await asyncio.to_thread(swapstate.api_keys, self.runtime.db)
+        self.imported_keys = frozenset(k.encode() for k in keys)
+
+    def body_rules(self, name: str) -> ModelConfig | None:
+        """The configuration of ``name`` (name, alias or library id) when the gateway must rewrite
+        a request's body for it (``useModelName``, ``stripParams``, ``setParams``); else None.
+        On the loop, no I/O: the gateway's hot path."""
+        label = self.runtime.lookup(name)
+        prep = self.runtime.prepared.get(label) if label else None
+        cfg = prep.config if prep else None
+        if cfg is None or not (cfg.use_model_name or cfg.strip_params or cfg.set_params):
+            return None
+        return cfg
 
     # -- running -------------------------------------------------------------------------------
     async def start_model(self, name: str) -> ModelStatus:

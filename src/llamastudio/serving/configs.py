@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from llamastudio.checkpoint import read_config, shard_names
 from llamastudio.checkpoint.config import arch_facts
@@ -85,6 +86,23 @@ class ModelConfig:
     reserve: dict[str, int] | None = None
     env: dict[str, str] = field(default_factory=dict)
     preload: bool = False  # started when the studio starts (in order, by memory); see LLAMASTUDIO_PRELOAD
+    # llama-swap's per-model keys (``serving/llamaswap.py``): listing, the request body, readiness
+    unlisted: bool = False  # served, but not in /v1/models
+    title: str | None = None  # llama-swap ``name``: the display name in /v1/models and the UI
+    description: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)  # shown in /v1/models (``meta.llamaswap``)
+    use_model_name: str | None = None  # the ``model`` the engine receives (llama-swap ``useModelName``)
+    strip_params: list[str] = field(default_factory=list)  # body keys removed before relay (never model)
+    set_params: dict[str, Any] = field(default_factory=dict)  # body keys set before relay (never model)
+    check_endpoint: str | None = None  # readiness path, or "none"; None: the engine kind's
+    start_timeout: float | None = None  # seconds a start may take (llama-swap healthCheckTimeout)
+    cmd_stop: list[str] | None = None  # llama-swap ``cmdStop`` argv (kept, see the import's ignored)
+    proxy: str | None = None  # llama-swap ``proxy``: the upstream URL (kept, see the import's ignored)
+    group_swap: bool = True  # members of ``group`` never run together
+    group_exclusive: bool = False  # starting a member stops the models of other groups
+    group_persistent: bool = False  # other groups never stop this group's members
+    source: str | None = None  # "file:<path>": owned by a watched config file (``configwatch.py``)
+    extra: dict[str, Any] = field(default_factory=dict)  # llama-swap keys kept for export only
     configured: bool = True  # False: a library model served with defaults
 
     def to_json(self) -> dict[str, Any]:
@@ -92,10 +110,15 @@ class ModelConfig:
 
     @classmethod
     def from_row(cls, row: ServedModelRow) -> ModelConfig:
-        cfg = cls(**{f.name: getattr(row, f.name) for f in fields(cls) if f.name != "configured"})
+        cfg = cls(**{f.name: getattr(row, column(f.name)) for f in fields(cls) if f.name != "configured"})
         if cfg.ttl is not None and not valid_ttl(cfg.ttl):
             cfg.ttl = None  # an Infinity stored by an older version: the default applies, JSON stays valid
         return cfg
+
+
+def column(name: str) -> str:
+    """The ``ServedModelRow`` attribute of a field (``metadata`` is SQLAlchemy's own name)."""
+    return "metadata_" if name == "metadata" else name
 
 
 def _check_flag_list(args: list[str], what: str, reserved: frozenset[str] = RESERVED_FLAGS) -> None:
@@ -120,6 +143,16 @@ def validate(cfg: ModelConfig) -> None:
     for dev, n in (cfg.reserve or {}).items():
         if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_BYTES:
             raise InvalidInput(f"reserve[{dev}] must be a byte count from 0 to 2^52")
+    if cfg.start_timeout is not None and not (valid_ttl(cfg.start_timeout) and cfg.start_timeout > 0):
+        raise InvalidInput(f"start_timeout must be a number of seconds from 1 to {MAX_TTL}")
+    if (
+        cfg.check_endpoint is not None
+        and cfg.check_endpoint != "none"
+        and not cfg.check_endpoint.startswith("/")
+    ):
+        raise InvalidInput("check_endpoint must be a path starting with / (or none)")
+    if "model" in cfg.strip_params or "model" in cfg.set_params:
+        raise InvalidInput("strip_params / set_params may not touch `model` (use use_model_name)")
     if cfg.command is not None:
         # another program's own argv: its model and host flags are the user's (only the port is ours)
         _check_flag_list(cfg.command, "command", reserved=frozenset())
@@ -243,10 +276,16 @@ class ModelConfigs:
     def put(self, cfg: ModelConfig) -> ModelConfig:
         return self.put_many([cfg])[0]
 
-    def put_many(self, configs: list[ModelConfig]) -> list[ModelConfig]:
+    def put_many(
+        self,
+        configs: list[ModelConfig],
+        remove: Collection[str] = (),
+        also: Callable[[Session], None] | None = None,
+    ) -> list[ModelConfig]:
         """Check each configuration (values, model file, flags against its engine's ``--help``,
         names against every other model), then store them all in one transaction: all or none.
-        The library is listed once for the whole batch, not once per configuration."""
+        The library is listed once for the whole batch, not once per configuration. ``remove``:
+        stored configurations deleted in the same transaction; ``also``: more writes in it."""
         library = self.library.models(with_facts=False)
         for cfg in configs:
             try:
@@ -254,11 +293,18 @@ class ModelConfigs:
             except StudioError as exc:  # name the model: an import has hundreds
                 details = {"model": cfg.name, **exc.details}
                 raise type(exc)(f"model {cfg.name!r}: {exc.message}", **details) from exc
-        check_names(configs, self.stored(), library, lambda final: self.all(final, library))
+        kept = [c for c in self.stored() if c.name not in remove]
+        check_names(configs, kept, library, lambda final: self.all(final, library))
         names = [f.name for f in fields(ModelConfig) if f.name != "configured"]
         with self.db.session() as s, s.begin():
+            for name in remove:
+                row = s.get(ServedModelRow, name)
+                if row is not None:
+                    s.delete(row)
+            if also is not None:
+                also(s)
             for cfg in configs:
-                values = {k: getattr(cfg, k) for k in names}
+                values = {column(k): getattr(cfg, k) for k in names}
                 row = s.get(ServedModelRow, cfg.name)
                 if row is None:
                     s.add(ServedModelRow(**values))

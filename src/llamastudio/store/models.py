@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, false
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, false, true
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -117,6 +117,23 @@ class ServedModelRow(Base):
     preload: Mapped[bool] = mapped_column(
         Boolean, default=False, server_default=false()
     )  # start with the studio
+    # llama-swap's per-model keys (migration 0009; see ``serving/configs.py``)
+    unlisted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    title: Mapped[str | None] = mapped_column(Text, nullable=True)
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    use_model_name: Mapped[str | None] = mapped_column(Text, nullable=True)
+    strip_params: Mapped[list[str]] = mapped_column(JSON, default=list)
+    set_params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    check_endpoint: Mapped[str | None] = mapped_column(Text, nullable=True)
+    start_timeout: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cmd_stop: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    proxy: Mapped[str | None] = mapped_column(Text, nullable=True)
+    group_swap: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    group_exclusive: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    group_persistent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    source: Mapped[str | None] = mapped_column(Text, nullable=True)
+    extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
 

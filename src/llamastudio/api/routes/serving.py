@@ -250,9 +250,22 @@ class ImportIn(BaseModel):
 
 
 @router.post("/served/import")
-async def import_configs(state: StateDep, request: Request, body: ImportIn) -> dict[str, list[str]]:
-    names = await state.service.import_configs(body.format, body.text, config_permit(state, request))
-    return {"imported": names}
+async def import_configs(state: StateDep, request: Request, body: ImportIn) -> dict[str, Any]:
+    """Store every configuration of the document, or none (one transaction). The answer:
+    ``imported`` (names), ``ignored`` (``{key, why}``: kept for export, not applied), ``api_keys``
+    (how many the gateway now accepts from it; null: the document has no ``apiKeys``), ``peers``
+    (their names; null: none given) and ``removed`` (always empty here: see the config file)."""
+    done = await state.service.import_configs(body.format, body.text, config_permit(state, request))
+    return done.to_json()
+
+
+@router.get("/served/config-file")
+async def config_file(state: StateDep) -> dict[str, Any]:
+    """The watched llama-swap config file (``serve --config``): its path, whether its current
+    version is applied (``ok``; else ``error`` says why and the previous version keeps serving),
+    when it was last imported, and what it imported and ignored. ``{"path": null}`` without one."""
+    watch = state.service.watch
+    return watch.status() if watch is not None else {"path": None}
 
 
 @router.get("/served/export")

@@ -1,0 +1,134 @@
+"""A watched llama-swap config file (``serve --config FILE`` / ``LLAMASTUDIO_CONFIG_FILE``).
+
+The file is imported at start and again whenever it changes: its size and modification time are
+read every ``interval`` (1 s), and a change of either — or of the content's SHA-256, read when
+they change and every ``REHASH`` polls (an edit within the same second that keeps the size) —
+re-imports it. The models it defines are owned by it (``source = "file:<path>"``): an import
+adds and changes them, and removes those it no longer defines, in one transaction.
+
+A version that cannot be imported (bad YAML, a wrong type, an unknown macro …) changes nothing:
+the previous good state keeps serving. The error is logged, published on the event bus
+(``{"type": "config_file", "ok": false, "error": …}``) and kept for ``GET
+/api/served/config-file`` until a good version is imported. The checks run in a thread, never on
+the loop that serves the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llamastudio.errors import StudioError
+from llamastudio.events import EventBus
+from llamastudio.serving.fields import MAX_TEXT
+
+if TYPE_CHECKING:
+    from llamastudio.services.studio import StudioService
+
+log = logging.getLogger(__name__)
+REHASH = 5  # polls between content hashes when size and mtime are unchanged
+
+
+def _read(path: Path) -> tuple[tuple[int, int] | None, bytes | None]:
+    """(size, mtime_ns) and the bytes (None: unreadable or missing); blocking."""
+    try:
+        st = path.stat()
+        if st.st_size > MAX_TEXT * 4:
+            return (st.st_size, st.st_mtime_ns), b""
+        return (st.st_size, st.st_mtime_ns), path.read_bytes()
+    except OSError:
+        return None, None
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+class ConfigWatch:
+    def __init__(self, service: StudioService, path: Path, bus: EventBus, interval: float = 1.0) -> None:
+        self.service = service
+        self.path = path.expanduser().resolve()
+        self.source = f"file:{self.path}"
+        self.bus = bus
+        self.interval = interval
+        self.digest: str | None = None  # of the last version tried (good or not)
+        self.loaded_at: float | None = None  # wall-clock time of the last good import
+        self.error: str | None = None  # why the current version is not applied
+        self.imported: list[str] = []
+        self.ignored: list[dict[str, str]] = []
+        self._stamp: tuple[int, int] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.check()
+        self._task = asyncio.create_task(self._loop())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "ok": self.error is None,
+            "error": self.error,
+            "loaded_at": self.loaded_at,
+            "imported": self.imported,
+            "ignored": self.ignored,
+        }
+
+    async def _loop(self) -> None:
+        polls = 0
+        while True:
+            await asyncio.sleep(self.interval)
+            polls += 1
+            stamp = await asyncio.to_thread(_stat, self.path)
+            if stamp != self._stamp or polls % REHASH == 0:
+                try:
+                    await self.check()
+                except Exception:  # a bug: logged, the watch goes on
+                    log.exception("config file %s: re-import failed", self.path)
+
+    async def check(self) -> None:
+        """Import the file if its content changed since the last version tried."""
+        stamp, data = await asyncio.to_thread(_read, self.path)
+        self._stamp = stamp
+        if data is None:
+            self._fail(f"cannot read {self.path}")
+            return
+        digest = hashlib.sha256(data).hexdigest()
+        if digest == self.digest:
+            return
+        self.digest = digest
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            self._fail("not UTF-8 text")
+            return
+        try:
+            done = await self.service.import_configs("llama-swap", text, source=self.source)
+        except StudioError as exc:
+            self._fail(exc.message)
+            return
+        self.error, self.loaded_at = None, time.time()
+        self.imported, self.ignored = done.imported, done.ignored
+        log.info("config file %s: %d models (%d removed)", self.path, len(done.imported), len(done.removed))
+        self.bus.publish({"type": "config_file", **self.status(), "removed": done.removed})
+
+    def _fail(self, why: str) -> None:
+        if why == self.error:
+            return
+        log.error("config file %s: not applied, the previous version keeps serving: %s", self.path, why)
+        self.error = why
+        self.bus.publish({"type": "config_file", **self.status()})

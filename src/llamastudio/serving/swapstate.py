@@ -1,0 +1,43 @@
+"""What a llama-swap import brings besides model configurations, stored in the key-value
+``settings`` table (no migration): its ``apiKeys`` (accepted by the gateway next to the studio's
+own key) and the top-level keys kept for export (``healthCheckTimeout``, ``logLevel`` …).
+
+Each import that has the key replaces it whole; an import without it keeps the stored one (a
+config without ``apiKeys`` never opens a protected gateway). Blocking (database).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from llamastudio.store import Database
+from llamastudio.store.models import SettingRow
+
+API_KEYS, SETTINGS = "llama_swap.api_keys", "llama_swap.settings"
+
+
+def read(db: Database, key: str) -> Any:
+    with db.session() as s:
+        row = s.get(SettingRow, key)
+    return None if row is None else row.value
+
+
+def api_keys(db: Database) -> list[str]:
+    value = read(db, API_KEYS)
+    return [k for k in value if isinstance(k, str) and k] if isinstance(value, list) else []
+
+
+def settings(db: Database) -> dict[str, Any]:
+    value = read(db, SETTINGS)
+    return value if isinstance(value, dict) else {}
+
+
+def write(s: Session, key: str, value: Any) -> None:
+    """Inside the caller's transaction (the import's: all or nothing)."""
+    row = s.get(SettingRow, key)
+    if row is None:
+        s.add(SettingRow(key=key, value=value))
+    else:
+        row.value = value
