@@ -1,12 +1,17 @@
 """Gateway overhead: the same tiny model served by (1) llama-server directly, (2) the studio gateway
-(``llamastudio serve``), (3) llama-server's own router mode (``--models-preset``), in one run:
+(``llamastudio serve``), (3) llama-server's own router mode (``--models-preset``), (4) LiteLLM's
+proxy in front of (1), all up at once and measured in interleaved rounds (A B C D, D C B A, …):
 
-- latency of a small non-streaming request (p50/p99, sequential);
-- generated tokens/s with 1, 16 and 64 concurrent streams;
+- latency of a small non-streaming request (p50/p99, sequential), and what each proxy adds to
+  direct's in the same round;
+- generated tokens/s with 16 and 64 concurrent streams, and the ratio to direct's in the same
+  round; streams that fail or end without ``[DONE]`` are counted as dropped;
+- medians over the rounds with their [min–max] spread (single runs on shared cores swing ±15 %);
 - cold load: request → first token for a stopped model, minus a bare llama-server's
   start → ready → first token.
 
-    .venv/bin/python -m bench.gateway [--requests 300] [--tokens 64] [--cold-runs 3]
+    .venv/bin/python -m bench.gateway [--rounds 5] [--requests 200] [--tokens 128]
+        [--streams 16,64] [--cold-runs 3] [--no-litellm]
 
 Everything shares this machine's cores (client, proxy and llama-server): the worst case for a proxy.
 """
@@ -21,6 +26,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -29,17 +37,18 @@ from tests.rig import binaries
 from tests.rig.factory import BUILDERS, Vocab
 from tests.rig.studio import Studio
 
+from bench.litellm import litellm_proxy
 from llamastudio.procs import stop_process
 from llamastudio.runtime.process import free_port
 
 FLAGS = ["-c", "16384", "-np", "64", "-t", "2", "--no-webui"]
 
 
-def wait_ready(url: str, timeout: float = 120) -> None:
+def wait_ready(url: str, timeout: float = 120, path: str = "/health") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+            if httpx.get(f"{url}{path}", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -58,41 +67,55 @@ def start_direct(server: Path, model: Path, log: Path) -> tuple[subprocess.Popen
     return proc, f"http://127.0.0.1:{port}"
 
 
-async def latency(url: str, model: str, n: int) -> list[float]:
+async def latency(url: str, model: str, n: int, warm: int = 10) -> tuple[list[float], int]:
+    """Seconds per small non-streaming request, sequential; and how many failed."""
     body = {"model": model, "prompt": "x", "max_tokens": 1, "temperature": 0}
-    out = []
+    out: list[float] = []
+    failed = 0
     # idle connections dropped before llama-server's 5 s keep-alive timeout closes them under us
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(keepalive_timeout=4)) as s:
-        for i in range(n + 10):
+        for i in range(n + warm):
             t0 = time.perf_counter()
-            async with s.post(f"{url}/v1/completions", json=body) as r:
-                await r.read()
-                assert r.status == 200, await r.text()
-            if i >= 10:  # warm-up
+            try:
+                async with s.post(f"{url}/v1/completions", json=body) as r:
+                    await r.read()
+                    ok = r.status == 200
+            except aiohttp.ClientError:
+                ok = False
+            if not ok:
+                failed += 1
+            elif i >= warm:
                 out.append(time.perf_counter() - t0)
-    return out
+    return out, failed
 
 
-async def throughput(url: str, model: str, streams: int, tokens: int, rounds: int = 3) -> float:
+async def throughput(url: str, model: str, streams: int, tokens: int) -> tuple[float, int]:
+    """Generated tokens/s of ``streams`` concurrent streams of ``tokens`` tokens each; and how many
+    streams were dropped (an error, or no ``[DONE]``)."""
     body = {"model": model, "prompt": "x", "max_tokens": tokens, "stream": True, "ignore_eos": True}
     conn = aiohttp.TCPConnector(limit=0, keepalive_timeout=4)
     async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=600)) as s:
 
         async def one() -> int:
             n = 0
-            async with s.post(f"{url}/v1/completions", json=body) as r:
-                assert r.status == 200, await r.text()
-                async for line in r.content:
-                    if line.startswith(b"data: {"):
-                        n += 1
-            return n
+            done = False
+            try:
+                async with s.post(f"{url}/v1/completions", json=body) as r:
+                    if r.status != 200:
+                        return -1
+                    async for line in r.content:
+                        if line.startswith(b"data: {"):
+                            n += 1
+                        elif line.startswith(b"data: [DONE]"):
+                            done = True
+            except aiohttp.ClientError:
+                return -1
+            return n if done else -1
 
-        await asyncio.gather(*(one() for _ in range(streams)))  # warm-up
         t0 = time.perf_counter()
-        counts = []
-        for _ in range(rounds):
-            counts += await asyncio.gather(*(one() for _ in range(streams)))
-        return sum(counts) / (time.perf_counter() - t0)
+        counts = await asyncio.gather(*(one() for _ in range(streams)))
+        elapsed = time.perf_counter() - t0
+    return sum(c for c in counts if c > 0) / elapsed, sum(1 for c in counts if c < 0)
 
 
 def first_token(url: str, model: str) -> float:
@@ -111,108 +134,167 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--requests", type=int, default=300)
-    ap.add_argument("--tokens", type=int, default=128)
-    ap.add_argument("--cold-runs", type=int, default=5)
-    args = ap.parse_args()
-    server = binaries.binary("llama-server")
-    with tempfile.TemporaryDirectory() as tmp_s:
-        tmp = Path(tmp_s)
-        vocab = Vocab.from_gguf(binaries.source_dir() / "models" / "ggml-vocab-llama-spm.gguf")
-        model = tmp / "llama.gguf"
-        BUILDERS["llama"](model, vocab)
-        preset = tmp / "models.ini"
-        preset.write_text(f"version = 1\n\n[tiny]\nmodel = {model}\nc = 16384\nnp = 64\nt = 2\n")
-        results: dict[str, dict[str, float]] = {}
-        cold: dict[str, list[float]] = {"direct": [], "studio": [], "router": []}
-
-        # (1) direct
-        proc, url = start_direct(server, model, tmp / "direct.log")
-        try:
-            wait_ready(url)
-            results["llama-server direct"] = run_suite(url, "tiny", args)
-        finally:
-            stop_process(proc)
-        for _ in range(args.cold_runs):
-            t0 = time.perf_counter()
-            proc, url = start_direct(server, model, tmp / "direct.log")
-            try:
-                wait_ready(url)
-                cold["direct"].append(time.perf_counter() - t0 + first_token(url, "tiny"))
-            finally:
-                stop_process(proc)
-
-        # (2) the studio gateway
-        with Studio(tmp / "studio", server) as studio:
-            studio.configure("tiny", model=str(model), args=[a for a in FLAGS if a != "--no-webui"])
-            for _ in range(args.cold_runs):
-                studio.api().post("/api/models/tiny/stop")
-                cold["studio"].append(first_token(studio.gateway_url, "tiny"))
-            results["studio gateway"] = run_suite(studio.gateway_url, "tiny", args)
-
-        # (3) llama-server router mode
-        port = free_port()
-        with open(tmp / "router.log", "ab") as out:
-            router = subprocess.Popen(
-                [str(server), "--models-preset", str(preset), "--port", str(port), "--no-webui"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            url = f"http://127.0.0.1:{port}"
-            wait_ready(url)
-            for _ in range(args.cold_runs):
-                httpx.post(f"{url}/models/unload", json={"model": "tiny"}, timeout=60)
-                time.sleep(0.5)
-                cold["router"].append(first_token(url, "tiny"))
-            results["llama-server router"] = run_suite(url, "tiny", args)
-        finally:
-            stop_process(router)
-
-    report(results, cold, args)
-    return 0
+@dataclass
+class Target:
+    name: str
+    url: str
+    rounds: list[dict[str, float]] = field(default_factory=list)
+    dropped: int = 0
 
 
-def run_suite(url: str, model: str, args: argparse.Namespace) -> dict[str, float]:
-    lat = asyncio.run(latency(url, model, args.requests))
+def measure(t: Target, args: argparse.Namespace) -> dict[str, float]:
+    """One round for one target: latency, then tokens/s at each stream count."""
+    lat, failed = asyncio.run(latency(t.url, "tiny", args.requests))
+    t.dropped += failed
     out = {"p50": statistics.median(lat) * 1000, "p99": pct(lat, 0.99) * 1000}
-    for n in (1, 16, 64):
-        out[f"tps{n}"] = asyncio.run(throughput(url, model, n, args.tokens))
+    for n in args.streams:
+        tps, dropped = asyncio.run(throughput(t.url, "tiny", n, args.tokens))
+        out[f"tps{n}"] = tps
+        t.dropped += dropped
     return out
 
 
-def report(
-    results: dict[str, dict[str, float]], cold: dict[str, list[float]], args: argparse.Namespace
-) -> None:
-    direct = results["llama-server direct"]
+def interleaved(targets: list[Target], args: argparse.Namespace) -> None:
+    """``args.rounds`` rounds, the order reversed every other round (A B C, C B A, …), so a slow
+    spell of the machine falls on every target alike."""
+    for t in targets:  # warm-up: connections, the engines' first batches
+        asyncio.run(throughput(t.url, "tiny", max(args.streams), 16))
+    for r in range(args.rounds):
+        order = targets if r % 2 == 0 else targets[::-1]
+        for t in order:
+            t.rounds.append(measure(t, args))
+        line = "  ".join(f"{t.name}: {t.rounds[-1][f'tps{max(args.streams)}']:,.0f}" for t in targets)
+        print(f"round {r + 1}/{args.rounds} tok/s at {max(args.streams)} streams: {line}", file=sys.stderr)
+
+
+def spread(values: list[float], fmt: str) -> str:
+    """``median [min–max]``."""
+    med = statistics.median(values)
+    return f"{med:{fmt}} [{min(values):{fmt}}–{max(values):{fmt}}]"
+
+
+def report(targets: list[Target], args: argparse.Namespace) -> None:
+    """Per target: medians over the rounds with [min–max]; the added latency and the tokens/s
+    ratio are taken against direct *within each round*, then their median and range."""
+    direct = targets[0]
+    n = max(args.streams)
     print(
-        f"tiny llama model, llama-server {' '.join(FLAGS)}; "
-        f"{os.cpu_count()} cores shared by client, proxy, server"
+        f"tiny llama model, llama-server {' '.join(FLAGS)}; {os.cpu_count()} cores shared by client, "
+        f"proxy, server; {args.rounds} interleaved rounds; per round {args.requests} sequential "
+        f"/v1/completions (max_tokens=1), then {'/'.join(map(str, args.streams))} concurrent streams "
+        f"of {args.tokens} tokens; median [min–max] over the rounds\n"
     )
+    cols = " | ".join(f"tok/s {s} streams" for s in args.streams)
     print(
-        f"latency: {args.requests} sequential /v1/completions (max_tokens=1); "
-        f"streams: {args.tokens} tokens each\n"
+        f"| server | p50 ms | p99 ms | p50 added ms | p99 added ms | {cols} "
+        f"| {n} streams vs direct | dropped |"
     )
-    print(
-        "| server | p50 ms | p99 ms | p50 added | tok/s 1 stream | 16 streams | 64 streams | 64 vs direct |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
-    for name, r in results.items():
+    print("|---|---|---|---|---|" + "---|" * len(args.streams) + "---|---|")
+    for t in targets:
+        rs = t.rounds
+        added50 = [r["p50"] - d["p50"] for r, d in zip(rs, direct.rounds, strict=True)]
+        added99 = [r["p99"] - d["p99"] for r, d in zip(rs, direct.rounds, strict=True)]
+        ratio = [r[f"tps{n}"] / d[f"tps{n}"] * 100 for r, d in zip(rs, direct.rounds, strict=True)]
+        tps = " | ".join(spread([r[f"tps{s}"] for r in rs], ",.0f") for s in args.streams)
         print(
-            f"| {name} | {r['p50']:.2f} | {r['p99']:.2f} | {r['p50'] - direct['p50']:+.2f} ms | "
-            f"{r['tps1']:,.0f} | {r['tps16']:,.0f} | {r['tps64']:,.0f} | {r['tps64'] / direct['tps64']:.0%} |"
+            f"| {t.name} | {spread([r['p50'] for r in rs], '.2f')} "
+            f"| {spread([r['p99'] for r in rs], '.2f')} | "
+            f"{spread(added50, '+.2f')} | {spread(added99, '+.2f')} | {tps} | {spread(ratio, '.0f')} % | "
+            f"{t.dropped} |"
         )
+    sys.stdout.flush()
+
+
+def cold_load(server: Path, model: Path, preset: Path, tmp: Path, runs: int) -> None:
+    """Request → first token of a stopped model, vs a bare llama-server's start → ready → token."""
+    cold: dict[str, list[float]] = {"direct": [], "studio": [], "router": []}
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        proc, url = start_direct(server, model, tmp / "direct-cold.log")
+        try:
+            wait_ready(url)
+            cold["direct"].append(time.perf_counter() - t0 + first_token(url, "tiny"))
+        finally:
+            stop_process(proc)
+    with Studio(tmp / "studio-cold", server) as studio:
+        studio.configure("tiny", model=str(model), args=[a for a in FLAGS if a != "--no-webui"])
+        for _ in range(runs):
+            studio.api().post("/api/models/tiny/stop")
+            cold["studio"].append(first_token(studio.gateway_url, "tiny"))
+    with start_router(server, preset, tmp / "router-cold.log") as url:
+        for _ in range(runs):
+            httpx.post(f"{url}/models/unload", json={"model": "tiny"}, timeout=60)
+            time.sleep(0.5)
+            cold["router"].append(first_token(url, "tiny"))
     base = statistics.median(cold["direct"])
-    print(f"\ncold load, median of {args.cold_runs}: request → first token of a stopped model")
+    print(f"\ncold load, median of {runs}: request → first token of a stopped model")
     print("| server | median s | overhead vs bare start → ready → first token |")
     print("|---|---|---|")
     print(f"| llama-server direct (start → ready → first token) | {base:.3f} | — |")
     for name, key in (("studio gateway", "studio"), ("llama-server router", "router")):
         med = statistics.median(cold[key])
         print(f"| {name} | {med:.3f} | {(med - base) * 1000:+.0f} ms |")
-    sys.stdout.flush()
+
+
+@contextmanager
+def start_router(server: Path, preset: Path, log: Path) -> Iterator[str]:
+    port = free_port()
+    with open(log, "ab") as out:
+        router = subprocess.Popen(
+            [str(server), "--models-preset", str(preset), "--port", str(port), "--no-webui"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url)
+        yield url
+    finally:
+        stop_process(router)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--requests", type=int, default=200, help="sequential requests per latency round")
+    ap.add_argument("--tokens", type=int, default=128, help="tokens per stream")
+    ap.add_argument("--streams", type=lambda v: [int(x) for x in v.split(",")], default=[16, 64])
+    ap.add_argument("--cold-runs", type=int, default=3, help="0: skip the cold-load table")
+    ap.add_argument("--no-litellm", action="store_true", help="leave LiteLLM's proxy out")
+    args = ap.parse_args()
+    server = binaries.binary("llama-server")
+    with tempfile.TemporaryDirectory() as tmp_s, ExitStack() as stack:
+        tmp = Path(tmp_s)
+        vocab = Vocab.from_gguf(binaries.source_dir() / "models" / "ggml-vocab-llama-spm.gguf")
+        model = tmp / "llama.gguf"
+        BUILDERS["llama"](model, vocab)
+        preset = tmp / "models.ini"
+        preset.write_text(f"version = 1\n\n[tiny]\nmodel = {model}\nc = 16384\nnp = 64\nt = 2\n")
+        # every target up at once, each with its own llama-server (LiteLLM in front of direct's)
+        proc, direct_url = start_direct(server, model, tmp / "direct.log")
+        stack.callback(stop_process, proc)
+        wait_ready(direct_url)
+        studio = stack.enter_context(Studio(tmp / "studio", server))
+        studio.configure("tiny", model=str(model), args=[a for a in FLAGS if a != "--no-webui"])
+        targets = [
+            Target("llama-server direct", direct_url),
+            Target("studio gateway", studio.gateway_url),
+            Target(
+                "llama-server router", stack.enter_context(start_router(server, preset, tmp / "router.log"))
+            ),
+        ]
+        if not args.no_litellm:
+            url = stack.enter_context(litellm_proxy(direct_url, "tiny", tmp))
+            wait_ready(url, path="/health/liveliness")
+            targets.append(Target("LiteLLM proxy", url))
+        for t in targets[1:]:
+            first_token(t.url, "tiny")  # loaded (the studio and the router start it on demand)
+        interleaved(targets, args)
+        report(targets, args)
+        stack.close()
+        if args.cold_runs:
+            cold_load(server, model, preset, tmp, args.cold_runs)
+    return 0
 
 
 if __name__ == "__main__":
