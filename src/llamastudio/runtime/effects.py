@@ -148,11 +148,11 @@ class ProcessEffects:
             port,
             self.settings.logs_dir / f"{file_stem(model)}.log",
             env=env,
-            timeout=load_timeout(prep.model_bytes, base=kind.start_seconds),
+            timeout=prep.config.start_timeout or load_timeout(prep.model_bytes, base=kind.start_seconds),
             lines_hook=on_line,
             api_key=key.key if key else None,
             fatal=kind.fatal,
-            ready_path=kind.ready_path,
+            ready_path=_ready_path(prep.config.check_endpoint, kind.ready_path),
         )
         self.procs[model] = proc
         self.started_with[model] = list(prep.argv)
@@ -193,3 +193,9 @@ class ProcessEffects:
             self.bus.publish({"type": "model", "model": model, "state": "failed", "reason": proc.reason})
             remove_record(self.run_dir, model)
             self.died(model)
+
+
+def _ready_path(check_endpoint: str | None, default: str) -> str:
+    """A configuration's readiness path (llama-swap ``checkEndpoint``), else its engine kind's;
+    ``none`` is not honoured (the import says so): readiness is always asked."""
+    return check_endpoint if check_endpoint and check_endpoint.startswith("/") else default

@@ -103,6 +103,12 @@ def _split(cmd: str, f: Fields, key: str) -> list[str]:
         raise f.error(key, f"cannot be parsed: {exc}") from exc
 
 
+def _uncomment(cmd: str) -> str:
+    """``cmd`` without its comment lines, removed before macros expand (a macro named in a
+    comment must not bring its lines into the command)."""
+    return "\n".join(line for line in cmd.splitlines() if not line.lstrip().startswith("#"))
+
+
 def _name(key: object, what: str) -> str:
     """A mapping key used as a name: YAML reads ``123:`` as a number, taken as ``"123"``."""
     if isinstance(key, str):
@@ -137,7 +143,7 @@ def _model(
     cmd = f.text("cmd")
     if cmd is None:
         raise InvalidInput(f"model {name!r}: `cmd` (a string) is required", model=name, field="cmd")
-    argv = _split(scope.text(cmd), f, "cmd")
+    argv = _split(scope.text(_uncomment(cmd)), f, "cmd")
     cfg = (
         _from_server_argv(name, argv, engines)
         if _is_llama_server(argv)
@@ -154,8 +160,11 @@ def _model(
     cfg.strip_params, cfg.set_params = _params(f, scope)
     check = f.text("checkEndpoint")
     cfg.check_endpoint = scope.text(check) if check else None
+    if cfg.check_endpoint == "none":
+        why = "the studio always waits for the engine's readiness (its kind's health path is used)"
+        out.ignored.append({"key": f"models.{name}.checkEndpoint", "why": why})
     stop = f.text("cmdStop")
-    cfg.cmd_stop = _split(scope.text(stop), f, "cmdStop") if stop else None
+    cfg.cmd_stop = _split(scope.text(_uncomment(stop)), f, "cmdStop") if stop else None
     proxy = f.text("proxy")
     cfg.proxy = scope.text(proxy) if proxy and scope.text(proxy) not in _DEFAULT_PROXIES else None
     if "sendLoadingState" in f:
