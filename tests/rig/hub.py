@@ -71,8 +71,8 @@ class Repo:
 class HubServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, token: str = "hf_good") -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, token: str = "hf_good", port: int = 0) -> None:
+        super().__init__(("127.0.0.1", port), _Handler)  # a port: the Hub back where it was
         self.repos: dict[str, Repo] = {}
         self.token = token
         self.drop_after: dict[str, int] = {}
