@@ -1,5 +1,6 @@
 """The gateway's recent requests, for the UI's activity panel (like llama-swap's): one entry per
-request, published on the event bus when it starts (in flight) and when it ends, and the last
+request, published on the event bus when it starts (waiting for its model), when it has the model
+(running) and when it ends, and the last
 ``KEEP`` kept in memory for ``GET /api/activity``.
 
 Nothing here runs per chunk. The relay already hands llama-server's final ``timings`` to
@@ -32,6 +33,28 @@ _FIELDS = {
     name: re.compile(rb'"' + name.encode() + rb'"\s*:\s*(-?[0-9.eE+-]+)')
     for name in ("cache_n", "prompt_n", "prompt_ms", "predicted_n", "predicted_ms", "predicted_per_second")
 }
+# housekeeping a client or UI polls (path labels, metrics.py): not shown, or they would bury the work
+QUIET = frozenset(
+    {
+        "/slots",
+        "/slots/{id}",
+        "/props",
+        "/health",
+        "/v1/health",
+        "/models",
+        "/v1/models",
+        "/metrics",
+        "/tokenize",
+        "/detokenize",
+        "/apply-template",
+        "/lora-adapters",
+        "/v1/messages/count_tokens",
+        "/chat/completions/input_tokens",
+        "/v1/chat/completions/input_tokens",
+        "/responses/input_tokens",
+        "/v1/responses/input_tokens",
+    }
+)
 _current: ContextVar[Entry | None] = ContextVar("llamastudio_activity", default=None)
 
 
@@ -50,11 +73,12 @@ class Entry:
     tokens_out: int | None = None
     tokens_per_second: float | None = None
     _t0: float = 0.0  # perf_counter at the start
+    _quiet: bool = False  # housekeeping (QUIET): neither kept nor published
     _gen_ms: float | None = None
 
     def public(self) -> dict[str, Any]:
         out = asdict(self)
-        del out["_t0"], out["_gen_ms"]
+        del out["_t0"], out["_gen_ms"], out["_quiet"]
         return out
 
 
@@ -66,19 +90,24 @@ class Activity:
         self._ids = itertools.count(1)
 
     def begin(self, model: str, path: str, t0: float) -> Entry:
-        """A request has its model's name (``t0``: its ``perf_counter`` start); it is this
-        context's current request from now on."""
-        entry = Entry(next(self._ids), model[:MAX_NAME], path, time.time(), _t0=t0)
-        self.recent.append(entry)
+        """A request has its model's name (``t0``: its ``perf_counter`` start; ``path``: its
+        label, bounded); it is this context's current request from now on."""
+        quiet = path in QUIET
+        entry = Entry(
+            0 if quiet else next(self._ids), model[:MAX_NAME], path, time.time(), _t0=t0, _quiet=quiet
+        )
         _current.set(entry)
-        self._emit(entry)
+        if not quiet:
+            self.recent.append(entry)
+            self._emit(entry)
         return entry
 
-    @staticmethod
-    def acquired(entry: Entry, model: str) -> None:
-        """The request holds its model (``model``: the configured name the client's resolved to)."""
+    def acquired(self, entry: Entry, model: str) -> None:
+        """The request holds its model (``model``: the configured name the client's resolved to)
+        and goes to the engine: published, so the UI shows it running, no longer waiting."""
         entry.model = model
         entry.queued_ms = round((time.perf_counter() - entry._t0) * 1000, 1)
+        self._emit(entry)
 
     def end(self, entry: Entry, status: int) -> None:
         entry.status = status
@@ -94,7 +123,7 @@ class Activity:
         return [e.public() for e in reversed(self.recent)]
 
     def _emit(self, entry: Entry) -> None:
-        if self.publish is not None:
+        if self.publish is not None and not entry._quiet:
             self.publish({"type": EVENT, "request": entry.public()})
 
 
