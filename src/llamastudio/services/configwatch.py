@@ -4,7 +4,9 @@ The file is imported at start and again whenever it changes: its size and modifi
 read every ``interval`` (1 s), and a change of either — or of the content's SHA-256, read when
 they change and every ``REHASH`` polls (an edit within the same second that keeps the size) —
 re-imports it. The models it defines are owned by it (``source = "file:<path>"``): an import
-adds and changes them, and removes those it no longer defines, in one transaction.
+adds and changes them, and removes those it no longer defines, in one transaction. After each
+good import its ``hooks.on_startup.preload`` models are started (llama-swap reloads a watched
+config by starting again, so its on_startup hook runs again too).
 
 A version that cannot be imported (bad YAML, a wrong type, an unknown macro …) changes nothing:
 the previous good state keeps serving. The error is logged, published on the event bus
@@ -67,16 +69,18 @@ class ConfigWatch:
         self.ignored: list[dict[str, str]] = []
         self._stamp: tuple[int, int] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._preload: asyncio.Task[list[str]] | None = None
 
     async def start(self) -> None:
         await self.check()
         self._task = asyncio.create_task(self._loop())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._preload):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     def status(self) -> dict[str, Any]:
         return {
@@ -125,6 +129,9 @@ class ConfigWatch:
         self.imported, self.ignored = done.imported, done.ignored
         log.info("config file %s: %d models (%d removed)", self.path, len(done.imported), len(done.removed))
         self.bus.publish({"type": "config_file", **self.status(), "removed": done.removed})
+        if done.preload and (self._preload is None or self._preload.done()):
+            # llama-swap runs on_startup again when it reloads its config: so does the studio
+            self._preload = asyncio.create_task(self.service.runtime.preload())
 
     def _fail(self, why: str) -> None:
         if why == self.error:

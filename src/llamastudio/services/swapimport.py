@@ -37,6 +37,7 @@ class Imported:
     ignored: list[dict[str, str]] = field(default_factory=list)  # {"key", "why"}: kept, not applied
     api_keys: int | None = None  # keys now accepted by the gateway from the import (None: unchanged)
     peers: list[PeerSpec] | None = None  # the peers it defines (None: it has no `peers`)
+    preload: list[str] = field(default_factory=list)  # hooks.on_startup.preload
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -45,6 +46,7 @@ class Imported:
             "ignored": self.ignored,
             "api_keys": self.api_keys,
             "peers": None if self.peers is None else [p.name for p in self.peers],
+            "preload": self.preload,
         }
 
 
@@ -82,6 +84,7 @@ def store(runtime: Runtime, fmt: str, text: str, permit: Permit, source: str | N
         ignored=found.ignored,
         api_keys=None if keys is None else len(keys),
         peers=peers,
+        preload=[c.name for c in found.configs if c.preload],
     )
 
 

@@ -1,0 +1,273 @@
+"""A llama-swap config served by a real ``llamastudio serve --config`` (issue 20, items 1-2): every
+behaviour checked through the gateway with the real ``openai`` SDK — keys, unlisted, aliases,
+name/description/metadata, useModelName and the body filters (seen by an engine that echoes what
+it receives), exclusive and persistent groups, preload after a restart, ``${env.X}`` and nested
+macros — and the watched file: changes applied, a bad version reported while the previous one
+keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import yaml
+
+from tests.rig.studio import Studio
+
+ECHO = """
+import json, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class Echo(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.answer({"status": "ok"})
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length") or 0)).decode()
+        message = {"role": "assistant", "content": body}
+        self.answer({
+            "id": "echo", "object": "chat.completion", "created": 0, "model": "echo",
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        })
+
+    def answer(self, obj):
+        data = json.dumps(obj).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Echo).serve_forever()
+"""
+
+
+def config(server: Path, models: dict[str, Path], echo: Path, extra: str = "") -> str:
+    small = "-c ${ctx} -np 1 -t 1 -ngl 0"
+    return f"""
+healthCheckTimeout: 120
+logLevel: debug
+macros:
+  srv: "{server} --port ${{PORT}}"
+  ctx: 512
+  small: "{small}"
+apiKeys: ["sk-file", "${{env.SWAP_TEST_KEY}}"]
+models:
+  chat:
+    macros: {{ctx: 256}}
+    cmd: ${{srv}} -m {models["llama"]} ${{small}}
+    name: Tiny chat
+    description: a tiny llama
+    aliases: [gpt-4o-mini]
+    metadata: {{ctx: "${{ctx}}", who: "${{MODEL_ID}}", llamastudio: {{max_queue: 8}}}}
+  hidden:
+    unlisted: true
+    cmd: ${{srv}} -m {models["qwen3"]} ${{small}}
+  echo:
+    cmd: {sys.executable} {echo} ${{PORT}}
+    useModelName: upstream-name
+    filters:
+      stripParams: "temperature, top_p, model"
+      setParams: {{seed: 42, max_tokens: 3, model: ignored}}
+    metadata: {{llamastudio: {{reserve: {{CPU: 1000000}}}}}}
+  solo:
+    cmd: ${{srv}} -m {models["llama"]} ${{small}}
+  pair-a:
+    cmd: ${{srv}} -m {models["qwen3"]} ${{small}}
+  pair-b:
+    cmd: ${{srv}} -m {models["llama"]} ${{small}}
+  keeper:
+    cmd: ${{srv}} -m {models["qwen3"]} ${{small}}
+groups:
+  solo: {{swap: true, exclusive: true, members: [solo]}}
+  pair: {{swap: false, exclusive: false, members: [pair-a, pair-b]}}
+  forever: {{persistent: true, swap: false, exclusive: false, members: [keeper]}}
+hooks:
+  on_startup:
+    preload: [chat]
+{extra}"""
+
+
+def until(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:.0f}s: {what}")
+        time.sleep(0.2)
+
+
+def states(studio: Studio) -> dict[str, str]:
+    with studio.api() as api:
+        return {m["name"]: m["state"] for m in api.get("/api/served").json()}
+
+
+@pytest.fixture(scope="module")
+def setup(
+    tmp_path_factory: pytest.TempPathFactory, rig_bin: Callable[[str], Path], tiny_models: dict[str, Path]
+) -> Iterator[tuple[Studio, Path, Callable[[str], str]]]:
+    root = tmp_path_factory.mktemp("swap")
+    echo = root / "echo.py"
+    echo.write_text(ECHO)
+    path = root / "llama-swap.yaml"
+    server = rig_bin("llama-server")
+
+    def text(extra: str = "") -> str:
+        return config(server, tiny_models, echo, extra)
+
+    path.write_text(text())
+    env = {"LLAMASTUDIO_CONFIG_FILE": str(path), "SWAP_TEST_KEY": "sk-env"}
+    studio = Studio(root / "studio", server, env=env, timeout=120)
+    with studio:
+        yield studio, path, text
+
+
+def client(studio: Studio, key: str = "sk-file") -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{studio.gateway_url}/v1", api_key=key, max_retries=0, timeout=120)
+
+
+def test_keys_from_the_config_are_enforced(setup: tuple[Studio, Path, Callable[[str], str]]) -> None:
+    studio, _, _ = setup
+    with pytest.raises(openai.AuthenticationError):
+        client(studio, "sk-wrong").models.list()
+    assert client(studio, "sk-env").models.list().data  # ${env.SWAP_TEST_KEY}
+    assert client(studio, "sk-file").models.list().data
+
+
+def test_listing_unlisted_alias_and_metadata(setup: tuple[Studio, Path, Callable[[str], str]]) -> None:
+    studio, _, _ = setup
+    c = client(studio)
+    listed = {m.id: m.model_dump() for m in c.models.list().data}
+    assert "hidden" not in listed and {"chat", "echo", "solo", "keeper"} <= set(listed)
+    chat = listed["chat"]
+    assert chat["name"] == "Tiny chat" and chat["description"] == "a tiny llama"
+    assert chat["meta"] == {"llamaswap": {"ctx": 256, "who": "chat"}}  # nested macro, its type kept
+    # served though unlisted, by name; and the alias reaches its model
+    assert c.completions.create(model="hidden", prompt="hi", max_tokens=2).choices
+    reply = c.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    )
+    assert reply.choices and states(studio)["chat"] == "ready"
+    with studio.api() as api:
+        served = {m["name"]: m for m in api.get("/api/served").json()}
+        cfg = api.get("/api/models/chat/config").json()["config"]
+    assert served["hidden"]["unlisted"] is True and served["chat"]["title"] == "Tiny chat"
+    assert cfg["args"][:2] == ["-c", "256"] and cfg["max_queue"] == 8  # the model's macro wins
+
+
+def test_use_model_name_and_filters_reach_the_engine(
+    setup: tuple[Studio, Path, Callable[[str], str]],
+) -> None:
+    studio, _, _ = setup
+    reply = client(studio).chat.completions.create(
+        model="echo",
+        messages=[{"role": "user", "content": "hi"}],
+        temperature=0.5,
+        top_p=0.3,
+        max_tokens=50,
+    )
+    received = json.loads(reply.choices[0].message.content or "")
+    assert received["model"] == "upstream-name"
+    assert "temperature" not in received and "top_p" not in received
+    assert received["seed"] == 42 and received["max_tokens"] == 3
+    assert received["messages"] == [{"role": "user", "content": "hi"}]
+
+
+def test_exclusive_and_persistent_groups(setup: tuple[Studio, Path, Callable[[str], str]]) -> None:
+    studio, _, _ = setup
+    c = client(studio)
+
+    def call(model: str) -> None:
+        assert c.completions.create(model=model, prompt="x", max_tokens=1).choices
+
+    for model in ("pair-a", "pair-b", "keeper", "chat"):
+        call(model)
+    now = states(studio)
+    assert all(now[m] == "ready" for m in ("pair-a", "pair-b", "keeper", "chat")), now  # swap: false
+    call("solo")  # exclusive: the other groups (and ungrouped models) stop; persistent stays
+    stopped = ("pair-a", "pair-b", "chat")
+    after = until(
+        lambda: (now := states(studio)) and all(now[m] == "stopped" for m in stopped) and now,
+        "solo's exclusive start stops pair-a, pair-b and chat",
+    )
+    assert after["solo"] == "ready" and after["keeper"] == "ready", after
+    call("pair-a")  # pair is not exclusive: solo keeps running
+    now = states(studio)
+    assert now["pair-a"] == "ready" and now["solo"] == "ready" and now["keeper"] == "ready", now
+
+
+def test_the_watched_file_applies_changes_and_keeps_the_last_good_state(
+    setup: tuple[Studio, Path, Callable[[str], str]], tiny_models: dict[str, Path]
+) -> None:
+    studio, path, text = setup
+    doc = yaml.safe_load(text())
+    del doc["models"]["hidden"]
+    doc["models"]["fresh"] = {"cmd": "${srv} -m " + str(tiny_models["qwen3"]) + " ${small}", "ttl": 30}
+    path.write_text(yaml.safe_dump(doc))
+    until(lambda: "fresh" in (now := states(studio)) and "hidden" not in now, "the edit is applied")
+    with studio.api() as api:
+        status = api.get("/api/served/config-file").json()
+    assert status["ok"] is True and status["path"] == str(path.resolve()) and "fresh" in status["imported"]
+    assert {"key": "logLevel", "why": "the studio's log level is LLAMASTUDIO_LOG_LEVEL"} in status["ignored"]
+
+    good = path.read_text()
+    path.write_text(good.replace("${small}", "${nope}", 1))  # an unknown macro
+    with studio.api() as api:
+        bad = until(
+            lambda: (got := api.get("/api/served/config-file").json()) and not got["ok"] and got,
+            "the error shows",
+        )
+    assert "unknown macro ${nope}" in bad["error"]
+    assert "fresh" in states(studio) and "hidden" not in states(studio)  # the previous good state serves
+    assert client(studio).completions.create(model="fresh", prompt="x", max_tokens=1).choices
+    path.write_text(good)
+    with studio.api() as api:
+        until(lambda: api.get("/api/served/config-file").json()["ok"], "the fixed file is applied")
+
+
+def test_import_answer_lists_what_is_ignored(
+    setup: tuple[Studio, Path, Callable[[str], str]], tiny_models: dict[str, Path]
+) -> None:
+    studio, _, _ = setup
+    text = "startPort: 9000\nmodels:\n  api-one:\n    cmd: llama-server -m {} --port ${{PORT}}\n"
+    with studio.api() as api:
+        r = api.post("/api/served/import", json={"format": "llama-swap", "text": text.format("/nope.gguf")})
+        assert r.status_code == 404 and "/nope.gguf" in r.json()["error"]["message"], r.text
+        ok = api.post(
+            "/api/served/import", json={"format": "llama-swap", "text": text.format(tiny_models["llama"])}
+        )
+        assert ok.status_code == 200, ok.text
+        answer = ok.json()
+        assert answer["imported"] == ["api-one"] and answer["api_keys"] is None  # no apiKeys: kept
+        assert answer["ignored"] == [
+            {"key": "startPort", "why": "the studio picks a free port for each start (${PORT})"}
+        ]
+        with pytest.raises(openai.AuthenticationError):
+            client(studio, "sk-wrong").models.list()
+        assert api.delete("/api/models/api-one/config").status_code == 204
+        bad = api.post("/api/served/import", json={"format": "llama-swap", "text": "models: {a: {cmd: 3}}"})
+        assert bad.status_code == 400 and "model 'a'" in bad.json()["error"]["message"]
+        assert "a" not in {m["name"] for m in api.get("/api/served").json()}  # nothing half-imported
+
+
+def test_preload_and_keys_after_a_restart(setup: tuple[Studio, Path, Callable[[str], str]]) -> None:
+    studio, _, _ = setup
+    studio.stop()
+    studio.start()
+    until(lambda: states(studio).get("chat") == "ready", "chat is preloaded after the restart")
+    with pytest.raises(openai.AuthenticationError):
+        client(studio, "sk-wrong").models.list()
+    assert client(studio).models.list().data
