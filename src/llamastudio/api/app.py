@@ -14,6 +14,7 @@ from llamastudio.api.routes import (
     activity,
     downloads,
     engines,
+    foreign,
     hardware,
     hub,
     live,
@@ -100,7 +101,8 @@ def create_app(settings: Settings) -> FastAPI:
     seed_api = (seed, seed_versions)  # after the studio's: its DELETE /api/models/{id} would match theirs
     for module in (*routers, *seed_api):
         app.include_router(module.router, dependencies=[Depends(require_api_key)])
-    app.include_router(peers.router, dependencies=[Depends(require_api_key)])  # remote servers' models
+    for extra in (peers, foreign):  # remote servers' models; Ollama's and LM Studio's in place
+        app.include_router(extra.router, dependencies=[Depends(require_api_key)])
     app.include_router(live.ws_router)  # its key and Origin are checked by the guard
     app.mount("/gateway", ui_gateway)
     app.include_router(ui.router)  # last: the UI answers every other GET

@@ -18,8 +18,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from llamastudio.cli import foreign_cmd
 from llamastudio.cli.context import hardware as machine
 from llamastudio.cli.context import library, settings
+from llamastudio.errors import InvalidInput
 from llamastudio.hub.checkpoints import check_format
 from llamastudio.hub.client import HubClient
 from llamastudio.hub.detail import repo_detail
@@ -154,9 +156,20 @@ models_app = typer.Typer(help="Models on disk used in place.", no_args_is_help=T
 
 @models_app.command("add")
 def models_add(
-    ctx: typer.Context, path: Annotated[Path, typer.Argument(help="A .gguf file or a directory.")]
+    ctx: typer.Context,
+    path: Annotated[Path | None, typer.Argument(help="A .gguf file or a directory.")] = None,
+    source: Annotated[
+        str | None, typer.Option("--from", help="Add another tool's models in place: ollama or lmstudio.")
+    ] = None,
+    store: Annotated[Path | None, typer.Option("--path", help="With --from: its models directory.")] = None,
 ) -> None:
-    """Add a GGUF file or a directory of them to the library (used in place, never copied)."""
+    """Add a GGUF file or a directory of them to the library (used in place, never copied), or
+    every model of Ollama's or LM Studio's store (--from)."""
+    if source is not None:
+        foreign_cmd.add_from(ctx, source, store or path)
+        return
+    if path is None:
+        raise InvalidInput("give a .gguf file or a directory, or --from ollama|lmstudio")
     found = library(ctx).add(path)
     for m in found:
         typer.echo(m.path)

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from llamastudio import __version__
-from llamastudio.cli import engines_cmd, fit_cmds, hub_cmd, inspect_cmd, serve_cmd, serving_cmd
+from llamastudio.cli import engines_cmd, fit_cmds, hub_cmd, inspect_cmd, peers_cmd, serve_cmd, serving_cmd
 from llamastudio.config import Settings
 from llamastudio.errors import InvalidInput, StudioError
 
@@ -72,6 +72,7 @@ hub_cmd.register(app)
 hub_cmd.register_library(app)
 serving_cmd.register(app)
 app.add_typer(engines_cmd.app, name="engines")
+app.add_typer(peers_cmd.app, name="peers")
 
 
 def main(argv: list[str] | None = None) -> None:
