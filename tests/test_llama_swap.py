@@ -166,8 +166,7 @@ def test_every_key_of_the_example_has_its_meaning() -> None:
     ignored = {i["key"]: i["why"] for i in got.ignored}
     assert set(ignored) == {
         "logLevel", "logTimeFormat", "logToStdout", "metricsMaxInMemory", "captureBuffer", "startPort",
-        "sendLoadingState", "includeAliasesInList", "models.llama.proxy", "models.llama.sendLoadingState",
-        "models.docker-llama.cmdStop",
+        "sendLoadingState", "includeAliasesInList", "models.llama.sendLoadingState",
     }  # fmt: skip
     assert all(ignored.values())
     assert got.settings["startPort"] == 10001 and got.settings["healthCheckTimeout"] == 500

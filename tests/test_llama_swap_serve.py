@@ -19,6 +19,7 @@ import openai
 import pytest
 import yaml
 
+from llamastudio.runtime.process import free_port
 from tests.rig.studio import Studio
 
 ECHO = """
@@ -53,7 +54,14 @@ ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Echo).serve_forever()
 """
 
 
-def config(server: Path, models: dict[str, Path], echo: Path, extra: str = "") -> str:
+STOPPER = """
+import os, signal, sys
+open(sys.argv[1], "w").write(sys.argv[2])
+os.kill(int(sys.argv[2]), signal.SIGTERM)
+"""
+
+
+def config(server: Path, models: dict[str, Path], echo: Path, fixed: int, extra: str = "") -> str:
     small = "-c ${ctx} -np 1 -t 1 -ngl 0"
     return f"""
 healthCheckTimeout: 120
@@ -80,6 +88,11 @@ models:
     filters:
       stripParams: "temperature, top_p, model"
       setParams: {{seed: 42, max_tokens: 3, model: ignored}}
+    metadata: {{llamastudio: {{reserve: {{CPU: 1000000}}}}}}
+  fixed:
+    cmd: {sys.executable} {echo} {fixed}
+    proxy: http://127.0.0.1:{fixed}/
+    cmdStop: {sys.executable} {echo.parent / "stopper.py"} {echo.parent / "stopped"} ${{PID}}
     metadata: {{llamastudio: {{reserve: {{CPU: 1000000}}}}}}
   solo:
     cmd: ${{srv}} -m {models["llama"]} ${{small}}
@@ -122,11 +135,13 @@ def setup(
     root = tmp_path_factory.mktemp("swap")
     echo = root / "echo.py"
     echo.write_text(ECHO)
+    (root / "stopper.py").write_text(STOPPER)
     path = root / "llama-swap.yaml"
     server = rig_bin("llama-server")
+    fixed = free_port()
 
     def text(extra: str = "") -> str:
-        return config(server, tiny_models, echo, extra)
+        return config(server, tiny_models, echo, fixed, extra)
 
     path.write_text(text())
     env = {"LLAMASTUDIO_CONFIG_FILE": str(path), "SWAP_TEST_KEY": "sk-env"}
@@ -184,6 +199,18 @@ def test_use_model_name_and_filters_reach_the_engine(
     assert "temperature" not in received and "top_p" not in received
     assert received["seed"] == 42 and received["max_tokens"] == 3
     assert received["messages"] == [{"role": "user", "content": "hi"}]
+
+
+def test_proxy_and_cmd_stop(setup: tuple[Studio, Path, Callable[[str], str]]) -> None:
+    """``proxy``: the command listens on a port of its own and requests go there; ``cmdStop``
+    stops it, with ``${PID}``."""
+    studio, path, _ = setup
+    reply = client(studio).chat.completions.create(model="fixed", messages=[{"role": "user", "content": "x"}])
+    assert json.loads(reply.choices[0].message.content or "")["model"] == "fixed"
+    pid = studio.status("fixed")["pid"]
+    with studio.api() as api:
+        assert api.post("/api/models/fixed/stop").json()["state"] == "stopped"
+    assert (path.parent / "stopped").read_text() == str(pid)
 
 
 def test_exclusive_and_persistent_groups(setup: tuple[Studio, Path, Callable[[str], str]]) -> None:

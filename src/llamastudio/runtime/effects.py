@@ -153,6 +153,8 @@ class ProcessEffects:
             api_key=key.key if key else None,
             fatal=kind.fatal,
             ready_path=_ready_path(prep.config.check_endpoint, kind.ready_path),
+            base_url=prep.config.proxy.replace(PORT, str(port)) if prep.config.proxy else None,
+            stop_argv=[a.replace(PORT, str(port)) for a in prep.config.cmd_stop or []],
         )
         self.procs[model] = proc
         self.started_with[model] = list(prep.argv)

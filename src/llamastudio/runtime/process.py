@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import logging
 import os
 import re
 import signal
@@ -33,6 +34,7 @@ from llamastudio.errors import StartFailed
 from llamastudio.runtime import logfile
 from llamastudio.runtime.logfile import RotatingLog
 
+log = logging.getLogger(__name__)
 _WHY = re.compile(r"\berror\b|failed|invalid|unknown argument|cannot|abort", re.IGNORECASE)
 
 
@@ -77,6 +79,8 @@ class EngineProcess:
         api_key: str | None = None,
         fatal: re.Pattern[str] | None = None,
         ready_path: str = "/health",
+        base_url: str | None = None,
+        stop_argv: Sequence[str] | None = None,
     ) -> None:
         """``api_key``: the key the engine was started with (see ``engines/keys.py``); clients of
         its port send it as ``Authorization: Bearer``. ``/health`` needs none."""
@@ -84,6 +88,8 @@ class EngineProcess:
         self.api_key = api_key
         self.fatal = fatal  # the engine kind's fatal lines (``engines/kinds``); None: exit and timeout only
         self.ready_path = ready_path
+        self.base_url = base_url  # llama-swap ``proxy``: where it answers, instead of host:port
+        self.stop_argv = list(stop_argv) if stop_argv else None  # llama-swap ``cmdStop`` (${PID})
         self.argv = list(argv)
         self.host = host
         self.port = port
@@ -104,7 +110,7 @@ class EngineProcess:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return self.base_url or f"http://{self.host}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -190,8 +196,12 @@ class EngineProcess:
             self.state = State.STOPPED if self.state != State.FAILED else self.state
             return
         self.state = State.STOPPING
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
+        if self.stop_argv:  # the configuration's own stop command; SIGKILL after the grace all the same
+            argv = [a.replace("${PID}", str(self.proc.pid)) for a in self.stop_argv]
+            await _run_stop(argv, self.env, self.grace)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
         try:
             await asyncio.wait_for(self.proc.wait(), self.grace)
         except TimeoutError:
@@ -257,6 +267,21 @@ class EngineProcess:
                     self._hung = f"hung: no answer to {self.ready_path} for {now - last_ok:.0f}s; killed"
                     await self._kill()
                     return
+
+
+async def _run_stop(argv: list[str], env: dict[str, str] | None, timeout: float) -> None:
+    """Run a stop command (llama-swap ``cmdStop``) with the engine's environment, waiting up to
+    ``timeout``; a failure is logged (the engine is killed after its grace all the same)."""
+    quiet = asyncio.subprocess.DEVNULL
+    try:
+        proc = await asyncio.create_subprocess_exec(*argv, stdin=quiet, stdout=quiet, stderr=quiet, env=env)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+    except OSError as exc:
+        log.warning("stop command %s failed: %s", argv[0], exc)
 
 
 async def _lines(stream: asyncio.StreamReader, limit: int = 64 << 10) -> AsyncIterator[bytes]:

@@ -22,15 +22,16 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from llamastudio.errors import StudioError
 from llamastudio.events import EventBus
+from llamastudio.services.swapimport import Imported
 from llamastudio.serving.fields import MAX_TEXT
 
-if TYPE_CHECKING:
-    from llamastudio.services.studio import StudioService
+Importer = Callable[[str, str], Awaitable[Imported]]  # (text, source) → what was imported
 
 log = logging.getLogger(__name__)
 REHASH = 5  # polls between content hashes when size and mtime are unchanged
@@ -56,8 +57,17 @@ def _stat(path: Path) -> tuple[int, int] | None:
 
 
 class ConfigWatch:
-    def __init__(self, service: StudioService, path: Path, bus: EventBus, interval: float = 1.0) -> None:
-        self.service = service
+    def __init__(
+        self,
+        importer: Importer,
+        preload: Callable[[], Coroutine[Any, Any, list[str]]],
+        path: Path,
+        bus: EventBus,
+        interval: float = 1.0,
+    ) -> None:
+        """``importer``: the service's llama-swap import; ``preload``: the runtime's."""
+        self.importer = importer
+        self.preload = preload
         self.path = path.expanduser().resolve()
         self.source = f"file:{self.path}"
         self.bus = bus
@@ -121,7 +131,7 @@ class ConfigWatch:
             self._fail("not UTF-8 text")
             return
         try:
-            done = await self.service.import_configs("llama-swap", text, source=self.source)
+            done = await self.importer(text, self.source)
         except StudioError as exc:
             self._fail(exc.message)
             return
@@ -131,7 +141,7 @@ class ConfigWatch:
         self.bus.publish({"type": "config_file", **self.status(), "removed": done.removed})
         if done.preload and (self._preload is None or self._preload.done()):
             # llama-swap runs on_startup again when it reloads its config: so does the studio
-            self._preload = asyncio.create_task(self.service.runtime.preload())
+            self._preload = asyncio.create_task(self.preload())
 
     def _fail(self, why: str) -> None:
         if why == self.error:

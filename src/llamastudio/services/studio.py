@@ -84,7 +84,12 @@ class StudioService:
         await self._load_keys()
         path = self.runtime.settings.config_file
         if path is not None and not self.offline:
-            self.watch = ConfigWatch(self, path, self.runtime.bus)
+            self.watch = ConfigWatch(
+                lambda text, source: self.import_configs("llama-swap", text, source=source),
+                self.runtime.preload,
+                path,
+                self.runtime.bus,
+            )
             await self.watch.start()
 
     async def close(self) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -151,12 +152,18 @@ def validate(cfg: ModelConfig) -> None:
         and not cfg.check_endpoint.startswith("/")
     ):
         raise InvalidInput("check_endpoint must be a path starting with / (or none)")
+    if cfg.proxy is not None:
+        parts = urlsplit(cfg.proxy.replace("${PORT}", "1"))
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise InvalidInput(f"proxy {cfg.proxy[:200]!r} must be http(s)://host[:port][/path]")
+    if cfg.cmd_stop is not None and (not cfg.cmd_stop or not all(isinstance(a, str) for a in cfg.cmd_stop)):
+        raise InvalidInput("cmd_stop must be a non-empty list of strings (an argv, ${PID} = the engine)")
     if "model" in cfg.strip_params or "model" in cfg.set_params:
         raise InvalidInput("strip_params / set_params may not touch `model` (use use_model_name)")
     if cfg.command is not None:
         # another program's own argv: its model and host flags are the user's (only the port is ours)
         _check_flag_list(cfg.command, "command", reserved=frozenset())
-        COMMAND.check(ModelRequest(cfg.name, command=cfg.command, reserve=cfg.reserve))
+        COMMAND.check(ModelRequest(cfg.name, command=cfg.command, reserve=cfg.reserve, proxy=cfg.proxy))
         return
     if not cfg.model:
         raise InvalidInput("model: a library id or the path of a .gguf file is required")
@@ -214,6 +221,10 @@ def runs_command(cfg: ModelConfig) -> str | None:
     the engine reads or writes at the configuration's choice (``FILE_FLAGS``)."""
     if cfg.command is not None:
         return f"model {cfg.name!r} runs a command ({' '.join(cfg.command)[:200]})"
+    if cfg.cmd_stop is not None:
+        return f"model {cfg.name!r} runs a stop command ({' '.join(cfg.cmd_stop)[:200]})"
+    if cfg.proxy is not None:  # requests (and the engine's key) go where the configuration says
+        return f"model {cfg.name!r} relays its requests to {cfg.proxy[:200]}"
     unsafe = sorted(name for name in cfg.env if not _safe_env(name))
     if unsafe:
         return f"model {cfg.name!r} sets {', '.join(unsafe)} in its engine's environment"

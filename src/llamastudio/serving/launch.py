@@ -130,7 +130,7 @@ class Launcher:
     def prepare(self, cfg: ModelConfig, hw: Hardware, library: list[LocalModel] | None = None) -> Prepared:
         """The exact argv (with ``${PORT}``) and the per-device reservation for ``cfg``."""
         if cfg.command is not None:
-            request = ModelRequest(cfg.name, command=cfg.command, reserve=cfg.reserve)
+            request = ModelRequest(cfg.name, command=cfg.command, reserve=cfg.reserve, proxy=cfg.proxy)
             done = COMMAND.plan(request, None, hw)
             return Prepared(cfg, done.argv, done.reserve, kind=COMMAND.name)
         path, fmt = self.configs.model_source(cfg, library)

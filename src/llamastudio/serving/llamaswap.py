@@ -4,7 +4,10 @@
 Per model: ``cmd`` (a llama-server command becomes a model + flags configuration, any other is
 kept whole as a command), ``aliases``, ``ttl``, ``env``, ``concurrencyLimit``, ``unlisted``,
 ``name`` / ``description`` / ``metadata`` (shown in ``/v1/models``), ``useModelName``,
-``filters.stripParams`` / ``setParams`` (the gateway rewrites the body), ``checkEndpoint``;
+``filters.stripParams`` / ``setParams`` (the gateway rewrites the body), ``checkEndpoint`` (the
+readiness path), ``proxy`` (the URL requests and readiness checks go to instead of the port given
+as ``${PORT}``), ``cmdStop`` (run to stop the engine, ``${PID}`` = its process; SIGKILL after the
+grace period all the same);
 ``groups`` (``swap``, ``exclusive``, ``persistent``: see ``runtime/policy.py``);
 ``hooks.on_startup.preload``; ``healthCheckTimeout`` (each model's start timeout); ``apiKeys``
 (accepted by the gateway besides its own key); ``peers`` (``PeerSpec``).
@@ -49,8 +52,6 @@ _GLOBAL_IGNORED = {
 _GLOBAL_KEYS = {"healthCheckTimeout", "macros", "apiKeys", "models", "groups", "hooks", "peers"}
 _MODEL_IGNORED = {
     "sendLoadingState": _GLOBAL_IGNORED["sendLoadingState"],
-    "cmdStop": "the studio stops an engine with SIGTERM, then SIGKILL after a grace period",
-    "proxy": "the studio relays to the port it gives ${PORT}; a fixed upstream URL is not used",
 }
 _MODEL_KEYS = {
     "cmd", "macros", "aliases", "ttl", "env", "concurrencyLimit", "unlisted", "name", "description",
@@ -134,11 +135,7 @@ def _model(
     for key in f.data:
         if key not in _MODEL_KEYS:
             out.ignored.append({"key": f"models.{name}.{key}", "why": "not a llama-swap key"})
-        elif (
-            key in _MODEL_IGNORED
-            and f.data[key] is not None
-            and (key != "proxy" or scope.text(str(f.data[key])) not in _DEFAULT_PROXIES)
-        ):
+        elif key in _MODEL_IGNORED and f.data[key] is not None:
             out.ignored.append({"key": f"models.{name}.{key}", "why": _MODEL_IGNORED[key]})
     cmd = f.text("cmd")
     if cmd is None:
@@ -166,7 +163,8 @@ def _model(
     stop = f.text("cmdStop")
     cfg.cmd_stop = _split(scope.text(_uncomment(stop)), f, "cmdStop") if stop else None
     proxy = f.text("proxy")
-    cfg.proxy = scope.text(proxy) if proxy and scope.text(proxy) not in _DEFAULT_PROXIES else None
+    proxy = scope.text(proxy).rstrip("/") if proxy else None
+    cfg.proxy = proxy if proxy not in _DEFAULT_PROXIES else None  # the default: the port itself
     if "sendLoadingState" in f:
         cfg.extra = {"sendLoadingState": f.flag("sendLoadingState")}
     cfg.start_timeout = health

@@ -42,6 +42,7 @@ class ModelRequest:
     # model's mmproj file unless --no-mmproj) and the draft model (-md)
     mmproj: GGUFModel | None = None
     draft: GGUFModel | None = None
+    proxy: str | None = None  # a command's fixed URL (llama-swap ``proxy``): then ${PORT} is optional
 
 
 @dataclass

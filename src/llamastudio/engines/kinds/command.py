@@ -29,7 +29,7 @@ class CommandKind(EngineKind):
         argv = list(request.command or [])
         if not argv:
             raise InvalidInput("command must not be empty")
-        if not any(PORT in a for a in argv):
+        if not request.proxy and not any(PORT in a for a in argv):
             raise InvalidInput(f"command must contain {PORT} where the studio puts the instance's port")
         reserve = {d: n for d, n in (request.reserve or {}).items() if n}
         if not reserve:
