@@ -398,6 +398,46 @@ def test_phone_layout_of_running_and_engines_keeps_actions_on_screen(
                 shot(pg, f"phone-live-{view or 'dashboard'}-{scheme}")
 
 
+def test_a_loading_model_shows_its_load_bar_live(
+    page: object, studio: Studio, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """While a model loads, the Dashboard shows its load bar, moving with llama-server's load
+    stages (the load job's progress over /ws), and takes it away once the model is ready. A load
+    of the tiny model lasts well under a second, so the page records what it showed (a
+    MutationObserver) rather than a screenshot catching it."""
+    pg: Any = page
+    expect = playwright_api.expect
+    name = add_model(studio, copy_model(tiny_models, tmp_path, "tiny-loadbar"), ["-c", "512"])
+    pg.goto(studio.api_url)
+    expect(pg.get_by_test_id("cpu")).to_be_visible()
+    expect(pg.get_by_test_id("live").locator(".pi-circle-fill")).to_be_visible()
+    pg.evaluate(
+        """(id) => {
+          window.__load = { seen: 0, values: [], messages: [] }
+          const look = () => {
+            const bar = document.querySelector(`[data-testid="load-${id}"]`)
+            if (!bar) return
+            window.__load.seen++
+            const v = bar.querySelector('[role=progressbar]')?.getAttribute('aria-valuenow')
+            if (v !== null && v !== undefined) window.__load.values.push(Number(v))
+            window.__load.messages.push(bar.textContent.trim())
+          }
+          const all = { subtree: true, childList: true, attributes: true, characterData: true }
+          new MutationObserver(look).observe(document.body, all)
+        }""",
+        name,
+    )
+    with studio.api() as api:
+        r = api.post(f"/api/models/{name}/start")
+        assert r.status_code == 200, r.text
+    expect(pg.get_by_test_id(f"dash-state-{name}")).to_have_text("ready")
+    expect(pg.get_by_test_id(f"load-{name}")).to_have_count(0)  # gone once loaded
+    seen = pg.evaluate("window.__load")
+    assert seen["seen"] > 0, "the load bar never showed"
+    assert any(v > 0 for v in seen["values"]), seen  # it moved with the load's stages
+    assert any(m for m in seen["messages"]), seen  # and said which stage
+
+
 def _is_red(css: str) -> bool:
     m = re.match(r"rgba?\((\d+), (\d+), (\d+)", css)
     return bool(m) and int(m.group(1)) > 180 and int(m.group(2)) < 120 and int(m.group(3)) < 120
