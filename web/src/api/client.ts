@@ -18,6 +18,7 @@ export class ApiError extends Error {
     public status: number,
     public code: string,
     message: string,
+    public details: Record<string, unknown> = {}, // the error's `details` (e.g. `flag` of a refused flag)
   ) {
     super(message)
   }
@@ -71,14 +72,16 @@ async function call<T>(method: Method, path: string, opts: CallOptions = {}): Pr
   if (!res.ok) {
     let code = 'http_error'
     let message = `${res.status} ${res.statusText}`
+    let details: Record<string, unknown> = {}
     try {
       const data = await res.json()
       code = data.error?.code ?? code
       message = data.error?.message ?? message
+      details = data.error?.details ?? details
     } catch {
       /* not JSON */
     }
-    const err = new ApiError(res.status, code, message)
+    const err = new ApiError(res.status, code, message, details)
     if (!opts.quiet) onError(err)
     throw err
   }
