@@ -30,6 +30,7 @@ from llamastudio.errors import InvalidInput, NotFound, StudioError
 from llamastudio.fit.argv import parse_server_args
 from llamastudio.hub.library import Library, LocalModel, check_gguf
 from llamastudio.serving.names import check_names, name_index
+from llamastudio.serving.validate import check_server_args
 from llamastudio.store import Database
 from llamastudio.store.models import ServedModelRow
 
@@ -168,7 +169,7 @@ def validate(cfg: ModelConfig) -> None:
     if not cfg.model:
         raise InvalidInput("model: a library id or the path of a .gguf file is required")
     _check_flag_list(cfg.args, "args")
-    parse_server_args(cfg.args)  # with ``auto``, the planner's starting point
+    check_server_args(cfg.args)  # with ``auto``, the planner's starting point; as llama-server reads it
 
 
 # Engine environment a configuration may set without the command permission: device selection,
