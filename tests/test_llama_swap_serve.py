@@ -290,6 +290,73 @@ def test_import_answer_lists_what_is_ignored(
         assert "a" not in {m["name"] for m in api.get("/api/served").json()}  # nothing half-imported
 
 
+MALFORMED = {
+    "wrong type, top level": ("apiKeys: sk\nmodels: {m: {cmd: srv}}\n", "apiKeys"),
+    "wrong type, model": ("models: {m: {cmd: srv --port ${PORT}, ttl: soon}}\n", "ttl"),
+    "wrong type, group": ("models: {m: {cmd: srv}}\ngroups: {g: {swap: 1, members: [m]}}\n", "swap"),
+    "unknown macro": ("models: {m: {cmd: 'srv ${nope}'}}\n", "unknown macro"),
+    "macro cycle": ("macros: {a: '${b}', b: '${a}'}\nmodels: {m: {cmd: 'srv ${a}'}}\n", "cycle"),
+    "5000-deep YAML": ("a: " + "[" * 5000 + "]" * 5000 + "\nmodels: {}\n", "nested deeper"),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_malformed_through_the_api_one_400_nothing_stored(
+    setup: tuple[Studio, Path, Callable[[str], str]], case: str
+) -> None:
+    studio, _, _ = setup
+    text, needle = MALFORMED[case]
+    with studio.api() as api:
+        before = {m["name"] for m in api.get("/api/served").json()}
+        r = api.post("/api/served/import", json={"format": "llama-swap", "text": text})
+        assert r.status_code == 400 and needle in r.json()["error"]["message"], r.text
+        assert {m["name"] for m in api.get("/api/served").json()} == before
+
+
+def test_300_models_one_bad_nothing_half_imported(
+    setup: tuple[Studio, Path, Callable[[str], str]], tiny_models: dict[str, Path]
+) -> None:
+    studio, _, _ = setup
+    models = "".join(
+        f"  bulk{i}:\n    cmd: llama-server -m {tiny_models['llama']} --port ${{PORT}} -c 256\n"
+        for i in range(300)
+    )
+    bad = (
+        "models:\n"
+        + models
+        + f"  bulk-bad:\n    cmd: llama-server -m {tiny_models['llama']} -c 256 --nope 1\n"
+    )
+    with studio.api() as api:
+        r = api.post("/api/served/import", json={"format": "llama-swap", "text": bad})
+        assert r.status_code == 400 and "bulk-bad" in r.json()["error"]["message"], r.text
+        assert not any(m["name"].startswith("bulk") for m in api.get("/api/served").json())
+
+
+def test_peers_go_to_the_registry_and_the_export_round_trips(
+    setup: tuple[Studio, Path, Callable[[str], str]],
+) -> None:
+    studio, _, _ = setup
+    with studio.api() as api:
+        exported = api.get("/api/served/export", params={"format": "llama-swap"}).text
+        doc = yaml.safe_load(exported)
+        assert doc["apiKeys"] == ["sk-file", "sk-env"] and doc["logLevel"] == "debug"
+        assert doc["groups"]["forever"]["persistent"] is True
+        assert doc["models"]["fixed"]["proxy"].startswith("http://127.0.0.1:")
+        assert doc["models"]["echo"]["useModelName"] == "upstream-name"
+        doc["peers"] = {"far": {"proxy": "http://127.0.0.1:9", "models": ["remote-x"], "apiKey": "sk-peer"}}
+        text = yaml.safe_dump(doc)
+        r = api.post("/api/served/import", json={"format": "llama-swap", "text": text})
+        assert r.status_code == 403 and "runs a command" in r.json()["error"]["message"]  # commands: off
+        file = studio.root / "exported.yaml"
+        file.write_text(text)
+        done = studio.cli("models", "import", str(file))  # the data directory's owner may
+        assert "imported echo" in done.stdout and "ignored logLevel: " in done.stderr, done
+        peers = {p["name"]: p for p in api.get("/api/peers").json()}
+        assert peers["far"]["imported"] is True and peers["far"]["has_key"] is True
+        again = yaml.safe_load(api.get("/api/served/export", params={"format": "llama-swap"}).text)
+        assert again == doc  # storage and export lose nothing
+
+
 def test_preload_and_keys_after_a_restart(setup: tuple[Studio, Path, Callable[[str], str]]) -> None:
     studio, _, _ = setup
     studio.stop()

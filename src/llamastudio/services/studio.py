@@ -59,7 +59,11 @@ from llamastudio.serving.launch import Prepared
 from llamastudio.store.db import ping
 
 Permit = Callable[[ModelConfig], None]  # raises for a configuration the caller may not store
-NULLABLE = frozenset({"engine_id", "command", "ttl", "group", "reserve"})  # null = the default / none
+NULLABLE = frozenset(
+    {"engine_id", "command", "ttl", "group", "reserve"}
+    | {"title", "description", "use_model_name", "check_endpoint", "start_timeout", "cmd_stop", "proxy"}
+    | {"source"}
+)  # null = the default / none
 
 
 def allow_all(_cfg: ModelConfig) -> None:

@@ -73,7 +73,7 @@ def store(runtime: Runtime, fmt: str, text: str, permit: Permit, source: str | N
         if keys is not None:
             swapstate.write(s, swapstate.API_KEYS, keys)
         if fmt == "llama-swap":
-            swapstate.write(s, swapstate.SETTINGS, found.settings)
+            swapstate.merge(s, swapstate.SETTINGS, found.settings)
 
     runtime.configs.put_many(found.configs, remove=remove, also=also)
     if peers is not None:

@@ -2,8 +2,8 @@
 ``settings`` table (no migration): its ``apiKeys`` (accepted by the gateway next to the studio's
 own key) and the top-level keys kept for export (``healthCheckTimeout``, ``logLevel`` …).
 
-Each import that has the key replaces it whole; an import without it keeps the stored one (a
-config without ``apiKeys`` never opens a protected gateway). Blocking (database).
+Each import that has a key replaces its stored value; an import without it keeps the stored one
+(a config without ``apiKeys`` never opens a protected gateway). Blocking (database).
 """
 
 from __future__ import annotations
@@ -41,3 +41,10 @@ def write(s: Session, key: str, value: Any) -> None:
         s.add(SettingRow(key=key, value=value))
     else:
         row.value = value
+
+
+def merge(s: Session, key: str, value: dict[str, Any]) -> None:
+    """Update the stored mapping ``key`` with ``value``'s keys (inside the caller's transaction)."""
+    row = s.get(SettingRow, key)
+    old = row.value if row is not None and isinstance(row.value, dict) else {}
+    write(s, key, {**old, **value})

@@ -41,6 +41,25 @@ class ConfigIn(BaseModel):
     reserve: dict[str, int] | None = None
     env: dict[str, str] = Field(default_factory=dict)
     preload: bool = Field(False, description="Start it when the studio starts (pin it to keep it).")
+    # llama-swap's per-model keys (see serving/llamaswap.py)
+    unlisted: bool = Field(False, description="Served, but not listed in /v1/models.")
+    title: str | None = Field(None, description="Display name in /v1/models (llama-swap `name`).")
+    description: str | None = None
+    metadata: dict[str, Any] = Field(
+        default_factory=dict, description="Shown in /v1/models (meta.llamaswap)."
+    )
+    use_model_name: str | None = Field(None, description="The `model` the engine receives.")
+    strip_params: list[str] = Field(default_factory=list, description="Body keys removed before relay.")
+    set_params: dict[str, Any] = Field(default_factory=dict, description="Body keys set before relay.")
+    check_endpoint: str | None = Field(None, description="Readiness path (default: the engine kind's).")
+    start_timeout: float | None = Field(None, description="Seconds a start may take (default: by size).")
+    cmd_stop: list[str] | None = Field(None, description="Argv run to stop the engine (${PID}).")
+    proxy: str | None = Field(None, description="Fixed URL requests go to, instead of ${PORT}.")
+    group_swap: bool = Field(True, description="Members of `group` never run together.")
+    group_exclusive: bool = Field(False, description="A member's start stops other groups' models.")
+    group_persistent: bool = Field(False, description="Never stopped for another group's model.")
+    source: str | None = Field(None, description="file:<path>: owned by the watched config file.")
+    extra: dict[str, Any] = Field(default_factory=dict, description="llama-swap keys kept for export.")
 
 
 def _config_from(id: str, body: ConfigIn) -> ModelConfig:
@@ -94,6 +113,22 @@ class ConfigPatch(BaseModel):
     reserve: dict[str, int] | None = None
     env: dict[str, str] | None = None
     preload: bool | None = None
+    unlisted: bool | None = None
+    title: str | None = None
+    description: str | None = None
+    metadata: dict[str, Any] | None = None
+    use_model_name: str | None = None
+    strip_params: list[str] | None = None
+    set_params: dict[str, Any] | None = None
+    check_endpoint: str | None = None
+    start_timeout: float | None = None
+    cmd_stop: list[str] | None = None
+    proxy: str | None = None
+    group_swap: bool | None = None
+    group_exclusive: bool | None = None
+    group_persistent: bool | None = None
+    source: str | None = None
+    extra: dict[str, Any] | None = None
 
 
 @router.patch("/models/{id:path}/config")
