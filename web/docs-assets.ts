@@ -20,13 +20,25 @@ function packageDir(name: string): string {
   return dirname(require.resolve(`${name}/package.json`))
 }
 
+// ReDoc's "API docs by Redocly" footer loads its logo from a CDN: an image that never loads (the
+// element hides itself on error), so no page of the studio asks another host for anything
+const OFFLINE: Record<string, [string, string][]> = {
+  'redoc.standalone.js': [['https://cdn.redoc.ly/redoc/logo-mini.svg', 'data:,']],
+}
+
 export function docsAssets(): Plugin {
   return {
     name: 'llamastudio-docs-assets',
     apply: 'build',
     generateBundle() {
       for (const [file, [pkg, path]] of Object.entries(FILES)) {
-        this.emitFile({ type: 'asset', fileName: `docs-assets/${file}`, source: readFileSync(join(packageDir(pkg), path)) })
+        let source: string | Buffer = readFileSync(join(packageDir(pkg), path))
+        for (const [from, to] of OFFLINE[file] ?? []) {
+          const text = source.toString('utf8')
+          if (!text.includes(from)) throw new Error(`${pkg}/${path} no longer has ${from}: check docs-assets.ts`)
+          source = text.split(from).join(to)
+        }
+        this.emitFile({ type: 'asset', fileName: `docs-assets/${file}`, source })
       }
     },
   }

@@ -24,6 +24,12 @@ from llamastudio.errors import NotFound
 DIST = Path(__file__).resolve().parents[2] / "web" / "dist"
 DOCS_ASSETS = "/docs-assets"  # web/docs-assets.ts writes the files there
 TITLE = "llama.cpp Studio API"
+# the docs pages load nothing from another host (their inline start-up script and styles, ReDoc's
+# search worker from a blob: URL); a browser refuses anything else they would ask for
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'"
+)
 router = APIRouter(include_in_schema=False)
 
 _MISSING = """<!doctype html><meta charset="utf-8"><title>llama.cpp Studio</title>
@@ -57,24 +63,28 @@ def _file(dist: Path, path: str) -> Path | None:
 @router.get("/docs")
 def swagger_ui() -> HTMLResponse:
     """Swagger UI: the operations, with "Try it out" against this studio."""
-    return get_swagger_ui_html(
+    page = get_swagger_ui_html(
         openapi_url="/openapi.json",
         title=f"{TITLE} (Swagger UI)",
         swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
         swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
         swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
     )
+    page.headers["Content-Security-Policy"] = DOCS_CSP
+    return page
 
 
 @router.get("/redoc")
 def redoc() -> HTMLResponse:
-    return get_redoc_html(
+    page = get_redoc_html(
         openapi_url="/openapi.json",
         title=f"{TITLE} (ReDoc)",
         redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
         redoc_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
         with_google_fonts=False,
     )
+    page.headers["Content-Security-Policy"] = DOCS_CSP
+    return page
 
 
 @router.get("/{path:path}")
