@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { getFlag, hasSwitch, joinArgs, setFlag, setSwitch, splitArgs } from './args'
+import { getFlag, hasSwitch, joinArgs, parseArgs, setFlag, setSwitch, splitArgs } from './args'
 
 describe('splitArgs / joinArgs', () => {
   it('splits like a shell', () => {
@@ -11,6 +11,13 @@ describe('splitArgs / joinArgs', () => {
   })
   it('refuses an unclosed quote', () => {
     expect(() => splitArgs(`--alias "x`)).toThrow(/unclosed/)
+  })
+  it('says where the unclosed quote opened, and parseArgs reports it instead of an empty list', () => {
+    expect(parseArgs(`-c 512 --alias 'my model`)).toEqual({ args: null, error: expect.stringMatching(/^unclosed ' quote \(opened at character 16\)/) })
+    expect(parseArgs(`--chat-template "{{x}}`).error).toMatch(/unclosed " quote \(opened at character 17\)/)
+    expect(parseArgs(`-c 512 --alias 'my model'`)).toEqual({ args: ['-c', '512', '--alias', 'my model'], error: null })
+    expect(parseArgs(`it\\'s`)).toEqual({ args: ["it's"], error: null }) // an escaped quote opens nothing
+    expect(parseArgs('')).toEqual({ args: [], error: null })
   })
   it('round-trips through joinArgs', () => {
     const argv = ['-c', '8192', '--chat-template-kwargs', '{"enable_thinking": false}', "it's", '', '${PORT}']

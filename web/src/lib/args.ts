@@ -7,6 +7,7 @@ export function splitArgs(line: string): string[] {
   let cur = ''
   let inToken = false
   let quote: '"' | "'" | null = null
+  let opened = 0
   for (let i = 0; i < line.length; i++) {
     const c = line[i]
     if (quote) {
@@ -15,6 +16,7 @@ export function splitArgs(line: string): string[] {
       else cur += c
     } else if (c === '"' || c === "'") {
       quote = c
+      opened = i
       inToken = true
     } else if (c === '\\' && i + 1 < line.length) {
       cur += line[++i]
@@ -28,9 +30,19 @@ export function splitArgs(line: string): string[] {
       inToken = true
     }
   }
-  if (quote) throw new Error(`unclosed ${quote} quote`)
+  if (quote) throw new Error(`unclosed ${quote} quote (opened at character ${opened + 1}): close it, or escape it as \\${quote}`)
   if (inToken) out.push(cur)
   return out
+}
+
+/** ``splitArgs`` without throwing: the argv, or why the line cannot be read (nothing is saved from
+ * a line that cannot be read: an unclosed quote once saved an empty flag list). */
+export function parseArgs(line: string): { args: string[]; error: null } | { args: null; error: string } {
+  try {
+    return { args: splitArgs(line), error: null }
+  } catch (e) {
+    return { args: null, error: (e as Error).message }
+  }
 }
 
 /** Quote what needs quoting so that splitArgs(joinArgs(a)) equals a. */
@@ -40,7 +52,7 @@ export function joinArgs(argv: string[]): string {
 
 /** Flags known to take a value: their value is never read as a flag (a chat template or a path
  * may look like one). Only flags that always take exactly one value belong here. */
-const TAKES_VALUE = new Set(
+export const TAKES_VALUE = new Set(
   (
     '-m --model -a --alias -c --ctx-size -ngl --gpu-layers --n-gpu-layers -b --batch-size -ub --ubatch-size ' +
     '-np --parallel -ctk --cache-type-k -ctv --cache-type-v -t --threads -tb --threads-batch ' +

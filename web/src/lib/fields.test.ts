@@ -35,13 +35,17 @@ describe('engine capabilities', () => {
 })
 
 describe('checks', () => {
-  it('warns above the trained context unless RoPE scaling extends it', () => {
-    expect(check(['-c', '8192'], field('ctx'), 4096)?.level).toBe('warn')
-    expect(check(['-c', '8192'], field('ctx'), 4096)?.text).toMatch(/4,096/)
-    expect(check(['-c', '8192'], field('ctx'), 4096)?.detail).toMatch(/RoPE\/YaRN/)
+  it('caps the context at the trained one unless overridden, then warns unless RoPE scaling extends it', () => {
+    expect(check(['-c', '8192'], field('ctx'), 4096)?.level).toBe('error')
+    expect(check(['-c', '2000000'], field('ctx'), 32768)?.text).toMatch(/above the trained 32,768/)
+    expect(check(['-c', '8192', '--rope-scaling', 'yarn'], field('ctx'), 4096)?.level).toBe('error')
+    expect(check(['-c', '8192'], field('ctx'), 4096, true)?.level).toBe('warn')
+    expect(check(['-c', '8192'], field('ctx'), 4096, true)?.text).toMatch(/4,096/)
+    expect(check(['-c', '8192'], field('ctx'), 4096, true)?.detail).toMatch(/RoPE\/YaRN/)
     expect(check(['-c', '4096'], field('ctx'), 4096)).toBeNull()
-    expect(check(['-c', '8192', '--rope-scaling', 'yarn'], field('ctx'), 4096)).toBeNull()
-    expect(check(['-c', '8192', '--rope-scaling', 'none'], field('ctx'), 4096)?.level).toBe('warn')
+    expect(check(['-c', '0'], field('ctx'), 4096)).toBeNull()
+    expect(check(['-c', '8192', '--rope-scaling', 'yarn'], field('ctx'), 4096, true)).toBeNull()
+    expect(check(['-c', '8192', '--rope-scaling', 'none'], field('ctx'), 4096, true)?.level).toBe('warn')
     expect(check(['-c', '8192'], field('ctx'), null)).toBeNull()
   })
   it('refuses what llama-server refuses', () => {

@@ -89,11 +89,14 @@ export function lacks(names: string[], capabilities: string[] | null | undefined
   return names.some((n) => capabilities.includes(n)) ? null : `${engine} has no ${names[0]}`
 }
 
-/** What is wrong with a field's current value (an error), or a caution (a warning), or nothing. */
+/** What is wrong with a field's current value (an error), or a caution (a warning), or nothing.
+ * A context above the trained one is an error unless ``allowBeyond`` (the editor's explicit
+ * override), then a warning while no RoPE scaling is set. */
 export function check(
   argv: string[],
   spec: FieldSpec,
   trainedCtx: number | null | undefined,
+  allowBeyond = false,
 ): { level: 'error' | 'warn'; text: string; detail?: string } | null {
   const raw = getFlag(argv, spec.names)
   if (raw === undefined) return null
@@ -108,11 +111,18 @@ export function check(
   if (spec.kind === 'choice' && spec.options && !spec.options.some((o) => o.value === raw))
     return { level: 'error', text: `one of ${spec.options.map((o) => o.value).join(', ')}` }
   const scaling = getFlag(argv, field('ropeScaling').names)
+  const trained = trainedCtx?.toLocaleString('en-US')
+  if (spec.key === 'ctx' && trainedCtx && Number(raw) > trainedCtx && !allowBeyond)
+    return {
+      level: 'error',
+      text: `above the trained ${trained}: at most ${trained}, or allow beyond trained context`,
+      detail: `The model was trained for ${trained} tokens: a longer context needs RoPE/YaRN scaling and the override below`,
+    }
   if (spec.key === 'ctx' && trainedCtx && Number(raw) > trainedCtx && (!scaling || scaling === 'none'))
     return {
       level: 'warn',
-      text: `above the trained ${trainedCtx.toLocaleString('en-US')}`,
-      detail: `The model was trained for ${trainedCtx.toLocaleString('en-US')} tokens: answers degrade past it unless RoPE/YaRN scaling is set`,
+      text: `above the trained ${trained}`,
+      detail: `The model was trained for ${trained} tokens: answers degrade past it unless RoPE/YaRN scaling is set`,
     }
   if (spec.key === 'ctv' && !['f16', 'f32', 'bf16'].includes(raw) && getFlag(argv, field('fa').names) === 'off')
     return { level: 'error', text: 'a quantized V cache needs flash attention (on or auto)' }
