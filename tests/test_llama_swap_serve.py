@@ -18,6 +18,7 @@ from typing import Any
 import openai
 import pytest
 import yaml
+from websockets.sync.client import ClientConnection, connect
 
 from llamastudio.runtime.process import free_port
 from tests.rig.studio import Studio
@@ -251,7 +252,11 @@ def test_the_watched_file_applies_changes_and_keeps_the_last_good_state(
     assert {"key": "logLevel", "why": "the studio's log level is LLAMASTUDIO_LOG_LEVEL"} in status["ignored"]
 
     good = path.read_text()
-    path.write_text(good.replace("${small}", "${nope}", 1))  # an unknown macro
+    with connect(f"ws://127.0.0.1:{studio.port}/ws", open_timeout=30) as ws:
+        ws.recv(timeout=30)  # hello
+        path.write_text(good.replace("${small}", "${nope}", 1))  # an unknown macro
+        event = until(lambda: _config_event(ws), "a config_file event on /ws")
+    assert event["ok"] is False and "unknown macro ${nope}" in event["error"]
     with studio.api() as api:
         bad = until(
             lambda: (got := api.get("/api/served/config-file").json()) and not got["ok"] and got,
@@ -263,6 +268,15 @@ def test_the_watched_file_applies_changes_and_keeps_the_last_good_state(
     path.write_text(good)
     with studio.api() as api:
         until(lambda: api.get("/api/served/config-file").json()["ok"], "the fixed file is applied")
+
+
+def _config_event(ws: ClientConnection) -> dict[str, Any] | None:
+    """The next ``config_file`` event on /ws (other events skipped), or None for now."""
+    try:
+        event: dict[str, Any] = json.loads(ws.recv(timeout=1))
+    except TimeoutError:
+        return None
+    return event if event.get("type") == "config_file" else None
 
 
 def test_import_answer_lists_what_is_ignored(
