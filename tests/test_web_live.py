@@ -362,11 +362,12 @@ def test_failed_build_log_is_red_and_jobs_clear_and_retry(
     shot(pg, "engines-jobs-cleared")
 
 
-def test_phone_layout_of_running_and_engines_keeps_actions_on_screen(
+def test_phone_layout_keeps_actions_on_screen(
     browser: object, studio: Studio, tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:
-    """At 390 px the Running and Engines tables are cards: no sideways scroll, and each row's
-    action buttons are inside the viewport once scrolled to (vertically only)."""
+    """At 390 px the Dashboard, Running and Engines tables are cards: no sideways scroll, and every
+    button is inside the viewport once scrolled to (vertically only); light and dark, with
+    desktop screenshots of the same views."""
     name = add_model(studio, copy_model(tiny_models, tmp_path, "tiny-phone"), ["-c", "512"])
     with studio.gateway() as gw:
         r = gw.post(
@@ -396,6 +397,12 @@ def test_phone_layout_of_running_and_engines_keeps_actions_on_screen(
                     )
                 assert pg.evaluate("window.scrollX") == 0
                 shot(pg, f"phone-live-{view or 'dashboard'}-{scheme}")
+        with _page(browser, 1440, 900, scheme) as pg:  # type: ignore[arg-type]
+            for view in ("", "running", "engines"):
+                pg.goto(f"{studio.api_url}/{view}")
+                pg.wait_for_selector("h2")
+                pg.wait_for_timeout(300)
+                shot(pg, f"desktop-live-{view or 'dashboard'}-{scheme}")
 
 
 def test_a_loading_model_shows_its_load_bar_live(
