@@ -21,6 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
+from llamastudio.engines.registry import Engine
+from llamastudio.engines.releases import GitHubReleases, updates
 from llamastudio.errors import HubUnreachable
 from llamastudio.hub import download
 from llamastudio.runtime.process import free_port
@@ -246,3 +248,26 @@ def test_a_download_that_loses_the_hub_fails_visibly_and_is_retried(
             done = pg.locator("[data-testid=download-job][data-state=done]").first
             expect(done.get_by_test_id("download-state")).to_have_text("done", timeout=30_000)
             expect(done.get_by_test_id("download-failure")).to_have_count(0)
+
+
+def test_an_update_check_that_fails_says_why(tmp_path: Path, endpoint: str) -> None:
+    """Issue 12: "Check for updates" showed `→ —` when GitHub or a git remote was unreachable."""
+    release = Engine(id="r", name="r", kind="release", root=str(tmp_path), binaries={}, version="b1")
+    gone = tmp_path / "no-such-repo"
+    source = Engine(
+        id="s",
+        name="s",
+        kind="source",
+        root=str(tmp_path),
+        binaries={},
+        source={"kind": "git", "location": str(gone)},
+    )
+    started = time.monotonic()
+    rows = updates(GitHubReleases(endpoint, "ggml-org/llama.cpp"), [release, source])
+    assert time.monotonic() - started < BOUND
+    by_id = {row["engine"]: row for row in rows}
+    assert by_id["r"]["latest"] is None and by_id["r"]["update"] is False
+    assert by_id["r"]["error"].startswith(f"GitHub's API at {endpoint} is unreachable"), by_id["r"]
+    assert "LLAMASTUDIO_GITHUB_API" in by_id["r"]["error"]
+    assert by_id["s"]["latest"] is None
+    assert by_id["s"]["error"].startswith(f"git ls-remote {gone}: "), by_id["s"]

@@ -179,3 +179,14 @@ def test_api_docs_render_offline(browser: Any, seeded: Studio, path: str) -> Non
             expect(pg.get_by_text("/api/hub/search").first).to_be_attached()
         pg.screenshot(path=str(SHOTS / f"api{path.replace('/', '-')}.png"), animations="disabled")
         assert not elsewhere, elsewhere
+
+
+def test_api_docs_pages_name_only_local_assets(seeded: Studio) -> None:
+    with seeded.api() as api:
+        for path, asset in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+            page = api.get(path)
+            assert page.status_code == 200 and f'src="/docs-assets/{asset}"' in page.text
+            assert "default-src 'self'" in page.headers["content-security-policy"]
+            assert "http" not in page.text.replace(seeded.api_url, ""), page.text  # no other host
+            script = api.get(f"/docs-assets/{asset}")
+            assert script.status_code == 200 and len(script.content) > 100_000
