@@ -8,6 +8,7 @@ import asyncio
 import time
 from typing import Any
 
+from llamastudio.events import EventBus
 from llamastudio.gateway import activity
 from llamastudio.gateway.metrics import Metrics
 
@@ -17,9 +18,16 @@ TIMINGS = (
 )
 
 
+def drain(queue: asyncio.Queue[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    while not queue.empty():
+        out.append(queue.get_nowait())
+    return out
+
+
 def test_overlapping_requests_each_get_their_own_timings() -> None:
-    events: list[dict[str, Any]] = []
-    metrics = Metrics(events.append)
+    bus = EventBus(maxsize=0)
+    metrics = Metrics(bus)
 
     async def request(model: str, prompt_n: int, predicted_n: int, delay: float) -> None:
         entry = metrics.activity.begin(model, "/v1/chat/completions", time.perf_counter())
@@ -32,10 +40,12 @@ def test_overlapping_requests_each_get_their_own_timings() -> None:
         await asyncio.ensure_future(relay())
         metrics.activity.end(entry, 200)
 
-    async def both() -> None:
+    async def both() -> list[dict[str, Any]]:
+        queue = bus.subscribe()
         await asyncio.gather(request("a", 10, 7, 0.05), request("b", 20, 9, 0.01))
+        return drain(queue)
 
-    asyncio.run(both())
+    events = asyncio.run(both())
     by_model = {r["model"]: r for r in metrics.activity.snapshot()}
     assert (by_model["a"]["tokens_in"], by_model["a"]["tokens_out"]) == (13, 7)
     assert (by_model["b"]["tokens_in"], by_model["b"]["tokens_out"]) == (23, 9)
@@ -49,14 +59,19 @@ def test_overlapping_requests_each_get_their_own_timings() -> None:
 
 
 def test_housekeeping_is_not_kept_and_the_log_is_bounded() -> None:
-    events: list[dict[str, Any]] = []
-    log = activity.Activity(events.append)
-    quiet = log.begin("m", "/slots", time.perf_counter())
-    log.end(quiet, 200)
-    assert log.snapshot() == [] and events == []
-    for i in range(activity.KEEP + 5):
-        log.end(log.begin("x" * 1000, "/v1/completions", time.perf_counter()), 200 + i % 2)
-    rows = log.snapshot()
+    async def run() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        bus = EventBus(maxsize=0)
+        queue = bus.subscribe()
+        log = activity.Activity(bus)
+        quiet = log.begin("m", "/slots", time.perf_counter())
+        log.end(quiet, 200)
+        assert log.snapshot() == [] and drain(queue) == []
+        for i in range(activity.KEEP + 5):
+            log.end(log.begin("x" * 1000, "/v1/completions", time.perf_counter()), 200 + i % 2)
+        return log.snapshot(), drain(queue)
+
+    rows, events = asyncio.run(run())
+    assert len(events) == 2 * (activity.KEEP + 5)  # begin and end of each (none acquired)
     assert len(rows) == activity.KEEP
     assert rows[0]["id"] > rows[-1]["id"]  # newest first
     assert len(rows[0]["model"]) == activity.MAX_NAME  # a made-up name is cut

@@ -60,7 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
     service = StudioService(runtime)
     engine_jobs = EngineJobs(jobs)
     monitor = SystemMonitor(bus, settings.data_dir)
-    metrics = Metrics(bus.publish)  # its recent requests are published: gateway/activity.py
+    metrics = Metrics(bus)  # its recent requests are published: gateway/activity.py
     # the UI's playground talks to the gateway through this same origin; the management key or
     # the gateway key opens it (the guard checks first, before the body is read)
     ui_gateway = Gateway(service, settings, metrics, keys=[settings.api_key, settings.gateway_api_key])

@@ -21,10 +21,11 @@ import itertools
 import re
 import time
 from collections import deque
-from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
+
+from llamastudio.events import EventBus
 
 KEEP = 200  # entries kept for GET /api/activity
 EVENT = "activity"  # the bus event's type; its ``request`` is an entry (``Entry.public``)
@@ -77,15 +78,16 @@ class Entry:
     _gen_ms: float | None = None
 
     def public(self) -> dict[str, Any]:
-        out = asdict(self)
-        del out["_t0"], out["_gen_ms"], out["_quiet"]
-        return out
+        return {name: getattr(self, name) for name in PUBLIC}
+
+
+PUBLIC = tuple(f.name for f in fields(Entry) if not f.name.startswith("_"))
 
 
 class Activity:
-    def __init__(self, publish: Callable[[dict[str, Any]], None] | None = None) -> None:
-        """``publish``: the event bus's (any thread; no subscriber costs nothing)."""
-        self.publish = publish
+    def __init__(self, bus: EventBus | None = None) -> None:
+        """``bus``: where each change is published (nothing is built while nobody listens)."""
+        self.bus = bus
         self.recent: deque[Entry] = deque(maxlen=KEEP)
         self._ids = itertools.count(1)
 
@@ -123,8 +125,8 @@ class Activity:
         return [e.public() for e in reversed(self.recent)]
 
     def _emit(self, entry: Entry) -> None:
-        if self.publish is not None and not entry._quiet:
-            self.publish({"type": EVENT, "request": entry.public()})
+        if self.bus is not None and self.bus.subscribers and not entry._quiet:
+            self.bus.publish({"type": EVENT, "request": entry.public()})
 
 
 def timings(chunk: bytes) -> None:

@@ -12,10 +12,9 @@ import bisect
 import contextlib
 import re
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
+from llamastudio.events import EventBus
 from llamastudio.gateway import activity
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -114,9 +113,9 @@ def drift_series(drift: dict[str, dict[str, float]], drifts: dict[str, int]) -> 
 
 
 class Metrics:
-    def __init__(self, publish: Callable[[dict[str, Any]], None] | None = None) -> None:
-        """``publish``: where the recent requests' events go (the studio's event bus)."""
-        self.activity = activity.Activity(publish)  # recent requests, for the UI (activity.py)
+    def __init__(self, bus: EventBus | None = None) -> None:
+        """``bus``: where the recent requests' events go (the studio's event bus)."""
+        self.activity = activity.Activity(bus)  # recent requests, for the UI (activity.py)
         self.requests: dict[tuple[str, str, int], int] = defaultdict(int)  # model, path, status
         self.latency: dict[str, Histogram] = defaultdict(Histogram)
         self.ttfb: dict[str, Histogram] = defaultdict(Histogram)
