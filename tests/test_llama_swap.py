@@ -166,10 +166,12 @@ def test_every_key_of_the_example_has_its_meaning() -> None:
     ignored = {i["key"]: i["why"] for i in got.ignored}
     assert set(ignored) == {
         "logLevel", "logTimeFormat", "logToStdout", "metricsMaxInMemory", "captureBuffer", "startPort",
-        "sendLoadingState", "includeAliasesInList", "models.llama.sendLoadingState",
+        "sendLoadingState", "models.llama.sendLoadingState",
     }  # fmt: skip
     assert all(ignored.values())
     assert got.settings["startPort"] == 10001 and got.settings["healthCheckTimeout"] == 500
+    assert got.settings["includeAliasesInList"] is False  # applied by the gateway
+    assert unlisted.ttl == 0 and docker.ttl == 0  # no ttl: llama-swap never unloads it for idling
 
 
 def test_round_trip_is_lossless() -> None:

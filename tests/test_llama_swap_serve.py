@@ -67,6 +67,7 @@ def config(server: Path, models: dict[str, Path], echo: Path, fixed: int, extra:
     return f"""
 healthCheckTimeout: 120
 logLevel: debug
+includeAliasesInList: true
 macros:
   srv: "{server} --port ${{PORT}}"
   ctx: 512
@@ -171,6 +172,7 @@ def test_listing_unlisted_alias_and_metadata(setup: tuple[Studio, Path, Callable
     chat = listed["chat"]
     assert chat["name"] == "Tiny chat" and chat["description"] == "a tiny llama"
     assert chat["meta"] == {"llamaswap": {"ctx": 256, "who": "chat"}}  # nested macro, its type kept
+    assert listed["gpt-4o-mini"]["name"] == "Tiny chat"  # includeAliasesInList: the alias listed too
     # served though unlisted, by name; and the alias reaches its model
     assert c.completions.create(model="hidden", prompt="hi", max_tokens=2).choices
     reply = c.chat.completions.create(

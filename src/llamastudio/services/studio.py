@@ -78,6 +78,7 @@ class StudioService:
         self.acquire = runtime.acquire
         self.died = runtime.died
         self.imported_keys: frozenset[bytes] = frozenset()  # a llama-swap import's apiKeys
+        self.list_aliases = False  # a llama-swap import's includeAliasesInList
         self.watch: ConfigWatch | None = None  # LLAMASTUDIO_CONFIG_FILE, kept in sync
         self.peers = PeerService(runtime.db)  # other servers' models: the gateway routes to them
 
@@ -156,7 +157,10 @@ class StudioService:
         served = [m for m in await self.served(refresh=False) if m.name in listed]
         if kinds is not None:
             served = [m for m in served if await self.kind_of(m.name) in kinds]
-        return [views.gateway_model(m) for m in served]
+        models = [views.gateway_model(m) for m in served]
+        if self.list_aliases:  # llama-swap includeAliasesInList: each alias an entry of its own
+            models += [m.model_copy(update={"id": a}) for m in models for a in m.aliases]
+        return models
 
     async def gateway_model(self, name: str) -> GatewayModel:
         for c in self.runtime.known:
@@ -296,8 +300,13 @@ class StudioService:
         return await asyncio.to_thread(swapimport.export, self.runtime, fmt)
 
     async def _load_keys(self) -> None:
-        keys = await asyncio.to_thread(swapstate.api_keys, self.runtime.db)
+        """What a llama-swap import stored that the gateway applies: its keys, alias listing."""
+        db = self.runtime.db
+        keys, kept = await asyncio.gather(
+            asyncio.to_thread(swapstate.api_keys, db), asyncio.to_thread(swapstate.settings, db)
+        )
         self.imported_keys = frozenset(k.encode() for k in keys)
+        self.list_aliases = kept.get("includeAliasesInList") is True
 
     def body_rules(self, name: str) -> ModelConfig | None:
         """The configuration of ``name`` (name, alias or library id) when the gateway must rewrite

@@ -2,14 +2,16 @@
 (its ``config.example.yaml``; macros in ``swapmacros.py``).
 
 Per model: ``cmd`` (a llama-server command becomes a model + flags configuration, any other is
-kept whole as a command), ``aliases``, ``ttl``, ``env``, ``concurrencyLimit``, ``unlisted``,
+kept whole as a command), ``aliases``, ``ttl`` (absent: 0, never unloaded for idling — llama-swap's
+default; memory still evicts it), ``env``, ``concurrencyLimit``, ``unlisted``,
 ``name`` / ``description`` / ``metadata`` (shown in ``/v1/models``), ``useModelName``,
 ``filters.stripParams`` / ``setParams`` (the gateway rewrites the body), ``checkEndpoint`` (the
 readiness path), ``proxy`` (the URL requests and readiness checks go to instead of the port given
 as ``${PORT}``), ``cmdStop`` (run to stop the engine, ``${PID}`` = its process; SIGKILL after the
 grace period all the same);
 ``groups`` (``swap``, ``exclusive``, ``persistent``: see ``runtime/policy.py``);
-``hooks.on_startup.preload``; ``healthCheckTimeout`` (each model's start timeout); ``apiKeys``
+``hooks.on_startup.preload``; ``healthCheckTimeout`` (each model's start timeout);
+``includeAliasesInList`` (the gateway lists each alias as an entry of its own); ``apiKeys``
 (accepted by the gateway besides its own key); ``peers`` (``PeerSpec``).
 
 What the studio cannot apply is kept, so an export writes it back, and is listed in
@@ -47,9 +49,9 @@ _GLOBAL_IGNORED = {
     "captureBuffer": "the studio does not capture request bodies",
     "startPort": "the studio picks a free port for each start (${PORT})",
     "sendLoadingState": "loading progress is shown in the UI and /api/served, not in the reply",
-    "includeAliasesInList": "/v1/models lists each model once, with its aliases in `aliases`",
 }
 _GLOBAL_KEYS = {"healthCheckTimeout", "macros", "apiKeys", "models", "groups", "hooks", "peers"}
+_GLOBAL_KEPT = {"includeAliasesInList"}  # applied by the gateway from the stored settings
 _MODEL_IGNORED = {
     "sendLoadingState": _GLOBAL_IGNORED["sendLoadingState"],
 }
@@ -147,7 +149,7 @@ def _model(
         else ModelConfig(name, "", command=argv)
     )
     cfg.aliases = f.names("aliases")
-    cfg.ttl = f.number("ttl", 0, MAX_TTL)
+    cfg.ttl = f.number("ttl", 0, MAX_TTL)  # absent: llama-swap's 0 (never), unless default_ttl below
     cfg.env = f.env_list("env")
     cfg.max_concurrency = f.integer("concurrencyLimit", 0, 0, MAX_COUNT)
     cfg.unlisted = f.flag("unlisted")
@@ -172,6 +174,8 @@ def _model(
     own = Fields(metadata.pop("llamastudio", None) or {}, f.where, name, "metadata.llamastudio")
     cfg.metadata = metadata
     _studio_fields(cfg, own)
+    if cfg.ttl is None and not own.flag("default_ttl"):
+        cfg.ttl = 0  # llama-swap unloads a model without `ttl` only to swap it (memory, here)
     return cfg
 
 
@@ -250,7 +254,9 @@ def read_llama_swap(text: str, engines: list[Engine], env: Mapping[str, str]) ->
     doc = Fields(data, "llama-swap config")
     out = SwapImport(configs=[])
     for key in data:
-        if key in _GLOBAL_IGNORED:
+        if key in _GLOBAL_KEPT:
+            out.settings[key] = doc.flag(key)
+        elif key in _GLOBAL_IGNORED:
             out.settings[key] = data[key]
             out.ignored.append({"key": key, "why": _GLOBAL_IGNORED[key]})
         elif key not in _GLOBAL_KEYS:
@@ -327,6 +333,8 @@ def _entry(c: ModelConfig, argv: list[str], health: float | None) -> dict[str, A
     }
     if c.reserve:
         meta["reserve"] = dict(c.reserve)
+    if c.ttl is None:
+        meta["default_ttl"] = True  # the studio's default TTL (llama-swap's absent ttl is 0)
     if c.start_timeout is not None and c.start_timeout != health:
         meta["start_timeout"] = _number(c.start_timeout)
     entry["metadata"] = {**c.metadata, "llamastudio": meta}
