@@ -59,6 +59,7 @@ def test_the_wheel_serves_the_ui_from_a_fresh_venv(tmp_path: Path) -> None:
     index = (ui / "index.html").read_text()
     assert "llamastudio/web/dist/index.html" in names
     assert _assets(index) and all(f"llamastudio/web/dist/{a}" in names for a in _assets(index))
+    assert "llamastudio/web/dist/docs-assets/swagger-ui-bundle.js" in names  # /docs works offline
     assert any(n.startswith("llamastudio/store/migrations/versions/") for n in names)
     assert not any(n.startswith("tests/") for n in names)
 
