@@ -9,6 +9,7 @@ keeps serving.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ import yaml
 from websockets.sync.client import ClientConnection, connect
 
 from llamastudio.runtime.process import free_port
+from tests.rig.server import wait_healthy
 from tests.rig.studio import Studio
 
 ECHO = """
@@ -381,3 +383,29 @@ def test_preload_and_keys_after_a_restart(setup: tuple[Studio, Path, Callable[[s
     with pytest.raises(openai.AuthenticationError):
         client(studio, "sk-wrong").models.list()
     assert client(studio).models.list().data
+
+
+def test_serve_config_flag(
+    tmp_path: Path, rig_bin: Callable[[str], Path], tiny_models: dict[str, Path]
+) -> None:
+    """``llamastudio serve --config FILE`` watches FILE (as LLAMASTUDIO_CONFIG_FILE does); a file
+    that is bad from the start is reported, and the studio still starts."""
+    path = tmp_path / "swap.yaml"
+    path.write_text("models:\n  m:\n    cmd: srv ${missing}\n")
+    studio = Studio(tmp_path / "s", rig_bin("llama-server"))
+    argv = [sys.executable, "-m", "llamastudio", "serve", "--port", str(studio.port)]
+    argv += ["--gateway-port", str(studio.gateway_port), "--config", str(path)]
+    studio.root.mkdir(parents=True)
+    with open(studio.log_path, "ab") as log:
+        studio.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=studio.env)
+    try:
+        wait_healthy(studio.proc, [f"{studio.api_url}/"], 60, studio.log, "studio")
+        with studio.api() as api:
+            status = api.get("/api/served/config-file").json()
+            assert status["path"] == str(path.resolve()) and status["ok"] is False
+            assert "unknown macro ${missing}" in status["error"]
+            path.write_text(f"models:\n  m:\n    cmd: llama-server -m {tiny_models['llama']} -c 256\n")
+            until(lambda: api.get("/api/served/config-file").json()["ok"], "the fixed file is applied")
+            assert "m" in {m["name"] for m in api.get("/api/served").json()}
+    finally:
+        studio.stop()
