@@ -1,5 +1,6 @@
 """Live updates: ``/ws`` (every event: jobs — ``job.changed``, ``job.progress``, ``job.log``,
-``job.removed`` for downloads, builds, installs and loads —, model states and logs, system stats)
+``job.removed`` for downloads, builds, installs and loads —, model states and logs, system stats,
+the gateway's requests — ``activity``, see ``gateway/activity.py`` and ``GET /api/activity``)
 and ``GET /api/system`` (current stats and the recent history)."""
 
 from __future__ import annotations
