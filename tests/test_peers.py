@@ -104,15 +104,31 @@ def test_llama_server_as_peer_and_loops(studio_a: Studio, tiny: Path, tmp_path: 
         binaries.binary("llama-server"), tiny, tmp_path / "plain.log", "-c", "256", "--alias", "plain"
     ).__enter__()
     try:
-        with studio_a.api() as c:
-            r = c.post("/api/peers", json={"name": "plain", "url": srv.url, "strip_params": ["seed"]})
-            assert r.status_code == 201 and r.json()["available"] is True, r.text
-            assert r.json()["models"] == ["plain"]
+        added = studio_a.cli("peers", "add", "plain", srv.url, "--models", "plain")
+        assert f"peer plain ({srv.url}) is available; models: plain" in added.stdout, added.stdout
+        listed = studio_a.cli("peers", "ls", "--json")
+        assert '"available": true' in listed.stdout and '"api_key"' not in listed.stdout
         client = openai.OpenAI(base_url=f"{studio_a.gateway_url}/v1", api_key=A_KEY, max_retries=0)
         done = client.chat.completions.create(
             model="plain", messages=[{"role": "user", "content": "hi"}], max_tokens=4, seed=3
         )
         assert done.choices[0].message is not None and done.usage is not None
+        # the peer's set_params / strip_params reach it: max_tokens forced to 1
+        with studio_a.api() as c:
+            body = {
+                "name": "plain",
+                "url": srv.url,
+                "set_params": {"max_tokens": 1},
+                "strip_params": ["seed"],
+            }
+            assert c.post("/api/peers", json=body).status_code == 201
+        one = client.chat.completions.create(
+            model="plain", messages=[{"role": "user", "content": "hi"}], max_tokens=4, seed=3
+        )
+        assert one.usage is not None and one.usage.completion_tokens == 1
+        assert "removed peer plain" in studio_a.cli("peers", "rm", "plain").stdout
+        gone = studio_a.cli("peers", "rm", "plain", check=False)
+        assert gone.returncode == 2 and "no peer named 'plain'" in gone.stderr
     finally:
         srv.stop()
 
