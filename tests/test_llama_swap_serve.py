@@ -303,6 +303,12 @@ def test_import_answer_lists_what_is_ignored(
         with pytest.raises(openai.AuthenticationError):
             client(studio, "sk-wrong").models.list()
         assert api.delete("/api/models/api-one/config").status_code == 204
+        secret = (
+            "models: {a: {cmd: 'llama-server -m x --port ${PORT}', metadata: {t: '${env.SWAP_TEST_KEY}'}}}"
+        )
+        refused = api.post("/api/served/import", json={"format": "llama-swap", "text": secret})
+        assert refused.status_code == 403 and "${env.SWAP_TEST_KEY}" in refused.json()["error"]["message"]
+        assert "sk-env" not in refused.text  # the value is never shown
         bad = api.post("/api/served/import", json={"format": "llama-swap", "text": "models: {a: {cmd: 3}}"})
         assert bad.status_code == 400 and "model 'a'" in bad.json()["error"]["message"]
         assert "a" not in {m["name"] for m in api.get("/api/served").json()}  # nothing half-imported

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -277,14 +277,21 @@ class StudioService:
         return [DraftCandidate(id=m.id, path=m.path, size=m.size, quant=m.quant) for m in found]
 
     async def import_configs(
-        self, fmt: str, text: str, permit: Permit = allow_all, source: str | None = None
+        self,
+        fmt: str,
+        text: str,
+        permit: Permit = allow_all,
+        source: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> swapimport.Imported:
         """Parse, check every configuration (``permit`` refuses one the caller may not store),
         then store them all or none, in one transaction (``services/swapimport.py``); the
         models a watched file (``source``) no longer defines are removed. Running models whose
-        configuration went are stopped after their requests in flight."""
+        configuration went are stopped after their requests in flight. ``env``: what
+        ``${env.X}`` reads (None: the studio's environment; ``NoEnvironment`` for a caller who may
+        not read it)."""
         swapimport.check_format(fmt)
-        done = await asyncio.to_thread(swapimport.store, self.runtime, fmt, text, permit, source)
+        done = await asyncio.to_thread(swapimport.store, self.runtime, fmt, text, permit, source, env)
         if done.removed and not self.offline:
             await self.runtime.drain_and_stop(done.removed)
         await self._load_keys()

@@ -11,7 +11,7 @@ defines are removed in the same transaction. Blocking (database, files): run in 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,15 +50,23 @@ class Imported:
         }
 
 
-def parse(runtime: Runtime, fmt: str, text: str) -> SwapImport:
+def parse(runtime: Runtime, fmt: str, text: str, env: Mapping[str, str] | None = None) -> SwapImport:
+    """``env``: what ``${env.X}`` reads (None: the studio's own environment)."""
     if fmt == "llama-swap":
-        return read_llama_swap(text, runtime.launcher.engines.all(), os.environ)
+        return read_llama_swap(text, runtime.launcher.engines.all(), os.environ if env is None else env)
     return SwapImport(configs=runtime.launcher.parse_import(fmt, text))
 
 
-def store(runtime: Runtime, fmt: str, text: str, permit: Permit, source: str | None = None) -> Imported:
+def store(
+    runtime: Runtime,
+    fmt: str,
+    text: str,
+    permit: Permit,
+    source: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Imported:
     """Parse ``text``, check it all, store it all (one transaction). Blocking."""
-    found = parse(runtime, fmt, text)
+    found = parse(runtime, fmt, text, env)
     for cfg in found.configs:
         cfg.source = source
         permit(cfg)

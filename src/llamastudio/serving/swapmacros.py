@@ -6,7 +6,7 @@
   ``default_args: --ctx-size ${default_ctx}`` takes the model's own ``default_ctx``). A cycle and
   an unknown name are errors naming the macro; so is a value past ``MAX_CMD`` characters.
 - ``${env.VAR}``: the variable from the environment the config is read with; unset is an error
-  naming it.
+  naming it. An API caller without the command permission reads none (``NoEnvironment``).
 - ``${MODEL_ID}``: the model's id. ``${PORT}`` stays for the runtime (chosen at each start), and
   ``${PID}`` for ``cmdStop``.
 - A string that is one macro and nothing else (``port: ${temp}`` in ``metadata``) takes the
@@ -16,10 +16,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from llamastudio.errors import InvalidInput
+from llamastudio.errors import CommandsNotAllowed, InvalidInput
 from llamastudio.serving.fields import kind
 
 MAX_CMD = 128 << 10  # characters of one expanded string (Linux refuses longer arguments anyway)
@@ -28,6 +28,30 @@ RESERVED = RUNTIME | {"MODEL_ID"}
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,63}")
 _REF = re.compile(r"\$\{([^}]{0,200})\}")
 Scalar = str | int | float | bool
+
+
+class NoEnvironment(Mapping[str, str]):
+    """The environment of an import whose caller may not read the studio's (an API caller
+    without the command permission): any ``${env.X}`` is a 403 naming it, never its value —
+    it would show the studio's own secrets (tokens, keys) back in ``/v1/models``."""
+
+    def _refuse(self, var: object) -> CommandsNotAllowed:
+        return CommandsNotAllowed(
+            f"${{env.{str(var)[:60]}}}: reading the studio's environment is off for the API; enable "
+            "it with LLAMASTUDIO_ALLOW_COMMANDS=1, or use the CLI or serve --config on the studio's machine"
+        )
+
+    def __contains__(self, var: object) -> bool:
+        raise self._refuse(var)
+
+    def __getitem__(self, var: str) -> str:
+        raise self._refuse(var)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
 
 
 def read_macros(value: object, where: str) -> dict[str, Scalar]:

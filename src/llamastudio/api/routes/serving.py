@@ -8,8 +8,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Body, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from llamastudio.api.deps import StateDep, config_permit
+from llamastudio.api.deps import StateDep, config_permit, require_commands
 from llamastudio.api.routes import seed_views
+from llamastudio.errors import CommandsNotAllowed
 from llamastudio.fit.planner import Goal
 from llamastudio.services.snapshots import (
     CommandView,
@@ -22,6 +23,7 @@ from llamastudio.services.snapshots import (
     ServedModel,
 )
 from llamastudio.serving.configs import MAX_TTL, ModelConfig
+from llamastudio.serving.swapmacros import NoEnvironment
 
 router = APIRouter(prefix="/api", tags=["serving"])
 
@@ -290,7 +292,12 @@ async def import_configs(state: StateDep, request: Request, body: ImportIn) -> d
     ``imported`` (names), ``ignored`` (``{key, why}``: kept for export, not applied), ``api_keys``
     (how many the gateway now accepts from it; null: the document has no ``apiKeys``), ``peers``
     (their names; null: none given) and ``removed`` (always empty here: see the config file)."""
-    done = await state.service.import_configs(body.format, body.text, config_permit(state, request))
+    try:  # ${env.X} reads the studio's environment (its secrets too): the command permission's
+        require_commands(state, request, "${env.X} in an import")
+        env = None
+    except CommandsNotAllowed:
+        env = NoEnvironment()
+    done = await state.service.import_configs(body.format, body.text, config_permit(state, request), env=env)
     return done.to_json()
 
 
