@@ -5,10 +5,13 @@ peer that is the studio itself refused as a loop, bad URLs refused with the one 
 
 from __future__ import annotations
 
+import http.server
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -169,3 +172,73 @@ def test_placement_prefers_loaded_then_loading_then_least_busy() -> None:
     assert choose([down, idle], "m") is idle
     with pytest.raises(PeerUnavailable, match="peer down"):
         choose([down], "m")
+
+
+class _Redirect(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(302)
+        self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_disconnect_cancels_upstream_and_redirects_are_not_followed(
+    studio_a: Studio, tiny: Path, tmp_path: Path
+) -> None:
+    srv = LlamaServer(
+        binaries.binary("llama-server"),
+        tiny,
+        tmp_path / "long.log",
+        "-c",
+        "4096",
+        "--alias",
+        "long",
+        "--metrics",
+    ).__enter__()
+    try:
+        with studio_a.api() as c:
+            assert c.post("/api/peers", json={"name": "long", "url": srv.url}).json()["available"] is True
+        body = {
+            "model": "long",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 4000,
+            "ignore_eos": True,
+            "stream": True,
+        }
+        with studio_a.gateway() as g, g.stream("POST", "/v1/chat/completions", json=body) as r:
+            assert r.status_code == 200
+            chunks = r.iter_bytes()
+            for _ in range(3):
+                next(chunks)
+        # the client went away: the relay closed its connection to the peer, which stopped
+        _wait(
+            lambda: not any(s["is_processing"] for s in httpx.get(f"{srv.url}/slots").json()), 20, "peer idle"
+        )
+        metrics = httpx.get(f"{srv.url}/metrics").text
+        predicted = next(
+            float(line.split()[-1])
+            for line in metrics.splitlines()
+            if line.startswith("llamacpp:tokens_predicted_total")
+        )
+        assert predicted < 4000, predicted
+    finally:
+        srv.stop()
+
+    redirector = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Redirect)
+    thread = threading.Thread(target=redirector.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{redirector.server_address[1]}"
+        with studio_a.api() as c:
+            r = c.post("/api/peers", json={"name": "redir", "url": url, "models": ["m"]})
+        assert r.json()["available"] is False and "redirects are not followed" in r.json()["reason"], r.json()
+        with studio_a.gateway() as g:
+            r = g.post(
+                "/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "x"}]}
+            )
+        assert r.status_code == 503 and "peer redir" in r.json()["error"]["message"]
+    finally:
+        redirector.shutdown()
