@@ -100,6 +100,9 @@ def test_activity_panel_shows_sdk_requests_live(
         status = panel.get_by_test_id("activity-status").first
         expect(status).to_have_text("running")
         expect(panel.get_by_test_id("activity-model").first).to_have_text(name)
+        expect(panel.get_by_test_id("activity-duration").first).to_have_text(
+            re.compile(r"^\d+(\.\d+)? m?s…$")
+        )
         shot(pg, "activity-in-flight")
         stream.close()  # the client goes away: the gateway closes the upstream (499)
         expect(status).to_have_text("499 gone")
