@@ -47,7 +47,6 @@ from llamastudio.gateway.router import RouterApi, router_entry
 from llamastudio.gateway.shapes import error_json, retry_after
 from llamastudio.gateway.toolchoice import named_tool_choice
 from llamastudio.guard import key_ok
-from llamastudio.http_protocol import CYCLE
 from llamastudio.services import StudioService
 
 __all__ = ["Gateway", "error_json"]
@@ -239,8 +238,7 @@ class Gateway:
         status = 500
         try:
             args = (scope["method"], path, query, upstream, body, model, send, started, watch)
-            cycle = scope.get("extensions", {}).get(CYCLE)  # uvicorn's: the relay's fast path
-            status = await self.relay.attempt(lease.release, proc, *args, retry=True, cycle=cycle)
+            status = await self.relay.attempt(lease.release, proc, *args, retry=True)
             if status == GONE:  # killed just before: start it again (the engine never answered)
                 lease.release()
                 status = 502  # what it would have been, until the retry says otherwise
@@ -250,7 +248,7 @@ class Gateway:
                 except StudioError as exc:
                     status = exc.status_code
                     raise
-                status = await self.relay.attempt(lease.release, proc, *args, retry=False, cycle=cycle)
+                status = await self.relay.attempt(lease.release, proc, *args, retry=False)
         finally:
             watch.cancel()
             lease.release()
