@@ -12,6 +12,9 @@ body that stops arriving: 2000 such connections stay open for ever. Here:
   Then the connection is closed (the app sees ``http.disconnect``).
 
 A response, however long it streams, is never timed out here; nor is a WebSocket once upgraded.
+
+Each request's scope also carries its uvicorn response cycle (extension ``CYCLE``): the gateway's
+relay writes a stream's body pieces straight to its socket (``gateway/relay.py``, ``_fast``).
 No cap on the number of connections: uvicorn's ``limit_concurrency`` answers 503 to *requests*
 beyond it (idle keep-alive connections count), which would fail legitimate streams under load,
 while half-open connections — the actual attack — are reclaimed by these timeouts.
@@ -24,6 +27,7 @@ from typing import Any, Literal
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+CYCLE = "llamastudio.cycle"  # scope extension: this request's uvicorn RequestResponseCycle
 HEADER_TIMEOUT = 10.0
 BODY_TIMEOUT = 30.0
 _408 = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
@@ -85,6 +89,9 @@ class TimeoutHttpToolsProtocol(HttpToolsProtocol):
             self._phase = "idle"
         else:
             self._arm("body", self.body_timeout)
+            # the gateway's relay writes a stream's pieces to the socket itself (gateway/relay.py)
+            extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
+            extensions[CYCLE] = self.cycle
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

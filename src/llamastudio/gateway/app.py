@@ -47,6 +47,7 @@ from llamastudio.gateway.router import RouterApi, router_entry
 from llamastudio.gateway.shapes import error_json, retry_after
 from llamastudio.gateway.toolchoice import named_tool_choice
 from llamastudio.guard import key_ok
+from llamastudio.http_protocol import CYCLE
 from llamastudio.services import StudioService
 
 __all__ = ["Gateway", "error_json"]
@@ -238,7 +239,8 @@ class Gateway:
         status = 500
         try:
             args = (scope["method"], path, query, upstream, body, model, send, started, watch)
-            status = await self.relay.attempt(lease.release, proc, *args, retry=True)
+            cycle = scope.get("extensions", {}).get(CYCLE)  # uvicorn's: the relay's fast path
+            status = await self.relay.attempt(lease.release, proc, *args, retry=True, cycle=cycle)
             if status == GONE:  # killed just before: start it again (the engine never answered)
                 lease.release()
                 status = 502  # what it would have been, until the retry says otherwise
@@ -248,7 +250,7 @@ class Gateway:
                 except StudioError as exc:
                     status = exc.status_code
                     raise
-                status = await self.relay.attempt(lease.release, proc, *args, retry=False)
+                status = await self.relay.attempt(lease.release, proc, *args, retry=False, cycle=cycle)
         finally:
             watch.cancel()
             lease.release()

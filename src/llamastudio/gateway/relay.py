@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import aiohttp
 
@@ -21,6 +22,7 @@ from llamastudio.gateway.asgi import Message, Send, send_bytes, send_json
 from llamastudio.gateway.cors import is_engine_cors
 from llamastudio.gateway.metrics import Metrics
 from llamastudio.gateway.shapes import error_json, upstream_body
+from llamastudio.gateway.upstream import Conn, Pool, StaleConnection, request_bytes
 from llamastudio.runtime.process import EngineProcess
 
 HOP = {
@@ -52,6 +54,7 @@ class Relay:
         self.metrics = metrics
         self.died = died
         self._session: aiohttp.ClientSession | None = None
+        self._pool: Pool | None = None
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -68,6 +71,8 @@ class Relay:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+        if self._pool is not None:
+            self._pool.close()
 
     async def attempt(
         self,
@@ -84,10 +89,13 @@ class Relay:
         watch: asyncio.Future[None],
         *,
         retry: bool,
+        cycle: Any = None,
     ) -> int:
         """One relay to ``proc``, abandoned when the client goes away (499); ``GONE`` when
-        ``retry`` and the engine died before answering."""
-        url = proc.url + path + ("?" + query.decode("latin-1") if query else "")
+        ``retry`` and the engine died before answering. ``cycle``: uvicorn's response cycle of
+        the client's request (``http_protocol.py``): with it, a local engine's answer takes the
+        fast path (``upstream.py``, ``_fast``)."""
+        target = path + ("?" + query.decode("latin-1") if query else "")
         if proc.api_key:
             headers = [*headers, ("Authorization", f"Bearer {proc.api_key}")]
         sent: dict[str, int] = {}  # the response's status, and 1 once its last part is handed over
@@ -99,9 +107,18 @@ class Relay:
                 sent["complete"] = 1  # before the await: a client may close as soon as it has it
             await send(message)
 
-        relay = asyncio.ensure_future(
-            self._relay(method, url, headers, body, model, proc, tracked, started, finished, retry)
-        )
+        address = _local_address(proc.url) if cycle is not None and method != "HEAD" else None
+        if address is not None:
+            request = request_bytes(method, *address, target, headers, body)
+            relay = asyncio.ensure_future(
+                self._fast(address, request, model, proc, tracked, started, finished, retry, cycle)
+            )
+        else:
+            relay = asyncio.ensure_future(
+                self._relay(
+                    method, proc.url + target, headers, body, model, proc, tracked, started, finished, retry
+                )
+            )
         done, _ = await asyncio.wait((relay, watch), return_when=asyncio.FIRST_COMPLETED)
         if relay in done:
             return relay.result()
@@ -135,28 +152,12 @@ class Relay:
         try:
             async with await self._open(method, url, body, headers) as up:
                 answered = True
-                out_headers = [
-                    (k.lower(), v)
-                    for k, v in up.raw_headers
-                    if (k.lower() not in HOP or k.lower() == b"content-length")
-                    and not is_engine_cors(k.lower())
-                ]
-                ctype = up.headers.get("content-type", "")
-                if up.status >= 400 and not ctype.startswith("text/event-stream"):
+                out_headers, streaming = _out_headers(up.raw_headers)
+                if up.status >= 400 and not streaming:
                     raw = await up.read()
                     finished()
-                    keep = [
-                        (k, v)
-                        for k, v in out_headers
-                        if k not in (b"content-length", b"content-type", b"content-encoding")
-                    ]
-                    await send_bytes(
-                        send, up.status, upstream_body(up.status, raw), b"application/json", keep
-                    )
+                    await _send_error(send, up.status, raw, out_headers)
                     return up.status
-                streaming = ctype.startswith("text/event-stream")
-                if streaming and b"x-accel-buffering" not in {k for k, _ in out_headers}:
-                    out_headers.append((b"x-accel-buffering", b"no"))
                 await send({"type": "http.response.start", "status": up.status, "headers": out_headers})
                 sent_head = True
                 self.metrics.ttfb[model].observe(time.perf_counter() - started)
@@ -170,19 +171,122 @@ class Relay:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return up.status
         except (aiohttp.ClientError, ConnectionError) as exc:
-            self.metrics.upstream_errors[model] += 1
-            if retry and not answered and await _exited(proc):
-                self.died(model)
-                return GONE
+            return await self._failed(exc, model, proc, send, retry and not answered, sent_head)
+
+    async def _failed(
+        self, exc: Exception, model: str, proc: EngineProcess, send: Send, may_retry: bool, sent_head: bool
+    ) -> int:
+        """The engine's connection broke: ``GONE`` when it died before answering (and the request
+        may be sent again), else a 502 — a JSON error, or an error event ending a started stream."""
+        self.metrics.upstream_errors[model] += 1
+        if may_retry and await _exited(proc):
             self.died(model)
-            reason = proc.reason or (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
-            err = UpstreamFailed(f"{model}: the engine failed during the request: {reason}")
-            if not sent_head:
-                await send_json(send, 502, error_json(err, "upstream"))
-                return 502
-            payload = b"data: " + json.dumps(error_json(err, "upstream")).encode() + b"\n\n"
-            await send({"type": "http.response.body", "body": payload, "more_body": False})
+            return GONE
+        self.died(model)
+        reason = proc.reason or (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        err = UpstreamFailed(f"{model}: the engine failed during the request: {reason}")
+        if not sent_head:
+            await send_json(send, 502, error_json(err, "upstream"))
             return 502
+        payload = b"data: " + json.dumps(error_json(err, "upstream")).encode() + b"\n\n"
+        await send({"type": "http.response.body", "body": payload, "more_body": False})
+        return 502
+
+    async def _fast(
+        self,
+        address: tuple[str, int],
+        request: bytes,
+        model: str,
+        proc: EngineProcess,
+        send: Send,
+        started: float,
+        finished: Callable[[], None],
+        retry: bool,
+        cycle: Any,
+    ) -> int:
+        """``_relay`` over ``upstream.py``: a stream's pieces are written to the client's socket,
+        framed as uvicorn frames them, from the callback that parsed them (no task step, no ASGI
+        message per piece); the response's start and end still go through ``send`` (CORS,
+        tracking, uvicorn's own bookkeeping). The client's back-pressure pauses reading the engine."""
+        sent_head = answered = False
+        conn: Conn | None = None
+        try:
+            conn = await self._open_fast(*address, request)
+            answered = True
+            status = conn.status
+            out_headers, streaming = _out_headers(conn.headers)
+            if not streaming:  # an error, or a whole answer: read in full, sent at once
+                raw = await conn.read_all()
+                conn.release()  # back to the pool: another request may take it from here on
+                conn = None
+                finished()
+                if status >= 400:
+                    await _send_error(send, status, raw, out_headers)
+                    return status
+                if b"predicted_per_second" in raw:
+                    self.metrics.timings(model, raw)
+                await send({"type": "http.response.start", "status": status, "headers": out_headers})
+                sent_head = True
+                self.metrics.ttfb[model].observe(time.perf_counter() - started)
+                await send({"type": "http.response.body", "body": raw, "more_body": False})
+                return status
+            await send({"type": "http.response.start", "status": status, "headers": out_headers})
+            sent_head = True
+            self.metrics.ttfb[model].observe(time.perf_counter() - started)
+            ring: list[bytes] = [b""] * _RING  # the last pieces: llama-server's timings end the stream
+            n = 0
+            if cycle.chunked_encoding and not cycle.disconnected:
+                write, flow = cycle.transport.write, cycle.flow
+
+                def sink(piece: bytes) -> bool:
+                    nonlocal n
+                    ring[n % _RING] = piece
+                    n += 1
+                    if cycle.disconnected:
+                        return True  # dropped: the disconnect watcher cancels this relay
+                    write(b"%x\r\n%b\r\n" % (len(piece), piece))
+                    return not flow.write_paused
+
+                conn.attach(sink)
+                await conn.stream(flow.drain)
+            else:  # not chunked (HEAD-like answers): whatever came, at once
+                ring[0] = await conn.read_all()
+                n = 1
+                await send({"type": "http.response.body", "body": ring[0], "more_body": True})
+            conn.release()
+            conn = None
+            finished()
+            tail = b"".join(ring[n % _RING :] + ring[: n % _RING] if n > _RING else ring[:n])
+            at = tail.rfind(b'"timings"')
+            if at >= 0:
+                self.metrics.timings(model, tail[at:])
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return status
+        except (ConnectionError, OSError) as exc:
+            return await self._failed(exc, model, proc, send, retry and not answered, sent_head)
+        finally:
+            if conn is not None:  # not given back: cut short (client gone, engine broke), and
+                conn.close()  # closing the connection makes the engine stop generating
+
+    async def _open_fast(self, host: str, port: int, request: bytes) -> Conn:
+        """Send on a pooled connection; one the engine was closing (it drops before answering) is
+        replaced by a fresh one, up to ``STALE_RETRIES`` times. A fresh one that drops is an error."""
+        if self._pool is None:
+            self._pool = Pool()
+        fresh = False
+        for _ in range(STALE_RETRIES + 1):
+            conn = await self._pool.get(host, port, fresh=fresh)
+            reused = conn.uses > 0
+            conn.send(request)
+            try:
+                await conn.head
+                return conn
+            except StaleConnection:
+                conn.close()
+                if not reused:
+                    raise
+                fresh = True
+        raise StaleConnection("the engine kept closing connections before answering")
 
     async def _open(
         self, method: str, url: str, body: bytes, headers: list[tuple[str, str]]
@@ -200,6 +304,38 @@ class Relay:
                 if attempt == STALE_RETRIES or isinstance(exc, aiohttp.ClientConnectorError):
                     raise
         raise AssertionError("unreachable")
+
+
+_RING = 16  # pieces kept to find llama-server's final ``timings`` in (it is one write, at the end)
+
+
+def _local_address(url: str) -> tuple[str, int] | None:
+    """``http://127.0.0.1:PORT`` (an engine the studio started) → its address; else None."""
+    rest = url.removeprefix("http://")
+    if rest == url or "/" in rest:
+        return None
+    host, _, port = rest.rpartition(":")
+    return (host, int(port)) if port.isdigit() and host else None
+
+
+def _out_headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], bool]:
+    """The engine's headers as relayed (no hop-by-hop, no engine CORS), and whether it streams."""
+    out = [
+        (k.lower(), v)
+        for k, v in raw
+        if (k.lower() not in HOP or k.lower() == b"content-length") and not is_engine_cors(k.lower())
+    ]
+    ctype = next((v for k, v in out if k == b"content-type"), b"")
+    streaming = ctype.startswith(b"text/event-stream")
+    if streaming and b"x-accel-buffering" not in {k for k, _ in out}:
+        out.append((b"x-accel-buffering", b"no"))
+    return out, streaming
+
+
+async def _send_error(send: Send, status: int, raw: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    """An engine's error answer, in the gateway's one error shape."""
+    keep = [(k, v) for k, v in headers if k not in (b"content-length", b"content-type", b"content-encoding")]
+    await send_bytes(send, status, upstream_body(status, raw), b"application/json", keep)
 
 
 async def _exited(proc: EngineProcess) -> bool:

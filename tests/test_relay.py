@@ -1,0 +1,93 @@
+"""The gateway's relay fast path (``gateway/upstream.py``, ``relay.py`` ``_fast``) against an engine
+that streams exactly what the test asks for and misbehaves on request (``tests/rig/faulty_engine.py``),
+through a real ``llamastudio serve``: bytes relayed exactly whatever the piece sizes, a slow client
+pauses the engine without losing a byte, a kept-alive connection closed under a request is
+retried on a fresh one, a malformed answer is a 502 in the one error shape."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.rig.faulty_engine import stream_bytes
+from tests.rig.studio import Studio
+
+ENGINE = Path(__file__).parent / "rig" / "faulty_engine.py"
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory: pytest.TempPathFactory, rig_bin: Callable[[str], Path]) -> Iterator[Studio]:
+    env = {"LLAMASTUDIO_ALLOW_COMMANDS": "1"}
+    with Studio(tmp_path_factory.mktemp("relay"), rig_bin("llama-server"), env=env) as s:
+        s.configure("faulty", command=[sys.executable, str(ENGINE), "${PORT}"], reserve={"CPU": 1 << 20})
+        yield s
+
+
+def post(studio: Studio, **body: object) -> httpx.Response:
+    payload = {"model": "faulty", "stream": True, **body}
+    return httpx.post(f"{studio.gateway_url}/v1/completions", json=payload, timeout=120)
+
+
+@pytest.mark.parametrize(("n", "size"), [(200, 0), (20, 70_000), (4, 600_000)])
+def test_streams_are_relayed_byte_exact_whatever_the_piece_sizes(studio: Studio, n: int, size: int) -> None:
+    r = post(studio, max_tokens=n, event_bytes=size)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/event-stream")
+    assert r.content == stream_bytes(n, size)
+
+
+def _chunked(raw: bytes) -> bytes:
+    """An HTTP/1.1 chunked body decoded (the test reads the socket itself)."""
+    out, at = bytearray(), 0
+    while True:
+        end = raw.index(b"\r\n", at)
+        size = int(raw[at:end], 16)
+        if size == 0:
+            return bytes(out)
+        out += raw[end + 2 : end + 2 + size]
+        at = end + 2 + size + 2
+
+
+def test_a_slow_client_pauses_the_engine_and_loses_nothing(studio: Studio) -> None:
+    """16 MiB of events to a client that reads nothing for 2 s: far more than the sockets buffer,
+    so the gateway must stop reading the engine (back-pressure) and then deliver every byte."""
+    n, size = 64, 256 << 10
+    body = b'{"model": "faulty", "stream": true, "max_tokens": %d, "event_bytes": %d}' % (n, size)
+    with socket.create_connection(("127.0.0.1", studio.gateway_port)) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+        sock.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+            b"connection: close\r\ncontent-length: %d\r\n\r\n%b" % (len(body), body)
+        )
+        time.sleep(2)
+        raw = bytearray()
+        sock.settimeout(60)
+        while chunk := sock.recv(1 << 16):
+            raw += chunk
+    head, _, rest = bytes(raw).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head[:200]
+    assert b"transfer-encoding: chunked" in head.lower()
+    assert _chunked(rest) == stream_bytes(n, size)
+
+
+def test_a_kept_alive_connection_closed_under_a_request_is_sent_again(studio: Studio) -> None:
+    """The engine closes a kept-alive connection when the second request arrives on it (what
+    llama-server does at its keep-alive limits): the gateway sends it again on a fresh one."""
+    for _ in range(3):
+        r = post(studio, max_tokens=3, fault="drop-second")
+        assert r.status_code == 200, r.text
+        assert r.content == stream_bytes(3)
+
+
+def test_a_malformed_answer_is_a_502_in_the_one_error_shape(studio: Studio) -> None:
+    r = post(studio, max_tokens=3, fault="malformed")
+    assert r.status_code == 502, r.text
+    error = r.json()["error"]
+    assert error["source"] == "upstream" and "faulty" in error["message"], error
+    assert post(studio, max_tokens=2).content == stream_bytes(2)  # and the model still answers
