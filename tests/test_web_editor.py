@@ -84,7 +84,13 @@ def test_unknown_flag_is_red_in_the_engines_words_and_refused_by_ui_and_api(
     save.click()
     expect(pg.get_by_test_id("config-editor")).to_have_count(0)
     with studio.api() as api:
-        assert api.get(f"/api/models/{name}/config").json()["config"]["args"] == ["-c", "768", "-np", "1", "--jinja"]
+        assert api.get(f"/api/models/{name}/config").json()["config"]["args"] == [
+            "-c",
+            "768",
+            "-np",
+            "1",
+            "--jinja",
+        ]
 
         # the API refuses the same, for the CLI and any client: one error shape naming the flag
         for args, flag, says in (
@@ -96,7 +102,9 @@ def test_unknown_flag_is_red_in_the_engines_words_and_refused_by_ui_and_api(
         ):
             for r in (
                 api.patch(f"/api/models/{name}/config", json={"args": args}),
-                api.put(f"/api/models/{name}/config", json={"model": str(tmp_path / "bogus.gguf"), "args": args}),
+                api.put(
+                    f"/api/models/{name}/config", json={"model": str(tmp_path / "bogus.gguf"), "args": args}
+                ),
                 api.post(f"/api/models/{name}/preview", json={"args": args}),
             ):
                 assert r.status_code == 400, (args, r.text)
@@ -106,7 +114,13 @@ def test_unknown_flag_is_red_in_the_engines_words_and_refused_by_ui_and_api(
                 if says:
                     assert error["details"]["engine_says"] == says, error
         # nothing was stored by the refusals
-        assert api.get(f"/api/models/{name}/config").json()["config"]["args"] == ["-c", "768", "-np", "1", "--jinja"]
+        assert api.get(f"/api/models/{name}/config").json()["config"]["args"] == [
+            "-c",
+            "768",
+            "-np",
+            "1",
+            "--jinja",
+        ]
 
 
 def test_an_unclosed_quote_blocks_saving(
