@@ -280,9 +280,15 @@ class PeerService:
         await self._reload()
 
     async def set_imported_peers(self, specs: list[PeerSpec]) -> None:
-        """Replace the peers a llama-swap import brought (each checked; all or none stored)."""
+        """Replace the peers a llama-swap import brought (each checked; all or none stored).
+        An import that stores them in its own transaction (``peer_store.write``) calls
+        ``reload`` instead."""
         checked = [peer_store.check(s) for s in specs]
         await asyncio.to_thread(peer_store.save, self.db, peer_store.IMPORTED, checked)
+        await self.reload()
+
+    async def reload(self) -> None:
+        """Re-read the stored peers (changed elsewhere) and check them at once."""
         await self._reload()
         self._wake.set()
 

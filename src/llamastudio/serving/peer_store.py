@@ -12,6 +12,8 @@ from dataclasses import asdict
 from typing import Any
 from urllib.parse import urlsplit
 
+from sqlalchemy.orm import Session
+
 from llamastudio.errors import InvalidInput
 from llamastudio.serving.peers import PeerSpec
 from llamastudio.store import Database
@@ -81,13 +83,19 @@ def load(db: Database, key: str) -> list[PeerSpec]:
 
 
 def save(db: Database, key: str, peers: list[PeerSpec]) -> None:
-    value = [asdict(p) for p in peers]
     with db.session() as s, s.begin():
-        row = s.get(SettingRow, key)
-        if row is None:
-            s.add(SettingRow(key=key, value=value))
-        else:
-            row.value = value
+        write(s, key, peers)
+
+
+def write(s: Session, key: str, peers: list[PeerSpec]) -> None:
+    """Store ``peers`` under ``key`` in the caller's transaction (a llama-swap import stores its
+    peers with its configurations: all or none; ``check`` each first)."""
+    value = [asdict(p) for p in peers]
+    row = s.get(SettingRow, key)
+    if row is None:
+        s.add(SettingRow(key=key, value=value))
+    else:
+        row.value = value
 
 
 def add(db: Database, spec: PeerSpec) -> PeerSpec:
