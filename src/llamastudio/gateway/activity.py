@@ -1,7 +1,6 @@
 """The gateway's recent requests, for the UI's activity panel (like llama-swap's): one entry per
 request, published on the event bus when it starts (waiting for its model), when it has the model
-(running) and when it ends, and the last
-``KEEP`` kept in memory for ``GET /api/activity``.
+(running) and when it ends; the last ``KEEP`` are kept in memory for ``GET /api/activity``.
 
 Nothing here runs per chunk. The relay already hands llama-server's final ``timings`` to
 ``Metrics.timings`` (once per request); that call also fills the current request's entry, found
@@ -32,7 +31,7 @@ EVENT = "activity"  # the bus event's type; its ``request`` is an entry (``Entry
 MAX_NAME = 200  # a model name the client made up is cut to this many characters
 _FIELDS = {
     name: re.compile(rb'"' + name.encode() + rb'"\s*:\s*(-?[0-9.eE+-]+)')
-    for name in ("cache_n", "prompt_n", "prompt_ms", "predicted_n", "predicted_ms", "predicted_per_second")
+    for name in ("cache_n", "prompt_n", "predicted_n", "predicted_ms", "predicted_per_second")
 }
 # housekeeping a client or UI polls (path labels, metrics.py): not shown, or they would bury the work
 QUIET = frozenset(
