@@ -278,7 +278,9 @@ def test_named_fields_edit_the_args_line(
     ctx.fill("8192")
     ctx.press("Tab")
     warned = pg.get_by_test_id("check-ctx")  # type: ignore[attr-defined]
-    expect(warned).to_contain_text("4,096")
+    expect(warned).to_have_class(re.compile(r"\berror\b"))  # capped at the trained context (issue 12) ...
+    pg.get_by_label("allow beyond trained context (RoPE scaling)").check()  # type: ignore[attr-defined]
+    expect(warned).to_contain_text("4,096")  # ... unless overridden: then a warning
     expect(warned).to_have_attribute("title", re.compile("RoPE/YaRN"))
     expect(pg.get_by_test_id("field-ctx").locator("small")).to_have_class(re.compile("warn"))  # type: ignore[attr-defined]
     expect(preview).to_contain_text("-c 8192")
