@@ -6,6 +6,7 @@ manifests are skipped with the reason, and a store with nothing usable is a clea
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ import pytest
 from tests.rig import binaries
 from tests.rig.factory import BUILDERS, Vocab
 from tests.rig.studio import Studio
+from tests.rig.vision import png_bytes, write_vision_pair
 
 MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 PARAMS = {"temperature": 0.5, "num_ctx": 256, "top_k": 20, "stop": ["</s>"], "num_thread": 1, "flash": "x"}
@@ -67,6 +69,14 @@ def ollama(tmp_path_factory: pytest.TempPathFactory, tiny: Path) -> Path:
         "tiny",
         "latest",
         [_layer("model", model), _layer("params", params), _layer("template", template)],
+    )
+    # a vision model: its projector layer becomes --mmproj
+    vision_model, vision_proj = write_vision_pair(root.parent / "vision-src")
+    _manifest(
+        root,
+        "tinyvision",
+        "q8",
+        [_layer("model", _blob(root, link=vision_model)), _layer("projector", _blob(root, link=vision_proj))],
     )
     # malformed: each skipped with its reason, the good one still added
     _manifest(root, "notjson", "latest", "{not json")
@@ -179,3 +189,26 @@ def test_unusable_stores_are_clear_4xx(studio: Studio, tmp_path: Path, ollama: P
     assert not (ollama.parent / "x").exists()
     done = studio.cli("models", "add", "--from", "nope", check=False)
     assert done.returncode == 2 and "ollama, lmstudio" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_ollama_projector_is_the_mmproj(studio: Studio, ollama: Path) -> None:
+    """Runs after the store was added (test order): the vision model answers an image."""
+    image = "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
+    content = [{"type": "text", "text": "what is it"}, {"type": "image_url", "image_url": {"url": image}}]
+    with studio.gateway() as g:
+        r = g.post(
+            "/v1/chat/completions",
+            json={
+                "model": "ollama/tinyvision:q8",
+                "messages": [{"role": "user", "content": content}],
+                "max_tokens": 2,
+            },
+        )
+    assert r.status_code == 200, r.text
+    argv = _engine_argv(studio, "ollama/tinyvision:q8")
+    assert "--mmproj" in argv or "-mm" in argv, " ".join(argv)
+    mmproj = Path(argv[argv.index("--mmproj" if "--mmproj" in argv else "-mm") + 1])
+    assert (
+        mmproj.parent == ollama / "blobs"
+        and mmproj.stat().st_ino == (ollama.parent / "vision-src" / "mmproj-tiny-llava.gguf").stat().st_ino
+    )
