@@ -67,17 +67,29 @@ CONNECT_TIMEOUT = 3.0
 READ_TIMEOUT = _seconds("HF_HUB_ETAG_TIMEOUT", 4.0)
 
 
-def unreachable(origin: str, exc: Exception, doing: str = "") -> HubUnreachable:
+def unreachable(
+    origin: str, exc: Exception, doing: str = "", read_timeout: float | None = None
+) -> HubUnreachable:
     """The one message for a Hub that cannot be reached: 504 on a timeout, 502 otherwise; it names
     the endpoint and what to check. ``details.endpoint`` carries the endpoint for the UI."""
-    timed_out = isinstance(exc, (httpx2.TimeoutException, httpx.TimeoutException))
-    cls = HubTimeout if timed_out else HubUnreachable
-    what = "did not answer in time" if timed_out else "is unreachable"
+    advice = (
+        "Check this machine's network connection and proxy (HTTPS_PROXY), or set HF_ENDPOINT to a "
+        "reachable Hub or mirror"
+    )
+    if isinstance(exc, (httpx2.TimeoutException, httpx.TimeoutException)):
+        connecting = isinstance(exc, (httpx2.ConnectTimeout, httpx.ConnectTimeout))
+        what = (
+            f"no connection within {CONNECT_TIMEOUT:g} s"
+            if connecting
+            else f"no answer within {read_timeout or READ_TIMEOUT:g} s"
+        )
+        return HubTimeout(
+            f"the Hugging Face Hub at {origin} did not answer in time{doing} ({what}). {advice}",
+            endpoint=origin,
+        )
     detail = str(exc) or type(exc).__name__
-    return cls(
-        f"the Hugging Face Hub at {origin} {what}{doing}: {detail}. Check this machine's network "
-        "connection and proxy (HTTPS_PROXY), or set HF_ENDPOINT to a reachable Hub or mirror",
-        endpoint=origin,
+    return HubUnreachable(
+        f"the Hugging Face Hub at {origin} is unreachable{doing}: {detail}. {advice}", endpoint=origin
     )
 
 

@@ -38,6 +38,8 @@ from llamastudio.hub.paths import (
 )
 from llamastudio.hub.quants import QuantGroup, RepoFile, find_group, group_files, mmproj_preference
 
+TRANSFER_TIMEOUT = 120.0  # seconds without a byte before a download's connection is given up
+
 ProgressFn = Callable[[str, int, int], None]  # file, bytes done, bytes total
 
 
@@ -179,7 +181,7 @@ def _fetch_ranges(
     retries: int,
 ) -> None:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    timeout = httpx.Timeout(120, connect=CONNECT_TIMEOUT)
+    timeout = httpx.Timeout(TRANSFER_TIMEOUT, connect=CONNECT_TIMEOUT)
     with httpx.Client(follow_redirects=True, timeout=timeout) as http:
         for attempt in range(retries + 1):
             done = partial.stat().st_size if partial.exists() else 0
@@ -211,7 +213,7 @@ def _fetch_ranges(
                     keep = "; the partial data is kept: resume the download to continue"
                     if isinstance(exc, (httpx.ConnectError, httpx.TimeoutException)):
                         origin = f"{exc.request.url.scheme}://{exc.request.url.netloc.decode()}"
-                        err = unreachable(origin, exc, f" while downloading {name}")
+                        err = unreachable(origin, exc, f" while downloading {name}", TRANSFER_TIMEOUT)
                         raise type(err)(err.message + keep, **err.details) from exc
                     raise RemoteError(f"{name}: {exc}{keep}") from exc
                 time.sleep(min(2**attempt, 10))
