@@ -82,7 +82,12 @@ class ConfigWatch:
         self._preload: asyncio.Task[list[str]] | None = None
 
     async def start(self) -> None:
-        await self.check()
+        """The first import (the studio starts even when it fails), then the watch."""
+        try:
+            await self.check()
+        except Exception as exc:  # a bug or the database: logged and shown, the studio serves on
+            log.exception("config file %s: import failed", self.path)
+            self._fail(f"import failed: {exc}")
         self._task = asyncio.create_task(self._loop())
 
     async def close(self) -> None:
