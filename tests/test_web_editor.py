@@ -113,6 +113,20 @@ def test_unknown_flag_is_red_in_the_engines_words_and_refused_by_ui_and_api(
                 assert error["details"]["flag"] == flag, error
                 if says:
                     assert error["details"]["engine_says"] == says, error
+        # the CLI, a client of the running studio, gets the same refusal: a message and exit 2
+        done = studio.cli(
+            "models",
+            "config",
+            name,
+            "--model",
+            str(tmp_path / "bogus.gguf"),
+            "--",
+            "--top-k",
+            "x",
+            check=False,
+        )
+        assert done.returncode == 2 and "--top-k: expected a whole number, got 'x'" in done.stderr, done
+        assert "Traceback" not in done.stderr
         # nothing was stored by the refusals
         assert api.get(f"/api/models/{name}/config").json()["config"]["args"] == [
             "-c",
