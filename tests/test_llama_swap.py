@@ -9,10 +9,13 @@ one clear 400; the group rules are checked on the pure policy. The behaviour thr
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
 from llamastudio.errors import InvalidInput
+from llamastudio.gateway.filters import rewrite
 from llamastudio.runtime.policy import View, place
 from llamastudio.serving.llamaswap import export_llama_swap, read_llama_swap
 
@@ -287,3 +290,13 @@ def test_groups_swap_exclusive_persistent_in_the_policy() -> None:
     tight = View(name="x", reserve={"CPU": 60}, group="pair", swap=False)
     assert place(tight, [_v("d", "keep", persistent=True, reserve={"CPU": 50})], budgets).possible is False
     assert place(tight, [_v("e", "other", reserve={"CPU": 50})], budgets).evict == ("e",)
+
+
+def test_filters_rewrite_the_json_body_only() -> None:
+    body = b'{"model":"alias","temperature":0.5,"top_p":1,"messages":[{"role":"user","content":"\xc3\xa9"}]}'
+    out = json.loads(rewrite(body, ["temperature", "model"], {"seed": 1, "model": "x"}, "upstream"))
+    assert out == {"model": "upstream", "top_p": 1, "seed": 1, "messages": [{"role": "user", "content": "é"}]}
+    kept = json.loads(rewrite(body, ["model"], {"model": "x"}, None))
+    assert kept["model"] == "alias"  # `model` is never stripped nor set by the params
+    for raw in (b"", b"not json", b"[1, 2]", b"--boundary\r\nmultipart"):
+        assert rewrite(raw, ["a"], {"b": 1}, "m") == raw  # not a JSON object: relayed as it came
