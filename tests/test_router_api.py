@@ -57,6 +57,7 @@ def router(tmp_path_factory: pytest.TempPathFactory, tiny: Path) -> Iterator[htt
 def studio(tmp_path_factory: pytest.TempPathFactory, tiny: Path) -> Iterator[httpx.Client]:
     with Studio(tmp_path_factory.mktemp("router-studio"), binaries.binary("llama-server")) as s:
         s.configure("tiny", model=str(tiny), args=["-c", "256", "-t", "1"])
+        s.configure("tiny-2", model=str(tiny), args=["-c", "256", "-t", "1"])  # several: a router
         with s.gateway() as g:
             yield g
 
@@ -124,3 +125,16 @@ def test_list_load_unload_as_the_router(which: str, request: pytest.FixtureReque
     assert r.status_code in (400, 404) and r.json()["error"]["message"]
     r = c.post("/models/load", content=b"xx", headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["message"]
+
+
+def test_props_naming_no_model_are_the_routers(router: httpx.Client, studio: httpx.Client) -> None:
+    """llama.cpp's web UI shows its model picker when ``GET /props`` says ``role: router``."""
+    theirs, ours = router.get("/props").json(), studio.get("/props").json()
+    assert ours.keys() == theirs.keys(), (sorted(ours), sorted(theirs))
+    for props in (theirs, ours):
+        assert (
+            props["role"] == "router" and props["model_path"] == "none" and props["models_autoload"] is True
+        )
+    # naming a model still reaches that model's engine (it is started for it, as the router does)
+    one = studio.get("/props", params={"model": "tiny"})
+    assert one.status_code == 200 and one.json()["model_alias"] == "tiny"

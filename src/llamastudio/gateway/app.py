@@ -43,7 +43,7 @@ from llamastudio.gateway.metrics import UNKNOWN, Metrics, drift_series, path_lab
 from llamastudio.gateway.peers import PeerRelay, via_of
 from llamastudio.gateway.purpose import check_purpose
 from llamastudio.gateway.relay import GONE, HOP, Relay
-from llamastudio.gateway.router import RouterApi, router_entry
+from llamastudio.gateway.router import RouterApi, router_entry, router_props
 from llamastudio.gateway.shapes import error_json, retry_after
 from llamastudio.gateway.toolchoice import named_tool_choice
 from llamastudio.guard import key_ok
@@ -118,6 +118,12 @@ class Gateway:
                 body = await read_body(receive, self.max_body)
                 act = self.router.load if path == "/models/load" else self.router.unload
                 await send_json(send, 200, await act(body))
+            elif (
+                path == "/props"
+                and method == "GET"
+                and await self.router.answers_props(scope.get("query_string", b""), self.fallback is not None)
+            ):
+                await send_json(send, 200, router_props())
             elif path.startswith("/v1/models/") and method == "GET":
                 await send_json(send, 200, await self._model(path.removeprefix("/v1/models/"), via))
             else:

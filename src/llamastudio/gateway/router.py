@@ -14,6 +14,9 @@ As llama-server b11434's router answers (checked against the real binary by
   ``model is already running``.
 - ``POST /models/unload {"model"}`` stops it (after its requests in flight) and answers
   ``{"success": true}``; a model not running is a 400 ``model is not running``.
+- ``GET /props`` naming no model answers the router's own props (``"role": "router"``: how
+  llama.cpp's web UI knows to show its model picker) — unless the gateway serves one model, or
+  runs in one-model mode, where it is that model's ``/props`` as before.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import asyncio
 import json
 import logging
 from typing import Any
+from urllib.parse import parse_qs
 
+from llamastudio import __version__
 from llamastudio.errors import InvalidInput, NotFound, StudioError
 from llamastudio.services import StudioService
 
@@ -63,6 +68,22 @@ def _model_of(body: bytes) -> str:
     return model
 
 
+def router_props() -> dict[str, Any]:
+    """llama-server router's ``GET /props`` (b11434's keys; no limit on instances: 0, as the
+    scheduler places by memory)."""
+    return {
+        "role": "router",
+        "max_instances": 0,
+        "models_autoload": True,
+        "model_alias": "llamastudio",
+        "model_path": "none",
+        "default_generation_settings": {"params": None, "n_ctx": 0},
+        "ui_settings": {},
+        "build_info": f"llamastudio {__version__}",
+        "cors_proxy_enabled": False,
+    }
+
+
 class RouterApi:
     """``POST /models/load`` and ``/models/unload`` (the list is the gateway's own)."""
 
@@ -73,6 +94,12 @@ class RouterApi:
     async def close(self) -> None:
         for task in list(self._loads):
             task.cancel()
+
+    async def answers_props(self, query: bytes, one_model: bool) -> bool:
+        """Whether ``GET /props?query`` is the router's own (see the module docstring)."""
+        if one_model or "model" in parse_qs(query.decode("latin-1")):
+            return False
+        return len(await self.service.model_names()) != 1
 
     async def _resolve(self, body: bytes) -> str:
         model = _model_of(body)
