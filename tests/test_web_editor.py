@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.rig.studio import Studio
-from tests.rig.web import CHROMIUM, shot
+from tests.rig.web import CHROMIUM, SHOTS, shot
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed")
@@ -196,7 +196,8 @@ def test_the_preview_is_stale_until_the_answer_for_the_last_change(
     pg.wait_for_timeout(600)
     assert held, "the preview for -c 1024 was asked"
     expect(stale).to_be_visible()  # its answer has not come: still stale
-    shot(pg, "editor-stale")
+    box.scroll_into_view_if_needed()
+    pg.screenshot(path=str(SHOTS / "editor-stale.png"))  # the dialog scrolled to it
     line.fill("-c 2048 -np 1")
     expect(preview).to_contain_text("-c 2048")
     expect(stale).to_have_count(0)
@@ -265,7 +266,8 @@ def test_save_keeps_a_running_model_and_save_and_reload_restarts_it(
         kept = pg.get_by_test_id("saved-kept-running")
         expect(kept).to_contain_text("still running with its old flags")
         expect(pg.get_by_test_id("reload-model")).to_be_visible()
-        shot(pg, "editor-saved-kept-running")
+        kept.scroll_into_view_if_needed()
+        pg.screenshot(path=str(SHOTS / "editor-saved-kept-running.png"))  # the dialog scrolled to it
         assert studio.status(name)["pid"] == pid and studio.status(name)["state"] == "ready"
         assert "1024" not in _cmdline(pid)  # the running instance has its old flags
 
@@ -299,7 +301,8 @@ def test_ttl_empty_says_default_and_bad_values_are_inline_errors(
     expect(pg.get_by_test_id("save-blocked")).to_contain_text("TTL")
     ttl.fill("soon")
     expect(pg.get_by_test_id("ttl-error")).to_contain_text('"soon" is not a number of seconds')
-    shot(pg, "editor-ttl-error")
+    save.scroll_into_view_if_needed()
+    pg.screenshot(path=str(SHOTS / "editor-ttl-error.png"))  # the dialog scrolled to it
     ttl.fill("90")
     expect(hint).to_have_text("unloaded after 90 s idle")
     expect(save).to_be_enabled()
