@@ -49,6 +49,7 @@ from llamastudio.gateway.toolchoice import named_tool_choice
 from llamastudio.guard import key_ok
 from llamastudio.http_protocol import CYCLE
 from llamastudio.services import StudioService
+from llamastudio.services.peers import PeerState
 
 __all__ = ["Gateway", "error_json"]
 log = logging.getLogger(__name__)
@@ -192,6 +193,29 @@ class Gateway:
         )
 
     # -- the relay -----------------------------------------------------------------------------
+    async def _to_peer(
+        self,
+        peer: PeerState,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        name: str,
+        body: bytes,
+        started: float,
+    ) -> None:
+        """Relay to a peer (``peers.py``), counted and shown in the activity as local requests are."""
+        path = local_path(scope)
+        label = path_label(path)
+        entry = self.metrics.activity.begin(name, label, started)
+        self.metrics.activity.acquired(entry, name)
+        status = 500
+        try:
+            status = await self.peers.forward(peer, scope, receive, send, name, path, body, started)
+        finally:
+            self.metrics.requests[(name, label, status)] += 1
+            self.metrics.latency[name].observe(time.perf_counter() - started)
+            self.metrics.activity.end(entry, status)
+
     async def _proxy(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         path = local_path(scope)
@@ -211,8 +235,7 @@ class Gateway:
         if self.kinds is None and not via_of(headers_in) and await self.service.label(name) is None:
             peer = self.service.peers.choose(name)  # a 503 naming it when its peer is down
             if peer is not None:
-                status = await self.peers.forward(peer, scope, receive, send, name, path, body, started)
-                self.metrics.requests[(name, label, status)] += 1
+                await self._to_peer(peer, scope, receive, send, name, body, started)
                 return
         if self.fallback and name != self.fallback and await self.service.label(name) is None:
             name = self.fallback  # the seeds' one-model images answer "model": "any"
