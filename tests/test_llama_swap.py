@@ -251,6 +251,24 @@ M = "models:\n  m:\n    cmd: srv --port ${PORT}\n"
         ("a: " + "[" * 5000 + "]" * 5000 + "\n" + M, ["nested deeper"]),
         ("models:\n  m:\n    cmd: srv\n    metadata: " + "{a: " * 5000 + "1" + "}" * 5000, ["nested deeper"]),
         ("models: {[1]: {cmd: x}}\n", ["YAML"]),
+        ("a:\n  " + "- " * 5000 + "x\n" + M, ["nested deeper"]),
+        # an anchor bomb: 9^7 values from a few lines, refused at 10000 (never walked whole)
+        (
+            "a: &a [x,x,x,x,x,x,x,x,x]\n"
+            + "".join(
+                f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdef", "bcdefg", strict=True)
+            )
+            + "models: {m: {cmd: srv, metadata: {x: *g}}}\n",
+            ["metadata: more than 10000 values"],
+        ),
+        (
+            "a: &a [x,x,x,x,x,x,x,x,x]\n"
+            + "".join(
+                f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdef", "bcdefg", strict=True)
+            )
+            + "models: {m: {cmd: srv, filters: {setParams: {y: *g}}}}\n",
+            ["setParams: more than 10000 values"],
+        ),
     ],
 )
 def test_malformed_configs_are_one_clear_400(text: str, needles: list[str]) -> None:

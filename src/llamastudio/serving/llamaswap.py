@@ -35,7 +35,7 @@ from llamastudio.errors import InvalidInput
 from llamastudio.serving.configs import MAX_BYTES, MAX_COUNT, MAX_TTL, RESERVED_FLAGS, ModelConfig
 from llamastudio.serving.fields import Fields, kind, load_yaml
 from llamastudio.serving.peers import PeerSpec
-from llamastudio.serving.swapmacros import Scope, read_macros
+from llamastudio.serving.swapmacros import Scope, check_nodes, read_macros
 
 MAX_MODELS = 10_000
 MIN_HEALTH = 15  # llama-swap raises a smaller healthCheckTimeout to this
@@ -128,6 +128,7 @@ def _params(f: Fields, scope: Scope) -> tuple[list[str], dict[str, Any]]:
     strip_text = filters.text("stripParams") or ""
     strip = [p.strip() for p in scope.text(strip_text).split(",") if p.strip() and p.strip() != "model"]
     sets = filters.mapping("setParams").data
+    check_nodes(sets, f"{f.where}: filters.setParams")
     return strip, {str(k): v for k, v in sets.items() if k != "model"}
 
 

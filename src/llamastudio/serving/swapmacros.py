@@ -80,6 +80,24 @@ def read_macros(value: object, where: str) -> dict[str, Scalar]:
     return out
 
 
+MAX_NODES = 10_000  # values in one metadata or setParams tree
+
+
+def check_nodes(value: Any, where: str) -> None:
+    """Refuse a tree of more than ``MAX_NODES`` values (anchors are shared by the loader, so
+    walking one would cost what its expansion costs: the count stops at the limit)."""
+    stack, seen = [value], 0
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > MAX_NODES:
+            raise InvalidInput(f"{where}: more than {MAX_NODES} values")
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
 def _text(value: Scalar) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
@@ -153,7 +171,10 @@ class Scope:
         return self._expand(text)
 
     def value(self, value: Any, depth: int = 0) -> Any:
-        """A ``metadata`` value: macros in every string, a whole-string macro keeping its type."""
+        """A ``metadata`` value: macros in every string, a whole-string macro keeping its type
+        (at most ``MAX_NODES`` values: YAML anchors can make a small text a huge tree)."""
+        if depth == 0:
+            check_nodes(value, self.where + ": metadata")
         if depth > 32:
             raise InvalidInput(f"{self.where}: metadata nested more than 32 deep")
         if isinstance(value, str):
