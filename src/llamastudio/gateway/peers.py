@@ -16,7 +16,7 @@ from typing import Any, cast
 import aiohttp
 
 from llamastudio.errors import UpstreamFailed
-from llamastudio.gateway.asgi import Receive, Send, wait_disconnect
+from llamastudio.gateway.asgi import Receive, Scope, Send, wait_disconnect
 from llamastudio.gateway.metrics import Metrics
 from llamastudio.gateway.relay import HOP, STALE_RETRIES, Relay
 from llamastudio.gateway.shapes import error_json
@@ -88,7 +88,7 @@ class PeerRelay:
     async def forward(
         self,
         peer: PeerState,
-        scope: dict[str, Any] | Any,
+        scope: Scope,
         receive: Receive,
         send: Send,
         model: str,
