@@ -252,6 +252,14 @@ M = "models:\n  m:\n    cmd: srv --port ${PORT}\n"
         ("models:\n  m:\n    cmd: srv\n    metadata: " + "{a: " * 5000 + "1" + "}" * 5000, ["nested deeper"]),
         ("models: {[1]: {cmd: x}}\n", ["YAML"]),
         ("a:\n  " + "- " * 5000 + "x\n" + M, ["nested deeper"]),
+        # 9000 metadata strings of one 100 KiB macro: 900 MB if built; refused at 32 MiB in all
+        (
+            f"macros: {{big: {'x' * 100_000}}}\n"
+            + "models: {m: {cmd: srv, metadata: {l: ["
+            + ", ".join(["'${big}'"] * 9000)
+            + "]}}}\n",
+            ["more than 32 MiB in all"],
+        ),
         # an anchor bomb: 9^7 values from a few lines, refused at 10000 (never walked whole)
         (
             "a: &a [x,x,x,x,x,x,x,x,x]\n"

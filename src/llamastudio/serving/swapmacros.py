@@ -23,6 +23,7 @@ from llamastudio.errors import CommandsNotAllowed, InvalidInput
 from llamastudio.serving.fields import kind
 
 MAX_CMD = 128 << 10  # characters of one expanded string (Linux refuses longer arguments anyway)
+MAX_TOTAL = 32 << 20  # characters all the expansions of one document may produce
 RUNTIME = frozenset({"PORT", "PID"})  # left for the runtime to fill
 RESERVED = RUNTIME | {"MODEL_ID"}
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,63}")
@@ -113,9 +114,12 @@ class Scope:
         self.model_id = model_id
         self.where = where
         self._done: dict[str, str] = {}
+        self._spent = [0]  # characters produced, shared by the whole document's scopes
 
     def child(self, own: Mapping[str, Scalar], model_id: str, where: str) -> Scope:
-        return Scope({**self.macros, **own}, self.env, model_id, where)
+        scope = Scope({**self.macros, **own}, self.env, model_id, where)
+        scope._spent = self._spent
+        return scope
 
     def _value(self, name: str, stack: tuple[str, ...]) -> str | None:
         """The text ``${name}`` stands for (None: left as it is for the runtime)."""
@@ -162,8 +166,12 @@ class Scope:
             out.append(piece)
             pos = m.end()
         out.append(text[pos:])
-        if size + len(text) - pos > MAX_CMD:
+        size += len(text) - pos
+        if size > MAX_CMD:
             raise InvalidInput(f"{self.where}: longer than {MAX_CMD} characters with its macros")
+        self._spent[0] += size
+        if self._spent[0] > MAX_TOTAL:
+            raise InvalidInput(f"macros expand to more than {MAX_TOTAL >> 20} MiB in all")
         return "".join(out)
 
     def text(self, text: str) -> str:
