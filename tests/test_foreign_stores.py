@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from llamastudio.errors import InvalidInput
+from llamastudio.hub import foreign
 from tests.rig import binaries
 from tests.rig.factory import BUILDERS, Vocab
 from tests.rig.studio import Studio
@@ -212,3 +214,24 @@ def test_ollama_projector_is_the_mmproj(studio: Studio, ollama: Path) -> None:
         mmproj.parent == ollama / "blobs"
         and mmproj.stat().st_ino == (ollama.parent / "vision-src" / "mmproj-tiny-llava.gguf").stat().st_ino
     )
+
+
+def test_lmstudio_names_stay_distinct(tmp_path: Path, tiny: Path) -> None:
+    for repo in ("a-GGUF", "b-GGUF"):
+        (tmp_path / "pub" / repo).mkdir(parents=True)
+        os.link(tiny, tmp_path / "pub" / repo / "m-Q8_0.gguf")
+    names = [m.name for m in foreign.discover("lmstudio", tmp_path).models]
+    assert names == ["lmstudio/pub/m-Q8_0", "lmstudio/pub/b-GGUF/m-Q8_0"]
+
+
+def test_ollama_params_map_to_flags_or_notes() -> None:
+    notes: list[str] = []
+    args = foreign._params(
+        {"temperature": 1, "num_ctx": 8192.0, "top_k": 2.5, "stop": ["a", 3], "num_gpu": 99}, notes
+    )
+    assert args == ["--temp", "1.0", "--ctx-size", "8192", "--reverse-prompt", "a"]
+    assert any(n.startswith("top_k: ") for n in notes) and any(n.startswith("num_gpu: ") for n in notes)
+    with pytest.raises(InvalidInput, match="not a JSON object"):
+        foreign._params(["x"], [])
+    with pytest.raises(InvalidInput, match="sha256:<64 hex digits>"):
+        foreign.blob_path(Path("/nonexistent"), "sha256:" + "A" * 64)  # upper case is not a digest

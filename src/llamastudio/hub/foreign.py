@@ -235,6 +235,8 @@ def _lmstudio(root: Path) -> Found:
             continue  # a projector, or a later part of a split model
         stem = re.sub(r"-00001-of-\d{5}$", "", path.name.removesuffix(".gguf"))
         name = f"lmstudio/{rel.parts[0]}/{stem}" if len(rel.parts) > 1 else f"lmstudio/{stem}"
+        if any(m.name == name for m in found.models):  # the same file name in two repos
+            name = f"lmstudio/{rel.parent.as_posix()}/{stem}"
         if not _NAME.match(name):
             found.skipped.append((str(rel), f"{name!r} is not a valid model name"))
             continue
