@@ -84,6 +84,9 @@ def _editor(pg: Any) -> None:
 
 
 def _playground(pg: Any) -> None:
+    """The chat of the running model: its controls, not the empty card."""
+    pg.get_by_test_id("chat-model").click()
+    pg.get_by_role("option", name=MODEL, exact=True).click()
     pg.get_by_test_id("playground").scroll_into_view_if_needed()
 
 
