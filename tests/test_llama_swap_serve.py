@@ -31,7 +31,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class Echo(BaseHTTPRequestHandler):
     def do_GET(self):
-        self.answer({"status": "ok"})
+        sick = sys.argv[2:] == ["sick"] and self.path != "/alive"  # /health never ready
+        self.answer({"status": "ok"}, 503 if sick else 200)
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("content-length") or 0)).decode()
@@ -42,9 +43,9 @@ class Echo(BaseHTTPRequestHandler):
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
         })
 
-    def answer(self, obj):
+    def answer(self, obj, status=200):
         data = json.dumps(obj).encode()
-        self.send_response(200)
+        self.send_response(status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(data)))
         self.end_headers()
@@ -97,6 +98,14 @@ models:
     cmd: {sys.executable} {echo} {fixed}
     proxy: http://127.0.0.1:{fixed}/
     cmdStop: {sys.executable} {echo.parent / "stopper.py"} {echo.parent / "stopped"} ${{PID}}
+    metadata: {{llamastudio: {{reserve: {{CPU: 1000000}}}}}}
+  sick-alive:
+    cmd: {sys.executable} {echo} ${{PORT}} sick
+    checkEndpoint: /alive
+    metadata: {{llamastudio: {{reserve: {{CPU: 1000000}}}}}}
+  sick-none:
+    cmd: {sys.executable} {echo} ${{PORT}} sick
+    checkEndpoint: none
     metadata: {{llamastudio: {{reserve: {{CPU: 1000000}}}}}}
   solo:
     cmd: ${{srv}} -m {models["llama"]} ${{small}}
@@ -216,6 +225,26 @@ def test_proxy_and_cmd_stop(setup: tuple[Studio, Path, Callable[[str], str]]) ->
     with studio.api() as api:
         assert api.post("/api/models/fixed/stop").json()["state"] == "stopped"
     assert (path.parent / "stopped").read_text() == str(pid)
+
+
+def test_check_endpoint_path_and_none(setup: tuple[Studio, Path, Callable[[str], str]]) -> None:
+    """Both engines answer 503 on /health: one is ready by its checkEndpoint, the other with
+    none (ready once started; its first request may come before it listens: retried here)."""
+    studio, _, _ = setup
+    c = client(studio)
+    reply = c.chat.completions.create(model="sick-alive", messages=[{"role": "user", "content": "x"}])
+    assert json.loads(reply.choices[0].message.content or "")["model"] == "sick-alive"
+
+    def ask() -> bool:
+        try:
+            return bool(
+                c.chat.completions.create(model="sick-none", messages=[{"role": "user", "content": "x"}])
+            )
+        except openai.APIError:
+            return False
+
+    until(ask, "sick-none answers")
+    assert states(studio)["sick-none"] == "ready"
 
 
 def test_exclusive_and_persistent_groups(setup: tuple[Studio, Path, Callable[[str], str]]) -> None:

@@ -198,6 +198,10 @@ class ProcessEffects:
 
 
 def _ready_path(check_endpoint: str | None, default: str) -> str:
-    """A configuration's readiness path (llama-swap ``checkEndpoint``), else its engine kind's;
-    ``none`` is not honoured (the import says so): readiness is always asked."""
-    return check_endpoint if check_endpoint and check_endpoint.startswith("/") else default
+    """A configuration's readiness path (llama-swap ``checkEndpoint``; ``none``: ready once
+    started, no health watch), else its engine kind's."""
+    return (
+        check_endpoint
+        if check_endpoint and (check_endpoint.startswith("/") or check_endpoint == "none")
+        else default
+    )

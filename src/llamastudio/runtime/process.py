@@ -157,6 +157,9 @@ class EngineProcess:
                     self.state = State.FAILED
                     self.reason = self._fatal or f"exited with code {self.proc.returncode}: {self._tail()}"
                     return
+                if self.ready_path == "none":  # llama-swap checkEndpoint: none — started is ready
+                    self.state = State.READY
+                    return
                 with contextlib.suppress(httpx.HTTPError):
                     if (await client.get(f"{self.url}{self.ready_path}")).status_code == 200:
                         self.state = State.READY
@@ -246,6 +249,8 @@ class EngineProcess:
         answered for ``hung_after`` seconds (deadlocked, SIGSTOPped, a wedged driver) is killed, so
         its exit is seen like a crash: requests waiting for it are kept and start it again. Returns
         when the process exits or is stopped."""
+        if self.ready_path == "none":  # nothing to ask: only its exit is seen
+            return
         interval = max(0.2, hung_after / 3)
         last_ok = time.monotonic()
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}

@@ -160,9 +160,6 @@ def _model(
     cfg.strip_params, cfg.set_params = _params(f, scope)
     check = f.text("checkEndpoint")
     cfg.check_endpoint = scope.text(check) if check else None
-    if cfg.check_endpoint == "none":
-        why = "the studio always waits for the engine's readiness (its kind's health path is used)"
-        out.ignored.append({"key": f"models.{name}.checkEndpoint", "why": why})
     stop = f.text("cmdStop")
     cfg.cmd_stop = _split(scope.text(_uncomment(stop)), f, "cmdStop") if stop else None
     proxy = f.text("proxy")
