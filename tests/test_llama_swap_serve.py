@@ -24,6 +24,7 @@ from websockets.sync.client import ClientConnection, connect
 from llamastudio.runtime.process import free_port
 from tests.rig.server import wait_healthy
 from tests.rig.studio import Studio
+from tests.test_llama_swap import SERVER, example
 
 ECHO = """
 import json, sys
@@ -444,3 +445,39 @@ def test_serve_config_flag(
             assert "m" in {m["name"] for m in api.get("/api/served").json()}
     finally:
         studio.stop()
+
+
+def test_llama_swaps_own_example_imports_whole(
+    tmp_path: Path, rig_bin: Callable[[str], Path], tiny_models: dict[str, Path]
+) -> None:
+    """llama-swap's config.example.yaml, every key, with the rig's binary and a tiny model, through
+    the CLI of the studio's owner (it has commands: docker): stored whole, and what cannot apply
+    is said on stderr."""
+    server = rig_bin("llama-server")
+    text = example(str(tiny_models["llama"])).replace(SERVER, str(server))
+    text = text.replace("https://openrouter.ai/api", "http://127.0.0.1:9/api")  # never the internet
+    text = text.replace("http://192.168.1.23", "http://127.0.0.1:9")
+    env = {"API_KEY_1": "sk-env-1", "API_KEY_2": "sk-env-2", "OR_KEY": "sk-or"}
+    with Studio(tmp_path / "s", server, env=env) as studio:
+        file = tmp_path / "config.yaml"
+        file.write_text(text)
+        done = studio.cli("models", "import", str(file))
+        assert done.stdout.split() == [
+            "imported",
+            "llama",
+            "imported",
+            "qwen-unlisted",
+            "imported",
+            "docker-llama",
+        ]
+        assert "ignored startPort: the studio picks a free port" in done.stderr
+        assert "ignored models.llama.sendLoadingState" in done.stderr
+        with studio.api() as api:
+            served = {m["name"]: m for m in api.get("/api/served").json()}
+            peers = {p["name"] for p in api.get("/api/peers").json()}
+        assert served["llama"]["title"] == "llama 3.1 8B" and served["qwen-unlisted"]["unlisted"] is True
+        assert peers == {"llama-swap-peer", "openrouter"}
+        with pytest.raises(openai.AuthenticationError):
+            client(studio, "sk-wrong").models.list()
+        ids = {m.id for m in client(studio, "sk-hunter2").models.list().data}
+        assert {"llama", "docker-llama"} <= ids and "qwen-unlisted" not in ids
