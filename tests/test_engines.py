@@ -203,6 +203,7 @@ def test_release_install_digest_and_updates(registry: EngineRegistry, rig_engine
                 "latest": "b11500",
                 "update": True,
                 "error": None,
+                "note": None,
             }
         ]
         with pytest.raises(NotFound, match="has no sycl build for linux-x64"):

@@ -273,3 +273,12 @@ def test_an_update_check_that_fails_says_why(tmp_path: Path, endpoint: str) -> N
     assert "LLAMASTUDIO_GITHUB_API" in by_id["r"]["error"]
     assert by_id["s"]["latest"] is None
     assert by_id["s"]["error"].startswith(f"git ls-remote {gone}: "), by_id["s"]
+
+
+def test_an_engine_with_nothing_to_check_says_so(tmp_path: Path) -> None:
+    external = Engine(id="x", name="x", kind="external", root=str(tmp_path), binaries={}, version="b1")
+    local = Engine(id="l", name="l", kind="source", root=str(tmp_path), binaries={}, source={"kind": "dir"})
+    rows = {row["engine"]: row for row in updates(None, [external, local])}
+    assert rows["x"]["note"] == "registered from this machine: its updates are its own"
+    assert rows["l"]["note"] == "built from a local directory: no upstream to check"
+    assert all(row["error"] is None and row["latest"] is None for row in rows.values())

@@ -193,3 +193,15 @@ def test_api_docs_pages_name_only_local_assets(seeded: Studio) -> None:
             assert "http" not in page.text.replace(seeded.api_url, ""), page.text  # no other host
             script = api.get(f"/docs-assets/{asset}")
             assert script.status_code == 200 and len(script.content) > 100_000
+
+
+def test_check_for_updates_says_why_there_is_nothing_to_compare(browser: Any, seeded: Studio) -> None:
+    """Issue 12: "Check for updates" answered `→ —`; the rig's engine is registered from this
+    machine, and the row says so."""
+    expect = _playwright().expect
+    with _page(browser, 390, 844) as pg:
+        pg.goto(f"{seeded.api_url}/engines")
+        pg.get_by_role("button", name="Check for updates").click()
+        row = pg.locator("tr", has_text="registered from this machine: its updates are its own")
+        expect(row).to_be_visible()
+        expect(row).not_to_contain_text("→ —")

@@ -292,8 +292,8 @@ def _build_number(tag: str) -> int:
 def updates(gh: GitHubReleases | None, engines: list[Engine]) -> list[dict[str, Any]]:
     """Per engine: the newest release (for release engines) or branch head (for git source
     builds); ``error`` says why a check failed (GitHub or the git remote unreachable, ...), so a
-    failed check is never a silent "—". Other engines (a local build, an external binary) have
-    nothing to check: ``latest`` None, no error."""
+    failed check is never a silent "—"; ``note`` says why an engine has nothing to check (a build
+    from a local directory, a binary the studio did not install)."""
     latest: Release | None = None
     failed: str | None = None
     rows = []
@@ -305,6 +305,7 @@ def updates(gh: GitHubReleases | None, engines: list[Engine]) -> list[dict[str, 
             "latest": None,
             "update": False,
             "error": None,
+            "note": None,
         }
         if e.kind == "release":
             if gh is None:
@@ -322,8 +323,21 @@ def updates(gh: GitHubReleases | None, engines: list[Engine]) -> list[dict[str, 
             head, row["error"] = _git_head(e.source["location"], e.source.get("ref") or "HEAD")
             row["latest"] = head[:10] if head else None
             row["update"] = bool(head and e.source.get("digest") and head != e.source["digest"])
+        elif e.kind == "source":
+            what = {"dir": "a local directory", "tarball": "a tarball"}.get(
+                e.source.get("kind", ""), "a source"
+            )
+            row["note"] = f"built from {what}: no upstream to check"
+        else:
+            row["note"] = _UNCHECKED.get(e.kind, f"a {e.kind} engine: not checked")
         rows.append(row)
     return rows
+
+
+_UNCHECKED = {
+    "external": "registered from this machine: its updates are its own",
+    "venv": "a Python environment: not checked here (its package's newer versions install as another engine)",
+}
 
 
 def _git_head(location: str, ref: str) -> tuple[str | None, str | None]:
