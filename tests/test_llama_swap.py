@@ -10,9 +10,11 @@ one clear 400; the group rules are checked on the pure policy. The behaviour thr
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
+from alembic import command
 
 from llamastudio.errors import InvalidInput
 from llamastudio.gateway.filters import rewrite
@@ -326,3 +328,36 @@ def test_filters_rewrite_the_json_body_only() -> None:
     assert kept["model"] == "alias"  # `model` is never stripped nor set by the params
     for raw in (b"", b"not json", b"[1, 2]", b"--boundary\r\nmultipart"):
         assert rewrite(raw, ["a"], {"b": 1}, "m") == raw  # not a JSON object: relayed as it came
+
+
+def test_a_served_model_of_migration_0008_keeps_its_meaning(tmp_path: Path) -> None:
+    """Migration 0009 gives an existing row llama-swap's fields with the meaning it had: a group
+    is swap-only (members never run together, nothing else stopped), listed, no filters."""
+    from sqlalchemy import text
+
+    from llamastudio.serving.configs import ModelConfig
+    from llamastudio.store import Database
+    from llamastudio.store.db import alembic_config, make_engine
+    from llamastudio.store.models import ServedModelRow
+
+    path = tmp_path / "old.db"
+    engine = make_engine(path)
+    command.upgrade(alembic_config(engine), "0008")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                'INSERT INTO served_models (name, model, args, auto, aliases, pinned, "group", '
+                "max_concurrency, max_queue, env, preload, updated_at) VALUES ('m', '/m.gguf', '[]', 0, "
+                "'[]', 0, 'g', 0, 64, '{}', 0, '2026-11-23 10:00:00')"
+            )
+        )
+    engine.dispose()
+    db = Database(path)  # migrates to the head
+    try:
+        with db.session() as s:
+            cfg = ModelConfig.from_row(s.get(ServedModelRow, "m"))
+        assert cfg.group == "g" and cfg.group_swap and not cfg.group_exclusive and not cfg.group_persistent
+        assert not cfg.unlisted and cfg.metadata == {} and cfg.strip_params == [] and cfg.set_params == {}
+        assert cfg.proxy is None and cfg.cmd_stop is None and cfg.source is None and cfg.extra == {}
+    finally:
+        db.close()
