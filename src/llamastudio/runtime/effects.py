@@ -189,7 +189,8 @@ class ProcessEffects:
     async def _watch(self, model: str, proc: EngineProcess) -> None:
         assert proc.proc is not None
         await proc.proc.wait()
-        if proc.state == State.READY:  # not stopped by us: it died while serving
+        # not stopped by us: it died while serving (FAILED already when a relay saw it first)
+        if proc.state in (State.READY, State.FAILED):
             proc.check_alive()
             log.warning("%s: %s", model, proc.reason)
             self.bus.publish({"type": "model", "model": model, "state": "failed", "reason": proc.reason})
