@@ -377,13 +377,13 @@ async def test_unknown_flags_are_refused_at_save_and_preview_with_a_suggestion(
     assert (await client.get("/api/models/x/config")).status_code == 404
     # flags the estimator does not model are fine when the engine lists them; flags it models are
     # rewritten or left out by the command builder (-ctk is not in this engine's --help)
-    ok = {"model": str(model_file), "args": ["--jinja", "--temp", "0.5", "--seed=-1", "-ctk", "q8_0"]}
+    ok = {"model": str(model_file), "args": ["--jinja", "--temp", "0.5", "--seed", "-1", "-ctk", "q8_0"]}
     r = await client.put("/api/models/x/config", json=ok)
     assert r.status_code == 200, r.text
     view = r.json()
     argv = view["prepared"]["argv"]
     assert view["error"] is None and view["prepared"]["dropped"] == ["-ctk q8_0"]
-    assert {"--jinja", "--temp", "0.5", "--seed=-1"} <= set(argv) and "-ctk" not in argv
+    assert {"--jinja", "--temp", "0.5", "--seed", "-1"} <= set(argv) and "-ctk" not in argv
     text = _swap(str(model_file)).replace("${PORT}", "${PORT} --no-such-flag")
     err = _error(await client.post("/api/served/import", json={"format": "llama-swap", "text": text}), 400)
     assert err["details"]["model"] == "x" and "--no-such-flag" in err["message"]

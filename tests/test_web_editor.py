@@ -72,6 +72,10 @@ def test_unknown_flag_is_red_in_the_engines_words_and_refused_by_ui_and_api(
     expect(save).to_be_disabled()
     line.fill("-fa maybe")  # a value outside the set
     expect(pg.get_by_test_id("flag-problem--fa")).to_contain_text("unknown value for --flash-attn: 'maybe'")
+    line.fill(
+        "-c 512 --top-k=20"
+    )  # llama-server reads no --flag=VALUE (the studio re-spells only what it models)
+    expect(pg.get_by_test_id("flag-problem---top-k")).to_contain_text("error: invalid argument: --top-k=20")
     # a number the editor does not know to check: the studio's preview refuses it, with the flag
     line.fill("-c 512 --ctx-checkpoints many")
     refused = pg.get_by_test_id("flag-problem---ctx-checkpoints")
@@ -99,6 +103,7 @@ def test_unknown_flag_is_red_in_the_engines_words_and_refused_by_ui_and_api(
             (["--top-k", "x"], "--top-k", 'error while handling argument "--top-k": stoi'),
             (["--temp", "warm"], "--temp", 'error while handling argument "--temp": stof'),
             (["-sm", "sideways"], "-sm", None),
+            (["--seed=-1"], "--seed", "error: invalid argument: --seed=-1"),
         ):
             for r in (
                 api.patch(f"/api/models/{name}/config", json={"args": args}),

@@ -8,6 +8,8 @@ What the engine checks at start and this module checks first:
   value for argument``;
 - a number it reads with ``std::stoi`` / ``std::stof`` that is not one — ``error while handling
   argument "--top-k": stoi``;
+- ``--flag=value`` for a flag passed through as given (llama-server reads only ``--flag value``;
+  the flags the studio models are re-spelled) — ``error: invalid argument: --top-k=20``;
 - a value outside a fixed set (``-fa``, ``-ctk``, ``-sm`` …: ``fit/argv.py``), refused with the
   studio's message (the engine's wording differs per flag), the flag in ``details.flag``.
 
@@ -72,13 +74,13 @@ def check_values(args: list[str]) -> None:
     i = 0
     while i < len(args):
         token = args[i]
-        flag, eq, inline = token.partition("=") if token.startswith("--") else (token, "", "")
+        flag, eq, _ = token.partition("=") if token.startswith("--") else (token, "", "")
         n = NARGS.get(flag, 0)
-        if n == 0:
+        if n == 0 or eq:  # --flag=value: a modelled flag's is read by parse_server_args, any other's refused
             i += 1
             continue
-        values = [inline] if eq else args[i + 1 : i + 1 + n]
-        if len(values) < n and not eq:
+        values = args[i + 1 : i + 1 + n]
+        if len(values) < n:
             want = "a value" if n == 1 else f"{n} values"
             raise _refuse(flag, f"missing value (it takes {want})", "expected value for argument")
         value = values[0]
@@ -86,7 +88,7 @@ def check_values(args: list[str]) -> None:
             raise _refuse(flag, f"expected a whole number, got {value!r}", "stoi")
         if flag in _FLOATS and not _FLOAT.match(value.strip()):
             raise _refuse(flag, f"expected a number, got {value!r}", "stof")
-        i += 1 if eq else 1 + n
+        i += 1 + n
 
 
 def check_server_args(args: list[str]) -> ServerFlags:
@@ -94,9 +96,28 @@ def check_server_args(args: list[str]) -> ServerFlags:
     a refusal names its flag in ``details.flag``."""
     check_values(args)
     try:
-        return parse_server_args(args)
+        flags = parse_server_args(args)
     except InvalidInput as exc:
         m = _PREFIXED.match(exc.message)
         if m is None or "flag" in exc.details:
             raise
         raise InvalidInput(exc.message, **exc.details, flag=m.group(1)) from exc
+    check_no_inline(flags.extra)
+    return flags
+
+
+def check_no_inline(extra: list[str]) -> None:
+    """Refuse ``--flag=value`` among the flags passed to llama-server as given: b11434 reads no
+    such form (``error: invalid argument: --top-k=20``). The flags the studio models are read in
+    either form and re-spelled, so only the pass-through ones (``extra``) are checked."""
+    i = 0
+    while i < len(extra):
+        token = extra[i]
+        flag, eq, value = token.partition("=") if token.startswith("--") else (token, "", "")
+        if eq and flag in NARGS:
+            raise InvalidInput(
+                f"{flag}: llama-server reads no {flag}=VALUE: write {flag} {value}",
+                flag=flag,
+                engine_says=f"error: invalid argument: {token}",
+            )
+        i += 1 + (0 if eq else NARGS.get(flag, 0))

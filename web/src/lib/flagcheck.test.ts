@@ -6,7 +6,7 @@ const CAPS = ['-c', '--ctx-size', '-np', '--parallel', '--jinja', '-fa', '--flas
 describe('checkFlags', () => {
   it('passes a line the engine reads', () => {
     expect(checkFlags(['-c', '512', '-np', '-1', '--jinja', '--temp', '0.7', '-fa', 'on', '--alias', '-weird-name'], CAPS)).toEqual([])
-    expect(checkFlags(['--ctx-size=1024', '--top-k=20'], CAPS)).toEqual([])
+    expect(checkFlags(['--ctx-size=1024', '--flash-attn=on'], CAPS)).toEqual([]) // modelled: re-spelled
     expect(checkFlags(['--no-mmap', '-ngl', 'all'], CAPS)).toEqual([]) // the studio re-spells --no-mmap as -lm none
   })
   it('refuses a flag the engine lacks, in the engine’s own words', () => {
@@ -15,6 +15,11 @@ describe('checkFlags', () => {
     ])
     expect(checkFlags(['--bogus=3'], CAPS)[0].flag).toBe('--bogus')
     expect(checkFlags(['--bogus-flag'], null)).toEqual([]) // no capabilities known: nothing to check against
+  })
+  it('refuses --flag=value where the engine gets it as given (llama-server reads no such form)', () => {
+    expect(checkFlags(['--top-k=20'], CAPS)).toEqual([
+      { flag: '--top-k', text: 'llama-server reads no --top-k=VALUE: write --top-k 20', engineSays: 'error: invalid argument: --top-k=20' },
+    ])
   })
   it('refuses a missing value, a bad number and a value outside the set', () => {
     expect(checkFlags(['-c'], CAPS)[0].engineSays).toBe('error while handling argument "-c": expected value for argument')

@@ -1,7 +1,8 @@
 /**
  * The config editor's check of a flag line as the engine would read it, as the user types: a flag
  * the engine's `--help` does not list (`capabilities` in `/api/engines`), a flag missing its value,
- * a number that is not one, a value outside a fixed set. Each problem carries the line llama-server
+ * a number that is not one, a value outside a fixed set, `--flag=value` (llama-server reads only
+ * `--flag value`; the flags the studio models it re-spells). Each problem carries the line llama-server
  * itself prints when it stops at start (common/arg.cpp). The studio checks the same on preview and
  * save (`serving/validate.py`, `engines/command.py`): this is the instant half, that is the truth.
  */
@@ -83,7 +84,12 @@ export function checkFlags(argv: string[], capabilities: string[] | null | undef
     const eq = token.startsWith('--') ? token.indexOf('=') : -1
     const flag = eq > 0 ? token.slice(0, eq) : token
     if (caps && !caps.has(flag) && !REWRITTEN.has(flag)) {
-      out.push({ flag, text: `${flag} is not a flag of this engine (not in its --help)`, engineSays: says.unknown(flag) })
+      out.push({ flag, text: `${flag} is not a flag of this engine (not in its --help)`, engineSays: says.unknown(token) })
+      continue
+    }
+    if (eq > 0 && !REWRITTEN.has(flag)) {
+      // llama-server reads only "--flag value"; the flags the studio models are re-spelled
+      out.push({ flag, text: `llama-server reads no ${flag}=VALUE: write ${flag} ${token.slice(eq + 1)}`, engineSays: says.unknown(token) })
       continue
     }
     const takes = TAKES_VALUE.has(flag) || INTS.has(flag) || FLOATS.has(flag) || flag in CHOICES
