@@ -9,6 +9,7 @@ Real parts: ``llamastudio serve`` with the local Hub-compatible server (two quan
 from __future__ import annotations
 
 import configparser
+import os
 import re
 import time
 from pathlib import Path
@@ -161,3 +162,31 @@ def test_import_a_llama_swap_yaml_and_export_files_that_parse(
     ini = configparser.ConfigParser(interpolation=None)
     ini.read_string("[top]\n" + Path(got.value.path()).read_text())  # global keys (version = 1) come first
     assert "swapped" in ini.sections(), ini.sections()
+
+
+def test_lm_studio_models_are_added_in_place_from_the_library(
+    page: Any, studio: Studio, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """M-peers' route (``/api/library/foreign``) in the Library's add dialog: look, then add all."""
+    pg = page
+    root = tmp_path / "lmstudio" / "models"
+    (root / "tiny-pub" / "tiny-repo-GGUF").mkdir(parents=True)
+    gguf = root / "tiny-pub" / "tiny-repo-GGUF" / "tiny-lm.gguf"
+    os.link(tiny_models["llama"], gguf)
+    pg.goto(f"{studio.api_url}/library")
+    pg.get_by_test_id("add-foreign").click()
+    dialog = pg.get_by_test_id("foreign-dialog")
+    dialog.locator(".p-select").click()
+    pg.get_by_role("option", name="LM Studio").click()
+    dialog.get_by_label("Store directory").fill(str(root))
+    pg.get_by_test_id("foreign-preview").click()
+    expect(pg.get_by_test_id("foreign-models")).to_contain_text("lmstudio/tiny-pub/tiny-lm")
+    with studio.api() as api:  # a look stores nothing
+        assert "lmstudio/tiny-pub/tiny-lm" not in {m["name"] for m in api.get("/api/served").json()}
+    pg.get_by_test_id("foreign-add").click()
+    expect(dialog).to_contain_text("Added 1 in place")
+    pg.locator(".p-dialog-close-button").click()
+    expect(pg.get_by_test_id("row-lmstudio/tiny-pub/tiny-lm")).to_be_visible()
+    with studio.api() as api:
+        cfg = api.get("/api/models/lmstudio/tiny-pub/tiny-lm/config").json()["config"]
+    assert cfg["model"] == str(gguf)  # in place: the store's own file
