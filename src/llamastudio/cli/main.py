@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from llamastudio import __version__
 from llamastudio.cli import engines_cmd, fit_cmds, hub_cmd, inspect_cmd, peers_cmd, serve_cmd, serving_cmd
+from llamastudio.cli import worker_cmd
 from llamastudio.config import Settings
 from llamastudio.errors import InvalidInput, StudioError
 
@@ -73,6 +74,7 @@ hub_cmd.register_library(app)
 serving_cmd.register(app)
 app.add_typer(engines_cmd.app, name="engines")
 app.add_typer(peers_cmd.app, name="peers")
+worker_cmd.register(app)  # llamastudio worker; llamastudio workers add|ls|rm
 
 
 def main(argv: list[str] | None = None) -> None:
