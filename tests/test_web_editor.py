@@ -201,12 +201,14 @@ def test_the_preview_is_stale_until_the_answer_for_the_last_change(
     pg.wait_for_timeout(600)
     assert held, "the preview for -c 1024 was asked"
     expect(stale).to_be_visible()  # its answer has not come: still stale
+    expect(pg.get_by_test_id("estimate-CPU")).not_to_contain_text("✓")  # no check mark for an old answer
     box.scroll_into_view_if_needed()
     pg.screenshot(path=str(SHOTS / "editor-stale.png"))  # the dialog scrolled to it
     line.fill("-c 2048 -np 1")
     expect(preview).to_contain_text("-c 2048")
     expect(stale).to_have_count(0)
     expect(box).to_have_attribute("data-stale", "false")
+    expect(pg.get_by_test_id("estimate-CPU")).to_contain_text("CPU ✓")
     with pg.expect_response(lambda r: r.url.endswith("/preview")):
         held[0].continue_()  # the older answer lands last ...
     pg.wait_for_timeout(300)

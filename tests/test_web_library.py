@@ -133,6 +133,7 @@ def test_import_a_llama_swap_yaml_and_export_files_that_parse(
     ignored = pg.get_by_test_id("import-ignored")
     expect(ignored).to_contain_text("startPort")
     expect(ignored).to_contain_text("the studio picks a free port")
+    pg.wait_for_timeout(400)  # the messages' entrance animation
     shot(pg, "library-import")
     pg.locator(".p-dialog-close-button").click()
     expect(pg.get_by_test_id("row-swapped")).to_contain_text("swap-alias")
