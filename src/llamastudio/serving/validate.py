@@ -20,6 +20,7 @@ A flag the engine does not list at all is refused per engine by ``engines/comman
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from llamastudio.errors import InvalidInput
 from llamastudio.fit.argv import parse_server_args
@@ -106,7 +107,7 @@ def check_server_args(args: list[str]) -> ServerFlags:
     return flags
 
 
-def check_no_inline(extra: list[str]) -> None:
+def check_no_inline(extra: Sequence[str]) -> None:
     """Refuse ``--flag=value`` among the flags passed to llama-server as given: b11434 reads no
     such form (``error: invalid argument: --top-k=20``). The flags the studio models are read in
     either form and re-spelled, so only the pass-through ones (``extra``) are checked."""
