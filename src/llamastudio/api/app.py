@@ -25,6 +25,7 @@ from llamastudio.api.routes import (
     serving,
     status,
     ui,
+    workers,
 )
 from llamastudio.api.routes import jobs as jobs_routes
 from llamastudio.config import Settings
@@ -101,7 +102,7 @@ def create_app(settings: Settings) -> FastAPI:
     seed_api = (seed, seed_versions)  # after the studio's: its DELETE /api/models/{id} would match theirs
     for module in (*routers, *seed_api):
         app.include_router(module.router, dependencies=[Depends(require_api_key)])
-    for extra in (peers, foreign):  # remote servers' models; Ollama's and LM Studio's in place
+    for extra in (peers, foreign, workers):  # remote servers' models; Ollama's and LM Studio's in place
         app.include_router(extra.router, dependencies=[Depends(require_api_key)])
     app.include_router(live.ws_router)  # its key and Origin are checked by the guard
     app.mount("/gateway", ui_gateway)

@@ -57,6 +57,7 @@ from llamastudio.serving import stored, swapstate
 from llamastudio.serving.configs import ModelConfig, validate
 from llamastudio.serving.launch import Prepared
 from llamastudio.store.db import ping
+from llamastudio.workers.registry import WorkerService
 
 Permit = Callable[[ModelConfig], None]  # raises for a configuration the caller may not store
 NULLABLE = frozenset(
@@ -81,6 +82,7 @@ class StudioService:
         self.list_aliases = False  # a llama-swap import's includeAliasesInList
         self.watch: ConfigWatch | None = None  # LLAMASTUDIO_CONFIG_FILE, kept in sync
         self.peers = PeerService(runtime.db)  # other servers' models: the gateway routes to them
+        self.workers = WorkerService(runtime.db)  # RPC workers (llamastudio worker): --rpc auto|always
 
     async def start(self) -> None:
         """Start the runtime (cleans up orphans, measures budgets, syncs, preloads)."""

@@ -32,6 +32,7 @@ from llamastudio.hub.library import Library, LocalModel, check_gguf
 from llamastudio.hub.quants import mmproj_preference
 from llamastudio.serving.configs import ModelConfig, ModelConfigs
 from llamastudio.serving.interop import export_llama_swap, export_preset, import_llama_swap, import_preset
+from llamastudio.workers.plan import check_offered, local_reserve, rpc_for
 
 Stamp = tuple[int, int]  # a file's size and mtime (ns)
 
@@ -138,6 +139,7 @@ class Launcher:
         kind = kind_named(engine.family)
         if fmt not in kind.formats:
             raise InvalidInput(_wrong_format(cfg, fmt, engine))
+        rpc = None
         if fmt == "safetensors":
             ck = read_checkpoint_cached(str(path), *_stamp(path))
             request = ModelRequest(
@@ -147,21 +149,28 @@ class Launcher:
         else:
             header = read_header(str(path), *_stamp(path))
             mmproj, draft = self._companions(cfg, path, library)
+            rpc = rpc_for(cfg.name, cfg.args, engine, hw, self.configs.db, header)  # --rpc auto|always
+            args, hw = (rpc.args, rpc.hardware) if rpc else (cfg.args, hw)
             request = ModelRequest(
-                cfg.name, cfg.args, cfg.auto, cfg.reserve, None, path, header, mmproj=mmproj, draft=draft
+                cfg.name, args, cfg.auto, cfg.reserve, None, path, header, mmproj=mmproj, draft=draft
             )
             size = header.file_size
         done = kind.plan(request, engine, hw)
+        if rpc is not None:  # the workers' devices: checked against what they offer, not reserved here
+            check_offered(cfg.name, done.estimate, rpc.offered)
+            done.reserve = local_reserve(done.reserve, rpc)
+            done.reasons, done.warnings = [*rpc.reasons, *done.reasons], [*rpc.warnings, *done.warnings]
         memory = None
         if fmt == "gguf" and done.estimate is not None:  # the reservation is the (perturbable) estimate's
             used = [m for m in (request.mmproj, request.draft) if m is not None and m.location in done.argv]
             build = engine_build(engine.id, engine.server)
             manual = bool(cfg.reserve)
             memory = plan_memory(header, used, build, done.argv, done.estimate, done.reserve, manual)
+        reserve = memory.estimated_reserve if memory else done.reserve
         return Prepared(
             cfg,
             done.argv,
-            memory.estimated_reserve if memory else done.reserve,
+            local_reserve(reserve, rpc) if rpc else reserve,
             kind=kind.name,
             threads=done.threads,
             engine=engine,
