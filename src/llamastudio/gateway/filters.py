@@ -18,7 +18,7 @@ def rewrite(body: bytes, strip: list[str], set_params: Mapping[str, Any], model:
         return body
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past Python's limit: the engine refuses it
         return body
     if not isinstance(data, dict):
         return body

@@ -13,12 +13,11 @@ import asyncio
 import json
 from typing import Any, cast
 
-import aiohttp
-
 from llamastudio.errors import UpstreamFailed
 from llamastudio.gateway.asgi import Receive, Scope, Send, wait_disconnect
+from llamastudio.gateway.filters import rewrite
 from llamastudio.gateway.metrics import Metrics
-from llamastudio.gateway.relay import HOP, STALE_RETRIES, Relay
+from llamastudio.gateway.relay import HOP, Relay
 from llamastudio.gateway.shapes import error_json
 from llamastudio.runtime.process import EngineProcess
 from llamastudio.services.peers import VIA, PeerService, PeerState
@@ -38,49 +37,23 @@ class _Target:
         return False
 
 
-class _NoRedirects(Relay):
-    async def _open(
-        self, method: str, url: str, body: bytes, headers: list[tuple[str, str]]
-    ) -> aiohttp.ClientResponse:
-        """As ``Relay._open`` (a pooled connection the peer is closing is retried), but a
-        redirect is answered, never followed (another host: SSRF)."""
-        for attempt in range(STALE_RETRIES + 1):
-            try:
-                return await self.session().request(
-                    method, url, data=body, headers=headers, allow_redirects=False
-                )
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-                if attempt == STALE_RETRIES or isinstance(exc, aiohttp.ClientConnectorError):
-                    raise
-        raise AssertionError("unreachable")
-
-
 def via_of(headers: list[tuple[bytes, bytes]]) -> str:
     """The VIA header of a request ('' when it did not come from a peer)."""
     return next((v.decode("latin-1") for k, v in headers if k == _VIA), "")
 
 
 def filtered(body: bytes, peer: PeerState) -> bytes:
-    """The JSON body with the peer's ``strip_params`` removed and ``set_params`` set."""
+    """The JSON body with the peer's ``strip_params`` removed and ``set_params`` set (``filters.py``)."""
     spec = peer.spec
-    if not (spec.strip_params or spec.set_params) or not body:
+    if not (spec.strip_params or spec.set_params):
         return body
-    try:
-        data: Any = json.loads(body)
-    except (ValueError, RecursionError):
-        return body  # not JSON: relayed as it is (the peer answers)
-    if not isinstance(data, dict):
-        return body
-    for key in spec.strip_params:
-        data.pop(key, None)
-    data.update(spec.set_params)
-    return json.dumps(data).encode()
+    return rewrite(body, spec.strip_params, spec.set_params, None)
 
 
 class PeerRelay:
     def __init__(self, peers: PeerService, metrics: Metrics) -> None:
         self.peers = peers
-        self.relay = _NoRedirects(metrics, peers.suspect)
+        self.relay = Relay(metrics, peers.suspect)  # never follows a redirect (another host: SSRF)
 
     async def close(self) -> None:
         await self.relay.close()

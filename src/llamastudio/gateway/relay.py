@@ -299,7 +299,10 @@ class Relay:
         retried here."""
         for attempt in range(STALE_RETRIES + 1):
             try:
-                return await self.session().request(method, url, data=body, headers=headers)
+                # a redirect is relayed, never followed (it could name any host: SSRF)
+                return await self.session().request(
+                    method, url, data=body, headers=headers, allow_redirects=False
+                )
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                 if attempt == STALE_RETRIES or isinstance(exc, aiohttp.ClientConnectorError):
                     raise
