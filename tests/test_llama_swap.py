@@ -361,3 +361,14 @@ def test_a_served_model_of_migration_0008_keeps_its_meaning(tmp_path: Path) -> N
         assert cfg.proxy is None and cfg.cmd_stop is None and cfg.source is None and cfg.extra == {}
     finally:
         db.close()
+
+
+def test_filters_leave_a_body_that_is_not_a_json_object_unchanged() -> None:
+    """stripParams/setParams on a body the gateway cannot read as an object (nested past Python's
+    recursion limit, not JSON, a list): relayed as sent, for the engine to refuse — never a 500."""
+    for body in (b"[" * 100_000, b"not json", b"[1, 2]", b""):
+        assert rewrite(body, ["temperature"], {"top_k": 1}, "alias") == body
+    out = json.loads(
+        rewrite(b'{"model": "m", "temperature": 1, "x": 2}', ["temperature", "model"], {"top_k": 1}, None)
+    )
+    assert out == {"model": "m", "x": 2, "top_k": 1}
