@@ -112,6 +112,9 @@ def test_the_gateway_model_entry_has_openais_shape_plus_aliases_and_status() -> 
         # not prepared yet: a chat model as far as anyone knows, its template not known
         "capabilities": ["chat", "completion"],
         "chat_template": None,
+        "name": None,  # llama-swap's name / description / metadata: null when unset
+        "description": None,
+        "meta": None,
     }
 
 
