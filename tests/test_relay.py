@@ -91,3 +91,24 @@ def test_a_malformed_answer_is_a_502_in_the_one_error_shape(studio: Studio) -> N
     error = r.json()["error"]
     assert error["source"] == "upstream" and "faulty" in error["message"], error
     assert post(studio, max_tokens=2).content == stream_bytes(2)  # and the model still answers
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/completions%0D%0AX-Smuggled:%201",  # CR LF in the decoded path: a header of the caller's
+        "/v1/completions%20HTTP/1.1%0D%0A%0D%0AGET%20/slots",  # a second request on the connection
+        "/v1/completions/%E2%82%AC",  # not latin-1 once decoded
+    ],
+)
+def test_a_percent_encoded_path_cannot_split_the_request_to_the_engine(studio: Studio, path: str) -> None:
+    """uvicorn decodes ``%0D%0A`` in the path; the relay writes the request line itself, so the
+    path goes upstream percent-encoded again: one request line, no header of the client's making."""
+    r = httpx.post(f"{studio.gateway_url}{path}", json={"model": "faulty", "fault": "echo"}, timeout=60)
+    assert r.status_code == 200, r.text
+    lines = r.json()["head"].split("\r\n")
+    method, target, version = lines[0].split(" ")
+    assert (method, version) == ("POST", "HTTP/1.1"), lines[0]
+    assert target == path, lines[0]
+    assert not any(line.lower().startswith(("x-smuggled", "get ")) for line in lines), lines
+    assert post(studio, max_tokens=2).content == stream_bytes(2)  # the pooled connection is sound

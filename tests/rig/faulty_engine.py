@@ -6,7 +6,8 @@ test the gateway's relay where llama-server cannot be made to: run as a command 
 then ``[DONE]``; ``"event_bytes"`` pads each event to that size; ``"gap"`` seconds between events.
 Faults (``"fault"``): ``"drop-second"`` — the second request on a kept-alive connection is read
 and the connection closed without an answer (the race of a keep-alive connection being closed);
-``"malformed"`` — a status line that is not HTTP. ``GET /health`` answers ok. The events are
+``"malformed"`` — a status line that is not HTTP; ``"echo"`` — a JSON answer ``{"head": …}``, the
+request's head as received (what the gateway wrote upstream). ``GET /health`` answers ok. The events are
 deterministic (``event(i, size)``), so a test can rebuild the exact bytes.
 """
 
@@ -52,6 +53,14 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             if fault == "drop-second" and served == 2:
                 writer.close()
                 return
+            if fault == "echo":
+                raw = json.dumps({"head": head.decode("latin-1")}).encode()
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%b"
+                    % (len(raw), raw)
+                )
+                await writer.drain()
+                continue
             if fault == "malformed":
                 writer.write(b"NOT-HTTP garbage\r\n\r\n")
                 await writer.drain()

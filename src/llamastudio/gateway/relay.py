@@ -14,6 +14,7 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -46,6 +47,7 @@ EXIT_WAIT = 1.0
 STALE_RETRIES = 3  # sends again of a request that met a keep-alive connection being closed
 GONE = -1  # status when the engine died before answering (the request may be retried)
 CLIENT_GONE = 499
+_PATH_SAFE = "/:@!$&'()*+,;=~"  # RFC 3986 pchar (with unreserved): kept as they are in a path
 
 
 class Relay:
@@ -95,7 +97,9 @@ class Relay:
         ``retry`` and the engine died before answering. ``cycle``: uvicorn's response cycle of
         the client's request (``http_protocol.py``): with it, a local engine's answer takes the
         fast path (``upstream.py``, ``_fast``)."""
-        target = path + ("?" + query.decode("latin-1") if query else "")
+        # uvicorn decoded the path (%0D%0A is CR LF, %20 a space): encoded again, or a caller's path
+        # would write its own header lines — or a second request, with the engine's key — upstream
+        target = quote(path, safe=_PATH_SAFE) + ("?" + query.decode("latin-1") if query else "")
         if proc.api_key:
             headers = [*headers, ("Authorization", f"Bearer {proc.api_key}")]
         sent: dict[str, int] = {}  # the response's status, and 1 once its last part is handed over
