@@ -138,3 +138,19 @@ def test_props_naming_no_model_are_the_routers(router: httpx.Client, studio: htt
     # naming a model still reaches that model's engine (it is started for it, as the router does)
     one = studio.get("/props", params={"model": "tiny"})
     assert one.status_code == 200 and one.json()["model_alias"] == "tiny"
+
+
+@pytest.mark.parametrize("path", ["/models/load", "/models/unload"])
+def test_a_web_page_cannot_load_or_unload_without_a_preflight(studio: httpx.Client, path: str) -> None:
+    """A page on another site can POST ``text/plain`` (or a form) with no preflight: as every body
+    the gateway takes, load/unload bodies must be JSON (415), or any page could load models (and
+    evict others) or stop them."""
+    for ctype in ("text/plain", "application/x-www-form-urlencoded", None):
+        headers = {"content-type": ctype} if ctype else {}
+        r = studio.post(path, content=b'{"model": "tiny-2"}', headers=headers)
+        assert r.status_code == 415, (ctype, r.text)
+        assert r.json()["error"]["message"].startswith("the request body must be JSON"), r.text
+    assert (
+        next(m for m in studio.get("/models").json()["data"] if m["id"] == "tiny-2")["status"]["value"]
+        == "unloaded"
+    )

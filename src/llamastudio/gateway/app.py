@@ -116,6 +116,7 @@ class Gateway:
             elif path in ("/v1/models", "/models") and method == "GET":  # as llama-server's router
                 await send_json(send, 200, await self._models(via))
             elif path in ("/models/load", "/models/unload") and method == "POST":
+                media_type(scope["headers"], path, True)  # JSON only: a page's text/plain is a CSRF
                 body = await read_body(receive, self.max_body)
                 act = self.router.load if path == "/models/load" else self.router.unload
                 await send_json(send, 200, await act(body))
