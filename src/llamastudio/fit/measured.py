@@ -176,10 +176,14 @@ class MemoryPlan:
     measured: Measurement | None = None
 
     def reserve(self) -> dict[str, int]:
+        """Bytes per device of this host (an RPC worker's devices, ``RPC0`` or ``RPC0[host:port]``
+        in the log, hold memory on the worker, not in this host's budgets)."""
         m = self.measured
         if self.manual or m is None or not m.comparable:
-            return dict(self.estimated_reserve)
-        return m.reserve(self.estimated_reserve)
+            out = dict(self.estimated_reserve)
+        else:
+            out = m.reserve(self.estimated_reserve)
+        return {dev: n for dev, n in out.items() if not dev.startswith("RPC")}
 
     @property
     def source(self) -> str:

@@ -15,11 +15,12 @@ change between llama.cpp builds, so a worker on another build is refused.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from llamastudio.engines.registry import Engine
-from llamastudio.errors import DoesNotFit, InvalidInput
+from llamastudio.errors import DoesNotFit, InvalidInput, StartFailed
 from llamastudio.fit.argv import parse_server_args
 from llamastudio.fit.estimator import estimate
 from llamastudio.fit.usage import Estimate
@@ -75,6 +76,18 @@ def _alive(w: StoredWorker) -> bool:
     return bool((w.status.get("rpc") or {}).get("alive")) and bool(w.status.get("devices"))
 
 
+def unreachable(workers: list[StoredWorker], timeout: float = 1.0) -> list[str]:
+    """The workers whose rpc-server does not accept a connection now, each with why (blocking).
+    A dead worker would otherwise make llama-server abort in its RPC handshake."""
+    out = []
+    for w in workers:
+        try:
+            socket.create_connection((w.host, w.port), timeout=timeout).close()
+        except OSError as exc:
+            out.append(f"{w.endpoint} ({exc.strerror or type(exc).__name__})")
+    return out
+
+
 def plan_rpc(
     name: str,
     args: list[str],
@@ -101,6 +114,13 @@ def plan_rpc(
         here.warnings.append(f"{name} does not fit this host alone and no RPC worker is available")
         return here
     check_builds(usable, engine, name)
+    dead = unreachable(usable)
+    if dead:
+        raise StartFailed(
+            f"{name}: RPC worker {', '.join(dead)} does not answer: start `llamastudio worker` there "
+            "again, or remove it (`llamastudio workers rm`)",
+            workers=dead,
+        )
     gpus: list[Gpu] = []
     offered: dict[str, int] = {}
     weights: list[float] = []

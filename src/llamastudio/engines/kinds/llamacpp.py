@@ -29,7 +29,10 @@ class LlamaCppKind(EngineKind):
     name = "llama.cpp"
     fatal = re.compile(
         f"({COMMON_FATAL}|failed to load model|error loading model|GGML_ASSERT|"
-        r"exiting due to model loading error|unable to load model)",
+        r"exiting due to model loading error|unable to load model|"
+        # an RPC worker (--rpc) gone or on another build: ggml-rpc.cpp aborts with these
+        r"Failed to connect to \S+|RPC handshake failed|Remote RPC server crashed|"
+        r"RPC server version mismatch)",
         re.IGNORECASE,
     )
 
