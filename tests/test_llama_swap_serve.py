@@ -391,9 +391,13 @@ def test_peers_go_to_the_registry_and_the_export_round_trips(
 ) -> None:
     studio, _, _ = setup
     with studio.api() as api:
-        exported = api.get("/api/served/export", params={"format": "llama-swap"}).text
-        doc = yaml.safe_load(exported)
+        # the keys (sk-env is the owner's ${env.X}) are not for an API caller without the command
+        # permission: apiKeys left out (an import without it keeps them); the owner's CLI has them
+        shown = yaml.safe_load(api.get("/api/served/export", params={"format": "llama-swap"}).text)
+        assert "apiKeys" not in shown and "sk-env" not in json.dumps(shown) and shown["logLevel"] == "debug"
+        doc = yaml.safe_load(studio.cli("models", "export").stdout)
         assert doc["apiKeys"] == ["sk-file", "sk-env"] and doc["logLevel"] == "debug"
+        assert {k: v for k, v in doc.items() if k != "apiKeys"} == shown
         assert doc["groups"]["forever"]["persistent"] is True
         assert doc["models"]["fixed"]["proxy"].startswith("http://127.0.0.1:")
         assert doc["models"]["echo"]["useModelName"] == "upstream-name"
@@ -407,8 +411,11 @@ def test_peers_go_to_the_registry_and_the_export_round_trips(
         assert "imported echo" in done.stdout and "ignored logLevel: " in done.stderr, done
         peers = {p["name"]: p for p in api.get("/api/peers").json()}
         assert peers["far"]["imported"] is True and peers["far"]["has_key"] is True
-        again = yaml.safe_load(api.get("/api/served/export", params={"format": "llama-swap"}).text)
+        again = yaml.safe_load(studio.cli("models", "export").stdout)
         assert again == doc  # storage and export lose nothing
+        shown = yaml.safe_load(api.get("/api/served/export", params={"format": "llama-swap"}).text)
+        assert shown["peers"]["far"]["apiKey"] == "${env.LLAMASTUDIO_REDACTED_KEY}", shown["peers"]
+        assert "sk-peer" not in json.dumps(shown)
 
 
 def test_preload_and_keys_after_a_restart(setup: tuple[Studio, Path, Callable[[str], str]]) -> None:

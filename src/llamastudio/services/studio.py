@@ -302,11 +302,11 @@ class StudioService:
         await self.refresh()
         return done
 
-    async def export_configs(self, fmt: str) -> str:
+    async def export_configs(self, fmt: str, secrets: bool = True) -> str:
         """Stored configurations as llama-swap ``config.yaml`` (with what an import kept:
         ``apiKeys``, ``peers``, top-level keys) or a ``--models-preset`` INI."""
         swapimport.check_format(fmt)
-        return await asyncio.to_thread(swapimport.export, self.runtime, fmt)
+        return await asyncio.to_thread(swapimport.export, self.runtime, fmt, secrets)
 
     async def _load_keys(self) -> None:
         """What a llama-swap import stored that the gateway applies: its keys, alias listing."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -96,9 +96,15 @@ def store(
     )
 
 
-def export(runtime: Runtime, fmt: str) -> str:
+REDACTED = "${env.LLAMASTUDIO_REDACTED_KEY}"  # a peer's apiKey in an export without the secrets
+
+
+def export(runtime: Runtime, fmt: str, secrets: bool = True) -> str:
     """Stored configurations as llama-swap ``config.yaml`` (with the imported ``apiKeys``,
-    ``peers`` and top-level keys) or a ``--models-preset`` INI."""
+    ``peers`` and top-level keys) or a ``--models-preset`` INI. Without ``secrets`` (an API caller
+    without the command permission: the keys may come from the owner's ``${env.X}``), ``apiKeys``
+    is left out (an import without it keeps the stored ones) and each peer's ``apiKey`` is
+    ``REDACTED`` (an unset ``${env.X}``: importing the file back fails instead of dropping it)."""
     if fmt != "llama-swap":
         return runtime.launcher.export_configs(fmt, runtime.hw)
     configs = runtime.configs.stored()
@@ -109,11 +115,14 @@ def export(runtime: Runtime, fmt: str) -> str:
         argv = {c.name: runtime.launcher.prepare(c, runtime.hw, library).argv for c in configs}
     finally:
         read_header.cache_clear()
+    peers = peer_store.load(runtime.db, peer_store.IMPORTED)
+    if not secrets:
+        peers = [replace(p, api_key=REDACTED) if p.api_key else p for p in peers]
     return export_llama_swap(
         configs,
         argv,
-        api_keys=swapstate.api_keys(runtime.db),
-        peers=peer_store.load(runtime.db, peer_store.IMPORTED),
+        api_keys=swapstate.api_keys(runtime.db) if secrets else None,
+        peers=peers,
         settings=swapstate.settings(runtime.db),
     )
 

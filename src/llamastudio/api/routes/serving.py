@@ -311,6 +311,13 @@ async def config_file(state: StateDep) -> dict[str, Any]:
 
 
 @router.get("/served/export")
-async def export_configs(state: StateDep, format: Format = "llama-swap") -> Response:
-    text = await state.service.export_configs(format)
+async def export_configs(state: StateDep, request: Request, format: Format = "llama-swap") -> Response:
+    """The stored configurations as a file. ``apiKeys`` and peers' ``apiKey`` (secrets, perhaps
+    the owner's ``${env.X}``) only for a caller with the command permission (the CLI)."""
+    try:
+        require_commands(state, request, "the keys in an export")
+        secrets = True
+    except CommandsNotAllowed:
+        secrets = False
+    text = await state.service.export_configs(format, secrets)
     return Response(text, media_type="application/yaml" if format == "llama-swap" else "text/plain")
