@@ -15,19 +15,21 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from llamastudio.errors import StartFailed
+from llamastudio.engines.registry import Engine
+from llamastudio.errors import InvalidInput, StartFailed
 from llamastudio.fit.argv import parse_server_args
 from llamastudio.fit.estimator import estimate
 from llamastudio.gguf import load_model
 from llamastudio.hardware.devices import Gpu, Hardware
 from llamastudio.procs import stop_process
 from llamastudio.runtime.process import free_port
-from llamastudio.workers.plan import plan_rpc
+from llamastudio.workers.plan import RpcPlan, plan_rpc
 from llamastudio.workers.registry import StoredWorker
 from tests.rig import binaries
 from tests.rig.factory import Vocab, _dense
@@ -104,18 +106,18 @@ def workers(tmp_path: Path) -> Iterator[list[Worker]]:
         stop_process(w.proc, grace=10)
 
 
-def _status(w: Worker) -> dict[str, object]:
+def _status(w: Worker) -> dict[str, Any]:
     r = httpx.get(f"http://127.0.0.1:{w.status_port}/status", headers={"Authorization": f"Bearer {w.key}"})
     assert r.status_code == 200, r.text
-    body: dict[str, object] = r.json()
+    body: dict[str, Any] = r.json()
     return body
 
 
-def _wait_alive(w: Worker) -> dict[str, object]:
+def _wait_alive(w: Worker) -> dict[str, Any]:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         st = _status(w)
-        if st["rpc"]["alive"]:  # type: ignore[index]
+        if st["rpc"]["alive"]:
             return st
         time.sleep(0.2)
     raise AssertionError(f"rpc-server of {w.endpoint} never accepted connections: {w.log.read_text()}")
@@ -124,9 +126,9 @@ def _wait_alive(w: Worker) -> dict[str, object]:
 def test_worker_status_key_and_restart(workers: list[Worker]) -> None:
     w = workers[0]
     st = _wait_alive(w)
-    assert st["llama_cpp"]["version"] == "b11434"  # type: ignore[index]
-    assert st["rpc"]["port"] == w.port  # type: ignore[index]
-    assert st["devices"][0]["name"] == "CPU" and st["devices"][0]["offered_mib"] == MEM  # type: ignore[index]
+    assert st["llama_cpp"]["version"] == "b11434"
+    assert st["rpc"]["port"] == w.port
+    assert st["devices"][0]["name"] == "CPU" and st["devices"][0]["offered_mib"] == MEM
     assert st["protocol"]  # rpc-server's "Starting RPC server vX.Y.Z"
     url = f"http://127.0.0.1:{w.status_port}"
     for headers in ({}, {"Authorization": "Bearer wrong"}):
@@ -134,12 +136,12 @@ def test_worker_status_key_and_restart(workers: list[Worker]) -> None:
         assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
     assert httpx.get(f"{url}/bandwidth?mib=1", headers={"Authorization": "Bearer wrong"}).status_code == 401
     # the supervisor restarts a dead rpc-server
-    pid = st["rpc"]["pid"]  # type: ignore[index]
+    pid = st["rpc"]["pid"]
     subprocess.run(["kill", "-9", str(pid)], check=True)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         st = _status(w)
-        if st["rpc"]["alive"] and st["rpc"]["pid"] != pid:  # type: ignore[index]
+        if st["rpc"]["alive"] and st["rpc"]["pid"] != pid:
             break
         time.sleep(0.2)
     assert st["restarts"] == 1 and st["rpc"]["pid"] != pid, st
@@ -182,43 +184,28 @@ def test_plan_fits_neither_alone_and_refuses_mismatched_builds(wide: Path, worke
         header, parse_server_args([*args, "-ngl", "999"]), (Gpu(0, "w", MEM * MiB, MEM * MiB, backend="RPC"),)
     )
     assert one.devices[0].total > MEM * MiB
-    engine = type("E", (), {"version": "b11434", "commit": "sdist", "id": "rig"})()
-    p = plan_rpc(
-        "wide",
-        [*args, "--rpc", "always"],
-        engine,
-        Hardware(),
-        lambda: [_stored(w) for w in workers],
-        lambda a: True,
-    )  # type: ignore[arg-type]
+    p = _plan([*args, "--rpc", "always"], [_stored(w) for w in workers])
     assert p is not None and p.endpoints == [w.endpoint for w in workers]
     assert p.args[-6:] == ["--rpc", ",".join(p.endpoints), "-ts", f"{MEM},{MEM}", "-ngl", "999"]
     assert [g.device_name for g in p.hardware.gpus] == ["RPC0", "RPC1"]
     assert any("RPC" in x and "slower" in x for x in p.warnings)
     # --rpc auto on a host where it fits: no workers, the studio's value removed
-    here = plan_rpc("wide", [*args, "--rpc", "auto"], engine, Hardware(), lambda: [], lambda a: True)  # type: ignore[arg-type]
+    here = _plan([*args, "--rpc", "auto"], [])
     assert here is not None and here.args == args and not here.offered
-    with pytest.raises(
-        Exception, match=r"worker 127\.0\.0\.1:\d+ runs llama\.cpp b11000 .* RPC needs the same build"
-    ):
-        plan_rpc(
-            "wide",
-            [*args, "--rpc", "always"],
-            engine,
-            Hardware(),
-            lambda: [_stored(workers[0], "b11000")],
-            lambda a: True,
-        )  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match=r"worker 127\.0\.0\.1:\d+ runs llama\.cpp b11000 .* same build"):
+        _plan([*args, "--rpc", "always"], [_stored(workers[0], "b11000")])
+    with pytest.raises(InvalidInput, match="--rpc always, but none is registered"):
+        _plan([*args, "--rpc", "always"], [])
     stop_process(workers[1].proc, grace=10)
     with pytest.raises(StartFailed, match=r"RPC worker 127\.0\.0\.1:\d+ .*does not answer"):
-        plan_rpc(
-            "wide",
-            [*args, "--rpc", "always"],
-            engine,
-            Hardware(),
-            lambda: [_stored(w) for w in workers],
-            lambda a: True,
-        )  # type: ignore[arg-type]
+        _plan([*args, "--rpc", "always"], [_stored(w) for w in workers])
+
+
+def _plan(args: list[str], stored: list[StoredWorker]) -> RpcPlan | None:
+    engine = Engine(
+        id="rig", name="rig", kind="source", root="", binaries={}, version="b11434", commit="sdist"
+    )
+    return plan_rpc("wide", args, engine, Hardware(), lambda: stored, lambda a: True)
 
 
 def test_model_across_two_workers(wide: Path, workers: list[Worker], tmp_path: Path) -> None:
