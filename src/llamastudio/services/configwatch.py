@@ -3,10 +3,14 @@
 The file is imported at start and again whenever it changes: its size and modification time are
 read every ``interval`` (1 s), and a change of either — or of the content's SHA-256, read when
 they change and every ``REHASH`` polls (an edit within the same second that keeps the size) —
-re-imports it. The models it defines are owned by it (``source = "file:<path>"``): an import
-adds and changes them, and removes those it no longer defines, in one transaction. After each
-good import its ``hooks.on_startup.preload`` models are started (llama-swap reloads a watched
-config by starting again, so its on_startup hook runs again too).
+re-imports it, once they have stayed the same for one poll: an editor that writes the file in
+place is not read half-way (a YAML cut at a line is often valid, and would remove the models
+after the cut). The path is watched as given, symlinks followed at each read (a Kubernetes
+ConfigMap swaps the directory its link points to). The models it defines are owned by it
+(``source = "file:<path>"``): an import adds and changes them, and removes those it no longer
+defines, in one transaction. After each good import its ``hooks.on_startup.preload`` models are
+started (llama-swap reloads a watched config by starting again, so its on_startup hook runs
+again too).
 
 A version that cannot be imported (bad YAML, a wrong type, an unknown macro …) changes nothing:
 the previous good state keeps serving. The error is logged, published on the event bus
@@ -21,6 +25,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -68,7 +73,7 @@ class ConfigWatch:
         """``importer``: the service's llama-swap import; ``preload``: the runtime's."""
         self.importer = importer
         self.preload = preload
-        self.path = path.expanduser().resolve()
+        self.path = Path(os.path.abspath(path.expanduser()))  # not resolved: links may be swapped
         self.source = f"file:{self.path}"
         self.bus = bus
         self.interval = interval
@@ -109,11 +114,13 @@ class ConfigWatch:
 
     async def _loop(self) -> None:
         polls = 0
+        seen = self._stamp  # the stamp of the previous poll: a change is read once it settles
         while True:
             await asyncio.sleep(self.interval)
             polls += 1
             stamp = await asyncio.to_thread(_stat, self.path)
-            if stamp != self._stamp or polls % REHASH == 0:
+            settled, seen = stamp == seen, stamp
+            if settled and (stamp != self._stamp or polls % REHASH == 0):
                 try:
                     await self.check()
                 except Exception:  # a bug: logged, the watch goes on
