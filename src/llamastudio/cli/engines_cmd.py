@@ -16,7 +16,7 @@ from llamastudio.cli.context import engines as registry
 from llamastudio.cli.context import settings
 from llamastudio.engines import pyengines
 from llamastudio.engines.build import Builder
-from llamastudio.engines.buildspec import BuildSpec
+from llamastudio.engines.buildspec import RPC_CMAKE, RPC_TARGET, BuildSpec
 from llamastudio.engines.registry import LLAMA_CPP, Engine
 from llamastudio.engines.releases import GitHubReleases, install, updates
 from llamastudio.engines.validate import add_external
@@ -86,11 +86,15 @@ def build(
         str | None, typer.Option(help="Version for a source without git history.")
     ] = None,
     default: Annotated[bool, typer.Option("--default", help="Make it the default engine.")] = False,
+    rpc: Annotated[
+        bool, typer.Option("--rpc", help="With the RPC backend and ggml-rpc-server (llamastudio worker).")
+    ] = False,
     print_bin_dir: Annotated[bool, typer.Option(help="Print only the binaries' directory.")] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Do not stream the build log.")] = False,
 ) -> None:
     """Build llama.cpp from source and register it (an identical earlier build is reused)."""
-    targets = tuple(dict.fromkeys(["llama-server", *(target or [])]))
+    targets = tuple(dict.fromkeys(["llama-server", *(target or []), *([RPC_TARGET] if rpc else [])]))
+    cmake_arg = [*(cmake_arg or []), *([RPC_CMAKE] if rpc else [])]
     spec = BuildSpec(
         source=source,
         ref=ref,

@@ -16,6 +16,8 @@ from llamastudio.errors import InvalidInput
 BACKENDS = ("cpu", "cuda", "vulkan", "metal", "openblas", "hip")
 BUILD_TYPES = ("Release", "Debug", "RelWithDebInfo")
 DEFAULT_GIT = "https://github.com/ggml-org/llama.cpp"
+# the RPC backend (llama-server --rpc) and its server for `llamastudio worker` (tools/rpc's target)
+RPC_CMAKE, RPC_TARGET = "-DGGML_RPC=ON", "ggml-rpc-server"
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from llamastudio.api.deps import StateDep, require_commands
 from llamastudio.engines import pyengines
 from llamastudio.engines.build import Builder
-from llamastudio.engines.buildspec import BuildSpec, foreign_code
+from llamastudio.engines.buildspec import RPC_CMAKE, RPC_TARGET, BuildSpec, foreign_code
 from llamastudio.engines.jobs import KINDS, engine_job_view
 from llamastudio.engines.registry import LLAMA_CPP, Engine, EngineRegistry
 from llamastudio.engines.releases import GitHubReleases, install, updates
@@ -62,6 +62,7 @@ class BuildIn(BaseModel):
     name: str | None = None
     build_number: str | None = None
     default: bool = False
+    rpc: bool = Field(False, description="With the RPC backend and ggml-rpc-server (llamastudio worker).")
 
 
 @router.post("/build", status_code=202)
@@ -72,10 +73,10 @@ async def build(state: StateDep, request: Request, body: BuildIn) -> dict[str, A
         backends=tuple(body.backends or ["cpu"]),
         build_type=body.build_type,
         cuda_architectures=body.cuda_architectures,
-        cmake_args=tuple(body.cmake_args),
+        cmake_args=(*body.cmake_args, *([RPC_CMAKE] if body.rpc else [])),
         cflags=body.cflags,
         cxxflags=body.cxxflags,
-        targets=tuple(dict.fromkeys(["llama-server", *body.targets])),
+        targets=tuple(dict.fromkeys(["llama-server", *body.targets, *([RPC_TARGET] if body.rpc else [])])),
         patches=tuple(body.patches),
         name=body.name,
         build_number=body.build_number,
