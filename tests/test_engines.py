@@ -58,7 +58,7 @@ def test_rig_llama_server_comes_from_engines_build(rig_engine: Engine) -> None:
     assert rig_engine.version == "b11434"
     assert rig_engine.validation["ok"] is True
     assert binaries.binary("llama-server") == rig_engine.server
-    assert {"llama-quantize", "llama-fit-params"} <= set(rig_engine.binaries)
+    assert {"llama-quantize", "llama-fit-params", "ggml-rpc-server"} <= set(rig_engine.binaries)
     out = cli("engines", "list", "--json", data_dir=RIG_DATA)
     assert out.returncode == 0 and rig_engine.id in out.stdout
     # a second build with the same inputs is a cache hit, not a rebuild
@@ -73,6 +73,7 @@ def test_rig_llama_server_comes_from_engines_build(rig_engine: Engine) -> None:
         "llama-quantize",
         "--target",
         "llama-fit-params",
+        "--rpc",
         "--print-bin-dir",
         "-q",
         data_dir=RIG_DATA,
