@@ -112,3 +112,24 @@ def test_a_percent_encoded_path_cannot_split_the_request_to_the_engine(studio: S
     assert target == path, lines[0]
     assert not any(line.lower().startswith(("x-smuggled", "get ")) for line in lines), lines
     assert post(studio, max_tokens=2).content == stream_bytes(2)  # the pooled connection is sound
+
+
+@pytest.mark.parametrize("how", ["expect-header", "continue", "extra"])
+def test_an_interim_or_unasked_answer_never_reaches_the_next_request(studio: Studio, how: str) -> None:
+    """``Expect: 100-continue`` (curl sends it with a large body) was relayed: llama-server then
+    answers ``100 Continue`` first, which the relay took for the answer, and the real answer was
+    left on the pooled connection for the next client's request. The header is not relayed, a
+    1xx answer is skipped, and bytes after an answer drop the connection."""
+    headers = {"expect": "100-continue"} if how == "expect-header" else {}
+    body = {"model": "faulty", "stream": True, "max_tokens": 3}
+    if how != "expect-header":
+        body["fault"] = how
+    for _ in range(3):
+        r = httpx.post(f"{studio.gateway_url}/v1/completions", json=body, headers=headers, timeout=60)
+        assert r.status_code == 200 and r.content == stream_bytes(3), r.content[:200]
+        time.sleep(0.3)  # the extra answer arrives while the connection is idle in the pool
+        nxt = httpx.post(
+            f"{studio.gateway_url}/v1/completions", json={"model": "faulty", "fault": "echo"}, timeout=60
+        )
+        assert nxt.status_code == 200 and "head" in nxt.json(), nxt.text[:200]
+        assert "expect" not in nxt.json()["head"].lower()

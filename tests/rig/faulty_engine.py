@@ -7,7 +7,10 @@ then ``[DONE]``; ``"event_bytes"`` pads each event to that size; ``"gap"`` secon
 Faults (``"fault"``): ``"drop-second"`` — the second request on a kept-alive connection is read
 and the connection closed without an answer (the race of a keep-alive connection being closed);
 ``"malformed"`` — a status line that is not HTTP; ``"echo"`` — a JSON answer ``{"head": …}``, the
-request's head as received (what the gateway wrote upstream). ``GET /health`` answers ok. The events are
+request's head as received (what the gateway wrote upstream); ``"continue"`` — ``100 Continue``
+before the answer (what llama-server's cpp-httplib sends to a request with ``Expect: 100-continue``,
+as it is honoured here too); ``"extra"`` — a second, unasked answer after the stream (a broken
+engine). ``GET /health`` answers ok. The events are
 deterministic (``event(i, size)``), so a test can rebuild the exact bytes.
 """
 
@@ -50,6 +53,8 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                 await writer.drain()
                 continue
             fault = body.get("fault")
+            if fault == "continue" or b"\r\nexpect: 100-continue" in head.lower():
+                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             if fault == "drop-second" and served == 2:
                 writer.close()
                 return
@@ -76,6 +81,13 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                 await asyncio.sleep(float(body.get("gap", 0)))
             done = b"data: [DONE]\n\n"
             writer.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(done), done))
+            if fault == "extra":
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 9\r\n\r\n"
+                )
+                await writer.drain()
+                await asyncio.sleep(0.2)  # in a read of its own, after the stream's end
+                writer.write(b'"stale!!"')
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
         writer.close()

@@ -35,6 +35,7 @@ HOP = {
     b"trailers",
     b"transfer-encoding",
     b"upgrade",
+    b"expect",  # uvicorn answered the client's 100-continue; the engine's 100 is not relayed
     b"host",
     b"content-length",
     b"authorization",

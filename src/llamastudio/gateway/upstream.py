@@ -60,6 +60,8 @@ class Conn(asyncio.Protocol):
         self.answered = False  # a byte of the response arrived
         self.complete = False
         self.keep_alive = False
+        self.interim = False  # parsing a 1xx answer (100 Continue): not the request's answer
+        self.extra = False  # parsing an answer after the answer: ignored, never reused
         self.error: Exception | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
@@ -67,6 +69,12 @@ class Conn(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self.complete or self.uses == 0 or self.sink is self._idle:
+            # bytes after the answer, or on an idle pooled connection: the next request would
+            # read them as its answer (another client's): the connection is dropped instead
+            self.keep_alive = False
+            self.close()
+            return
         self.answered = True
         try:
             self.parser.feed_data(data)
@@ -86,15 +94,31 @@ class Conn(asyncio.Protocol):
 
     # -- httptools callbacks --------------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        if not self.extra:  # an unasked second answer's are not the answer's
+            self.headers.append((name, value))
+
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second answer in the same read: never reused (see data_received)
+            self.extra, self.keep_alive = True, False
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if self.extra:
+            return
+        if 100 <= status < 200 and status != 101:  # 100 Continue …: the answer follows
+            self.interim = True
+            self.headers = []
+            return
+        self.status = status
         self.keep_alive = self.parser.should_keep_alive()  # read now: false once the message ends
         if not self.head.done():
             self.head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
+        if not self.extra:
+            self._piece(body)
+
+    def _piece(self, body: bytes) -> None:
         if self.sink is None:
             self.early.append(body)
         elif not self.sink(body) and self.transport is not None and self.paused is None:
@@ -104,6 +128,11 @@ class Conn(asyncio.Protocol):
                 self.done.set_result(None)  # wake the relay: it waits for the client, then resumes
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        if self.extra:
+            return
         self.complete = True
         if not self.head.done():
             self.head.set_result(None)
@@ -120,6 +149,7 @@ class Conn(asyncio.Protocol):
 
     def send(self, request: bytes) -> None:
         assert self.transport is not None
+        self.sink = None
         self.uses += 1
         self.transport.write(request)
 
@@ -128,7 +158,7 @@ class Conn(asyncio.Protocol):
         self.sink = sink
         early, self.early = self.early, []
         for piece in early:
-            self.on_body(piece)
+            self._piece(piece)
 
     async def stream(self, drain: Callable[[], object]) -> None:
         """Until the answer's last byte went to the sink; ``drain()`` (awaitable) waits for a
@@ -178,8 +208,13 @@ class Conn(asyncio.Protocol):
             self.close()
             return
         self._reset()
+        self.sink = self._idle  # until the next request: any byte that arrives drops it
         self.idle_since = time.monotonic()
         self.pool.put(self)
+
+    @staticmethod
+    def _idle(piece: bytes) -> bool:  # the sink of a pooled connection (never called)
+        return True
 
     def close(self) -> None:
         """Drop the connection (an answer cut short: the engine notices and stops generating)."""
