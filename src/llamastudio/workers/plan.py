@@ -31,7 +31,7 @@ from llamastudio.workers.registry import StoredWorker, load
 
 MODES = ("auto", "always", "never")
 MiB = 1 << 20
-LOCAL_LINK_MIB_S = 10_000.0  # what a loopback or PCIe link is compared with in the warning
+SLOW_LINK_MIB_S = 100.0  # below gigabit Ethernet (~118 MiB/s): loading and prompts crawl
 
 
 @dataclass
@@ -150,7 +150,7 @@ def plan_rpc(
         "between devices and loading sends the weights over it, so expect slower generation and "
         "loading than on one host; rpc-server has no authentication: keep workers on a private network"
     ]
-    if slowest and slowest < LOCAL_LINK_MIB_S / 10:
+    if slowest and slowest < SLOW_LINK_MIB_S:
         warnings.append(f"the link to a worker ({slowest:.0f} MiB/s) is slow: loading and prompts will crawl")
     return RpcPlan(out, hardware, offered, endpoints, reasons, warnings)
 
