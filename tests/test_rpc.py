@@ -22,14 +22,14 @@ import openai
 import pytest
 
 from llamastudio.engines.registry import Engine
-from llamastudio.errors import InvalidInput, StartFailed
+from llamastudio.errors import DoesNotFit, InvalidInput, StartFailed
 from llamastudio.fit.argv import parse_server_args
 from llamastudio.fit.estimator import estimate
 from llamastudio.gguf import load_model
 from llamastudio.hardware.devices import Gpu, Hardware
 from llamastudio.procs import stop_process
 from llamastudio.runtime.process import free_port
-from llamastudio.workers.plan import RpcPlan, plan_rpc
+from llamastudio.workers.plan import RpcPlan, check_offered, plan_rpc
 from llamastudio.workers.registry import StoredWorker
 from tests.rig import binaries
 from tests.rig.factory import Vocab, _dense
@@ -189,6 +189,11 @@ def test_plan_fits_neither_alone_and_refuses_mismatched_builds(wide: Path, worke
     assert p.args[-6:] == ["--rpc", ",".join(p.endpoints), "-ts", f"{MEM},{MEM}", "-ngl", "999"]
     assert [g.device_name for g in p.hardware.gpus] == ["RPC0", "RPC1"]
     assert any("RPC" in x and "slower" in x for x in p.warnings)
+    # the estimate on each worker device stays within what it offers; at 40 MiB each it would not
+    est = estimate(header, parse_server_args(p.args), p.hardware.gpus)
+    check_offered("wide", est, p.offered)
+    with pytest.raises(DoesNotFit, match=r"wide does not fit the RPC workers: RPC\d needs \d+ MiB of 40 MiB"):
+        check_offered("wide", est, dict.fromkeys(p.offered, 40 * MiB))
     # --rpc auto on a host where it fits: no workers, the studio's value removed
     here = _plan([*args, "--rpc", "auto"], [])
     assert here is not None and here.args == args and not here.offered
