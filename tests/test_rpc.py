@@ -290,3 +290,10 @@ def test_model_across_two_workers(wide: Path, workers: list[Worker], tmp_path: P
         with studio.api() as c:
             views = {v["endpoint"]: v for v in c.get("/api/workers").json()}
         assert views[workers[1].endpoint]["available"] is False and views[workers[0].endpoint]["available"]
+        assert "its status endpoint" in views[workers[1].endpoint]["reason"]
+        out = studio.cli("workers", "rm", workers[1].endpoint)
+        assert f"removed worker {workers[1].endpoint}" in out.stdout
+        again = studio.cli("workers", "rm", workers[1].endpoint, check=False)
+        assert again.returncode == 2 and "no worker" in again.stderr and "Traceback" not in again.stderr
+        with studio.api() as c:
+            assert [v["endpoint"] for v in c.get("/api/workers").json()] == [workers[0].endpoint]
