@@ -133,3 +133,18 @@ def test_an_interim_or_unasked_answer_never_reaches_the_next_request(studio: Stu
         )
         assert nxt.status_code == 200 and "head" in nxt.json(), nxt.text[:200]
         assert "expect" not in nxt.json()["head"].lower()
+
+
+def test_a_client_gone_before_the_head_closes_the_engines_connection(studio: Studio) -> None:
+    """A whole (not streamed) answer's head comes when it is done: a client that gives up before
+    then must still get the engine's connection closed (llama-server polls it to stop), not left
+    open on a connection nobody reads."""
+    before = post(studio, fault="holds").json()["closed"]
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(
+            f"{studio.gateway_url}/v1/completions", json={"model": "faulty", "fault": "hold"}, timeout=1
+        )
+    deadline = time.monotonic() + 30
+    while post(studio, fault="holds").json()["closed"] == before:
+        assert time.monotonic() < deadline, "the held request's connection to the engine was never closed"
+        time.sleep(0.1)

@@ -10,13 +10,16 @@ and the connection closed without an answer (the race of a keep-alive connection
 request's head as received (what the gateway wrote upstream); ``"continue"`` — ``100 Continue``
 before the answer (what llama-server's cpp-httplib sends to a request with ``Expect: 100-continue``,
 as it is honoured here too); ``"extra"`` — a second, unasked answer after the stream (a broken
-engine). ``GET /health`` answers ok. The events are
+engine); ``"hold"`` — no answer until the gateway closes the connection (a whole answer still
+being generated: its head comes at the end), counted; ``"holds"`` — ``{"closed": n}``, how many
+held requests saw their connection closed. ``GET /health`` answers ok. The events are
 deterministic (``event(i, size)``), so a test can rebuild the exact bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 
@@ -33,6 +36,9 @@ def event(i: int, size: int = 0) -> bytes:
 def stream_bytes(n: int, size: int = 0) -> bytes:
     """The body the engine streams for ``max_tokens=n`` (the test's expected relay)."""
     return b"".join(event(i, size) for i in range(n)) + b"data: [DONE]\n\n"
+
+
+CLOSED = [0]  # held requests whose connection the gateway closed
 
 
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -58,8 +64,15 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             if fault == "drop-second" and served == 2:
                 writer.close()
                 return
-            if fault == "echo":
-                raw = json.dumps({"head": head.decode("latin-1")}).encode()
+            if fault == "hold":
+                with contextlib.suppress(TimeoutError, ConnectionError):
+                    if await asyncio.wait_for(reader.read(1), 60) == b"":
+                        CLOSED[0] += 1
+                writer.close()
+                return
+            if fault in ("echo", "holds"):
+                answer = {"head": head.decode("latin-1")} if fault == "echo" else {"closed": CLOSED[0]}
+                raw = json.dumps(answer).encode()
                 writer.write(
                     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%b"
                     % (len(raw), raw)

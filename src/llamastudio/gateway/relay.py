@@ -284,13 +284,17 @@ class Relay:
             reused = conn.uses > 0
             conn.send(request)
             try:
-                await conn.head
-                return conn
+                await conn.head  # a whole (not streamed) answer's head comes when it is done
             except StaleConnection:
                 conn.close()
                 if not reused:
                     raise
                 fresh = True
+            except BaseException:  # the client went away (cancelled): closing stops the engine
+                conn.close()
+                raise
+            else:
+                return conn
         raise StaleConnection("the engine kept closing connections before answering")
 
     async def _open(
