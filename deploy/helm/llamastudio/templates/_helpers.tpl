@@ -47,3 +47,13 @@ runAsGroup: {{ .Values.securityContext.runAsGroup }}
 capabilities:
   drop: ["ALL"]
 {{- end -}}
+
+{{/* resources with the backend's GPU limit merged in; called with (dict "res" <resources value> "root" .) */}}
+{{- define "llamastudio.resources" -}}
+{{- $res := deepCopy (default (dict) .res) -}}
+{{- $gpu := fromYaml (include "llamastudio.gpuLimits" .root) -}}
+{{- if $gpu -}}
+{{- $_ := set $res "limits" (merge (deepCopy (default (dict) (get $res "limits"))) $gpu) -}}
+{{- end -}}
+{{- toYaml $res -}}
+{{- end -}}
