@@ -222,6 +222,10 @@ def test_model_across_two_workers(wide: Path, workers: list[Worker], tmp_path: P
                 "workers", "add", w.endpoint, "--key", w.key, "--status-port", str(w.status_port)
             )
             assert f"worker {w.endpoint} is available" in out.stdout, out.stdout
+        table = studio.cli("workers", "ls").stdout
+        assert (
+            all(w.endpoint in table for w in workers) and "available" in table and f"CPU {MEM} MiB" in table
+        )
         listed = studio.cli("workers", "ls", "--json").stdout
         assert KEYS[0] not in listed and KEYS[1] not in listed and '"kind": "rpc"' in listed
         with studio.api() as c:
