@@ -77,3 +77,24 @@ async def test_a_file_being_written_is_read_once_it_settles(tmp_path: Path) -> N
         assert seen == ["models: {}\n", final], seen
     finally:
         await watch.close()
+
+
+async def test_a_file_any_user_may_write_is_refused_and_the_last_good_one_kept(tmp_path: Path) -> None:
+    """The file runs commands with its owner's permission: one writable by every user is not
+    the owner's word. Refused with why (the previous import keeps serving); fixed, it is imported."""
+    path = tmp_path / "config.yaml"
+    path.write_text("models: {}  # v1\n")
+    seen: list[str] = []
+    watch = _watch(path, seen, 0.05)
+    await watch.start()
+    try:
+        assert seen == ["models: {}  # v1\n"]
+        path.chmod(0o666)  # first: v2 is never read while it is safe
+        path.write_text("models: {}  # v2\n")
+        await _until(lambda: watch.error is not None, "the world-writable file is refused")
+        assert "writable by every user" in str(watch.error) and seen == ["models: {}  # v1\n"], watch.status()
+        path.chmod(0o644)
+        await _until(lambda: watch.error is None, f"the fixed file is imported ({watch.status()})")
+        assert seen == ["models: {}  # v1\n", "models: {}  # v2\n"]
+    finally:
+        await watch.close()

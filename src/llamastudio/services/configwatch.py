@@ -6,7 +6,9 @@ they change and every ``REHASH`` polls (an edit within the same second that keep
 re-imports it, once they have stayed the same for one poll: an editor that writes the file in
 place is not read half-way (a YAML cut at a line is often valid, and would remove the models
 after the cut). The path is watched as given, symlinks followed at each read (a Kubernetes
-ConfigMap swaps the directory its link points to). The models it defines are owned by it
+ConfigMap swaps the directory its link points to). A file writable by every user, or owned by
+another user than the studio's (or root), is refused: what it runs, it runs with the owner's
+permission. The models it defines are owned by it
 (``source = "file:<path>"``): an import adds and changes them, and removes those it no longer
 defines, in one transaction. After each good import its ``hooks.on_startup.preload`` models are
 started (llama-swap reloads a watched config by starting again, so its on_startup hook runs
@@ -26,6 +28,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import stat
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -42,23 +45,41 @@ log = logging.getLogger(__name__)
 REHASH = 5  # polls between content hashes when size and mtime are unchanged
 
 
-def _read(path: Path) -> tuple[tuple[int, int] | None, bytes | None]:
-    """(size, mtime_ns) and the bytes (None: unreadable or missing); blocking."""
+Stamp = tuple[int, int, int, int]  # size, mtime_ns, mode, owner
+
+
+def _stamp(st: os.stat_result) -> Stamp:
+    return st.st_size, st.st_mtime_ns, st.st_mode, st.st_uid
+
+
+def unsafe(st: os.stat_result) -> str | None:
+    """Why a file's commands are not its owner's (the file runs commands with the owner's
+    permission): writable by any user, or owned by someone else than the studio's user or root."""
+    if st.st_mode & stat.S_IWOTH:
+        return "it is writable by every user (chmod o-w): its commands would run as the studio's user"
+    if st.st_uid not in (os.getuid(), 0):
+        return f"it belongs to user {st.st_uid}, not to the studio's user (or root)"
+    return None
+
+
+def _read(path: Path) -> tuple[Stamp | None, bytes | None, str | None]:
+    """The stamp, the bytes (None: unreadable or missing) and why the file is refused; blocking."""
     try:
         st = path.stat()
+        if (why := unsafe(st)) is not None:
+            return _stamp(st), None, why
         if st.st_size > MAX_TEXT * 4:
-            return (st.st_size, st.st_mtime_ns), b""
-        return (st.st_size, st.st_mtime_ns), path.read_bytes()
+            return _stamp(st), b"", None
+        return _stamp(st), path.read_bytes(), None
     except OSError:
-        return None, None
+        return None, None, None
 
 
-def _stat(path: Path) -> tuple[int, int] | None:
+def _stat(path: Path) -> Stamp | None:
     try:
-        st = path.stat()
+        return _stamp(path.stat())
     except OSError:
         return None
-    return st.st_size, st.st_mtime_ns
 
 
 class ConfigWatch:
@@ -82,7 +103,7 @@ class ConfigWatch:
         self.error: str | None = None  # why the current version is not applied
         self.imported: list[str] = []
         self.ignored: list[dict[str, str]] = []
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: Stamp | None = None
         self._task: asyncio.Task[None] | None = None
         self._preload: asyncio.Task[list[str]] | None = None
 
@@ -128,10 +149,11 @@ class ConfigWatch:
 
     async def check(self) -> None:
         """Import the file if its content changed since the last version tried."""
-        stamp, data = await asyncio.to_thread(_read, self.path)
+        stamp, data, refused = await asyncio.to_thread(_read, self.path)
         self._stamp = stamp
         if data is None:
-            self._fail(f"cannot read {self.path}")
+            self.digest = None  # read again once readable (or safe), even if its text is the same
+            self._fail(f"{self.path} is not imported: {refused}" if refused else f"cannot read {self.path}")
             return
         digest = hashlib.sha256(data).hexdigest()
         if digest == self.digest:
