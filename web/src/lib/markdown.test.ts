@@ -78,6 +78,16 @@ describe('markdown: rendering', () => {
     )
   })
 
+  it('headings keep their text and lose closing #s; long runs render at once', () => {
+    expect(renderMarkdown('## Title ##')).toBe('<h4>Title</h4>')
+    expect(renderMarkdown('# C# ')).toBe('<h3>C#</h3>')
+    expect(renderMarkdown('#   spaced   out   ')).toBe('<h3>spaced   out</h3>')
+    // these took minutes (a cubic / quadratic backtrack) and froze the tab while a reply streamed
+    const spaces = ' '.repeat(20000)
+    expect(renderMarkdown('# a' + spaces + 'b')).toBe(`<h3>a${spaces}b</h3>`)
+    expect(renderMarkdown('['.repeat(200000))).toBe(`<p>${'['.repeat(200000)}</p>`)
+  })
+
   it('a code span inside a link label', () => {
     expect(renderMarkdown('[`x`](http://e.example)')).toBe(
       '<p><a href="http://e.example" target="_blank" rel="noopener noreferrer nofollow"><code>x</code></a></p>',

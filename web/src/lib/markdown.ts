@@ -49,13 +49,15 @@ export function renderMarkdown(source: string): string {
       out.push(codeBlock(code.join('\n'), fence[2]))
       continue
     }
-    const heading = /^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$/.exec(line)
+    // no `(.*?)\s*#*\s*$`: its backtracking is cubic in a run of spaces (a reply line of 4000
+    // spaces took 7 s, and the reply is rendered again at every streamed piece)
+    const heading = /^ {0,3}(#{1,6})[ \t]+(.*)$/.exec(line)
     const bullet = /^\s*[-*+]\s+(.*)$/.exec(line)
     const numbered = /^\s*\d{1,9}[.)]\s+(.*)$/.exec(line)
     if (heading) {
       flush()
       const level = Math.min(6, heading[1].length + 2) // h3…h6: replies sit inside a card
-      out.push(`<h${level}>${inline(heading[2])}</h${level}>`)
+      out.push(`<h${level}>${inline(headingText(heading[2]))}</h${level}>`)
     } else if (bullet || numbered) {
       flushPara()
       const tag = bullet ? 'ul' : 'ol'
@@ -75,6 +77,15 @@ export function renderMarkdown(source: string): string {
   return out.join('')
 }
 
+/** A heading's text without its closing `#`s (`## Title ##`) and the spaces around. */
+function headingText(text: string): string {
+  const trimmed = text.trimEnd()
+  let end = trimmed.length
+  while (end > 0 && trimmed[end - 1] === '#') end-- // no regex: `#+$` backtracks over a long run
+  const bare = trimmed.slice(0, end)
+  return (bare === '' || bare.endsWith(' ') || bare.endsWith('\t') ? bare : trimmed).trim()
+}
+
 function codeBlock(code: string, lang: string): string {
   const cls = lang ? ` class="language-${lang.replace(/[^\w+#.-]/g, '')}"` : ''
   return (
@@ -90,7 +101,8 @@ function inline(text: string): string {
   const hold = (html: string) => `\u0000${spans.push(html) - 1}\u0000`
   let s = text.replace(/\u0000/g, '')
   s = s.replace(/`([^`]+)`/g, (_, code: string) => hold(`<code>${code}</code>`))
-  s = s.replace(/\[([^\]]+)\]\((https?:\/\/[^\s)]+)\)/g, (_, label: string, url: string) =>
+  // the label stops at a `[` too: each scan ends at the next one (linear; `[[[[…` was quadratic)
+  s = s.replace(/\[([^[\]]+)\]\((https?:\/\/[^\s)]+)\)/g, (_, label: string, url: string) =>
     hold(`<a href="${url}" target="_blank" rel="noopener noreferrer nofollow">${label}</a>`),
   )
   s = s.replace(/\*\*(?=\S)([^*]*?\S)\*\*/g, '<strong>$1</strong>')
