@@ -19,10 +19,14 @@ from llamastudio.gateway.filters import rewrite
 from llamastudio.gateway.metrics import Metrics
 from llamastudio.gateway.relay import HOP, Relay
 from llamastudio.gateway.shapes import error_json
+from llamastudio.guard import OWNER_HEADER
 from llamastudio.runtime.process import EngineProcess
 from llamastudio.services.peers import VIA, PeerService, PeerState
 
 _VIA = VIA.encode()
+# a peer is another host: besides the client's key (HOP), the studio owner's key (it lets its
+# holder run commands through this studio's API) and cookies never go there
+_PRIVATE = frozenset({_VIA, OWNER_HEADER.lower().encode(), b"cookie"})
 
 
 class _Target:
@@ -72,7 +76,9 @@ class PeerRelay:
         """Relay one request to ``peer``; returns the status the client got."""
         headers_in: list[tuple[bytes, bytes]] = scope["headers"]
         headers = [
-            (k.decode("latin-1"), v.decode("latin-1")) for k, v in headers_in if k not in HOP and k != _VIA
+            (k.decode("latin-1"), v.decode("latin-1"))
+            for k, v in headers_in
+            if k not in HOP and k not in _PRIVATE
         ]
         headers += list(self.peers.headers(peer.spec, via_of(headers_in)).items())
         target = _Target(peer.spec.url, f"peer {peer.spec.name} ({peer.spec.url}) failed")
