@@ -260,8 +260,8 @@ async def test_300_model_import_is_one_transaction_one_listing_one_header_read(
         f"  m{i}:\n    cmd: llama-server -m {model_file} --port ${{PORT}} -c 512\n    aliases: [a{i}]\n"
         for i in range(300)
     )
-    names = await StudioService(rt).import_configs("llama-swap", "models:\n" + body)
-    assert len(names) == 300
+    imported = await StudioService(rt).import_configs("llama-swap", "models:\n" + body)
+    assert len(imported.imported) == 300
     # was 300 transactions and 300+ listings: now one of each, and one more listing for the sync after
     assert len(commits) == 1 and len(listings) == 2
     assert reads == [str(model_file)]  # the sync: was 300 reads of the same header

@@ -126,7 +126,11 @@ def _params(f: Fields, scope: Scope) -> tuple[list[str], dict[str, Any]]:
     ``model`` is never stripped nor set (llama-swap's rule)."""
     filters = f.mapping("filters")
     strip_text = filters.text("stripParams") or ""
-    strip = [p.strip() for p in scope.text(strip_text).split(",") if p.strip() and p.strip() != "model"]
+    strip = [
+        p.strip()
+        for p in scope.text(strip_text, "filters.stripParams").split(",")
+        if p.strip() and p.strip() != "model"
+    ]
     sets = filters.mapping("setParams").data
     check_nodes(sets, f"{f.where}: filters.setParams")
     return strip, {str(k): v for k, v in sets.items() if k != "model"}
@@ -143,7 +147,7 @@ def _model(
     cmd = f.text("cmd")
     if cmd is None:
         raise InvalidInput(f"model {name!r}: `cmd` (a string) is required", model=name, field="cmd")
-    argv = _split(scope.text(_uncomment(cmd)), f, "cmd")
+    argv = _split(scope.text(_uncomment(cmd), "cmd"), f, "cmd")
     cfg = (
         _from_server_argv(name, argv, engines)
         if _is_llama_server(argv)
@@ -159,11 +163,11 @@ def _model(
     cfg.use_model_name = f.text("useModelName") or None
     cfg.strip_params, cfg.set_params = _params(f, scope)
     check = f.text("checkEndpoint")
-    cfg.check_endpoint = scope.text(check) if check else None
+    cfg.check_endpoint = scope.text(check, "checkEndpoint") if check else None
     stop = f.text("cmdStop")
-    cfg.cmd_stop = _split(scope.text(_uncomment(stop)), f, "cmdStop") if stop else None
+    cfg.cmd_stop = _split(scope.text(_uncomment(stop), "cmdStop"), f, "cmdStop") if stop else None
     proxy = f.text("proxy")
-    proxy = scope.text(proxy).rstrip("/") if proxy else None
+    proxy = scope.text(proxy, "proxy").rstrip("/") if proxy else None
     cfg.proxy = proxy if proxy not in _DEFAULT_PROXIES else None  # the default: the port itself
     if "sendLoadingState" in f:
         cfg.extra = {"sendLoadingState": f.flag("sendLoadingState")}
@@ -266,7 +270,7 @@ def read_llama_swap(text: str, engines: list[Engine], env: Mapping[str, str]) ->
     top = Scope(read_macros(data.get("macros"), "macros"), env, None, "llama-swap config")
     for key, m in data["models"].items():
         name = _name(key, "model")
-        f = Fields(m, f"model {name!r}", name, path=f"models.{name}")
+        f = Fields(m, f"model {name!r}", name)  # errors name the field within the model (details.model)
         scope = top.child(read_macros(f.data.get("macros"), f"model {name!r}"), name, f"model {name!r}")
         out.configs.append(_model(name, f, scope, engines, out, health))
     by_name = {c.name: c for c in out.configs}

@@ -174,9 +174,17 @@ class Scope:
             raise InvalidInput(f"macros expand to more than {MAX_TOTAL >> 20} MiB in all")
         return "".join(out)
 
-    def text(self, text: str) -> str:
-        """``text`` with every macro replaced (``${PORT}``, ``${PID}`` kept)."""
-        return self._expand(text)
+    def text(self, text: str, field: str | None = None) -> str:
+        """``text`` with every macro replaced (``${PORT}``, ``${PID}`` kept); an error that names
+        no field names ``field`` (and the model)."""
+        try:
+            return self._expand(text)
+        except InvalidInput as exc:
+            if field is not None and "field" not in exc.details:
+                exc.details["field"] = field
+                if self.model_id is not None:
+                    exc.details.setdefault("model", self.model_id)
+            raise
 
     def value(self, value: Any, depth: int = 0) -> Any:
         """A ``metadata`` value: macros in every string, a whole-string macro keeping its type
