@@ -148,3 +148,18 @@ def test_a_client_gone_before_the_head_closes_the_engines_connection(studio: Stu
     while post(studio, fault="holds").json()["closed"] == before:
         assert time.monotonic() < deadline, "the held request's connection to the engine was never closed"
         time.sleep(0.1)
+
+
+def test_the_clients_credentials_are_not_relayed(studio: Studio) -> None:
+    """An engine (a command of the owner's, or a llama-swap ``proxy`` elsewhere) never gets the
+    client's key, the studio owner's key or its cookies; the engine's own key is added."""
+    headers = {"authorization": "Bearer sk-client", "x-studio-owner": "owner-secret", "cookie": "s=1"}
+    r = httpx.post(
+        f"{studio.gateway_url}/v1/completions",
+        json={"model": "faulty", "fault": "echo"},
+        headers=headers,
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    head = r.json()["head"].lower()
+    assert "sk-client" not in head and "owner-secret" not in head and "cookie" not in head, head

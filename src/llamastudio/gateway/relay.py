@@ -40,6 +40,8 @@ HOP = {
     b"content-length",
     b"authorization",
     b"x-api-key",
+    b"x-studio-owner",  # the owner's key (guard.OWNER_HEADER): commands through the API
+    b"cookie",
 }
 # A kill -9 just before a request: the connection is refused (or reset) before any response byte
 # while the process's exit is not reaped yet. The relay waits this long for the exit; if the
