@@ -10,7 +10,6 @@ import asyncio
 import json
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -33,7 +32,12 @@ def peer() -> Iterator[str]:
 
     app = web.Application()
     app.router.add_get("/v1/models", models)
+
+    async def huge_error(request: web.Request) -> web.Response:
+        return web.json_response({"error": {"message": "x" * (20 << 20)}}, status=500)
+
     app.router.add_post("/v1/chat/completions", echo)
+    app.router.add_post("/v1/completions", huge_error)
     port = free_port()
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(app)
@@ -49,20 +53,38 @@ def peer() -> Iterator[str]:
         thread.join(10)
 
 
-def test_the_clients_credentials_never_reach_a_peer(peer: str, tmp_path: Path) -> None:
-    with Studio(tmp_path, binaries.binary("llama-server"), gateway_key="sk-gw") as s:
-        with s.api() as c:
-            r = c.post("/api/peers", json={"name": "p", "url": peer, "api_key": PEER_KEY})
-            assert r.status_code == 201 and r.json()["available"] is True, r.text
-        owner = (s.data_dir / "run" / "owner.key").read_text().strip()
-        with s.gateway() as g:
-            r = g.post(
-                "/v1/chat/completions",
-                json={"model": "remote-m", "messages": [{"role": "user", "content": "hi"}]},
-                headers={OWNER_HEADER: owner, "cookie": "session=secret", "x-api-key": "sk-gw"},
-            )
-        assert r.status_code == 200, r.text
-        got = r.json()["headers"]
-        assert got["authorization"] == f"Bearer {PEER_KEY}", got
-        assert OWNER_HEADER.lower() not in got and "cookie" not in got and "x-api-key" not in got, got
-        assert "sk-gw" not in json.dumps(got) and owner not in json.dumps(got)
+@pytest.fixture(scope="module")
+def studio(peer: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Studio]:
+    with Studio(
+        tmp_path_factory.mktemp("peer-headers"), binaries.binary("llama-server"), gateway_key="sk-gw"
+    ) as s:
+        yield s
+
+
+def test_the_clients_credentials_never_reach_a_peer(peer: str, studio: Studio) -> None:
+    with studio.api() as c:
+        r = c.post("/api/peers", json={"name": "p", "url": peer, "api_key": PEER_KEY})
+        assert r.status_code == 201 and r.json()["available"] is True, r.text
+    owner = (studio.data_dir / "run" / "owner.key").read_text().strip()
+    with studio.gateway() as g:
+        r = g.post(
+            "/v1/chat/completions",
+            json={"model": "remote-m", "messages": [{"role": "user", "content": "hi"}]},
+            headers={OWNER_HEADER: owner, "cookie": "session=secret", "x-api-key": "sk-gw"},
+        )
+    assert r.status_code == 200, r.text
+    got = r.json()["headers"]
+    assert got["authorization"] == f"Bearer {PEER_KEY}", got
+    assert OWNER_HEADER.lower() not in got and "cookie" not in got and "x-api-key" not in got, got
+    assert "sk-gw" not in json.dumps(got) and owner not in json.dumps(got)
+
+
+def test_a_peers_huge_error_is_cut(peer: str, studio: Studio) -> None:
+    """A peer's 20 MiB error answer: the client gets the error in the one shape, cut (the gateway
+    read only its start), not 20 MiB re-encoded."""
+    with studio.api() as c:
+        assert c.post("/api/peers", json={"name": "p", "url": peer}).json()["available"] is True
+    with studio.gateway() as g:
+        r = g.post("/v1/completions", json={"model": "remote-m", "prompt": "hi"})
+    assert r.status_code == 500 and len(r.content) < 8192, (r.status_code, len(r.content))
+    assert r.json()["error"]["source"] == "upstream" and r.json()["error"]["message"].startswith("{")

@@ -161,7 +161,7 @@ class Relay:
                 answered = True
                 out_headers, streaming = _out_headers(up.raw_headers)
                 if up.status >= 400 and not streaming:
-                    raw = await up.read()
+                    raw = await _read_error(up)
                     finished()
                     await _send_error(send, up.status, raw, out_headers)
                     return up.status
@@ -320,6 +320,7 @@ class Relay:
         raise AssertionError("unreachable")
 
 
+MAX_ERROR = 64 << 10  # bytes of an error answer read (over: cut, and the connection dropped)
 _RING = 16  # pieces kept to find llama-server's final ``timings`` in (it is one write, at the end)
 
 
@@ -350,6 +351,17 @@ async def _send_error(send: Send, status: int, raw: bytes, headers: list[tuple[b
     """An engine's error answer, in the gateway's one error shape."""
     keep = [(k, v) for k, v in headers if k not in (b"content-length", b"content-type", b"content-encoding")]
     await send_bytes(send, status, upstream_body(status, raw), b"application/json", keep)
+
+
+async def _read_error(up: aiohttp.ClientResponse) -> bytes:
+    """An error answer's first ``MAX_ERROR`` bytes (a peer's error is not held whole in memory:
+    a 20 MiB one was read, re-encoded and sent on; only its start is shown, ``shapes.py``)."""
+    raw = bytearray()
+    async for chunk in up.content.iter_any():
+        raw += chunk
+        if len(raw) > MAX_ERROR:
+            return bytes(raw[:MAX_ERROR])
+    return bytes(raw)
 
 
 async def _exited(proc: EngineProcess) -> bool:
