@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from llamastudio.errors import InvalidInput
 from llamastudio.serving.peers import PeerSpec
 from llamastudio.store import Database
-from llamastudio.store.models import SettingRow
+from llamastudio.store.settings import read_setting, write_setting
 
 USER, IMPORTED = "peers", "peers.imported"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -77,9 +77,8 @@ def _from_json(value: Any) -> list[PeerSpec]:
 
 
 def load(db: Database, key: str) -> list[PeerSpec]:
-    with db.session() as s:
-        row = s.get(SettingRow, key)
-    return _from_json(row.value) if row is not None else []
+    value = read_setting(db, key)
+    return _from_json(value) if value is not None else []
 
 
 def save(db: Database, key: str, peers: list[PeerSpec]) -> None:
@@ -90,12 +89,7 @@ def save(db: Database, key: str, peers: list[PeerSpec]) -> None:
 def write(s: Session, key: str, peers: list[PeerSpec]) -> None:
     """Store ``peers`` under ``key`` in the caller's transaction (a llama-swap import stores its
     peers with its configurations: all or none; ``check`` each first)."""
-    value = [asdict(p) for p in peers]
-    row = s.get(SettingRow, key)
-    if row is None:
-        s.add(SettingRow(key=key, value=value))
-    else:
-        row.value = value
+    write_setting(s, key, [asdict(p) for p in peers])
 
 
 def add(db: Database, spec: PeerSpec) -> PeerSpec:

@@ -11,7 +11,7 @@ import logging
 from llamastudio.errors import InvalidInput
 from llamastudio.serving.configs import MAX_TTL, valid_ttl
 from llamastudio.store import Database
-from llamastudio.store.models import SettingRow
+from llamastudio.store.settings import read_setting, save_setting
 
 log = logging.getLogger(__name__)
 _DEFAULT_TTL = "default_ttl"
@@ -19,22 +19,16 @@ _DEFAULT_TTL = "default_ttl"
 
 def default_ttl(db: Database, fallback: float) -> float:
     """The TTL set in the UI (stored), else ``fallback`` (``LLAMASTUDIO_DEFAULT_TTL``)."""
-    with db.session() as s:
-        row = s.get(SettingRow, _DEFAULT_TTL)
-    if row is None:
+    value = read_setting(db, _DEFAULT_TTL)
+    if value is None:
         return fallback
-    if not valid_ttl(row.value):  # e.g. Infinity stored by an older version: would break /ws JSON
-        log.warning("ignoring the stored default_ttl %r: not a TTL", row.value)
+    if not valid_ttl(value):  # e.g. Infinity stored by an older version: would break /ws JSON
+        log.warning("ignoring the stored default_ttl %r: not a TTL", value)
         return fallback
-    return float(row.value)
+    return float(value)
 
 
 def set_default_ttl(db: Database, seconds: float) -> None:
     if not valid_ttl(seconds):
         raise InvalidInput(f"default_ttl must be a finite number of seconds from 0 to {MAX_TTL}")
-    with db.session() as s, s.begin():
-        row = s.get(SettingRow, _DEFAULT_TTL)
-        if row is None:
-            s.add(SettingRow(key=_DEFAULT_TTL, value=seconds))
-        else:
-            row.value = seconds
+    save_setting(db, _DEFAULT_TTL, seconds)

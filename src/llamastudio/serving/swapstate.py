@@ -13,15 +13,12 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from llamastudio.store import Database
-from llamastudio.store.models import SettingRow
+from llamastudio.store.settings import read_setting, setting_in, write_setting
 
 API_KEYS, SETTINGS = "llama_swap.api_keys", "llama_swap.settings"
 
 
-def read(db: Database, key: str) -> Any:
-    with db.session() as s:
-        row = s.get(SettingRow, key)
-    return None if row is None else row.value
+read = read_setting
 
 
 def api_keys(db: Database) -> list[str]:
@@ -34,17 +31,10 @@ def settings(db: Database) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def write(s: Session, key: str, value: Any) -> None:
-    """Inside the caller's transaction (the import's: all or nothing)."""
-    row = s.get(SettingRow, key)
-    if row is None:
-        s.add(SettingRow(key=key, value=value))
-    else:
-        row.value = value
+write = write_setting  # inside the caller's transaction (the import's: all or nothing)
 
 
 def merge(s: Session, key: str, value: dict[str, Any]) -> None:
     """Update the stored mapping ``key`` with ``value``'s keys (inside the caller's transaction)."""
-    row = s.get(SettingRow, key)
-    old = row.value if row is not None and isinstance(row.value, dict) else {}
-    write(s, key, {**old, **value})
+    old = setting_in(s, key)
+    write(s, key, {**(old if isinstance(old, dict) else {}), **value})

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from llamastudio.errors import InvalidInput, NotFound
 from llamastudio.store import Database
-from llamastudio.store.models import SettingRow
+from llamastudio.store.settings import read_setting, save_setting
 
 KEY = "workers"
 MAX_WORKERS = 64
@@ -78,10 +78,9 @@ def parse_endpoint(value: str) -> tuple[str, int]:
 
 
 def load(db: Database) -> list[StoredWorker]:
-    with db.session() as s:
-        row = s.get(SettingRow, KEY)
+    value = read_setting(db, KEY)
     out = []
-    for item in row.value if row is not None and isinstance(row.value, list) else []:
+    for item in value if isinstance(value, list) else []:
         try:
             out.append(StoredWorker(**item))
         except TypeError:
@@ -90,13 +89,7 @@ def load(db: Database) -> list[StoredWorker]:
 
 
 def save(db: Database, workers: list[StoredWorker]) -> None:
-    value = [asdict(w) for w in workers]
-    with db.session() as s, s.begin():
-        row = s.get(SettingRow, KEY)
-        if row is None:
-            s.add(SettingRow(key=KEY, value=value))
-        else:
-            row.value = value
+    save_setting(db, KEY, [asdict(w) for w in workers])
 
 
 def view(w: StoredWorker, reason: str = "") -> WorkerView:
