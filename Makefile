@@ -69,6 +69,7 @@ docker-test: docker-lint
 bench: install rig
 	LLAMASTUDIO_RIG_DIR="$(RIG)" $(PY) -m bench.estimate_accuracy
 	LLAMASTUDIO_RIG_DIR="$(RIG)" $(PY) -m bench.gateway
+	LLAMASTUDIO_RIG_DIR="$(RIG)" $(PY) -m bench.relay_cpu
 	LLAMASTUDIO_RIG_DIR="$(RIG)" $(PY) -m bench.download
 	LLAMASTUDIO_RIG_DIR="$(RIG)" $(PY) -m bench.faults
 
