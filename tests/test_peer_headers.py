@@ -62,7 +62,7 @@ def studio(peer: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stud
 
 
 def test_the_clients_credentials_never_reach_a_peer(peer: str, studio: Studio) -> None:
-    with studio.api() as c:
+    with studio.owner() as c:
         r = c.post("/api/peers", json={"name": "p", "url": peer, "api_key": PEER_KEY})
         assert r.status_code == 201 and r.json()["available"] is True, r.text
     owner = (studio.data_dir / "run" / "owner.key").read_text().strip()
@@ -82,7 +82,7 @@ def test_the_clients_credentials_never_reach_a_peer(peer: str, studio: Studio) -
 def test_a_peers_huge_error_is_cut(peer: str, studio: Studio) -> None:
     """A peer's 20 MiB error answer: the client gets the error in the one shape, cut (the gateway
     read only its start), not 20 MiB re-encoded."""
-    with studio.api() as c:
+    with studio.owner() as c:
         assert c.post("/api/peers", json={"name": "p", "url": peer}).json()["available"] is True
     with studio.gateway() as g:
         r = g.post("/v1/completions", json={"model": "remote-m", "prompt": "hi"})

@@ -50,7 +50,7 @@ def _wait(check: Callable[[], bool], timeout: float, what: str) -> float:
 
 
 def _peer(studio: Studio, name: str) -> dict[str, object]:
-    with studio.api() as c:
+    with studio.owner() as c:
         peers = c.get("/api/peers").json()
     return next(p for p in peers if p["name"] == name)
 
@@ -59,7 +59,7 @@ def test_second_studio_as_peer(studio_a: Studio, tiny: Path, tmp_path: Path) -> 
     b = Studio(tmp_path / "b", binaries.binary("llama-server"), gateway_key=B_KEY).start()
     try:
         b.configure("tiny-b", model=str(tiny), args=["-c", "256", "-t", "1"])
-        with studio_a.api() as c:
+        with studio_a.owner() as c:
             r = c.post("/api/peers", json={"name": "b", "url": b.gateway_url + "/v1/", "api_key": B_KEY})
             assert r.status_code == 201, r.text
             view = r.json()
@@ -122,7 +122,7 @@ def test_llama_server_as_peer_and_loops(studio_a: Studio, tiny: Path, tmp_path: 
         )
         assert done.choices[0].message is not None and done.usage is not None
         # the peer's set_params / strip_params reach it: max_tokens forced to 1
-        with studio_a.api() as c:
+        with studio_a.owner() as c:
             body = {
                 "name": "plain",
                 "url": srv.url,
@@ -140,7 +140,16 @@ def test_llama_server_as_peer_and_loops(studio_a: Studio, tiny: Path, tmp_path: 
     finally:
         srv.stop()
 
-    with studio_a.api() as c:
+    with studio_a.api() as c:  # an API caller without the command permission (not the owner)
+        r = c.post("/api/peers", json={"name": "x", "url": "http://10.9.9.9:2000"})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "commands_not_allowed", r.text
+        r = c.post("/api/workers", json={"endpoint": "10.9.9.9:50052", "key": "k"})
+        assert r.status_code == 403 and "receives model weights" in r.json()["error"]["message"], r.text
+        r = c.put("/api/models/r/config", json={"model": "m.gguf", "args": ["--rpc", "10.9.9.9:50052"]})
+        assert r.status_code == 403 and "RPC servers" in r.json()["error"]["message"], r.text
+        assert all(p["name"] != "x" for p in c.get("/api/peers").json())
+
+    with studio_a.owner() as c:
         # the studio itself as its own peer: its gateway sees its own id come back (508)
         r = c.post("/api/peers", json={"name": "me", "url": studio_a.gateway_url, "api_key": A_KEY})
         assert r.status_code == 201
@@ -204,7 +213,7 @@ def test_disconnect_cancels_upstream_and_redirects_are_not_followed(
         "--metrics",
     ).__enter__()
     try:
-        with studio_a.api() as c:
+        with studio_a.owner() as c:
             assert c.post("/api/peers", json={"name": "long", "url": srv.url}).json()["available"] is True
         body = {
             "model": "long",
@@ -237,7 +246,7 @@ def test_disconnect_cancels_upstream_and_redirects_are_not_followed(
     thread.start()
     try:
         url = f"http://127.0.0.1:{redirector.server_address[1]}"
-        with studio_a.api() as c:
+        with studio_a.owner() as c:
             r = c.post("/api/peers", json={"name": "redir", "url": url, "models": ["m"]})
         assert r.json()["available"] is False and "redirects are not followed" in r.json()["reason"], r.json()
         with studio_a.gateway() as g:

@@ -228,7 +228,7 @@ def test_model_across_two_workers(wide: Path, workers: list[Worker], tmp_path: P
         )
         listed = studio.cli("workers", "ls", "--json").stdout
         assert KEYS[0] not in listed and KEYS[1] not in listed and '"kind": "rpc"' in listed
-        with studio.api() as c:
+        with studio.owner() as c:
             views = c.get("/api/workers").json()
             assert [v["available"] for v in views] == [True, True]
             assert all(v["link_mib_s"] > 0 and v["devices"][0]["offered_mib"] == MEM for v in views)
@@ -251,7 +251,7 @@ def test_model_across_two_workers(wide: Path, workers: list[Worker], tmp_path: P
         assert done.usage.completion_tokens >= 1
 
         # the estimate per RPC device against the buffers llama-server logged for it
-        with studio.api() as c:
+        with studio.owner() as c:
             lines = c.get("/api/models/wide/logs", params={"tail": 5000}).json()["lines"]
         logged: dict[tuple[str, str], float] = {}
         for line in lines:
@@ -291,7 +291,7 @@ def test_model_across_two_workers(wide: Path, workers: list[Worker], tmp_path: P
         assert last.status_code == 503 and any(g in str(last) for g in gone), errors
         with studio.gateway() as g:
             assert g.get("/health").status_code == 200
-        with studio.api() as c:
+        with studio.owner() as c:
             views = {v["endpoint"]: v for v in c.get("/api/workers").json()}
         assert views[workers[1].endpoint]["available"] is False and views[workers[0].endpoint]["available"]
         assert "its status endpoint" in views[workers[1].endpoint]["reason"]
@@ -299,5 +299,5 @@ def test_model_across_two_workers(wide: Path, workers: list[Worker], tmp_path: P
         assert f"removed worker {workers[1].endpoint}" in out.stdout
         again = studio.cli("workers", "rm", workers[1].endpoint, check=False)
         assert again.returncode == 2 and "no worker" in again.stderr and "Traceback" not in again.stderr
-        with studio.api() as c:
+        with studio.owner() as c:
             assert [v["endpoint"] for v in c.get("/api/workers").json()] == [workers[0].endpoint]

@@ -17,7 +17,9 @@ from typing import Any
 
 import httpx
 
+from llamastudio import runinfo
 from llamastudio.config import SEED_NAMES
+from llamastudio.guard import OWNER_HEADER
 from llamastudio.procs import stop_process
 from llamastudio.runtime.process import free_port
 from tests.rig.server import wait_healthy
@@ -81,6 +83,15 @@ class Studio:
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         return httpx.Client(base_url=self.api_url, headers=headers, timeout=120)
+
+    def owner(self) -> httpx.Client:
+        """A management API client with the data directory's owner key, as the CLI on this
+        machine sends it: it may store what runs commands or sends data elsewhere."""
+        client = self.api()
+        key = runinfo.read_owner_key(self.data_dir)
+        assert key, "the studio wrote no owner key"
+        client.headers[OWNER_HEADER] = key
+        return client
 
     def gateway(self) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.gateway_key}"} if self.gateway_key else {}

@@ -33,6 +33,7 @@ from llamastudio.serving.names import check_names, name_index
 from llamastudio.serving.validate import check_server_args
 from llamastudio.store import Database
 from llamastudio.store.models import ServedModelRow
+from llamastudio.workers.plan import MODES as RPC_MODES
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,255}$")
 # set by the runtime for every instance; a configuration may not choose them
@@ -215,6 +216,17 @@ def _safe_env(name: str) -> bool:
     return bool(_GGML_SWITCH.fullmatch(name)) and not any(word in name for word in _NAMES_CODE)
 
 
+def _value_of(args: list[str], flag: str) -> str | None:
+    """The value of ``flag`` in ``args`` (``--flag V`` or ``--flag=V``; the last one wins)."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == flag:
+            value = args[i + 1] if i + 1 < len(args) else ""
+        elif arg.startswith(flag + "="):
+            value = arg[len(flag) + 1 :]
+    return value
+
+
 def runs_command(cfg: ModelConfig) -> str | None:
     """What in this configuration runs code of its author's choosing, in words (None: nothing
     does): a ``command``, engine environment outside the safe set (``LD_PRELOAD`` …),
@@ -233,6 +245,9 @@ def runs_command(cfg: ModelConfig) -> str | None:
     agent = sorted(flags & _COMMAND_FLAGS.keys())
     if agent:
         return f"model {cfg.name!r} turns on llama-server's tools or MCP servers ({', '.join(agent)})"
+    rpc = _value_of(cfg.args, "--rpc")
+    if rpc is not None and rpc not in RPC_MODES:  # llama-server trusts the rpc-servers it names
+        return f"model {cfg.name!r} sends its weights to the RPC servers it names ({rpc[:200]})"
     files = sorted(flags & FILE_FLAGS)
     if files:
         return f"model {cfg.name!r} names files the engine reads or writes ({', '.join(files)})"

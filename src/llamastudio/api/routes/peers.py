@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from llamastudio.api.deps import StateDep
+from llamastudio.api.deps import StateDep, require_commands
 from llamastudio.services.peers import PeerView
 from llamastudio.serving.peers import PeerSpec
 
@@ -34,8 +34,10 @@ async def list_peers(state: StateDep) -> list[PeerView]:
 
 
 @router.post("/peers", status_code=201)
-async def add_peer(state: StateDep, body: PeerIn) -> PeerView:
-    """Add (or replace) a peer; it is health-checked once before the answer."""
+async def add_peer(state: StateDep, body: PeerIn, request: Request) -> PeerView:
+    """Add (or replace) a peer; it is health-checked once before the answer. Requests (and the
+    peer's key) then go to the host it names: the command permission, like a model's ``proxy``."""
+    require_commands(state, request, f"peer {body.name!r} relays requests to {body.url[:200]}")
     return await state.service.peers.add(PeerSpec(**body.model_dump()))
 
 

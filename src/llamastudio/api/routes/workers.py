@@ -5,10 +5,10 @@ worker's key is stored and sent to its status endpoint, never returned."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from llamastudio.api.deps import StateDep
+from llamastudio.api.deps import StateDep, require_commands
 from llamastudio.workers.registry import WorkerView
 
 router = APIRouter(prefix="/api", tags=["workers"])
@@ -29,8 +29,11 @@ async def list_workers(state: StateDep) -> list[WorkerView]:
 
 
 @router.post("/workers", status_code=201)
-async def add_worker(state: StateDep, body: WorkerIn) -> WorkerView:
-    """Register (or replace) a worker; it is health-checked and its link measured once."""
+async def add_worker(state: StateDep, body: WorkerIn, request: Request) -> WorkerView:
+    """Register (or replace) a worker; it is health-checked and its link measured once. Models
+    then send their weights to it, and llama-server trusts its unauthenticated rpc-server: the
+    command permission, like a model's ``proxy``."""
+    require_commands(state, request, f"worker {body.endpoint[:200]} receives model weights")
     return await state.service.workers.add(body.endpoint, body.key, body.status_port)
 
 
