@@ -67,8 +67,6 @@ async def add_foreign(
         if not found.models:
             why = "; ".join(f"{w}: {y}" for w, y in found.skipped[:5])
             raise InvalidInput(f"{found.root}: no usable {source} GGUF model" + (f" ({why})" if why else ""))
-        if source == foreign.LMSTUDIO:
-            runtime.library.add(Path(found.root))  # in place: the directory is remembered, not copied
         configs = [
             ModelConfig(name=m.name, model=m.path, args=m.args, auto=True, configured=True)
             for m in found.models
@@ -76,6 +74,8 @@ async def add_foreign(
         for cfg in configs:
             permit(cfg)
         runtime.configs.put_many(configs)
+        if source == foreign.LMSTUDIO:  # only once the configurations are stored (all or none)
+            runtime.library.add(Path(found.root))  # in place: the directory is remembered, not copied
         return found
 
     found = await asyncio.to_thread(work)
