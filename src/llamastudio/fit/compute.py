@@ -71,6 +71,7 @@ from llamastudio.errors import InvalidInput
 from llamastudio.fit.flags import ServerFlags
 from llamastudio.fit.galloc import buffer_size
 from llamastudio.fit.graphs import Batch, GraphAbort, Setup
+from llamastudio.fit.pipeline import pipeline_parallel, split_buffers
 from llamastudio.fit.stacks import build
 from llamastudio.fit.usage import Context, DeviceUsage
 from llamastudio.gguf import ModelFacts
@@ -90,11 +91,18 @@ def reserve_batches(ctx: Context) -> list[Batch]:
 
 def graph_peak(f: ModelFacts, ctx: Context, flags: ServerFlags | None = None) -> int:
     """Bytes of the compute buffer when every layer runs on one backend (the CPU's)."""
-    flags = flags or ServerFlags()
+    setup = _setup(f, ctx, flags or ServerFlags())
+    try:
+        return max(_buffer_size(f, setup, b) for b in reserve_batches(ctx))
+    except GraphAbort as exc:
+        raise InvalidInput(str(exc)) from None
+
+
+def _setup(f: ModelFacts, ctx: Context, flags: ServerFlags) -> Setup:
     pooling = None
     if flags.embedding or flags.reranking:  # llama_context: --pooling, else the model's, else none
         pooling = "rank" if flags.reranking else (flags.pooling or f.pooling or "none")
-    setup = Setup(
+    return Setup(
         n_kv=ctx.kv_cells,
         n_kv_swa=ctx.kv_cells_swa,
         n_stream=ctx.n_stream,
@@ -104,10 +112,6 @@ def graph_peak(f: ModelFacts, ctx: Context, flags: ServerFlags | None = None) ->
         n_rs=max(1, ctx.n_seq),
         pooling=pooling,
     )
-    try:
-        return max(_buffer_size(f, setup, b) for b in reserve_batches(ctx))
-    except GraphAbort as exc:
-        raise InvalidInput(str(exc)) from None
 
 
 _CACHE: OrderedDict[tuple[str, Setup, Batch], int] = OrderedDict()
@@ -171,6 +175,11 @@ def compute_bytes(
     gpus: tuple[Gpu, ...],
     flags: ServerFlags | None = None,
 ) -> dict[str, int]:
+    flags = flags or ServerFlags()
+    if pipeline_parallel(
+        gpus, placement, flags.split_mode, not flags.no_kv_offload, bool(flags.tensor_overrides())
+    ):
+        return _pipeline(f, ctx, placement, flags)
     peak = graph_peak(f, ctx, flags)
     gpu_names = [g.device_name for g in gpus]
     used = [name for name in gpu_names if usage[name].layers or name == placement[-1]]
@@ -184,4 +193,30 @@ def compute_bytes(
     n_ub = ctx.n_ubatch
     masks = (ctx.kv_cells + ctx.kv_cells_swa) * n_ub * 4
     out[HOST] = 4 * n_ub * f.embedding_length + masks + (peak if host_layers else 0)
+    return out
+
+
+_SPLIT_CACHE: OrderedDict[tuple[str, Setup, Batch, tuple[str, ...]], dict[str, int]] = OrderedDict()
+
+
+def _pipeline(f: ModelFacts, ctx: Context, placement: list[str], flags: ServerFlags) -> dict[str, int]:
+    """Pipeline parallelism (``pipeline.py``): each backend's buffer from the split graph, the
+    largest over the reserved batches."""
+    setup = _setup(f, ctx, flags)
+    out: dict[str, int] = {}
+    for batch in reserve_batches(ctx):
+        key = (_graph_key(f), setup, batch, tuple(placement))
+        with _CACHE_LOCK:
+            sizes = _SPLIT_CACHE.get(key)
+        if sizes is None:
+            try:
+                sizes = split_buffers(build(f, setup, batch), placement)
+            except GraphAbort as exc:
+                raise InvalidInput(str(exc)) from None
+            with _CACHE_LOCK:
+                _SPLIT_CACHE[key] = sizes
+                while len(_SPLIT_CACHE) > _CACHE_SIZE:
+                    _SPLIT_CACHE.popitem(last=False)
+        for dev, size in sizes.items():
+            out[dev] = max(out.get(dev, 0), size)
     return out

@@ -78,9 +78,15 @@ class _State:
         self.offset = 0
 
 
-def buffer_size(graph: Graph) -> int:
-    """Bytes of the compute buffer ggml-alloc reserves for ``graph``."""
+def buffer_size(
+    graph: Graph, nodes: list[Tensor] | None = None, foreign: frozenset[int] = frozenset()
+) -> int:
+    """Bytes of the compute buffer ggml-alloc reserves for ``graph``; or, for one backend of a
+    split graph, for its ``nodes`` alone, the tensors whose ids are in ``foreign`` (other
+    backends' results and the graph inputs, copied in ahead: ``pipeline.py``) placed elsewhere."""
     blocks = _Blocks()
+    leafs = graph.leafs if nodes is None else []
+    nodes = graph.nodes if nodes is None else nodes
     state: dict[int, _State] = {}
 
     def st(t: Tensor) -> _State:
@@ -91,7 +97,7 @@ def buffer_size(graph: Graph) -> int:
 
     def place(t: Tensor) -> None:
         s = st(t)
-        if t.external or t.view_src is not None or s.allocated:
+        if t.external or t.view_src is not None or s.allocated or id(t) in foreign:
             return
         s.allocated = True
         if t.op in INPLACE:
@@ -114,15 +120,15 @@ def buffer_size(graph: Graph) -> int:
         blocks.release(s.offset, t.nbytes)
         s.allocated = False
 
-    for leaf in graph.leafs:
+    for leaf in leafs:
         place(leaf)
-    for node in graph.nodes:
+    for node in nodes:
         if node.view_src is not None and node.op != "NONE":
             st(node.view_src).views += 1
         for src in node.src:
             if src is not None:
                 st(src).children += 1
-    for node in graph.nodes:
+    for node in nodes:
         for parent in node.src:
             if parent is not None:
                 place(parent)

@@ -10,6 +10,7 @@ in the same order (graph order and in-place reuse depend on it). No data is comp
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 
 import gguf
@@ -41,6 +42,9 @@ INPLACE = frozenset(
         "SOFT_MAX_BACK",
     }
 )
+# every tensor's creation number: a graph records where each layer's tensors begin
+# (Graph.layer_starts), which tells the device of each node under a layer split (compute.py)
+SERIAL = itertools.count()
 _PLAIN = {"f32": (1, 4), "f16": (1, 2), "bf16": (1, 2), "i32": (1, 4), "i64": (1, 8), "i8": (1, 1)}
 
 
@@ -57,7 +61,7 @@ def row_size(type_name: str, n: int) -> int:
 
 
 class Tensor:
-    __slots__ = ("external", "input", "name", "nb", "ne", "op", "output", "src", "type", "view_src")
+    __slots__ = ("external", "input", "name", "nb", "ne", "op", "output", "seq", "src", "type", "view_src")
     view_src: Tensor | None
     external: bool
 
@@ -81,6 +85,7 @@ class Tensor:
         self.input = False
         self.output = False
         self.name = name
+        self.seq = next(SERIAL)
         if nb is None:
             block, size = type_traits(type_name)
             strides = [size, size * (self.ne[0] // block)]
@@ -300,6 +305,8 @@ class Graph:
         self.nodes: list[Tensor] = []
         self.leafs: list[Tensor] = []
         self._seen: set[int] = set()
+        # creation number of the first tensor of each layer, then of the output part
+        self.layer_starts: list[int] = []
 
     def expand(self, root: Tensor) -> None:
         stack: list[tuple[Tensor, int]] = [(root, 0)]

@@ -8,6 +8,7 @@ Weights and caches are external tensors: only their shapes matter.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from llamastudio.fit import ggml as G
@@ -58,6 +59,13 @@ class Llm:
         self.g = G.Graph()
         self.expand = self.g.expand
         self._inputs: dict[str, Tensor] = {}
+
+    def layers(self) -> Iterator[int]:
+        """The layer indices, marking where each layer's tensors (then the output's) begin."""
+        for il in range(self.f.block_count):
+            self.g.layer_starts.append(next(G.SERIAL))
+            yield il
+        self.g.layer_starts.append(next(G.SERIAL))
 
     # ---- inputs -------------------------------------------------------------------------------
     def inp_embd(self, tok_scale: bool = False, embd_scale: bool = False) -> Tensor:

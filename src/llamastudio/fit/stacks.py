@@ -75,7 +75,7 @@ def build_decoder(llm: Llm) -> None:
     inp = llm.kv_inputs(swa=any(swa))
     out_ids = llm.inp_out_ids()
     llm.softcap = f.architecture == "gemma2"
-    for il in range(f.block_count):
+    for il in llm.layers():
         residual = inp_l
         cur = llm.norm(inp_l)
         if attn[il]:
@@ -112,7 +112,7 @@ def build_gptoss(llm: Llm) -> None:
     inp = llm.kv_inputs(swa=any(swa))
     out_ids = llm.inp_out_ids()
     n_ff_exp = int(_key(f, "expert_feed_forward_length")) or _n_ff(f, 0)
-    for il in range(f.block_count):
+    for il in llm.layers():
         cur = llm.norm(inp_l)
         q, k, v = llm.qkv(cur, f.key_length, f.n_head(il), f.n_head_kv(il), f.value_length)
         cur = llm.attn(inp, G.rope(q, pos), G.rope(k, pos), v, il, swa=swa[il])
@@ -150,7 +150,7 @@ def build_deepseek2(llm: Llm) -> None:
     inp = llm.kv_inputs(v_cache=False)
     out_ids = llm.inp_out_ids()
     n = llm.n_tokens
-    for il in range(f.block_count):
+    for il in llm.layers():
         residual = inp_l
         cur = llm.norm(inp_l)
         q = llm.mm(llm.norm(llm.mm(cur, q_lora)), n_head * head_k) if q_lora else llm.mm(cur, n_head * head_k)
@@ -288,7 +288,7 @@ def build_mamba(llm: Llm) -> None:
     inp_l = llm.inp_embd()
     rs = _rs_inputs(llm)
     out_ids = llm.inp_out_ids()
-    for il in range(f.block_count):
+    for il in llm.layers():
         cur = _mamba_layer(llm, rs, llm.norm(inp_l), f.architecture == "mamba2")
         cur, inp_l = _last(llm, il, out_ids, cur, inp_l)
         inp_l = G.add(cur, inp_l)
@@ -306,7 +306,7 @@ def build_hybrid(llm: Llm) -> None:
     out_ids = llm.inp_out_ids()
     pos = llm.inp_pos()
     res_scale = bool(_key(f, "residual_scale"))
-    for il in range(f.block_count):
+    for il in llm.layers():
         residual = inp_l
         cur = llm.norm(inp_l)
         if rec[il]:
@@ -344,7 +344,7 @@ def build_encoder(llm: Llm) -> None:
     out_ids = llm.inp_out_ids()
     rope = f.architecture != "bert"
     gated = f.architecture not in ("bert", "jina-bert-v3", "nomic-bert-moe")
-    for il in range(f.block_count):
+    for il in llm.layers():
         q, k, v = llm.qkv(inp_l, f.key_length, f.n_head(il), f.n_head_kv(il), f.value_length, bias=True)
         if rope:
             q, k = G.rope(q, pos), G.rope(k, pos)
@@ -367,7 +367,7 @@ def build_falcon_h1(llm: Llm) -> None:
     rs = _rs_inputs(llm)
     inp = llm.kv_inputs()
     out_ids = llm.inp_out_ids()
-    for il in range(f.block_count):
+    for il in llm.layers():
         q, k, v = llm.qkv(llm.norm(inp_l), f.key_length, f.n_head(il), f.n_head_kv(il), f.value_length)
         attn_out = llm.attn(inp, G.rope(q, pos), G.rope(k, pos), v, il)
         cur = G.add(attn_out, _mamba_layer(llm, rs, llm.norm(inp_l), mamba2=True))
@@ -386,7 +386,7 @@ def build_nemotron_h(llm: Llm) -> None:
     rs = _rs_inputs(llm)
     inp = llm.kv_inputs()
     out_ids = llm.inp_out_ids()
-    for il in range(f.block_count):
+    for il in llm.layers():
         cur = llm.norm(inp_l)
         if rec[il]:
             cur = _mamba_layer(llm, rs, cur, mamba2=True)

@@ -1,0 +1,96 @@
+"""Compute buffers under llama.cpp's pipeline parallelism: one buffer per backend of a split graph.
+
+When it is on (``llama_context``'s constructor, pinned source): more than one model device,
+every layer and the output offloaded (``n_gpu_layers > n_layer``), ``-sm layer``, the KV cache
+offloaded (no ``-nkvo``), no tensor overrides (``-ot``, ``--cpu-moe``), and every non-CPU device
+supporting async compute and events (CUDA, ROCm, Vulkan, SYCL and RPC devices do), the
+scheduler is created with ``n_copies = GGML_SCHED_MAX_COPIES`` (4; the log says "pipeline
+parallelism enabled" and "sched copies = 4"). Then ``ggml_backend_sched_split_graph``:
+
+- assigns each node a backend: a layer's nodes run on the device holding that layer (its
+  weights, its KV cache; the layer's first norm is pinned there), the output norm and logits on
+  the output layer's device; before the first layer, the ``get_rows`` of the token embeddings
+  (a CPU weight) runs on the CPU and the rest (the mixed-batch path) on the first layer's device;
+  graph inputs (tokens, positions, KV row indices, masks, output ids) belong to the CPU;
+- gives every graph input 4 copies in the CPU's compute buffer, and every tensor a split reads
+  from another backend (the hidden state passed between devices, the inputs each device reads)
+  4 copies in that split's backend buffer; all copies are allocated ahead of the nodes and never
+  freed (flagged input and output);
+- allocates each backend's own nodes with ggml-alloc in its own buffer (``galloc.py``).
+
+So a device's compute buffer is 4 × (the tensors it reads from elsewhere) + the peak of its own
+nodes; the host's is 4 × (all graph inputs) + the embedding rows it gathers. Measured on the
+real llama-server over two rpc-servers (tests/test_rpc.py): exact to the log's 0.01 MiB.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+from llamastudio.fit.galloc import ALIGNMENT, buffer_size
+from llamastudio.fit.ggml import Graph, Tensor
+from llamastudio.hardware import Gpu
+
+HOST = "CPU"
+N_COPIES = 4  # GGML_SCHED_MAX_COPIES
+NO_EVENTS = frozenset({"Metal"})  # a single device anyway; the others report async + events
+
+
+def pipeline_parallel(
+    gpus: tuple[Gpu, ...], placement: list[str], split_mode: str, kv_offload: bool, overrides: bool
+) -> bool:
+    """llama_context: whether the scheduler keeps 4 copies of each split's inputs."""
+    return (
+        len(gpus) > 1
+        and all(dev != HOST for dev in placement)  # n_gpu_layers > n_layer: the output too
+        and split_mode == "layer"
+        and kv_offload
+        and not overrides
+        and not any(g.backend in NO_EVENTS for g in gpus)
+    )
+
+
+def _align(n: int) -> int:
+    return -(-n // ALIGNMENT) * ALIGNMENT
+
+
+def split_buffers(graph: Graph, placement: list[str], n_copies: int = N_COPIES) -> dict[str, int]:
+    """Bytes of each backend's compute buffer for ``graph`` split by layer over ``placement``
+    (the device of each layer, then of the output)."""
+    starts = graph.layer_starts
+    first = placement[0]
+
+    def node_device(t: Tensor) -> str:
+        il = bisect.bisect_right(starts, t.seq) - 1
+        if il < 0:  # before the first layer: the token rows are gathered where the table is
+            gather = t.op == "GET_ROWS" and t.src and t.src[0] is not None and t.src[0].external
+            return HOST if gather else first
+        return placement[min(il, len(placement) - 1)]
+
+    def device(t: Tensor) -> str | None:
+        """Where a source lives; None for weights, caches and views of them (never copied)."""
+        root = t.view_src or t
+        if root.external:
+            return None
+        return HOST if root.op == "NONE" else node_device(root)
+
+    nodes: dict[str, list[Tensor]] = {}
+    copies: dict[str, dict[int, int]] = {}
+    for node in graph.nodes:
+        dev = node_device(node)
+        nodes.setdefault(dev, []).append(node)
+        for src in node.src:
+            if src is None:
+                continue
+            where = device(src)
+            if where is not None and where != dev:
+                copies.setdefault(dev, {})[id(src)] = src.nbytes
+    inputs = {id(t): t.nbytes for t in graph.leafs if t.input and not t.external}
+    copies.setdefault(HOST, {}).update(inputs)
+    out: dict[str, int] = {}
+    for dev in set(nodes) | {HOST}:
+        ahead = copies.get(dev, {})
+        foreign = frozenset(ahead) | frozenset(inputs)
+        own = buffer_size(graph, nodes.get(dev, []), foreign) if dev in nodes else 0
+        out[dev] = n_copies * sum(_align(n) for n in ahead.values()) + own
+    return out
