@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,8 +25,10 @@ import pytest
 from llamastudio.engines.registry import Engine
 from llamastudio.errors import DoesNotFit, InvalidInput, StartFailed
 from llamastudio.fit.argv import parse_server_args
+from llamastudio.fit.compute import graph_peak
 from llamastudio.fit.estimator import estimate
-from llamastudio.gguf import load_model
+from llamastudio.fit.pipeline import pipeline_parallel
+from llamastudio.gguf import facts_from_model, load_model
 from llamastudio.hardware.devices import Gpu, Hardware
 from llamastudio.procs import stop_process
 from llamastudio.runtime.process import free_port
@@ -40,6 +43,7 @@ MiB = 1 << 20
 MEM = 80  # MiB each worker offers: the model needs ~125 MiB on the RPC devices, ~65 on each half
 KEYS = ("worker-key-one", "worker-key-two")
 _BUF = re.compile(r"(RPC\d+)\[([\d.:]+)\] (model|KV|compute) buffer size =\s+([\d.]+) MiB")
+_HOST_COMPUTE = re.compile(r"sched_reserve:\s+CPU compute buffer size =\s+([\d.]+) MiB")
 
 
 @dataclass
@@ -206,6 +210,19 @@ def test_plan_fits_neither_alone_and_refuses_mismatched_builds(wide: Path, worke
         _plan([*args, "--rpc", "always"], [_stored(w) for w in workers])
 
 
+def _logged(lines: list[str]) -> dict[tuple[str, str], float]:
+    """(endpoint or "host", model|KV|compute) -> MiB, from llama-server's load log."""
+    logged: dict[tuple[str, str], float] = {}
+    for line in lines:
+        m = _BUF.search(line)
+        if m:
+            logged[(m.group(2), m.group(3))] = float(m.group(4))
+        h = _HOST_COMPUTE.search(line)
+        if h:
+            logged[("host", "compute")] = float(h.group(1))
+    return logged
+
+
 def _plan(args: list[str], stored: list[StoredWorker]) -> RpcPlan | None:
     engine = Engine(
         id="rig", name="rig", kind="source", root="", binaries={}, version="b11434", commit="sdist"
@@ -253,11 +270,8 @@ def test_model_across_two_workers(wide: Path, workers: list[Worker], tmp_path: P
         # the estimate per RPC device against the buffers llama-server logged for it
         with studio.owner() as c:
             lines = c.get("/api/models/wide/logs", params={"tail": 5000}).json()["lines"]
-        logged: dict[tuple[str, str], float] = {}
-        for line in lines:
-            m = _BUF.search(line)
-            if m:
-                logged[(m.group(2), m.group(3))] = float(m.group(4))
+        logged = _logged(lines)
+        assert any("pipeline parallelism enabled" in line for line in lines)
         gpus = tuple(Gpu(i, w.endpoint, MEM * MiB, MEM * MiB, backend="RPC") for i, w in enumerate(workers))
         est = estimate(load_model(str(wide)), parse_server_args(argv[argv.index(str(wide)) + 1 :]), gpus)
         for i, w in enumerate(workers):
@@ -266,7 +280,9 @@ def test_model_across_two_workers(wide: Path, workers: list[Worker], tmp_path: P
             # weights and KV cache: exact to the log's 0.01 MiB rounding
             assert abs(dev.model / MiB - logged[(w.endpoint, "model")]) <= 0.01, (dev, logged)
             assert abs(dev.kv / MiB - logged[(w.endpoint, "KV")]) <= 0.01, (dev, logged)
-            assert (w.endpoint, "compute") in logged
+            # compute: pipeline parallelism's 4 copies of each split's inputs (fit/pipeline.py)
+            assert abs(dev.compute / MiB - logged[(w.endpoint, "compute")]) <= 0.01, (dev, logged)
+        assert abs(est.devices[-1].compute / MiB - logged[("host", "compute")]) <= 0.01, (est.devices, logged)
         assert logged[(workers[0].endpoint, "model")] + logged[(workers[1].endpoint, "model")] > MEM
 
         # one worker killed: the model fails with a clear reason, the studio stays up
@@ -301,3 +317,93 @@ def test_model_across_two_workers(wide: Path, workers: list[Worker], tmp_path: P
         assert again.returncode == 2 and "no worker" in again.stderr and "Traceback" not in again.stderr
         with studio.owner() as c:
             assert [v["endpoint"] for v in c.get("/api/workers").json()] == [workers[0].endpoint]
+
+
+# (n_embd, n_layer, n_head, n_head_kv, n_ff), llama-server flags: shapes, micro-batches, contexts,
+# slots, splits and flash attention on and off; the pipeline-parallel compute of each device and
+# of the host against llama-server's log (measured on b11434, e.g. the first: RPC0 9.03, RPC1
+# 6.52, host 4.54 MiB; the test's own model above: 30.05, 21.04, 12.07)
+SHAPES = [
+    ((256, 6, 4, 4, 1024), ["-c", "1024", "-ub", "256", "-ts", "1,1"]),
+    ((384, 10, 6, 2, 1536), ["-c", "2048", "-np", "2", "-ts", "3,1"]),
+    ((512, 8, 8, 2, 2048), ["-c", "768", "-ub", "128", "-fa", "off", "-ts", "80,80"]),
+]
+
+
+def _rpc_server(port: int) -> subprocess.Popen[bytes]:
+    argv = [str(binaries.binary("ggml-rpc-server")), "-H", "127.0.0.1", "-p", str(port), "-t", "1"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    stop_process(proc, grace=5)
+    raise AssertionError(f"ggml-rpc-server on {port} never listened")
+
+
+def _load_log(model: Path, args: list[str], tmp: Path) -> tuple[list[str], list[str]]:
+    """llama-server's load log for ``model`` across two plain rpc-servers (until it has reserved
+    its compute buffers), and the endpoints in --rpc order."""
+    ports = [free_port(), free_port()]
+    rpcs = [_rpc_server(p) for p in ports]
+    endpoints = [f"127.0.0.1:{p}" for p in ports]
+    log = tmp / "server.log"
+    argv = [str(binaries.binary("llama-server")), "-m", str(model), "--port", str(free_port())]
+    argv += ["-t", "1", "-lv", "4", "-fit", "off", "--rpc", ",".join(endpoints), *args]
+    try:
+        with open(log, "wb") as out:
+            srv = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and srv.poll() is None:
+                if "sched_reserve: graph:" in log.read_text(errors="replace"):
+                    break
+                time.sleep(0.2)
+        finally:
+            stop_process(srv, grace=5)
+    finally:
+        for r in rpcs:
+            stop_process(r, grace=5)
+    return log.read_text(errors="replace").splitlines(), endpoints
+
+
+@pytest.mark.parametrize(("shape", "args"), SHAPES, ids=["256x6", "384x10-np2", "512x8-fa-off"])
+def test_pipeline_parallel_compute_matches_log(
+    shape: tuple[int, ...], args: list[str], tmp_path: Path
+) -> None:
+    model = tmp_path / "m.gguf"
+    vocab = Vocab.from_gguf(binaries.source_dir() / "models" / "ggml-vocab-llama-spm.gguf")
+    _dense("llama", *shape, qk_norm=False)(model, vocab)
+    lines, endpoints = _load_log(model, [*args, "-ngl", "999"], tmp_path)
+    logged = _logged(lines)
+    assert any("pipeline parallelism enabled" in line for line in lines), lines[-20:]
+    gpus = tuple(Gpu(i, e, MEM * MiB, MEM * MiB, backend="RPC") for i, e in enumerate(endpoints))
+    est = estimate(load_model(str(model)), parse_server_args([*args, "-ngl", "999"]), gpus)
+    for i, e in enumerate(endpoints):
+        assert abs(est.devices[i].kv / MiB - logged[(e, "KV")]) <= 0.01, (est.devices, logged)
+        assert abs(est.devices[i].compute / MiB - logged[(e, "compute")]) <= 0.01, (est.devices, logged)
+    assert abs(est.devices[-1].compute / MiB - logged[("host", "compute")]) <= 0.01, (est.devices, logged)
+
+
+def test_pipeline_parallel_only_when_llama_cpp_turns_it_on(wide: Path, tmp_path: Path) -> None:
+    """-ngl 8 of 8 layers + output (layer 0 on the host): llama.cpp keeps one copy of each split
+    input, and the estimate keeps compute.py's rule; the conditions that turn it off."""
+    lines, _ = _load_log(wide, ["-c", "512", "-ngl", "8", "-ts", "1,1"], tmp_path)
+    assert any("sched copies = 1" in line for line in lines) and not any("pipeline" in line for line in lines)
+    rpc = tuple(Gpu(i, "w", MEM * MiB, MEM * MiB, backend="RPC") for i in range(2))
+    on = ["RPC0"] * 5 + ["RPC1"] * 4
+    assert pipeline_parallel(rpc, on, "layer", True, False)
+    assert not pipeline_parallel(rpc, ["RPC0"] * 5 + ["RPC1"] * 3 + ["CPU"], "layer", True, False)
+    assert not pipeline_parallel(rpc[:1], ["RPC0"] * 9, "layer", True, False)
+    assert not pipeline_parallel(rpc, on, "row", True, False)
+    assert not pipeline_parallel(rpc, on, "layer", False, False)  # -nkvo
+    assert not pipeline_parallel(rpc, on, "layer", True, True)  # -ot / --cpu-moe
+    # the estimate without it: a graph peak per device holding layers, the host layer's weights
+    # streamed through the first (compute.py's rule, not the split model)
+    part = estimate(load_model(str(wide)), parse_server_args(["-c", "512", "-ngl", "8", "-ts", "1,1"]), rpc)
+    facts = facts_from_model(load_model(str(wide)))
+    peak = graph_peak(facts, part.context)
+    assert [d.compute for d in part.devices[:2]] == [peak + facts.layer_bytes[0], peak]
