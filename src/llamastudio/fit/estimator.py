@@ -205,7 +205,7 @@ def estimate(
     embd_rows = f.embedding_length if flags.embedding or flags.reranking else 0
     host.output = 4 * (f.vocab_size + embd_rows) * ctx.n_seq
 
-    for dev_usage, cb in compute_bytes(f, ctx, placement, usage, gpus, flags).items():
+    for dev_usage, cb in compute_bytes(f, ctx, placement, usage, active, flags).items():
         usage[dev_usage].compute = cb
 
     if companions is not None:
