@@ -59,7 +59,9 @@ architecture is built as the llama-style decoder, which misses its particular in
 GPU buffers (not calibrated here: no GPU in CI, so GPU compute is extrapolated) use the same graph
 peak on the device holding the layers; a partially offloaded model also streams its largest CPU
 layer through the first GPU's buffer for large batches, and the host keeps the input embeddings
-and masks.
+and masks. Several devices with every layer and the output offloaded run pipeline-parallel: the
+graph is split by layer device and each backend's buffer replayed on its own (``pipeline.py``,
+exact against llama-server over RPC devices).
 """
 
 from __future__ import annotations
