@@ -3,7 +3,7 @@
 When it is on (``llama_context``'s constructor, pinned source): more than one model device,
 every layer and the output offloaded (``n_gpu_layers > n_layer``), ``-sm layer``, the KV cache
 offloaded (no ``-nkvo``), no tensor overrides (``-ot``, ``--cpu-moe``), and every non-CPU device
-supporting async compute and events (CUDA, ROCm, Vulkan, SYCL and RPC devices do), the
+supporting async compute and events (CUDA, ROCm, Vulkan, SYCL, Metal and RPC devices do), the
 scheduler is created with ``n_copies = GGML_SCHED_MAX_COPIES`` (4; the log says "pipeline
 parallelism enabled" and "sched copies = 4"). Then ``ggml_backend_sched_split_graph``:
 
@@ -33,7 +33,10 @@ from llamastudio.hardware import Gpu
 
 HOST = "CPU"
 N_COPIES = 4  # GGML_SCHED_MAX_COPIES
-NO_EVENTS = frozenset({"Metal"})  # a single device anyway; the others report async + events
+# devices without async compute + events: none of the studio's backends in their default builds
+# (CUDA, ROCm, SYCL, Vulkan, Metal and RPC report both; a CUDA build with GGML_CUDA_NO_PEER_COPY
+# does not, and is not told apart here)
+NO_EVENTS: frozenset[str] = frozenset()
 
 
 def pipeline_parallel(
