@@ -8,9 +8,11 @@ scheduler is created with ``n_copies = GGML_SCHED_MAX_COPIES`` (4; the log says 
 parallelism enabled" and "sched copies = 4"). Then ``ggml_backend_sched_split_graph``:
 
 - assigns each node a backend: a layer's nodes run on the device holding that layer (its
-  weights, its KV cache; the layer's first norm is pinned there), the output norm and logits on
-  the output layer's device; before the first layer, the ``get_rows`` of the token embeddings
-  (a CPU weight) runs on the CPU and the rest (the mixed-batch path) on the first layer's device;
+  weights, its KV cache; the layer's first norm is pinned there); after the last layer, nodes
+  without weights stay on the last layer's device (gpt-oss gathers its output rows there) and
+  from the output norm's scale on, the output layer's device; before the first layer, the
+  ``get_rows`` of the token embeddings (a CPU weight) runs on the CPU and the rest (the
+  mixed-batch path) on the first layer's device;
   graph inputs (tokens, positions, KV row indices, masks, output ids) belong to the CPU;
 - gives every graph input 4 copies in the CPU's compute buffer, and every tensor a split reads
   from another backend (the hidden state passed between devices, the inputs each device reads)
@@ -61,32 +63,39 @@ def split_buffers(graph: Graph, placement: list[str], n_copies: int = N_COPIES) 
     """Bytes of each backend's compute buffer for ``graph`` split by layer over ``placement``
     (the device of each layer, then of the output)."""
     starts = graph.layer_starts
-    first = placement[0]
-
-    def node_device(t: Tensor) -> str:
-        il = bisect.bisect_right(starts, t.seq) - 1
+    first, n_layer = placement[0], len(placement) - 1
+    where: dict[int, str] = {}
+    nodes: dict[str, list[Tensor]] = {}
+    weighed = False  # the output part has reached a node reading a weight
+    for node in graph.nodes:
+        il = bisect.bisect_right(starts, node.seq) - 1
         if il < 0:  # before the first layer: the token rows are gathered where the table is
-            gather = t.op == "GET_ROWS" and t.src and t.src[0] is not None and t.src[0].external
-            return HOST if gather else first
-        return placement[min(il, len(placement) - 1)]
+            gather = node.op == "GET_ROWS" and node.src and node.src[0] is not None and node.src[0].external
+            dev = HOST if gather else first
+        elif il < n_layer:
+            dev = placement[il]  # a layer's first norm is pinned to its device, the rest follows
+        else:  # the output part: weightless nodes stay on the last layer's device until the
+            # first one reading a weight (the output norm's scale) moves to the output's device
+            weighed = weighed or any(s is not None and s.external for s in node.src)
+            dev = placement[n_layer] if weighed else placement[max(n_layer - 1, 0)]
+        where[id(node)] = dev
+        nodes.setdefault(dev, []).append(node)
 
     def device(t: Tensor) -> str | None:
         """Where a source lives; None for weights, caches and views of them (never copied)."""
         root = t.view_src or t
         if root.external:
             return None
-        return HOST if root.op == "NONE" else node_device(root)
+        return where.get(id(root), HOST)  # not a node: a graph input
 
-    nodes: dict[str, list[Tensor]] = {}
     copies: dict[str, dict[int, int]] = {}
     for node in graph.nodes:
-        dev = node_device(node)
-        nodes.setdefault(dev, []).append(node)
+        dev = where[id(node)]
         for src in node.src:
             if src is None:
                 continue
-            where = device(src)
-            if where is not None and where != dev:
+            at = device(src)
+            if at is not None and at != dev:
                 copies.setdefault(dev, {})[id(src)] = src.nbytes
     inputs = {id(t): t.nbytes for t in graph.leafs if t.input and not t.external}
     copies.setdefault(HOST, {}).update(inputs)
