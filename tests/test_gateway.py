@@ -3,6 +3,7 @@ real llama-server, tiny real models, and the real ``openai`` SDK as the client."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -339,12 +340,16 @@ def test_orphans_of_a_killed_studio_are_cleaned_up(
         with s.api() as api:
             pid = api.post("/api/models/orphan/start").json()["pid"]
         s.kill()
-        assert Path(f"/proc/{pid}").exists()  # left behind
-        s.start()
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and alive(pid):
-            time.sleep(0.1)
-        assert not alive(pid)
+        try:
+            assert Path(f"/proc/{pid}").exists()  # left behind
+            s.start()
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and alive(pid):
+                time.sleep(0.1)
+            assert not alive(pid)
+        finally:  # a failed run must not leave the orphan behind for the rest of the suite
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_a_model_that_cannot_start_says_why_and_backs_off(
