@@ -12,8 +12,16 @@ from rich.console import Console
 from rich.markup import escape
 
 from llamastudio import __version__
-from llamastudio.cli import engines_cmd, fit_cmds, hub_cmd, inspect_cmd, peers_cmd, serve_cmd, serving_cmd
-from llamastudio.cli import worker_cmd
+from llamastudio.cli import (
+    engines_cmd,
+    fit_cmds,
+    hub_cmd,
+    inspect_cmd,
+    peers_cmd,
+    serve_cmd,
+    serving_cmd,
+    worker_cmd,
+)
 from llamastudio.config import Settings
 from llamastudio.errors import InvalidInput, StudioError
 
