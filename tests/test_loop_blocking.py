@@ -44,6 +44,7 @@ import httpx
 import pytest
 
 from llamastudio import loopdebug
+from llamastudio.engines.buildspec import RPC_CMAKE, RPC_TARGET
 from llamastudio.engines.registry import Engine, EngineRegistry
 from llamastudio.store import Database
 from tests.rig import binaries
@@ -86,8 +87,9 @@ def build(studio: Studio, engine: Engine) -> dict[str, Any]:
         "source": engine.source["location"],
         "backends": list(opts["backends"]),
         "build_type": opts["build_type"],
-        "targets": [t for t in opts["targets"] if t != "llama-server"],
+        "targets": [t for t in opts["targets"] if t not in ("llama-server", RPC_TARGET)],
         "build_number": opts["build_number"],
+        "rpc": RPC_CMAKE in opts["cmake_args"],  # the rig builds the RPC backend (llamastudio worker)
     }
     with studio.api() as api:
         r = api.post("/api/engines/build", json=body)
