@@ -129,6 +129,16 @@ def first_token(url: str, model: str) -> float:
     raise RuntimeError(f"no token from {url}")
 
 
+def tiny_model(tmp: Path) -> tuple[Path, Path]:
+    """The tiny llama GGUF every target serves, and the router's preset naming it as ``tiny``."""
+    vocab = Vocab.from_gguf(binaries.source_dir() / "models" / "ggml-vocab-llama-spm.gguf")
+    model = tmp / "llama.gguf"
+    BUILDERS["llama"](model, vocab)
+    preset = tmp / "models.ini"
+    preset.write_text(f"version = 1\n\n[tiny]\nmodel = {model}\nc = 16384\nnp = 64\nt = 2\n")
+    return model, preset
+
+
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))]
@@ -265,11 +275,7 @@ def main() -> int:
     server = binaries.binary("llama-server")
     with tempfile.TemporaryDirectory() as tmp_s, ExitStack() as stack:
         tmp = Path(tmp_s)
-        vocab = Vocab.from_gguf(binaries.source_dir() / "models" / "ggml-vocab-llama-spm.gguf")
-        model = tmp / "llama.gguf"
-        BUILDERS["llama"](model, vocab)
-        preset = tmp / "models.ini"
-        preset.write_text(f"version = 1\n\n[tiny]\nmodel = {model}\nc = 16384\nnp = 64\nt = 2\n")
+        model, preset = tiny_model(tmp)
         # every target up at once, each with its own llama-server (LiteLLM in front of direct's)
         proc, direct_url = start_direct(server, model, tmp / "direct.log")
         stack.callback(stop_process, proc)

@@ -22,10 +22,9 @@ from pathlib import Path
 
 import psutil
 from tests.rig import binaries
-from tests.rig.factory import BUILDERS, Vocab
 from tests.rig.studio import Studio
 
-from bench.gateway import FLAGS, first_token, spread, start_router, throughput
+from bench.gateway import FLAGS, first_token, spread, start_router, throughput, tiny_model
 
 
 def cpu_seconds(pid: int) -> float:
@@ -61,11 +60,7 @@ def main() -> int:
     server = binaries.binary("llama-server")
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
-        vocab = Vocab.from_gguf(binaries.source_dir() / "models" / "ggml-vocab-llama-spm.gguf")
-        model = tmp / "llama.gguf"
-        BUILDERS["llama"](model, vocab)
-        preset = tmp / "models.ini"
-        preset.write_text(f"version = 1\n\n[tiny]\nmodel = {model}\nc = 16384\nnp = 64\nt = 2\n")
+        model, preset = tiny_model(tmp)
         results: dict[str, list[tuple[float, float]]] = {"studio gateway": [], "llama-server router": []}
         with Studio(tmp / "studio", server) as studio, start_router(server, preset, tmp / "r.log") as router:
             studio.configure("tiny", model=str(model), args=[a for a in FLAGS if a != "--no-webui"])
