@@ -318,13 +318,7 @@ def _entry(c: ModelConfig, argv: list[str], health: float | None) -> dict[str, A
             entry[key] = value
     if c.ttl == 0:
         entry["ttl"] = 0
-    filters: dict[str, Any] = {}
-    if c.strip_params:
-        filters["stripParams"] = ", ".join(c.strip_params)
-    if c.set_params:
-        filters["setParams"] = dict(c.set_params)
-    if filters:
-        entry["filters"] = filters
+    _put_filters(entry, c.strip_params, c.set_params)
     entry.update(c.extra)
     meta: dict[str, Any] = {
         "pinned": c.pinned,
@@ -380,11 +374,16 @@ def _peer_entry(p: PeerSpec) -> dict[str, Any]:
     entry: dict[str, Any] = {"proxy": p.url, "models": list(p.models)}
     if p.api_key:
         entry["apiKey"] = p.api_key
+    _put_filters(entry, p.strip_params, p.set_params)
+    return entry
+
+
+def _put_filters(entry: dict[str, Any], strip: list[str], set_params: Mapping[str, Any]) -> None:
+    """llama-swap's ``filters`` (``stripParams`` as its comma list, ``setParams``), when any."""
     filters: dict[str, Any] = {}
-    if p.strip_params:
-        filters["stripParams"] = ", ".join(p.strip_params)
-    if p.set_params:
-        filters["setParams"] = dict(p.set_params)
+    if strip:
+        filters["stripParams"] = ", ".join(strip)
+    if set_params:
+        filters["setParams"] = dict(set_params)
     if filters:
         entry["filters"] = filters
-    return entry
