@@ -40,16 +40,6 @@ def client(studio: Studio, **kw: Any) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{studio.gateway_url}/v1", api_key=KEY, max_retries=0, **kw)
 
 
-def metric(studio: Studio, name: str, **labels: str) -> float:
-    text = studio.gateway().get("/metrics").text
-    total = 0.0
-    for line in text.splitlines():
-        named = line.startswith(name + "{") or line.startswith(name + " ")
-        if named and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 def chat(c: openai.OpenAI, model: str, n: int = 8) -> str:
     r = c.chat.completions.create(
         model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=n, temperature=0
@@ -96,17 +86,9 @@ def test_openai_endpoints_and_two_models_at_once(studio: Studio, tiny_models: di
     assert listed["chat-a"].model_extra and listed["chat-a"].model_extra["status"]["state"] == "ready"
 
     # a request is counted once its last byte is sent, just after the client has read it
-    def counted() -> bool:
-        return (
-            metric(studio, "llamastudio_requests_total", model="chat-a", status="200") >= 2
-            and metric(studio, "llamastudio_request_seconds_count", model="chat-a") >= 2
-        )
-
-    deadline = time.monotonic() + 5
-    while not counted() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert counted()
-    assert metric(studio, "llamastudio_generated_tokens_total", model="chat-b") >= 5
+    studio.wait_metric("llamastudio_requests_total", 2, model="chat-a", status="200")
+    studio.wait_metric("llamastudio_request_seconds_count", 2, model="chat-a")
+    assert studio.metric("llamastudio_generated_tokens_total", model="chat-b") >= 5
 
 
 def test_streams_are_relayed_unbuffered(studio: Studio, tiny_models: dict[str, Path]) -> None:
@@ -184,17 +166,17 @@ def test_requests_during_load_share_it_and_alternating_models_do_not_swap(
 ) -> None:
     studio.configure("alt-a", model=str(tiny_models["llama"]), args=SMALL)
     studio.configure("alt-b", model=str(tiny_models["gemma3"]), args=SMALL)
-    loads0 = metric(studio, "llamastudio_loads_total")
-    evict0 = metric(studio, "llamastudio_evictions_total")
+    loads0 = studio.metric("llamastudio_loads_total")
+    evict0 = studio.metric("llamastudio_evictions_total")
     c = client(studio)
     with ThreadPoolExecutor(4) as pool:  # all arrive while alt-a is stopped
         outs = list(pool.map(lambda _: chat(c, "alt-a", 3), range(4)))
     assert len(outs) == 4
-    assert metric(studio, "llamastudio_loads_total") == loads0 + 1
+    assert studio.metric("llamastudio_loads_total") == loads0 + 1
     for i in range(6):
         chat(c, "alt-a" if i % 2 else "alt-b", 2)
-    assert metric(studio, "llamastudio_loads_total") == loads0 + 2
-    assert metric(studio, "llamastudio_evictions_total") == evict0
+    assert studio.metric("llamastudio_loads_total") == loads0 + 2
+    assert studio.metric("llamastudio_evictions_total") == evict0
 
 
 def test_kill_9_mid_stream(studio: Studio, tiny_models: dict[str, Path]) -> None:
@@ -230,7 +212,7 @@ def test_client_disconnect_cancels_upstream(studio: Studio, tiny_models: dict[st
     studio.configure("cancel-a", model=str(tiny_models["llama"]), args=LONG)
     c = client(studio)
     chat(c, "cancel-a", 2)
-    before = metric(studio, "llamastudio_client_disconnects_total", model="cancel-a")
+    before = studio.metric("llamastudio_client_disconnects_total", model="cancel-a")
     body = {"model": "cancel-a", "prompt": "x", "max_tokens": 8000, "stream": True, "ignore_eos": True}
     with studio.gateway().stream("POST", "/v1/completions", json=body) as r:
         next(r.iter_lines())
@@ -243,7 +225,7 @@ def test_client_disconnect_cancels_upstream(studio: Studio, tiny_models: dict[st
         busy = any(s.get("is_processing") for s in slots)
         time.sleep(0.1)
     assert not busy
-    assert metric(studio, "llamastudio_client_disconnects_total", model="cancel-a") == before + 1
+    assert studio.metric("llamastudio_client_disconnects_total", model="cancel-a") == before + 1
     assert studio.status("cancel-a")["in_flight"] == 0
 
 
@@ -258,7 +240,7 @@ def test_ttl_unloads_idle_models_and_pinned_stay(studio: Studio, tiny_models: di
         time.sleep(0.2)
     assert studio.status("short")["state"] == "stopped"
     assert studio.status("pinned")["state"] == "ready"
-    assert metric(studio, "llamastudio_ttl_unloads_total") >= 1
+    assert studio.metric("llamastudio_ttl_unloads_total") >= 1
 
 
 def test_start_stop_logs_command_and_cli(studio: Studio, tiny_models: dict[str, Path]) -> None:
@@ -328,7 +310,7 @@ def test_eviction_by_memory_waits_for_in_flight_stream(
         assert second_done and second_done[0] > first_done
         assert studio.status("first")["state"] == "stopped"
         assert studio.status("second")["state"] == "ready"
-        assert metric(studio, "llamastudio_evictions_total") == 1
+        assert studio.metric("llamastudio_evictions_total") == 1
 
 
 def test_orphans_of_a_killed_studio_are_cleaned_up(

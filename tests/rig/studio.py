@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -25,6 +26,15 @@ from llamastudio.runtime.process import free_port
 from tests.rig.server import wait_healthy
 
 SEED_ENV = frozenset(name for names in SEED_NAMES.values() for name in names)
+
+
+def _samples(text: str, name: str, labels: dict[str, str]) -> list[str]:
+    return [
+        line
+        for line in text.splitlines()
+        if (line.startswith(name + "{") or line.startswith(name + " "))
+        and all(f'{k}="{v}"' in line for k, v in labels.items())
+    ]
 
 
 class Studio:
@@ -96,6 +106,25 @@ class Studio:
     def gateway(self) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.gateway_key}"} if self.gateway_key else {}
         return httpx.Client(base_url=self.gateway_url, headers=headers, timeout=120)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of a ``/metrics`` series' samples with these labels."""
+        with self.gateway() as g:
+            text = g.get("/metrics").text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in _samples(text, name, labels))
+
+    def wait_metric(self, name: str, at_least: float, timeout: float = 10, **labels: str) -> float:
+        """Wait until the series reaches ``at_least``: a request is counted when the relay is done,
+        just after its client has read the last byte (and may already ask for ``/metrics``)."""
+        deadline = time.monotonic() + timeout
+        while (value := self.metric(name, **labels)) < at_least and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if value < at_least:
+            with self.gateway() as g:
+                text = g.get("/metrics").text
+            shown = "\n".join(line for line in text.splitlines() if line.startswith(name))
+            raise AssertionError(f"{name}{labels} is {value}, not >= {at_least}, after {timeout} s:\n{shown}")
+        return value
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         argv = [sys.executable, "-m", "llamastudio", "--data-dir", str(self.data_dir), *args]

@@ -203,6 +203,12 @@ def render_check(fc: FitCheck, console: Console) -> None:
         f"defaults); tolerance: {TOLERANCE}",
         highlight=False,
     )
+    if not fc.report.log_complete:
+        console.print(
+            "its log came back cut (llama.cpp loses a log's tail at exit) in every try: compared "
+            "in whole MiB only",
+            highlight=False,
+        )
     console.print(shlex.join(fc.report.argv), highlight=False, soft_wrap=True)
     for line in fc.differences:
         console.print(f"• {line}", highlight=False)

@@ -24,6 +24,7 @@ from llamastudio.hardware import Gpu
 
 BINARY = "llama-fit-params"
 TIMEOUT = 120.0  # seconds: a dry run reads the header and builds graphs, no weights
+RUNS = 3  # tries for a whole log (it loses its tail when the process exits first: fit/fitparams.py)
 
 
 def find_binary(server: Path | str | None) -> Path | None:
@@ -41,22 +42,26 @@ def _arity(binary: str, mtime: float) -> dict[str, int]:
 
 
 def run(binary: Path, model_path: Path, flags: ServerFlags, timeout: float = TIMEOUT) -> FitReport:
-    """``llama-fit-params -m MODEL <the flags it takes> --fit-print on -lv 5``, parsed."""
+    """``llama-fit-params -m MODEL <the flags it takes> --fit-print on -lv 5``, parsed; run again
+    (up to ``RUNS`` times) while its log comes back cut, which a loaded machine makes likely."""
     if not model_path.is_file():
         raise InvalidInput(f"--check needs a local model file; {model_path} is not one")
-    try:
-        arity = _arity(str(binary), binary.stat().st_mtime)
-        args, dropped = fit_args(flags, arity)
-        argv = [str(binary), "-m", str(model_path), *args, "--fit-print", "on", "-lv", "5"]
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        raise InvalidInput(f"{BINARY} did not finish within {timeout:.0f} s") from None
-    except OSError as exc:
-        raise InvalidInput(f"cannot run {binary}: {exc}") from None
-    report = parse_report(argv, out.stdout, out.stderr, dropped)
-    if out.returncode != 0 or not report.mib:
-        tail = " ".join((out.stderr or out.stdout).strip().splitlines()[-3:])
-        raise InvalidInput(f"{BINARY} failed (exit {out.returncode}): {tail[-400:]}")
+    for _ in range(RUNS):
+        try:
+            arity = _arity(str(binary), binary.stat().st_mtime)
+            args, dropped = fit_args(flags, arity)
+            argv = [str(binary), "-m", str(model_path), *args, "--fit-print", "on", "-lv", "5"]
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise InvalidInput(f"{BINARY} did not finish within {timeout:.0f} s") from None
+        except OSError as exc:
+            raise InvalidInput(f"cannot run {binary}: {exc}") from None
+        report = parse_report(argv, out.stdout, out.stderr, dropped)
+        if out.returncode != 0 or not report.mib:
+            tail = " ".join((out.stderr or out.stdout).strip().splitlines()[-3:])
+            raise InvalidInput(f"{BINARY} failed (exit {out.returncode}): {tail[-400:]}")
+        if report.log_complete:
+            break
     return report
 
 

@@ -45,6 +45,10 @@ _KV = re.compile(r"llama_kv_cache: size =\s+([\d.]+) MiB")
 _RS = re.compile(r"llama_memory_recurrent: size =\s+([\d.]+) MiB")
 _COMPUTE = re.compile(r"sched_reserve:\s+(\S+) compute buffer size =\s+([\d.]+) MiB")
 _CTX = re.compile(r"llama_context: (n_ctx|n_ctx_seq|n_seq_max|n_batch|n_ubatch|n_outputs_max)\s+= (\d+)")
+# the dry run's last log line (the host's row of the memory breakdown). llama.cpp's logger is an
+# async worker that is never joined (common/log.cpp, llama.cpp#22142): a process that exits while
+# it lags loses the log's tail, so a log without this line is cut and its figures are not used
+_LOG_END = re.compile(r"common_memory_breakdown_print: \|\s+- Host\s+\|")
 
 
 @dataclass
@@ -58,6 +62,7 @@ class FitReport:
     compute_mib: dict[str, float] = field(default_factory=dict)  # per device (CPU: the host)
     context_params: dict[str, int] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)  # the estimate's flags llama-fit-params lacks
+    log_complete: bool = True  # False: its log was cut at exit, so no two-decimal figures from it
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -67,6 +72,7 @@ class FitReport:
             "compute_mib": self.compute_mib,
             "context_params": self.context_params,
             "dropped": self.dropped,
+            "log_complete": self.log_complete,
         }
 
 
@@ -131,6 +137,8 @@ def parse_report(argv: list[str], stdout: str, log: str, dropped: list[str]) -> 
         if m := _PRINT_ROW.match(line.strip()):
             dev = HOST if m.group(1) == "Host" else m.group(1)
             mib[dev] = dict(zip(CATEGORIES, (int(m.group(i)) for i in (2, 3, 4)), strict=True))
+    if not _LOG_END.search(log):  # cut: a KV size without its RS size, a first reserve's compute
+        return FitReport(argv, mib, dropped=dropped, log_complete=False)
     caches = [float(x) for x in _KV.findall(log)] + [float(x) for x in _RS.findall(log)]
     compute: dict[str, float] = {}
     for name, value in _COMPUTE.findall(log):  # a re-reserved graph replaces the value
