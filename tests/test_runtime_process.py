@@ -13,6 +13,8 @@ import httpx
 import pytest
 
 from llamastudio.errors import StartFailed
+from llamastudio.runtime import output
+from llamastudio.runtime.logfile import RotatingLog
 from llamastudio.runtime.process import EngineProcess, State, free_port, load_timeout
 
 
@@ -127,18 +129,43 @@ def test_load_timeout_grows_with_model_size() -> None:
     assert load_timeout(0) == 60 and load_timeout(40 << 30) == 60 + 30 * 40
 
 
-async def test_output_lines_over_64_kib_do_not_stop_the_reader() -> None:
+async def test_output_lines_over_64_kib_do_not_stop_the_reader(tmp_path: Path) -> None:
     """Regression: ``readline`` raised on an engine output line over 64 KiB, which stopped the
-    reader draining the pipe (the engine then blocks on a full pipe)."""
-    from llamastudio.runtime.process import _lines
+    reader draining the pipe (the engine then blocks on a full pipe). Read in blocks now: every
+    byte reaches the log, lines are taken whole (a long one in pieces), the last one unterminated."""
+    r, w = output.pipe()
+    data = b"short\n" + b"x" * 200_000 + b"\nafter\n" + b"tail"
+    got: list[str] = []
+    with RotatingLog(tmp_path / "e.log") as log:
+        reader = asyncio.ensure_future(output.Output(r, log, got.extend).run(lambda: False))
+        for i in range(0, len(data), 4096):  # in the engine's small writes
+            await asyncio.to_thread(os.write, w, data[i : i + 4096])
+        os.close(w)
+        await asyncio.wait_for(reader, 10)
+    assert (tmp_path / "e.log").read_bytes() == data
+    assert got[0] == "short" and got[-2:] == ["after", "tail"]
+    assert "".join(got[1:-2]) == "x" * 200_000 and max(len(line) for line in got) <= output.LINE_LIMIT
 
-    reader = asyncio.StreamReader()
-    reader.feed_data(b"short\n" + b"x" * 200_000 + b"\nafter\n" + b"tail")
-    reader.feed_eof()
-    got = [line async for line in _lines(reader)]
-    assert got[0] == b"short\n" and got[-2:] == [b"after\n", b"tail"]
-    assert b"".join(got) == b"short\n" + b"x" * 200_000 + b"\nafter\ntail"
-    assert max(len(line) for line in got) <= 64 << 10
+
+async def test_a_serving_engine_s_burst_of_lines_is_one_read(tmp_path: Path) -> None:
+    """While coalescing (the engine serves), lines written in a burst are taken in one block, and
+    ``pump`` takes what is waiting at once (a crash's last lines, for its reason)."""
+    r, w = output.pipe()
+    blocks: list[list[str]] = []
+    with RotatingLog(tmp_path / "e.log") as log:
+        out = output.Output(r, log, blocks.append)
+        reader = asyncio.ensure_future(out.run(lambda: True))
+        await asyncio.sleep(0.05)
+        for i in range(150):  # one write per line, as llama-server logs its slots
+            os.write(w, b"slot %d skipped\n" % i)
+        await asyncio.sleep(output.COALESCE * 5)
+        assert len(blocks) == 1 and len(blocks[0]) == 150, [len(b) for b in blocks]
+        os.write(w, b"GGML_ASSERT: failed\n")
+        out.pump()  # no wait for the reader's next wakeup
+        assert blocks[-1] == ["GGML_ASSERT: failed"]
+        os.close(w)
+        await asyncio.wait_for(reader, 10)
+    assert (tmp_path / "e.log").read_bytes().count(b"\n") == 151
 
 
 async def test_stop_does_not_wait_for_a_grandchild_holding_the_pipe(tmp_path: Path) -> None:

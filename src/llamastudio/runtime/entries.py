@@ -43,6 +43,22 @@ class Entry:
     loaders: deque[Loader] = field(default_factory=deque)  # load() callers: resolved when ready
     draining: list[asyncio.Future[None]] = field(default_factory=list)  # unload() callers
 
+    def wants_policy(self) -> bool:
+        """Whether the policy has anything to decide about it besides a TTL."""
+        return bool(self.waiters or self.loaders or self.draining or self.removed or self.closed)
+
+    def finish_drain(self) -> None:
+        for f in self.draining:
+            if not f.done():
+                f.set_result(None)
+        self.draining.clear()
+
+    def fail_waiters(self, exc: StudioError) -> None:
+        for queue in (self.waiters, self.loaders):
+            for w in queue:
+                fail(w.fut, exc)
+            queue.clear()
+
     def view(self) -> View:
         """What the policy sees of it."""
         since = [q[0].since for q in (self.waiters, self.loaders) if q]

@@ -24,14 +24,14 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
 
 from llamastudio.aio import cancel_and_wait
 from llamastudio.errors import StartFailed
-from llamastudio.runtime import logfile
+from llamastudio.runtime import logfile, output
 from llamastudio.runtime.logfile import RotatingLog
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,7 @@ class EngineProcess:
         self.started_at: float | None = None
         self._start_task: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._output: output.Output | None = None
         self._fatal: str | None = None
         self._hung: str | None = None  # why the health watch killed it
 
@@ -131,19 +132,23 @@ class EngineProcess:
     async def _start(self) -> None:
         self.state, self.reason, self._fatal, self._hung = State.STARTING, None, None, None
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        out, out_w = output.pipe()
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 *self.argv,
-                stdout=asyncio.subprocess.PIPE,
+                stdout=out_w,
                 stderr=asyncio.subprocess.STDOUT,
                 env=self.env,
                 start_new_session=True,
             )
         except OSError as exc:
+            os.close(out)
             self.state, self.reason = State.FAILED, f"cannot start {self.argv[0]}: {exc.strerror}"
             return
+        finally:
+            os.close(out_w)  # the engine holds it now
         self.started_at = time.monotonic()
-        self._reader = asyncio.create_task(self._read_output())
+        self._reader = asyncio.create_task(self._read_output(out))
         deadline = time.monotonic() + self.timeout
         # loopback, plain HTTP: no TLS context or proxy lookup (building those blocks the loop)
         async with httpx.AsyncClient(timeout=2.0, verify=False, trust_env=False) as client:
@@ -154,6 +159,7 @@ class EngineProcess:
                     return
                 if self.proc.returncode is not None:
                     await asyncio.sleep(0.05)  # let the reader drain the last lines
+                    self._pump()
                     self.state = State.FAILED
                     self.reason = self._fatal or f"exited with code {self.proc.returncode}: {self._tail()}"
                     return
@@ -176,22 +182,26 @@ class EngineProcess:
                 return line.strip()
         return self.lines[-1] if self.lines else "no output"
 
-    async def _read_output(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
+    async def _read_output(self, fd: int) -> None:
+        """The engine's output to the ring, the hook and the log (``runtime/output.py``)."""
         with RotatingLog(self.log_path, self.log_max_bytes, self.log_keep) as log:
-            async for line in _lines(self.proc.stdout):
-                log.write(line)
-                text = line.decode(errors="replace").rstrip()
-                self.lines.append(text)
-                if self.lines_hook is not None:
-                    self.lines_hook(text)
-                if (
-                    self._fatal is None
-                    and self.state == State.STARTING
-                    and self.fatal
-                    and self.fatal.search(text)
-                ):
-                    self._fatal = text.strip()
+            self._output = output.Output(fd, log, self._take)
+            await self._output.run(lambda: self.state == State.READY)
+
+    def _pump(self) -> None:
+        """The output the pipe holds now, taken at once (a crash's last lines, for its reason)."""
+        if self._output is not None:
+            self._output.pump()
+
+    def _take(self, lines: list[str]) -> None:
+        self.lines.extend(lines)
+        hook = self.lines_hook
+        fatal = self.fatal if self.state == State.STARTING else None
+        for text in lines:
+            if hook is not None:
+                hook(text)
+            if fatal is not None and self._fatal is None and fatal.search(text):
+                self._fatal = text.strip()
 
     async def stop(self) -> None:
         """SIGTERM the process group, wait ``grace`` seconds, then SIGKILL; always reaps."""
@@ -214,10 +224,7 @@ class EngineProcess:
             # session) and keeps the pipe open must not hold the stop forever
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._reader), READER_DRAIN)
-            await cancel_and_wait(self._reader)
-            pipe = self.proc._transport.get_pipe_transport(1) if self.proc._transport else None  # type: ignore[attr-defined]
-            if pipe is not None:
-                pipe.close()  # our end of the pipe: closed now, not by a finalizer later
+            await cancel_and_wait(self._reader)  # which closes our end of the pipe
         self.state = State.STOPPED
 
     async def _kill(self) -> None:
@@ -239,6 +246,7 @@ class EngineProcess:
     def check_alive(self) -> None:
         """A ready process that died (OOM killer, kill -9) becomes failed with its exit code."""
         if self.state == State.READY and self.proc is not None and self.proc.returncode is not None:
+            self._pump()
             self.state = State.FAILED
             self.reason = self._hung or (
                 f"exited with code {self.proc.returncode} while serving: {self._tail()}"
@@ -287,17 +295,3 @@ async def _run_stop(argv: list[str], env: dict[str, str] | None, timeout: float)
             await proc.wait()
     except OSError as exc:
         log.warning("stop command %s failed: %s", argv[0], exc)
-
-
-async def _lines(stream: asyncio.StreamReader, limit: int = 64 << 10) -> AsyncIterator[bytes]:
-    """The stream's lines; one longer than ``limit`` comes in pieces. (``readline`` raises on a
-    line over its buffer limit, which would stop draining the pipe and stall the engine.)"""
-    buf = b""
-    while chunk := await stream.read(1 << 16):
-        buf += chunk
-        while (i := buf.find(b"\n")) >= 0 or len(buf) >= limit:
-            end = i + 1 if 0 <= i < limit else limit
-            yield buf[:end]
-            buf = buf[end:]
-    if buf:
-        yield buf

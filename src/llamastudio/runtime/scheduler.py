@@ -1,11 +1,13 @@
 """The scheduler: the single owner of what runs where.
 
 One asyncio task consumes a queue of typed messages (one dataclass per event, each handled by its
-own method) and alone touches the scheduler's state — no locks. After every message it asks the
-pure policy (``runtime/policy.py``: memory, CPU threads, fairness) what to do and applies the
-answer through injected ``Effects``, so it is tested without processes. The owner never awaits an
-effect: starts and stops run as tasks that report back with ``Started``/``StartFailed``/``Stopped``,
-so an engine slow to stop (SIGTERM ignored → grace period) delays nobody else. Rules:
+own method) and alone touches the scheduler's state — no locks (a message posted while none is
+queued is handled at once in the poster's step: handlers never await, so the order is the same).
+After every message it asks the pure policy (``runtime/policy.py``: memory, CPU threads,
+fairness) what to do and applies the answer through injected ``Effects``, so it is tested without
+processes. The owner never awaits an effect: starts and stops run as tasks that report back
+with ``Started``/``StartFailed``/``Stopped``, so an engine slow to stop (SIGTERM ignored → grace
+period) delays nobody else. Rules:
 
 - a request for a ready model is leased at once unless the policy holds it back (its CPU threads
   are busy elsewhere, or it is closed to let a waiting model in); for a stopped one the model is
@@ -104,6 +106,7 @@ class Scheduler:
         self._task: asyncio.Task[None] | None = None
         self._effects: set[asyncio.Task[None]] = set()
         self._wake: asyncio.TimerHandle | None = None
+        self._handling = self._settled = False  # handling a message; it needs no reconcile
         self._handlers: dict[type[Any], Callable[[Any], None]] = {
             Acquire: self._on_acquire,
             Load: self._on_load,
@@ -183,24 +186,34 @@ class Scheduler:
 
     def snapshot_of(self, model: str) -> ModelState | None:
         """One model's snapshot (None: the scheduler does not know it)."""
-        entry = self.entries.get(model)
-        return None if entry is None else entry.snapshot()
+        return None if (entry := self.entries.get(model)) is None else entry.snapshot()
 
     def counters(self) -> Counters:
         return Counters(self.loads, self.evictions, self.unloads)
 
     # -- the owner task -------------------------------------------------------------------------
     def _post(self, message: Message) -> None:
-        self.events.put_nowait(message)
+        """Handled at once in the caller's step when nothing is queued (what the owner would do,
+        less two task switches per request); else queued behind the others."""
+        if self._task is not None and self.events.empty() and not self._handling:
+            self._handle(message)
+        else:
+            self.events.put_nowait(message)
 
     async def _run(self) -> None:
         while True:
-            message = await self.events.get()
-            try:
-                self._handlers[type(message)](message)
+            self._handle(await self.events.get())
+
+    def _handle(self, message: Message) -> None:
+        self._handling, self._settled = True, False
+        try:
+            self._handlers[type(message)](message)
+            if not self._settled:
                 self._reconcile()
-            except Exception:  # a bug in one message must not stop the owner (and all serving)
-                log.exception("scheduler: handling %r failed", message)
+        except Exception:  # a bug in one message must not stop the owner (and all serving)
+            log.exception("scheduler: handling %r failed", message)
+        finally:
+            self._handling = False
 
     def _on_acquire(self, m: Acquire) -> None:
         entry = self.entries.get(m.model)
@@ -224,6 +237,8 @@ class Scheduler:
             entry.waiters.remove(waiter)
             why = "wait for it to load" if entry.state != "ready" else "wait for their turn"
             fail(m.fut, QueueFull(f"{m.model}: {spec.max_queue} requests already {why}", retry_after=5))
+        else:
+            self._settled = True  # reconciled with nothing changed since
 
     def _on_load(self, m: Load) -> None:
         entry = self.entries.get(m.model)
@@ -249,6 +264,8 @@ class Scheduler:
         if not entry.in_flight:
             entry.busy_since = None
         self._forget_if_gone(entry)
+        # nothing waits, drains, is removed or closed: the policy would decide nothing (TTLs are ticked)
+        self._settled = self._wake is None and not any(e.wants_policy() for e in self.entries.values())
 
     def _on_unload(self, m: Unload) -> None:
         entry = self.entries.get(m.model)
@@ -272,8 +289,8 @@ class Scheduler:
     def _on_start_failed(self, m: StartFailed) -> None:
         entry = self.entries[m.model]
         self._set(entry, "stopped")
-        self._fail_waiters(entry, m.error)
-        self._finish_drain(entry)
+        entry.fail_waiters(m.error)
+        entry.finish_drain()
         self._forget_if_gone(entry)
 
     def _on_stopped(self, m: Stopped) -> None:
@@ -281,7 +298,7 @@ class Scheduler:
         if entry.state != "stopping":
             return  # defensive: only this message ends "stopping"
         self._set(entry, "stopped")
-        self._finish_drain(entry)
+        entry.finish_drain()
         self._forget_if_gone(entry)
 
     def _on_died(self, m: Died) -> None:
@@ -290,7 +307,7 @@ class Scheduler:
         entry = self.entries.get(m.model)
         if entry is not None and entry.state == "ready":
             self._set(entry, "stopped")
-            self._finish_drain(entry)
+            entry.finish_drain()
             self._forget_if_gone(entry)
 
     def _on_configure(self, m: Configure) -> None:
@@ -304,7 +321,7 @@ class Scheduler:
         for entry in list(self.entries.values()):
             if entry.spec.name not in keep and not entry.removed:
                 entry.removed = True
-                self._fail_waiters(entry, NotFound(f"model {entry.spec.name!r} is no longer configured"))
+                entry.fail_waiters(NotFound(f"model {entry.spec.name!r} is no longer configured"))
                 self._forget_if_gone(entry)
 
     def _on_budgets(self, m: Budgets) -> None:
@@ -354,7 +371,7 @@ class Scheduler:
                 self.evictions += 1
                 self._stop(self.entries[name], why)
         for name, why in d.fail:
-            self._fail_waiters(self.entries[name], NoRoom(why))
+            self.entries[name].fail_waiters(NoRoom(why))
         for name in d.start:
             self._start(self.entries[name])
         for name in d.admit:
@@ -425,19 +442,7 @@ class Scheduler:
         if self.on_change is not None:
             self.on_change(entry.spec.name, state)
 
-    def _finish_drain(self, entry: Entry) -> None:
-        for f in entry.draining:
-            if not f.done():
-                f.set_result(None)
-        entry.draining.clear()
-
-    def _fail_waiters(self, entry: Entry, exc: StudioError) -> None:
-        for queue in (entry.waiters, entry.loaders):
-            for w in queue:
-                fail(w.fut, exc)
-            queue.clear()
-
     def _forget_if_gone(self, entry: Entry) -> None:
         if entry.removed and entry.state == "stopped" and not entry.in_flight:
-            self._finish_drain(entry)
+            entry.finish_drain()
             self.entries.pop(entry.spec.name, None)
