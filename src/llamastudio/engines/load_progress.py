@@ -52,7 +52,7 @@ class LoadProgress:
 
         job = jobs.track(LOAD, f"load {model}", {"model": model})
         steps = LoadProgress(job)
-        ... lines_hook=lambda line: steps.feed(line) ...
+        ... lines_hook=lambda lines: [steps.feed(line) for line in lines] ...
         await proc.ensure_ready()  → job.finish();   StartFailed → job.fail(reason)
 
     Lines go to the job's log until the server listens; then ``feed`` ignores them (the model's

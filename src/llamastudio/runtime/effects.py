@@ -135,12 +135,16 @@ class ProcessEffects:
             job = self.jobs.track(LOAD, f"load {model}", params)
         steps = LoadProgress(job) if job is not None and prep.kind == LLAMA_CPP.name else None
 
-        def on_line(line: str) -> None:
-            self.bus.publish({"type": "log", "model": model, "line": line})
-            if steps is not None:
-                steps.feed(line)
-            if lines is not None:
-                lines.feed(line)
+        def on_lines(block: list[str]) -> None:  # after the load only the live log view wants them
+            if self.bus.subscribers:
+                for line in block:
+                    self.bus.publish({"type": "log", "model": model, "line": line})
+            if steps is not None and not steps.done:
+                for line in block:
+                    steps.feed(line)
+            if lines is not None and not lines.done.is_set():
+                for line in block:
+                    lines.feed(line)
 
         proc = EngineProcess(
             model,
@@ -149,7 +153,7 @@ class ProcessEffects:
             self.settings.logs_dir / f"{file_stem(model)}.log",
             env=env,
             timeout=prep.config.start_timeout or load_timeout(prep.model_bytes, base=kind.start_seconds),
-            lines_hook=on_line,
+            lines_hook=on_lines,
             api_key=key.key if key else None,
             fatal=kind.fatal,
             ready_path=_ready_path(prep.config.check_endpoint, kind.ready_path),

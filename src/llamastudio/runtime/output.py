@@ -76,16 +76,10 @@ class Output:
 
     def _emit(self, block: bytes) -> None:
         self.log.write(block)
-        parts = block.decode(errors="replace").split("\n")
-        if parts[-1] == "":
-            parts.pop()
-        self.take(
-            [
-                p[i : i + LINE_LIMIT].rstrip()
-                for p in parts
-                for i in (range(0, len(p), LINE_LIMIT) if len(p) > LINE_LIMIT else (0,))
-            ]
-        )
+        lines = block.decode(errors="replace").splitlines()
+        if max(map(len, lines), default=0) > LINE_LIMIT:
+            lines = [p[i : i + LINE_LIMIT] for p in lines for i in range(0, max(len(p), 1), LINE_LIMIT)]
+        self.take(lines)
 
     async def run(self, coalesce: Callable[[], bool]) -> None:
         """Read to the pipe's end (the engine and every child holding it gone); closes it."""

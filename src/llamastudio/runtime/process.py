@@ -75,7 +75,7 @@ class EngineProcess:
         timeout: float = 120.0,
         grace: float = 10.0,
         ring: int = 500,
-        lines_hook: Callable[[str], None] | None = None,
+        lines_hook: Callable[[list[str]], None] | None = None,
         api_key: str | None = None,
         fatal: re.Pattern[str] | None = None,
         ready_path: str = "/health",
@@ -195,13 +195,10 @@ class EngineProcess:
 
     def _take(self, lines: list[str]) -> None:
         self.lines.extend(lines)
-        hook = self.lines_hook
-        fatal = self.fatal if self.state == State.STARTING else None
-        for text in lines:
-            if hook is not None:
-                hook(text)
-            if fatal is not None and self._fatal is None and fatal.search(text):
-                self._fatal = text.strip()
+        if self.lines_hook is not None:
+            self.lines_hook(lines)
+        if self.fatal is not None and self.state == State.STARTING and self._fatal is None:
+            self._fatal = next((t.strip() for t in lines if self.fatal.search(t)), None)
 
     async def stop(self) -> None:
         """SIGTERM the process group, wait ``grace`` seconds, then SIGKILL; always reaps."""
