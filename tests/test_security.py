@@ -124,7 +124,17 @@ def test_keys_are_compared_with_compare_digest(monkeypatch: pytest.MonkeyPatch) 
     ],
 )
 def test_host_rule(host: str, settings: dict[str, Any], allowed: bool) -> None:
-    assert HostRule(Settings(**settings)).allows(host) is allowed
+    rule = HostRule(Settings(**settings))
+    assert rule.allows(host) is allowed
+    assert rule.allows(host) is allowed  # remembered: the same answer
+
+
+def test_host_answers_are_remembered_within_a_bound() -> None:
+    rule = HostRule(Settings())
+    for i in range(1000):  # a caller cycling names cannot grow the memory
+        assert rule.allows(f"evil{i}.example") is False
+        assert len(rule._seen) <= 256
+    assert rule.allows("localhost:2000") and not rule.allows("evil1.example")
 
 
 def test_same_origin() -> None:

@@ -141,6 +141,7 @@ class HostRule:
         self.names: set[str] = set(LOCAL_NAMES)
         self.with_port: set[tuple[str, str]] = set()
         self.suffixes: list[str] = []
+        self._seen: dict[str, bool] = {}
         for entry in entries:
             if entry.startswith("."):
                 self.suffixes.append(entry)
@@ -157,6 +158,16 @@ class HostRule:
                 self.names.add(host)
 
     def allows(self, header: str) -> bool:
+        """Whether a ``Host`` header names this machine (remembered: a client sends the same one
+        on every request; the memory is bounded by forgetting all of it when full)."""
+        known = self._seen.get(header)
+        if known is None:
+            if len(self._seen) >= 256:
+                self._seen.clear()
+            known = self._seen[header] = self._allows(header)
+        return known
+
+    def _allows(self, header: str) -> bool:
         parsed = split_host(header)
         if parsed is None:
             return False

@@ -86,6 +86,7 @@ def _config(
         http=with_timeouts(header_timeout, body_timeout),
         timeout_graceful_shutdown=30,
         access_log=level == "debug",
+        proxy_headers=False,  # nothing reads the client's address; a local caller could forge it
     )
 
 
