@@ -82,4 +82,6 @@ def test_housekeeping_is_not_kept_and_the_log_is_bounded() -> None:
 
 
 def test_timings_outside_a_request_are_ignored() -> None:
-    activity.timings(TIMINGS % (1, 1, 1.0, 1.0))  # no current request: nothing to fill, no error
+    activity.timings(
+        activity.timing_fields(TIMINGS % (1, 1, 1.0, 1.0))
+    )  # no current request: nothing to fill, no error

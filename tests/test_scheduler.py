@@ -13,8 +13,8 @@ import contextlib
 import pytest
 
 from llamastudio.errors import NoRoom, NotFound, QueueFull, StudioError, TooBusy
-from llamastudio.runtime.policy import FAIR_WAIT
 from llamastudio.runtime.messages import Tick
+from llamastudio.runtime.policy import FAIR_WAIT
 from llamastudio.runtime.scheduler import Lease, ModelSpec, Scheduler
 
 GiB = 1 << 30

@@ -29,10 +29,10 @@ from llamastudio.events import EventBus
 KEEP = 200  # entries kept for GET /api/activity
 EVENT = "activity"  # the bus event's type; its ``request`` is an entry (``Entry.public``)
 MAX_NAME = 200  # a model name the client made up is cut to this many characters
-_FIELDS = {
-    name: re.compile(rb'"' + name.encode() + rb'"\s*:\s*(-?[0-9.eE+-]+)')
-    for name in ("cache_n", "prompt_n", "predicted_n", "predicted_ms", "predicted_per_second")
-}
+_TIMING = re.compile(
+    rb'"(cache_n|prompt_n|predicted_n|predicted_ms|predicted_per_second|draft_n|draft_n_accepted)"'
+    rb"\s*:\s*(-?[0-9.eE+-]+)"
+)
 # housekeeping a client or UI polls (path labels, metrics.py): not shown, or they would bury the work
 QUIET = frozenset(
     {
@@ -128,17 +128,21 @@ class Activity:
             self.bus.publish({"type": EVENT, "request": entry.public()})
 
 
-def timings(chunk: bytes) -> None:
-    """The current request's figures from llama-server's final ``timings`` (``chunk`` holds them)."""
+def timing_fields(chunk: bytes) -> dict[str, float]:
+    """llama-server's ``timings`` figures in ``chunk``, read from its last ``"timings"`` on in one
+    scan (a generated text's quotes are escaped: it cannot fake them)."""
+    found: dict[str, float] = {}
+    for name, value in _TIMING.findall(chunk, max(chunk.rfind(b'"timings"'), 0)):
+        with contextlib.suppress(ValueError):
+            found.setdefault(name.decode(), float(value))
+    return found
+
+
+def timings(found: dict[str, float]) -> None:
+    """The current request's figures from llama-server's final ``timings`` (``timing_fields``)."""
     entry = _current.get()
     if entry is None:
         return
-    found: dict[str, float] = {}
-    for name, pattern in _FIELDS.items():
-        m = pattern.search(chunk)
-        if m:
-            with contextlib.suppress(ValueError):
-                found[name] = float(m.group(1))
     if "predicted_n" in found:
         entry.tokens_out = int(found["predicted_n"])
     if "prompt_n" in found:

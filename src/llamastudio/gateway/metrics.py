@@ -9,8 +9,6 @@ a client sending random names cannot grow the series without bound.
 from __future__ import annotations
 
 import bisect
-import contextlib
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -18,11 +16,6 @@ from llamastudio.events import EventBus
 from llamastudio.gateway import activity
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
-_PREDICTED_N = re.compile(rb'"predicted_n"\s*:\s*([0-9]+)')
-_PREDICTED_PS = re.compile(rb'"predicted_per_second"\s*:\s*([0-9.eE+-]+)')
-_PROMPT_N = re.compile(rb'"prompt_n"\s*:\s*([0-9]+)')
-_DRAFT_N = re.compile(rb'"draft_n"\s*:\s*([0-9]+)')
-_DRAFT_ACCEPTED = re.compile(rb'"draft_n_accepted"\s*:\s*([0-9]+)')
 UNKNOWN = "_unknown"  # the model label of requests naming no configured model
 OTHER = "_other"  # the path label of routes not listed below
 PATHS = frozenset(
@@ -129,23 +122,18 @@ class Metrics:
 
     def timings(self, model: str, chunk: bytes) -> None:
         """llama-server's ``timings`` (last chunk of a stream, or the body): tokens and tokens/s."""
-        activity.timings(chunk)  # the current request's own figures, for the activity panel
-        n = _PREDICTED_N.search(chunk)
-        ps = _PREDICTED_PS.search(chunk)
-        pn = _PROMPT_N.search(chunk)
-        if n:
-            self.tokens[model] += int(n.group(1))
-        if pn:
-            self.prompt_tokens[model] += int(pn.group(1))
-        dn = _DRAFT_N.search(chunk)
-        if dn:
-            self.draft_tokens[model] += int(dn.group(1))
-            da = _DRAFT_ACCEPTED.search(chunk)
-            if da:
-                self.draft_accepted[model] += int(da.group(1))
-        if ps:
-            with contextlib.suppress(ValueError):
-                self.tokens_per_second[model] = float(ps.group(1))
+        found = activity.timing_fields(chunk)
+        activity.timings(found)  # the current request's own figures, for the activity panel
+        if "predicted_n" in found:
+            self.tokens[model] += int(found["predicted_n"])
+        if "prompt_n" in found:
+            self.prompt_tokens[model] += int(found["prompt_n"])
+        if "draft_n" in found:
+            self.draft_tokens[model] += int(found["draft_n"])
+            if "draft_n_accepted" in found:
+                self.draft_accepted[model] += int(found["draft_n_accepted"])
+        if "predicted_per_second" in found:
+            self.tokens_per_second[model] = found["predicted_per_second"]
 
     def render(
         self,
