@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 
 import pytest
 
 from llamastudio.errors import NoRoom, NotFound, QueueFull, StudioError, TooBusy
+from llamastudio.runtime import policy
+from llamastudio.runtime.entries import Entry, Waiter, admits_at_once
 from llamastudio.runtime.messages import Tick
 from llamastudio.runtime.policy import FAIR_WAIT
 from llamastudio.runtime.scheduler import Lease, ModelSpec, Scheduler
@@ -422,3 +425,36 @@ async def test_unload_waits_for_requests_in_flight() -> None:
     await asyncio.wait_for(unloading, 2)
     assert fx.log == ["start a", "stop a"] and s.snapshot()["a"].state == "stopped"
     await s.close()
+
+
+def test_admitting_at_once_is_what_the_policy_would_decide() -> None:
+    """The acquire fast path (``entries.admits_at_once``) against the policy itself, over random
+    sets of models: wherever it admits without asking, the policy admits that request and
+    decides nothing else."""
+    rng = random.Random(7)
+    loop = asyncio.new_event_loop()
+    checked = 0
+    try:
+        for _ in range(3000):
+            entries = []
+            for i in range(rng.randint(1, 4)):
+                e = Entry(cpu_spec(f"m{i}", threads=rng.choice([0, 2, 4])))
+                e.state = rng.choice(["ready", "ready", "stopped", "starting", "stopping"])
+                e.in_flight = rng.choice([0, 0, 1, 3]) if e.state == "ready" else 0
+                e.busy_since = 1.0 if e.in_flight else None
+                e.closed = e.state == "ready" and rng.random() < 0.1
+                if rng.random() < 0.1:
+                    e.waiters.append(Waiter(loop.create_future(), 2.0))
+                entries.append(e)
+            cores = rng.choice([0, 2, 4])
+            target = rng.choice(entries)
+            if not admits_at_once(target, entries, cores):
+                continue
+            target.waiters.append(Waiter(loop.create_future(), 5.0))
+            d = policy.decide([e.view() for e in entries], {"CPU": 64 * GiB}, cores, now=5.0)
+            assert d.admit == (target.spec.name,), d
+            assert not (d.start or d.evict or d.stop or d.fail or d.close) and d.wake_at is None, d
+            checked += 1
+    finally:
+        loop.close()
+    assert checked > 300

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,6 +90,17 @@ class Entry:
             s.name, self.state, self.in_flight, len(self.waiters), self.last_used, self.closed, s.threads,
             self.note, s.pinned, s.ttl, s.max_concurrency,
         )  # fmt: skip
+
+
+def admits_at_once(entry: Entry, entries: Iterable[Entry], cores: int) -> bool:
+    """Whether the policy would admit one more request for ``entry`` and decide nothing else,
+    known without asking it: ready and open, nothing anywhere waiting, draining or closed, and no
+    other model's CPU threads it could have to wait for (``policy.thread_blockers``)."""
+    others = [e for e in entries if e is not entry]
+    if entry.state != "ready" or entry.wants_policy() or any(e.wants_policy() for e in others):
+        return False
+    gated = cores > 0 and entry.spec.threads > 0 and entry.in_flight == 0
+    return not gated or not any(e.in_flight and e.spec.threads > 0 for e in others)
 
 
 def fail(fut: asyncio.Future[Any], exc: StudioError) -> None:

@@ -44,7 +44,7 @@ from typing import Any, Protocol
 from llamastudio.aio import cancel_and_wait
 from llamastudio.errors import NoRoom, NotFound, QueueFull, StudioError, TooBusy
 from llamastudio.runtime import policy
-from llamastudio.runtime.entries import Entry, Loader, Waiter, fail
+from llamastudio.runtime.entries import Entry, Loader, Waiter, admits_at_once, fail
 from llamastudio.runtime.messages import (
     Acquire,
     Budgets,
@@ -230,9 +230,10 @@ class Scheduler:
                 ),
             )
             return
+        at_once = self._wake is None and admits_at_once(entry, self.entries.values(), self.cores)
         waiter = Waiter(m.fut, self.clock())
         entry.waiters.append(waiter)
-        self._reconcile()
+        self._admit(entry) if at_once else self._reconcile()  # the same answer, without asking
         if waiter in entry.waiters and len(entry.waiters) > spec.max_queue:
             entry.waiters.remove(waiter)
             why = "wait for it to load" if entry.state != "ready" else "wait for their turn"
