@@ -11,7 +11,7 @@ proxy in front of (1), all up at once and measured in interleaved rounds (A B C 
   start → ready → first token.
 
     .venv/bin/python -m bench.gateway [--rounds 5] [--requests 200] [--tokens 128]
-        [--streams 16,64] [--cold-runs 3] [--no-litellm]
+        [--streams 16,64] [--cold-runs 3] [--no-litellm] [--first-load]
 
 Everything shares this machine's cores (client, proxy and llama-server): the worst case for a proxy.
 """
@@ -129,6 +129,25 @@ def first_token(url: str, model: str) -> float:
     raise RuntimeError(f"no token from {url}")
 
 
+def serve_measured(studio: Studio, model: Path, measured: bool = True) -> None:
+    """The studio serving ``model`` as ``tiny``, as it does from a configuration's second load on
+    (``measured``): the first load of a configuration runs llama-server at ``-lv 4`` to measure its
+    buffers (``runtime/measured.py``), which at ``-np 64`` logs ~150 lines a request where the
+    default verbosity logs 9; once measured, its loads run at the default verbosity, as every other
+    target's llama-server does. ``measured=False``: left in that first load."""
+    studio.configure("tiny", model=str(model), args=[a for a in FLAGS if a != "--no-webui"])
+    if not measured:
+        return
+    first_token(studio.gateway_url, "tiny")
+    deadline = time.monotonic() + 60
+    with studio.api() as c:
+        while c.get("/api/models/tiny/config").json()["prepared"]["memory"]["source"] != "measured":
+            if time.monotonic() > deadline:
+                raise RuntimeError("the studio did not record the first load's measurement")
+            time.sleep(0.1)
+        c.post("/api/models/tiny/stop").raise_for_status()
+
+
 def tiny_model(tmp: Path) -> tuple[Path, Path]:
     """The tiny llama GGUF every target serves, and the router's preset naming it as ``tiny``."""
     vocab = Vocab.from_gguf(binaries.source_dir() / "models" / "ggml-vocab-llama-spm.gguf")
@@ -192,7 +211,12 @@ def report(targets: list[Target], args: argparse.Namespace) -> None:
         f"tiny llama model, llama-server {' '.join(FLAGS)}; {os.cpu_count()} cores shared by client, "
         f"proxy, server; {args.rounds} interleaved rounds; per round {args.requests} sequential "
         f"/v1/completions (max_tokens=1), then {'/'.join(map(str, args.streams))} concurrent streams "
-        f"of {args.tokens} tokens; median [min–max] over the rounds\n"
+        f"of {args.tokens} tokens; median [min–max] over the rounds; the studio's model "
+        + (
+            "in its first, measuring load (llama-server at -lv 4)\n"
+            if args.first_load
+            else "measured, so loaded at llama-server's default verbosity as the others are\n"
+        )
     )
     cols = " | ".join(f"tok/s {s} streams" for s in args.streams)
     print(
@@ -271,6 +295,11 @@ def main() -> int:
     ap.add_argument("--streams", type=lambda v: [int(x) for x in v.split(",")], default=[16, 64])
     ap.add_argument("--cold-runs", type=int, default=3, help="0: skip the cold-load table")
     ap.add_argument("--no-litellm", action="store_true", help="leave LiteLLM's proxy out")
+    ap.add_argument(
+        "--first-load",
+        action="store_true",
+        help="serve the studio's model in its first, measuring load (llama-server at -lv 4)",
+    )
     args = ap.parse_args()
     server = binaries.binary("llama-server")
     with tempfile.TemporaryDirectory() as tmp_s, ExitStack() as stack:
@@ -281,7 +310,7 @@ def main() -> int:
         stack.callback(stop_process, proc)
         wait_ready(direct_url)
         studio = stack.enter_context(Studio(tmp / "studio", server))
-        studio.configure("tiny", model=str(model), args=[a for a in FLAGS if a != "--no-webui"])
+        serve_measured(studio, model, measured=not args.first_load)
         targets = [
             Target("llama-server direct", direct_url),
             Target("studio gateway", studio.gateway_url),

@@ -24,7 +24,7 @@ import psutil
 from tests.rig import binaries
 from tests.rig.studio import Studio
 
-from bench.gateway import FLAGS, first_token, spread, start_router, throughput, tiny_model
+from bench.gateway import FLAGS, first_token, serve_measured, spread, start_router, throughput, tiny_model
 
 
 def cpu_seconds(pid: int) -> float:
@@ -63,7 +63,7 @@ def main() -> int:
         model, preset = tiny_model(tmp)
         results: dict[str, list[tuple[float, float]]] = {"studio gateway": [], "llama-server router": []}
         with Studio(tmp / "studio", server) as studio, start_router(server, preset, tmp / "r.log") as router:
-            studio.configure("tiny", model=str(model), args=[a for a in FLAGS if a != "--no-webui"])
+            serve_measured(studio, model)
             assert studio.proc is not None
             targets = {
                 "studio gateway": (studio.gateway_url, studio.proc.pid),
