@@ -38,6 +38,7 @@ from tests.rig.factory import BUILDERS, Vocab
 from tests.rig.studio import Studio
 
 from bench.litellm import litellm_proxy
+from llamastudio.engines.kinds.threads import SPIN, links_libgomp, one_per_core, placement, usable_cpus
 from llamastudio.procs import stop_process
 from llamastudio.runtime.process import free_port
 
@@ -56,13 +57,36 @@ def wait_ready(url: str, timeout: float = 120, path: str = "/health") -> None:
     raise TimeoutError(url)
 
 
-def start_direct(server: Path, model: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+@dataclass(frozen=True)
+class Placement:
+    """Thread placement flags and environment for a llama-server."""
+
+    flags: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+
+    def environ(self) -> dict[str, str]:
+        return {**os.environ, **dict(self.env)}
+
+
+def studio_placement(server: Path) -> Placement:
+    """What the studio adds to FLAGS' llama-server on this machine (engines/kinds/threads.py)."""
+    if not links_libgomp(server):
+        return Placement()
+    cpus = usable_cpus()
+    flags = placement(FLAGS, int(FLAGS[FLAGS.index("-t") + 1]), cpus, one_per_core(cpus))
+    return Placement(tuple(flags), (("GOMP_SPINCOUNT", SPIN),) if flags else ())
+
+
+def start_direct(
+    server: Path, model: Path, log: Path, pin: Placement = Placement()
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [str(server), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), *FLAGS],
+            [str(server), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), *FLAGS, *pin.flags],
             stdout=out,
             stderr=subprocess.STDOUT,
+            env=pin.environ(),
         )
     return proc, f"http://127.0.0.1:{port}"
 
@@ -148,13 +172,18 @@ def serve_measured(studio: Studio, model: Path, measured: bool = True) -> None:
         c.post("/api/models/tiny/stop").raise_for_status()
 
 
-def tiny_model(tmp: Path) -> tuple[Path, Path]:
-    """The tiny llama GGUF every target serves, and the router's preset naming it as ``tiny``."""
+def tiny_model(tmp: Path, pin: Placement = Placement()) -> tuple[Path, Path]:
+    """The tiny llama GGUF every target serves, and the router's preset naming it as ``tiny``
+    (with ``pin``'s flags: ``-C`` as ``cpu-mask``)."""
     vocab = Vocab.from_gguf(binaries.source_dir() / "models" / "ggml-vocab-llama-spm.gguf")
     model = tmp / "llama.gguf"
     BUILDERS["llama"](model, vocab)
     preset = tmp / "models.ini"
-    preset.write_text(f"version = 1\n\n[tiny]\nmodel = {model}\nc = 16384\nnp = 64\nt = 2\n")
+    own = "".join(
+        f"{'cpu-mask' if k == '-C' else k.lstrip('-')} = {v}\n"
+        for k, v in zip(pin.flags[::2], pin.flags[1::2], strict=True)
+    )
+    preset.write_text(f"version = 1\n\n[tiny]\nmodel = {model}\nc = 16384\nnp = 64\nt = 2\n{own}")
     return model, preset
 
 
@@ -215,7 +244,15 @@ def report(targets: list[Target], args: argparse.Namespace) -> None:
         + (
             "in its first, measuring load (llama-server at -lv 4)\n"
             if args.first_load
-            else "measured, so loaded at llama-server's default verbosity as the others are\n"
+            else "measured, so loaded at llama-server's default verbosity as the others are"
+        )
+        + (
+            "; the others' llama-server as started by hand (no thread placement)\n"
+            if args.engines_as_is
+            else "; every llama-server with the studio's thread placement ("
+            + (" ".join(args.pin.flags) or "none")
+            + "".join(f", {k}={v}" for k, v in args.pin.env)
+            + ")\n"
         )
     )
     cols = " | ".join(f"tok/s {s} streams" for s in args.streams)
@@ -239,12 +276,12 @@ def report(targets: list[Target], args: argparse.Namespace) -> None:
     sys.stdout.flush()
 
 
-def cold_load(server: Path, model: Path, preset: Path, tmp: Path, runs: int) -> None:
+def cold_load(server: Path, model: Path, preset: Path, tmp: Path, runs: int, pin: Placement) -> None:
     """Request → first token of a stopped model, vs a bare llama-server's start → ready → token."""
     cold: dict[str, list[float]] = {"direct": [], "studio": [], "router": []}
     for _ in range(runs):
         t0 = time.perf_counter()
-        proc, url = start_direct(server, model, tmp / "direct-cold.log")
+        proc, url = start_direct(server, model, tmp / "direct-cold.log", pin)
         try:
             wait_ready(url)
             cold["direct"].append(time.perf_counter() - t0 + first_token(url, "tiny"))
@@ -255,7 +292,7 @@ def cold_load(server: Path, model: Path, preset: Path, tmp: Path, runs: int) -> 
         for _ in range(runs):
             studio.api().post("/api/models/tiny/stop")
             cold["studio"].append(first_token(studio.gateway_url, "tiny"))
-    with start_router(server, preset, tmp / "router-cold.log") as url:
+    with start_router(server, preset, tmp / "router-cold.log", pin) as url:
         for _ in range(runs):
             httpx.post(f"{url}/models/unload", json={"model": "tiny"}, timeout=60)
             time.sleep(0.5)
@@ -271,13 +308,15 @@ def cold_load(server: Path, model: Path, preset: Path, tmp: Path, runs: int) -> 
 
 
 @contextmanager
-def start_router(server: Path, preset: Path, log: Path) -> Iterator[str]:
+def start_router(server: Path, preset: Path, log: Path, pin: Placement = Placement()) -> Iterator[str]:
+    """llama-server's router mode over ``preset`` (``pin``'s environment reaches its children)."""
     port = free_port()
     with open(log, "ab") as out:
         router = subprocess.Popen(
             [str(server), "--models-preset", str(preset), "--port", str(port), "--no-webui"],
             stdout=out,
             stderr=subprocess.STDOUT,
+            env=pin.environ(),
         )
     try:
         url = f"http://127.0.0.1:{port}"
@@ -296,17 +335,24 @@ def main() -> int:
     ap.add_argument("--cold-runs", type=int, default=3, help="0: skip the cold-load table")
     ap.add_argument("--no-litellm", action="store_true", help="leave LiteLLM's proxy out")
     ap.add_argument(
+        "--engines-as-is",
+        action="store_true",
+        help="start the other targets' llama-server without the studio's thread placement",
+    )
+    ap.add_argument(
         "--first-load",
         action="store_true",
         help="serve the studio's model in its first, measuring load (llama-server at -lv 4)",
     )
     args = ap.parse_args()
     server = binaries.binary("llama-server")
+    args.pin = studio_placement(server)
+    pin = Placement() if args.engines_as_is else args.pin
     with tempfile.TemporaryDirectory() as tmp_s, ExitStack() as stack:
         tmp = Path(tmp_s)
-        model, preset = tiny_model(tmp)
+        model, preset = tiny_model(tmp, pin)
         # every target up at once, each with its own llama-server (LiteLLM in front of direct's)
-        proc, direct_url = start_direct(server, model, tmp / "direct.log")
+        proc, direct_url = start_direct(server, model, tmp / "direct.log", pin)
         stack.callback(stop_process, proc)
         wait_ready(direct_url)
         studio = stack.enter_context(Studio(tmp / "studio", server))
@@ -315,7 +361,8 @@ def main() -> int:
             Target("llama-server direct", direct_url),
             Target("studio gateway", studio.gateway_url),
             Target(
-                "llama-server router", stack.enter_context(start_router(server, preset, tmp / "router.log"))
+                "llama-server router",
+                stack.enter_context(start_router(server, preset, tmp / "router.log", pin)),
             ),
         ]
         if not args.no_litellm:
@@ -328,7 +375,7 @@ def main() -> int:
         report(targets, args)
         stack.close()
         if args.cold_runs:
-            cold_load(server, model, preset, tmp, args.cold_runs)
+            cold_load(server, model, preset, tmp, args.cold_runs, pin)
     return 0
 
 

@@ -152,7 +152,16 @@ class Launcher:
             rpc = rpc_for(cfg.name, cfg.args, engine, hw, self.configs.db, header)  # --rpc auto|always
             args, hw = (rpc.args, rpc.hardware) if rpc else (cfg.args, hw)
             request = ModelRequest(
-                cfg.name, args, cfg.auto, cfg.reserve, None, path, header, mmproj=mmproj, draft=draft
+                cfg.name,
+                args,
+                cfg.auto,
+                cfg.reserve,
+                None,
+                path,
+                header,
+                mmproj=mmproj,
+                draft=draft,
+                env=cfg.env,
             )
             size = header.file_size
         done = kind.plan(request, engine, hw)

@@ -8,12 +8,20 @@ per-process key with ``--api-key-file``; ready when ``/health`` says 200.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 from llamastudio.engines.command import build_command
 from llamastudio.engines.kinds.base import COMMON_FATAL, PORT, EngineKind, LaunchPlan, ModelRequest, Traits
-from llamastudio.engines.kinds.threads import cpu_threads
+from llamastudio.engines.kinds.threads import (
+    SPIN,
+    cpu_threads,
+    links_libgomp,
+    one_per_core,
+    placement,
+    usable_cpus,
+)
 from llamastudio.engines.registry import Engine
 from llamastudio.errors import InvalidInput
 from llamastudio.fit.argv import parse_server_args
@@ -60,10 +68,25 @@ class LlamaCppKind(EngineKind):
         argv[argv.index("--port") + 1] = PORT
         if "--alias" in engine.capabilities and "--alias" not in request.args and "-a" not in request.args:
             argv += ["--alias", request.name]
+        threads = cpu_threads(argv, flags, est, hw.cpu_cores)
+        env: dict[str, str] = {}
+        if "--cpu-strict" in engine.capabilities and links_libgomp(engine.server):
+            cpus = usable_cpus()
+            pinned = placement(argv, threads, cpus, one_per_core(cpus))
+            if pinned:
+                argv += pinned
+                if not {"GOMP_SPINCOUNT", "OMP_WAIT_POLICY"} & (request.env.keys() | os.environ.keys()):
+                    env["GOMP_SPINCOUNT"] = SPIN  # unless the configuration or the studio's own says
+                spin = f", GOMP_SPINCOUNT={SPIN}" if env else ""
+                reasons.append(
+                    f"{threads} compute threads take every core: each pinned to its own CPU "
+                    f"(-C {pinned[1]} --cpu-strict 1{spin}), so two never share a core while another idles"
+                )
         return LaunchPlan(
             argv,
             reserve,
-            threads=cpu_threads(argv, flags, est, hw.cpu_cores),
+            threads=threads,
+            env=env,
             estimate=est,
             reasons=reasons,
             warnings=warnings,
