@@ -41,8 +41,8 @@ def test_only_a_model_taking_every_core_is_pinned() -> None:
     cpus, per_core = [0, 1, 2, 3], [0, 2]
     assert placement(["-t", "4"], 4, cpus, per_core) == ["-C", "0xf", "--cpu-strict", "1"]
     assert placement([], 2, cpus, per_core) == ["-C", "0x5", "--cpu-strict", "1"]  # one per core
-    assert placement([], 8, cpus, per_core) == ["-C", "0xf", "--cpu-strict", "1"]  # oversubscribed
-    for threads in (0, 1, 3):  # GPU-only, or cores left to others: a second model would share CPUs
+    # GPU-only; cores left to others (a second model would share CPUs); more threads than CPUs
+    for threads in (0, 1, 3, 8):
         assert placement([], threads, cpus, per_core) == []
     for own in (["-C", "0x1"], ["--cpu-strict=0"], ["-Cr", "0-1"], ["-tb", "4"], ["--cpu-mask-batch", "3"]):
         assert placement(own, 4, cpus, per_core) == [], own  # the configuration's own placement wins

@@ -101,7 +101,7 @@ SPIN = "50000"
 
 def placement(argv: list[str], threads: int, cpus: list[int], per_core: list[int]) -> list[str]:
     """llama-server flags pinning each of a model's compute threads to a CPU of its own, for a
-    model whose ``threads`` take every core (``per_core``: one CPU per core) or every CPU.
+    model whose ``threads`` are one per core (``per_core``: one CPU of each) or one per CPU.
 
     llama.cpp's CPU backend computes a graph in ``threads`` OpenMP threads that spin at each
     barrier. Unpinned, the kernel's balancer lets two of them share a core while another core
@@ -118,10 +118,10 @@ def placement(argv: list[str], threads: int, cpus: list[int], per_core: list[int
     """
     if threads <= 0 or any(a.split("=", 1)[0] in _PLACEMENT for a in argv):
         return []
-    if threads >= len(cpus):
+    if threads == len(cpus):
         chosen = cpus
     elif threads == len(per_core):
         chosen = per_core
-    else:
+    else:  # fewer: CPUs left to others; more: two per CPU whatever is pinned
         return []
     return ["-C", f"0x{sum(1 << c for c in chosen):x}", "--cpu-strict", "1"]
