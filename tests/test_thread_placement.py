@@ -98,6 +98,9 @@ def test_a_model_on_every_cpu_has_its_compute_threads_pinned_apart(
         assert every["prepared"]["argv"][-4:] == ["-C", mask, "--cpu-strict", "1"], every["prepared"]["argv"]
         assert any("pinned to its own CPU" in r for r in every["prepared"]["reasons"])
         assert every["prepared"]["env"] == {"GOMP_SPINCOUNT": SPIN}
+        with studio.api() as api:  # a CPU mask is this machine's: an export carries the model's own flags
+            exported = api.get("/api/served/export", params={"format": "llama-swap"}).text
+        assert f"-t {n}" in exported and "--cpu-strict" not in exported and mask not in exported
         passive = studio.configure(  # the configuration's own OpenMP wait policy is kept
             "passive",
             model=str(tiny_models["llama"]),

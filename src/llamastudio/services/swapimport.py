@@ -112,7 +112,7 @@ def export(runtime: Runtime, fmt: str, secrets: bool = True) -> str:
         raise NotFound("no stored model configurations to export")
     library = runtime.library.models(with_facts=False)  # listed once for all of them
     try:
-        argv = {c.name: runtime.launcher.prepare(c, runtime.hw, library).argv for c in configs}
+        argv = {c.name: runtime.launcher.prepare(c, runtime.hw, library).portable_argv() for c in configs}
     finally:
         read_header.cache_clear()
     peers = peer_store.load(runtime.db, peer_store.IMPORTED)

@@ -57,9 +57,19 @@ class Prepared:
     threads: int = 0  # CPU threads it computes with; 0 = wholly on GPUs (kinds/threads.py)
     env: dict[str, str] = field(default_factory=dict)  # the kind's engine environment
     traits: Traits = field(default_factory=Traits)
+    placement: list[str] = field(default_factory=list)  # flags in argv for this machine's CPUs
     companions: dict[str, Stamp] = field(default_factory=dict)  # projector and draft files, stamped
     # llama.cpp: its load key, estimate and (set by the runtime) measurement (fit/measured.py)
     memory: MemoryPlan | None = None
+
+    def portable_argv(self) -> list[str]:
+        """``argv`` without what only this machine's CPUs call for (an export's command)."""
+        n = len(self.placement)
+        if n:
+            for i in range(len(self.argv) - n, -1, -1):
+                if self.argv[i : i + n] == self.placement:
+                    return self.argv[:i] + self.argv[i + n :]
+        return list(self.argv)
 
     def to_json(self) -> dict[str, Any]:
         est = self.estimate
@@ -193,6 +203,7 @@ class Launcher:
             stamp=_stamp(path),
             env=done.env,
             traits=done.traits,
+            placement=done.placement,
             companions={
                 m.location: _stamp(Path(m.location)) for m in (request.mmproj, request.draft) if m is not None
             },
@@ -332,7 +343,7 @@ class Launcher:
         library = self.library.models(with_facts=False)  # listed once for all of them
         if fmt == "llama-swap":
             try:
-                argv = {c.name: self.prepare(c, hw, library).argv for c in configs}
+                argv = {c.name: self.prepare(c, hw, library).portable_argv() for c in configs}
             finally:
                 read_header.cache_clear()
             return export_llama_swap(configs, argv)

@@ -68,6 +68,7 @@ class LaunchPlan:
     dropped: list[str] = field(default_factory=list)  # flags the engine lacks, left out
     env: dict[str, str] = field(default_factory=dict)  # set in the engine's environment
     traits: Traits = field(default_factory=Traits)
+    placement: list[str] = field(default_factory=list)  # in argv: its threads on this machine's CPUs
 
 
 class EngineKind(ABC):

@@ -70,6 +70,7 @@ class LlamaCppKind(EngineKind):
             argv += ["--alias", request.name]
         threads = cpu_threads(argv, flags, est, hw.cpu_cores)
         env: dict[str, str] = {}
+        pinned: list[str] = []
         if "--cpu-strict" in engine.capabilities and links_libgomp(engine.server):
             cpus = usable_cpus()
             pinned = placement(argv, threads, cpus, one_per_core(cpus))
@@ -87,6 +88,7 @@ class LlamaCppKind(EngineKind):
             reserve,
             threads=threads,
             env=env,
+            placement=pinned,
             estimate=est,
             reasons=reasons,
             warnings=warnings,
