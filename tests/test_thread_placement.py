@@ -58,7 +58,9 @@ def test_openmp_is_found_in_the_binary_or_a_ggml_library_beside_it(
     server = shared / "bin" / "llama-server"
     server.write_bytes(b"\x7fELF" + b"\0" * 100)
     assert not links_libgomp(server)
-    (shared / "lib" / "libggml-cpu.so").write_bytes(b"\0" * 10 + b"libgomp.so.1\0")
+    (shared / "lib" / "libggml-base.so").write_bytes(b"libgomp.so.1\0")  # not the CPU backend's
+    assert not links_libgomp(server)
+    (shared / "lib" / "libggml-cpu-haswell.so").write_bytes(b"\0" * 10 + b"libgomp.so.1\0")
     assert links_libgomp(server)
     static = tmp_path / "llama-server"  # the name across a read boundary
     static.write_bytes(b"\0" * ((1 << 20) - 5) + b"libgomp.so.1\0")

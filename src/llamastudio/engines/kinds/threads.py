@@ -62,14 +62,13 @@ def one_per_core(cpus: list[int], topology: Path = _TOPOLOGY) -> list[int]:
 
 
 def links_libgomp(server: Path) -> bool:
-    """Whether this llama-server computes with GNU OpenMP: its binary or a ggml library beside it
-    (``lib/`` of a shared build) names ``libgomp.so`` among the libraries it needs."""
-    libs = [
-        server,
-        *sorted(server.parent.glob("libggml*.so*")),
-        *sorted(server.parent.parent.glob("lib/libggml*.so*")),
+    """Whether this llama-server computes with GNU OpenMP: its binary or the ggml CPU backend
+    beside it (``lib/`` of a shared build) names ``libgomp.so`` among the libraries it needs."""
+    cpu = [
+        *sorted(server.parent.glob("libggml-cpu*.so*")),
+        *sorted(server.parent.parent.glob("lib/libggml-cpu*.so*")),
     ]
-    return any(_names_libgomp(str(f), *_stamp(f)) for f in libs)
+    return any(_names_libgomp(str(f), *_stamp(f)) for f in [server, *cpu])
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -82,9 +81,14 @@ def _stamp(path: Path) -> tuple[int, int]:
 
 @functools.lru_cache(maxsize=64)
 def _names_libgomp(path: str, mtime_ns: int, size: int) -> bool:  # the stamp keys the cache
+    """In the first 16 MiB, where an ELF file's dynamic string table is (a CUDA build's libraries
+    run to hundreds of MiB)."""
     with contextlib.suppress(OSError), open(path, "rb") as f:
         tail = b""
-        while chunk := f.read(1 << 20):
+        for _ in range(16):
+            chunk = f.read(1 << 20)
+            if not chunk:
+                break
             if b"libgomp.so" in tail + chunk:
                 return True
             tail = chunk[-16:]
