@@ -536,21 +536,6 @@ def test_the_editor_says_what_the_reservation_is_based_on(
             memory.screenshot(path=str(SHOTS / "memory-manual.png"))
 
 
-@pytest.mark.parametrize("view", ["", "search", "downloads", "library", "running", "engines", "settings"])
-def test_phone_width_has_no_horizontal_scroll(browser: object, studio: Studio, view: str) -> None:
-    context = browser.new_context(viewport={"width": 390, "height": 844})  # type: ignore[attr-defined]
-    try:
-        pg = context.new_page()
-        pg.goto(f"{studio.api_url}/{view}")
-        pg.wait_for_selector("h2")
-        pg.wait_for_timeout(300)
-        scroll, inner = pg.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
-        shot(pg, f"phone-{view or 'dashboard'}")
-        assert scroll <= inner, f"/{view}: page is {scroll}px wide in a {inner}px viewport"
-    finally:
-        context.close()
-
-
 def test_unknown_api_paths_stay_json_and_the_ui_serves_client_routes(studio: Studio) -> None:
     with studio.api() as api:
         r = api.get("/api/no-such-thing")
