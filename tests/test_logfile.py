@@ -66,6 +66,27 @@ def test_a_tail_continues_into_the_rotated_file(tmp_path: Path) -> None:
     assert tail_lines(tmp_path / "none.log", 5) == []
 
 
+def test_a_block_of_lines_is_rotated_between_lines(tmp_path: Path) -> None:
+    """The engine's output is written a block at a time (runtime/output.py): a block bigger than
+    the room left, or than a whole file, still rotates between lines and keeps files in bounds."""
+    path = tmp_path / "m.log"
+    block = b"".join(b"line %02d\n" % i for i in range(30))  # 240 bytes, 8 a line
+    with RotatingLog(path, max_bytes=60, keep=2) as log:
+        log.write(b"first\n")
+        log.write(block)
+        log.write(b"x" * 100 + b"\n")  # one line over a file's size: alone in its file
+        log.write(b"last\n")
+    assert path.read_bytes() == b"last\n"
+    assert rotated(path, 1).read_bytes() == b"x" * 100 + b"\n"
+    assert rotated(path, 2).read_bytes() == b"".join(
+        b"line %02d\n" % i for i in range(27, 30)
+    )  # 7 lines a file: 0-5 (after "first"), 6-12, …, 27-29
+    for i in range(3):
+        assert all(
+            ln.startswith((b"line", b"x", b"last")) for ln in rotated(path, i).read_bytes().splitlines()
+        )
+
+
 async def test_an_engine_process_rotates_its_log(tmp_path: Path) -> None:
     """The supervised process writes through RotatingLog (a real subprocess printing 2000 lines)."""
     script = "import sys\nfor i in range(2000): print('engine line', i)\nsys.exit(3)"

@@ -54,14 +54,23 @@ class RotatingLog:
             self._file.close()
             self._file = None
 
-    def write(self, line: bytes) -> None:
-        """Append one line (flushed: readers see it at once); rotate first if it would not fit."""
+    def write(self, lines: bytes) -> None:
+        """Append whole lines, one or a block of them (flushed: readers see them at once); the file
+        is rotated between two lines where the next would not fit. A line longer than a file is
+        written whole, alone in its file."""
         assert self._file is not None, "use RotatingLog as a context manager"
-        if self._size and self._size + len(line) > self.max_bytes:
-            self._rotate()
-        self._file.write(line)
+        while lines:
+            room = self.max_bytes - self._size
+            cut = len(lines) if len(lines) <= room else lines.rfind(b"\n", 0, max(room, 0)) + 1
+            if cut == 0:  # not even its next line fits
+                if self._size:
+                    self._rotate()
+                    continue
+                cut = lines.find(b"\n") + 1 or len(lines)  # longer than a file: alone
+            self._file.write(lines[:cut])
+            self._size += cut
+            lines = lines[cut:]
         self._file.flush()
-        self._size += len(line)
 
     def _rotate(self) -> None:
         assert self._file is not None
