@@ -10,8 +10,12 @@ proxy in front of (1), all up at once and measured in interleaved rounds (A B C 
 - cold load: request → first token for a stopped model, minus a bare llama-server's
   start → ready → first token.
 
+``--pinned``: the studio with ``LLAMASTUDIO_PIN_THREADS`` (each compute thread pinned to a CPU, a
+short OpenMP spin: ``engines/kinds/threads.py``) and every other llama-server started with the same
+placement, so what a proxy adds is still the proxy alone.
+
     .venv/bin/python -m bench.gateway [--rounds 5] [--requests 200] [--tokens 128]
-        [--streams 16,64] [--cold-runs 3] [--no-litellm] [--first-load]
+        [--streams 16,64] [--cold-runs 3] [--no-litellm] [--first-load] [--pinned]
 
 Everything shares this machine's cores (client, proxy and llama-server): the worst case for a proxy.
 """
@@ -247,12 +251,12 @@ def report(targets: list[Target], args: argparse.Namespace) -> None:
             else "measured, so loaded at llama-server's default verbosity as the others are"
         )
         + (
-            "; the others' llama-server as started by hand (no thread placement)\n"
-            if args.engines_as_is
-            else "; every llama-server with the studio's thread placement ("
+            "; every llama-server pinned as the studio's with LLAMASTUDIO_PIN_THREADS ("
             + (" ".join(args.pin.flags) or "none")
             + "".join(f", {k}={v}" for k, v in args.pin.env)
             + ")\n"
+            if args.pinned
+            else "\n"
         )
     )
     cols = " | ".join(f"tok/s {s} streams" for s in args.streams)
@@ -276,7 +280,9 @@ def report(targets: list[Target], args: argparse.Namespace) -> None:
     sys.stdout.flush()
 
 
-def cold_load(server: Path, model: Path, preset: Path, tmp: Path, runs: int, pin: Placement) -> None:
+def cold_load(
+    server: Path, model: Path, preset: Path, tmp: Path, runs: int, pin: Placement, env: dict[str, str] | None
+) -> None:
     """Request → first token of a stopped model, vs a bare llama-server's start → ready → token."""
     cold: dict[str, list[float]] = {"direct": [], "studio": [], "router": []}
     for _ in range(runs):
@@ -287,7 +293,7 @@ def cold_load(server: Path, model: Path, preset: Path, tmp: Path, runs: int, pin
             cold["direct"].append(time.perf_counter() - t0 + first_token(url, "tiny"))
         finally:
             stop_process(proc)
-    with Studio(tmp / "studio-cold", server) as studio:
+    with Studio(tmp / "studio-cold", server, env=env) as studio:
         studio.configure("tiny", model=str(model), args=[a for a in FLAGS if a != "--no-webui"])
         for _ in range(runs):
             studio.api().post("/api/models/tiny/stop")
@@ -335,9 +341,9 @@ def main() -> int:
     ap.add_argument("--cold-runs", type=int, default=3, help="0: skip the cold-load table")
     ap.add_argument("--no-litellm", action="store_true", help="leave LiteLLM's proxy out")
     ap.add_argument(
-        "--engines-as-is",
+        "--pinned",
         action="store_true",
-        help="start the other targets' llama-server without the studio's thread placement",
+        help="the studio with LLAMASTUDIO_PIN_THREADS, every other llama-server placed alike",
     )
     ap.add_argument(
         "--first-load",
@@ -346,8 +352,8 @@ def main() -> int:
     )
     args = ap.parse_args()
     server = binaries.binary("llama-server")
-    args.pin = studio_placement(server)
-    pin = Placement() if args.engines_as_is else args.pin
+    args.pin = pin = studio_placement(server) if args.pinned else Placement()
+    studio_env = {"LLAMASTUDIO_PIN_THREADS": "true"} if args.pinned else None
     with tempfile.TemporaryDirectory() as tmp_s, ExitStack() as stack:
         tmp = Path(tmp_s)
         model, preset = tiny_model(tmp, pin)
@@ -355,7 +361,7 @@ def main() -> int:
         proc, direct_url = start_direct(server, model, tmp / "direct.log", pin)
         stack.callback(stop_process, proc)
         wait_ready(direct_url)
-        studio = stack.enter_context(Studio(tmp / "studio", server))
+        studio = stack.enter_context(Studio(tmp / "studio", server, env=studio_env))
         serve_measured(studio, model, measured=not args.first_load)
         targets = [
             Target("llama-server direct", direct_url),
@@ -375,7 +381,7 @@ def main() -> int:
         report(targets, args)
         stack.close()
         if args.cold_runs:
-            cold_load(server, model, preset, tmp, args.cold_runs, pin)
+            cold_load(server, model, preset, tmp, args.cold_runs, pin, studio_env)
     return 0
 
 

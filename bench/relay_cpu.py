@@ -24,16 +24,7 @@ import psutil
 from tests.rig import binaries
 from tests.rig.studio import Studio
 
-from bench.gateway import (
-    FLAGS,
-    first_token,
-    serve_measured,
-    spread,
-    start_router,
-    studio_placement,
-    throughput,
-    tiny_model,
-)
+from bench.gateway import FLAGS, first_token, serve_measured, spread, start_router, throughput, tiny_model
 
 
 def cpu_seconds(pid: int) -> float:
@@ -69,13 +60,9 @@ def main() -> int:
     server = binaries.binary("llama-server")
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
-        pin = studio_placement(server)  # the router's llama-server placed as the studio places its own
-        model, preset = tiny_model(tmp, pin)
+        model, preset = tiny_model(tmp)
         results: dict[str, list[tuple[float, float]]] = {"studio gateway": [], "llama-server router": []}
-        with (
-            Studio(tmp / "studio", server) as studio,
-            start_router(server, preset, tmp / "r.log", pin) as router,
-        ):
+        with Studio(tmp / "studio", server) as studio, start_router(server, preset, tmp / "r.log") as router:
             serve_measured(studio, model)
             assert studio.proc is not None
             targets = {

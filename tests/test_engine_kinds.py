@@ -5,11 +5,13 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from llamastudio.engines.kinds import COMMAND, KINDS, LLAMA_CPP, ModelRequest, kind_named
+from llamastudio.engines.kinds.threads import SPIN, links_libgomp, one_per_core, placement, usable_cpus
 from llamastudio.engines.registry import Engine
 from llamastudio.engines.validate import probe
 from llamastudio.errors import InvalidInput, StartFailed
@@ -75,6 +77,11 @@ def test_llama_cpp_plan_uses_the_estimate_and_the_engines_flags(
     done = LLAMA_CPP.plan(request, engine, CPU)
     assert done.argv[0] == str(server) and "${PORT}" in done.argv
     assert done.argv[done.argv.index("--alias") + 1] == "m"
+    assert "--cpu-strict" not in done.argv and not done.env  # thread placement: only when asked
+    pinned = LLAMA_CPP.plan(replace(request, pin=True), engine, CPU)
+    cpus = usable_cpus()
+    expected = placement([], 2, cpus, one_per_core(cpus)) if links_libgomp(server) else []
+    assert pinned.placement == expected and (pinned.env == {"GOMP_SPINCOUNT": SPIN}) == bool(expected)
     assert done.estimate is not None and done.reserve == {"CPU": done.estimate.host.total}
     assert done.threads == 2
     mine = LLAMA_CPP.plan(

@@ -86,7 +86,7 @@ def engine_of(studio: Studio, model: str) -> psutil.Process:
     return next(p for p in psutil.Process(studio.proc.pid).children(recursive=True) if p.pid == pid)
 
 
-def test_a_model_on_every_cpu_has_its_compute_threads_pinned_apart(
+def test_with_pin_threads_a_model_on_every_cpu_has_its_compute_threads_pinned_apart(
     tmp_path: Path, rig_bin: Callable[[str], Path], tiny_models: dict[str, Path]
 ) -> None:
     server = rig_bin("llama-server")
@@ -94,7 +94,7 @@ def test_a_model_on_every_cpu_has_its_compute_threads_pinned_apart(
     if len(cpus) < 2 or not links_libgomp(server):
         pytest.skip(f"needs 2 CPUs ({len(cpus)} here) and an OpenMP build of llama-server")
     n = len(cpus)
-    with Studio(tmp_path / "s", server) as studio:
+    with Studio(tmp_path / "s", server, env={"LLAMASTUDIO_PIN_THREADS": "true"}) as studio:
         every = studio.configure("every", model=str(tiny_models["llama"]), args=["-c", "512", "-t", str(n)])
         mask = f"0x{sum(1 << c for c in cpus):x}"
         assert every["prepared"]["argv"][-4:] == ["-C", mask, "--cpu-strict", "1"], every["prepared"]["argv"]

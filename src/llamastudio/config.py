@@ -218,6 +218,13 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level of the service."
     )
+    pin_threads: bool = Field(
+        default=False,
+        description="Pin each compute thread of a llama.cpp model that takes every core to a CPU of its own "
+        "(`-C MASK --cpu-strict 1`, `GOMP_SPINCOUNT=50000`; GNU OpenMP builds): for a machine that serves "
+        "and does nothing else. It cuts the gateway's p99 on small requests, and it leaves less CPU, in "
+        "stalls of up to ~0.1 s, to anything else running while a model generates.",
+    )
     asyncio_debug: bool = Field(
         default=False,
         description="Run the serving loop in asyncio debug mode (so do `PYTHONASYNCIODEBUG=1` and "

@@ -71,7 +71,7 @@ class Runtime:
         self.configs = ModelConfigs(
             db, self.library, engine_of=lambda cfg, fmt: self.launcher.engine_of(cfg, fmt)
         )
-        self.launcher = Launcher(self.configs, self.engines, self.library)
+        self.launcher = Launcher(self.configs, self.engines, self.library, settings.pin_threads)
         self.run_dir = settings.data_dir / "run"
         self.learner = Learner(MeasuredStore(db), self._measured)
         self.effects = ProcessEffects(

@@ -103,10 +103,13 @@ class Prepared:
 class Launcher:
     """Builds launch specs for configurations (blocking: header reads; call it in a thread)."""
 
-    def __init__(self, configs: ModelConfigs, engines: EngineRegistry, library: Library) -> None:
+    def __init__(
+        self, configs: ModelConfigs, engines: EngineRegistry, library: Library, pin_threads: bool = False
+    ) -> None:
         self.configs = configs
         self.engines = engines
         self.library = library
+        self.pin_threads = pin_threads  # settings.pin_threads (engines/kinds/threads.py)
 
     def engine_of(self, cfg: ModelConfig, fmt: str = "gguf") -> Engine:
         """The engine ``cfg`` runs on: its ``engine_id``, else its pin, else the default of the
@@ -172,6 +175,7 @@ class Launcher:
                 mmproj=mmproj,
                 draft=draft,
                 env=cfg.env,
+                pin=self.pin_threads,
             )
             size = header.file_size
         done = kind.plan(request, engine, hw)

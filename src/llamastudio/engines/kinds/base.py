@@ -38,6 +38,7 @@ class ModelRequest:
     header: GGUFModel | None = None  # the GGUF's header, for kinds that read it
     checkpoint: Checkpoint | None = None  # a safetensors checkpoint's facts (vLLM, SGLang, LMDeploy)
     env: dict[str, str] = field(default_factory=dict)  # the configuration's engine environment
+    pin: bool = False  # pin compute threads that take every core (settings.pin_threads)
     # llama.cpp companions, found and read by serving: the projector (an explicit --mmproj, else the
     # model's mmproj file unless --no-mmproj) and the draft model (-md)
     mmproj: GGUFModel | None = None

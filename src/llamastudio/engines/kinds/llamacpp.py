@@ -71,7 +71,7 @@ class LlamaCppKind(EngineKind):
         threads = cpu_threads(argv, flags, est, hw.cpu_cores)
         env: dict[str, str] = {}
         pinned: list[str] = []
-        if "--cpu-strict" in engine.capabilities and links_libgomp(engine.server):
+        if request.pin and "--cpu-strict" in engine.capabilities and links_libgomp(engine.server):
             cpus = usable_cpus()
             pinned = placement(argv, threads, cpus, one_per_core(cpus))
             if pinned:
